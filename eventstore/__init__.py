@@ -1,0 +1,1 @@
+"""A domain-free, append-only, hash-chained event log on SQLite."""
