@@ -1,0 +1,218 @@
+"""Provider webhooks without I/O: verify the signature of raw bytes, then parse v2/v3 bodies.
+
+Sans-I/O on purpose: the HTTP listener hands bytes in and gets `Notification`s (or a
+`MalformedWebhook` naming the field) back, so the same code serves tests, replay and benchmarks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+__all__ = [
+    "MalformedWebhook",
+    "Notification",
+    "parse_notifications",
+    "verify_signature",
+]
+
+# The provider signs with HMAC-SHA256 and sends 64 lower-case hex characters.
+_HEX_LEN = 64
+
+
+def verify_signature(body: bytes, header: str | None, secrets: Sequence[bytes]) -> bool:
+    """True if `header` is the hex HMAC-SHA256 of `body` under any of `secrets` (rotation).
+
+    Every secret is tried even after a match, so timing does not reveal which one matched;
+    empty secrets are skipped because an HMAC keyed with nothing is forgeable by anyone.
+    """
+    if header is None:
+        return False
+    candidate = header.strip().lower()
+    if len(candidate) != _HEX_LEN:
+        return False
+    try:
+        presented = candidate.encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    matched = False
+    for secret in secrets:
+        if not secret:
+            continue
+        expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode("ascii")
+        matched |= hmac.compare_digest(expected, presented)
+    return matched
+
+
+class MalformedWebhook(ValueError):
+    """A correctly signed body that is not a webhook we can read; says which field and why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class Notification(msgspec.Struct, frozen=True, kw_only=True):
+    """One provider notification (a v2 delta or a v3 event), in the daemon's own terms."""
+
+    api_version: Literal[2, 3]
+    trigger: str
+    account_id: str  # v2 account_id, v3 grant_id
+    occurred_at: datetime  # UTC, from v2 `date` / v3 `time`
+    dedupe_key: str  # "v3:<id>" or "v2:<sha256 of the delta's canonical JSON>"
+    object_type: str
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+# --- wire shapes (provider-facts §2); unknown keys are ignored, the provider adds fields ---
+
+_UnixSeconds = Annotated[int, msgspec.Meta(ge=0, le=253402300799)]  # up to 9999-12-31
+_NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class _V2ObjectData(msgspec.Struct):
+    account_id: _NonEmpty
+    id: str | None = None
+    namespace_id: str | None = None
+    object: str | None = None
+    attributes: Any = None
+    metadata: Any = None
+
+
+class _V2Delta(msgspec.Struct):
+    date: _UnixSeconds
+    object: _NonEmpty
+    type: _NonEmpty
+    object_data: _V2ObjectData
+
+
+class _V2Body(msgspec.Struct):
+    deltas: list[_V2Delta]
+
+
+class _V3Object(msgspec.Struct):
+    grant_id: _NonEmpty
+
+
+class _V3Data(msgspec.Struct):
+    object: dict[str, Any]
+    application_id: str | None = None
+
+
+class _V3Body(msgspec.Struct):
+    specversion: str
+    type: _NonEmpty
+    id: _NonEmpty
+    time: _UnixSeconds
+    data: _V3Data
+    source: str | None = None
+    webhook_delivery_attempt: int | None = None
+
+
+_ERROR_AT = re.compile(r"^(?P<reason>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)
+_FIELD_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`")
+
+
+def _malformed(error: msgspec.ValidationError, prefix: str = "$") -> MalformedWebhook:
+    """Turn msgspec's "reason - at `$.path`" message into a field path and a reason."""
+    match = _ERROR_AT.match(str(error))
+    assert match is not None  # the pattern matches any string
+    reason = match["reason"]
+    path = match["path"] or "$"
+    if named := _FIELD_NAMED.match(reason):
+        path = f"{path}.{named['name']}"
+        reason = "missing required field" if "missing" in reason else "unknown field"
+    return MalformedWebhook(prefix + path[1:], reason)
+
+
+def _utc(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def parse_notifications(body: bytes) -> list[Notification]:
+    """Decode a v2 (`deltas`) or v3 (`specversion`) webhook body into notifications.
+
+    Raises `MalformedWebhook` naming the field (e.g. `$.deltas[0].date`) for invalid UTF-8,
+    bytes that are not JSON, or a body of the wrong shape. Unknown triggers parse fine.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedWebhook("$", f"body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        raw = msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise MalformedWebhook("$", f"body is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise MalformedWebhook("$", f"expected a JSON object, got {type(raw).__name__}")
+    if "deltas" in raw:
+        return _parse_v2(raw)
+    if "specversion" in raw:
+        return [_parse_v3(raw)]
+    raise MalformedWebhook("$", "expected a v2 body with `deltas` or a v3 body with `specversion`")
+
+
+def _parse_v2(raw: dict[str, Any]) -> list[Notification]:
+    try:
+        decoded = msgspec.convert(raw, _V2Body)
+    except msgspec.ValidationError as exc:
+        raise _malformed(exc) from None
+    notifications = []
+    for delta, raw_delta in zip(decoded.deltas, raw["deltas"], strict=True):
+        # v2 gives no delivery id: the digest of the delta's canonical JSON (sorted keys,
+        # compact) identifies a redelivery whatever the key order or spacing of the retry.
+        digest = hashlib.sha256(msgspec.json.encode(raw_delta, order="sorted")).hexdigest()
+        data = delta.object_data
+        details: dict[str, Any] = {}
+        if data.id is not None and data.id != data.account_id:
+            details["object_id"] = data.id
+        if data.attributes is not None:
+            details["attributes"] = data.attributes
+        if data.metadata is not None:
+            details["metadata"] = data.metadata
+        notifications.append(
+            Notification(
+                api_version=2,
+                trigger=delta.type,
+                account_id=data.account_id,
+                occurred_at=_utc(delta.date),
+                dedupe_key=f"v2:{digest}",
+                object_type=delta.object,
+                details=details,
+            )
+        )
+    return notifications
+
+
+def _parse_v3(raw: dict[str, Any]) -> Notification:
+    try:
+        decoded = msgspec.convert(raw, _V3Body)
+    except msgspec.ValidationError as exc:
+        raise _malformed(exc) from None
+    try:
+        grant = msgspec.convert(decoded.data.object, _V3Object)
+    except msgspec.ValidationError as exc:
+        raise _malformed(exc, prefix="$.data.object") from None
+    details = {k: v for k, v in decoded.data.object.items() if k != "grant_id"}
+    if decoded.webhook_delivery_attempt is not None:
+        details["delivery_attempt"] = decoded.webhook_delivery_attempt
+    if decoded.data.application_id is not None:
+        details["application_id"] = decoded.data.application_id
+    # v3 nests the object type in the trigger ("grant.updated" -> "grant").
+    object_type = str(decoded.data.object.get("object") or decoded.type.split(".", 1)[0])
+    return Notification(
+        api_version=3,
+        trigger=decoded.type,
+        account_id=grant.grant_id,
+        occurred_at=_utc(decoded.time),
+        dedupe_key=f"v3:{decoded.id}",
+        object_type=object_type,
+        details=details,
+    )
