@@ -1,0 +1,81 @@
+"""Renders the provider's IP lists as a firewall allowlist: plain, JSON, nftables or iptables.
+
+The addresses come from the IP-list poller's observations in the log; anything that is not an
+IPv4/IPv6 address or network is refused here rather than written into a firewall rule.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+FORMATS = ("json", "plain", "nftables", "iptables")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class AllowlistError(ValueError):
+    """An address from the provider that cannot become a firewall rule."""
+
+
+def parse_networks(addresses: Iterable[str]) -> list[Network]:
+    """Addresses or CIDR ranges, de-duplicated and sorted (IPv4 first)."""
+    networks: set[Network] = set()
+    for text in addresses:
+        try:
+            networks.add(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError as exc:
+            raise AllowlistError(f"not an IP address or network: {text!r}") from exc
+    return sorted(networks, key=lambda n: (n.version, n))
+
+
+def render(
+    lists: Mapping[str, Iterable[str]],
+    fmt: str,
+    *,
+    updated_at: datetime | None = None,
+    set_name: str = "nylas_sync",
+) -> str:
+    """`lists` maps a list kind (`static`, `dynamic`) to its addresses."""
+    if fmt not in FORMATS:
+        raise AllowlistError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    parsed = {kind: parse_networks(addrs) for kind, addrs in sorted(lists.items())}
+    if fmt == "json":
+        return json.dumps(
+            {
+                "updated_at": updated_at.isoformat() if updated_at else None,
+                "lists": {kind: [str(n) for n in nets] for kind, nets in parsed.items()},
+            },
+            indent=2,
+        )
+    every = parse_networks(str(n) for nets in parsed.values() for n in nets)
+    if fmt == "plain":
+        return "".join(f"{n}\n" for n in every)
+    header = f"# staticipd allowlist ({', '.join(parsed) or 'empty'})"
+    if updated_at is not None:
+        header += f", provider lists as of {updated_at.isoformat()}"
+    v4 = [str(n) for n in every if n.version == 4]
+    v6 = [str(n) for n in every if n.version == 6]
+    if fmt == "nftables":
+        lines = [header, f"table inet {set_name} {{"]
+        for family, nets in (("ipv4_addr", v4), ("ipv6_addr", v6)):
+            suffix = "4" if family == "ipv4_addr" else "6"
+            lines.append(f"  set allowed{suffix} {{")
+            lines.append(f"    type {family}; flags interval;")
+            if nets:
+                lines.append(f"    elements = {{ {', '.join(nets)} }}")
+            lines.append("  }")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+    # iptables-restore syntax for a dedicated chain the operator jumps to from INPUT/OUTPUT.
+    chain = set_name.upper()
+    lines = [header, "*filter", f":{chain} - [0:0]", f"-F {chain}"]
+    lines += [f"-A {chain} -s {net} -j ACCEPT" for net in v4]
+    lines += ["COMMIT"]
+    if v6:
+        lines += ["# ip6tables-restore", "*filter", f":{chain} - [0:0]", f"-F {chain}"]
+        lines += [f"-A {chain} -s {net} -j ACCEPT" for net in v6]
+        lines += ["COMMIT"]
+    return "\n".join(lines) + "\n"
