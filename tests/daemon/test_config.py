@@ -1,4 +1,4 @@
-"""Configuration loading, environment overrides, secrets and the masked rendering (daemon.config)."""
+"""Configuration loading, environment overrides, secrets and masked rendering (daemon.config)."""
 
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_fast_ip_polling_is_allowed_only_for_the_sandbox() -> None:
-    """Polling the IP list faster than every 6 minutes is refused unless the provider is a sandbox."""
+    """Polling the IP list more often than every 6 minutes is refused unless on a sandbox."""
     fast = {"STATICIPD_POLLERS__IP_LIST_INTERVAL_SECONDS": "5"}
     with pytest.raises(ConfigError, match="10 IP-list calls an hour"):
         load_config(None, fast)
