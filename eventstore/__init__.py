@@ -1,1 +1,38 @@
 """A domain-free, append-only, hash-chained event log on SQLite."""
+
+from .chain import GENESIS
+from .errors import (
+    DatabaseCorrupt,
+    DatabaseMissing,
+    EventStoreError,
+    InvalidEvent,
+    StorageUnavailable,
+    StoreClosed,
+    WriterBusy,
+    WrongExpectedVersion,
+)
+from .records import ANY, NO_STREAM, AppendResult, NewEvent, RecordedEvent, new_event_id
+from .store import EventStore, SignedCheckpoint
+from .verify import Damage, VerifyReport
+
+__all__ = [
+    "ANY",
+    "GENESIS",
+    "NO_STREAM",
+    "AppendResult",
+    "Damage",
+    "DatabaseCorrupt",
+    "DatabaseMissing",
+    "EventStore",
+    "EventStoreError",
+    "InvalidEvent",
+    "NewEvent",
+    "RecordedEvent",
+    "SignedCheckpoint",
+    "StorageUnavailable",
+    "StoreClosed",
+    "VerifyReport",
+    "WriterBusy",
+    "WrongExpectedVersion",
+    "new_event_id",
+]

@@ -1,0 +1,166 @@
+"""Pure group-commit decisions: which events of a batch of calls are written, where, how hashed.
+
+Kept free of I/O so the writer's rules (expected versions, duplicates, positions, hashes) can be
+read and tested on their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .chain import canonical_row, parse_time, row_hash
+from .errors import EventStoreError, WrongExpectedVersion
+from .records import ANY, AppendResult, RecordedEvent
+
+__all__ = ["BatchPlan", "PendingEvent", "plan_batch", "record_from_row"]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    """A validated event waiting for the writer: JSON kept both as the exact bytes and as text."""
+
+    stream: str
+    type: str
+    data: bytes
+    data_text: str
+    schema: int
+    metadata: bytes
+    metadata_text: str
+    event_id: str
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    """Rows to INSERT in one transaction, the outcome of each call, and the new head."""
+
+    rows: list[tuple]
+    outcomes: list[AppendResult | EventStoreError]
+    head_position: int
+    head_hash: str
+
+
+def record_from_row(row: Sequence) -> RecordedEvent:
+    """Build a RecordedEvent from a row selected with schema.EVENT_COLUMNS."""
+    return RecordedEvent(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5].encode(),
+        row[6].encode(),
+        row[7],
+        parse_time(row[8]),
+        row[9],
+    )
+
+
+def plan_batch(
+    calls: Sequence[tuple[Sequence[PendingEvent], int | Mapping[str, int]]],
+    head_position: int,
+    head_hash: str,
+    versions: dict[str, int],
+    stored: Mapping[str, RecordedEvent],
+    recorded_at: str,
+) -> BatchPlan:
+    """Decide a batch of calls in queue order; `versions` (last version per stream) is updated.
+
+    A call whose expectation fails gets WrongExpectedVersion and writes nothing; later calls see
+    the effect of earlier successful ones. An event_id already stored, or already written by an
+    earlier event of this batch, resolves to that record and is not written again. Expectations
+    are only checked for streams that receive a new event, so an all-duplicate retry always
+    succeeds with the stored records.
+    """
+    rows: list[tuple] = []
+    outcomes: list[AppendResult | EventStoreError] = []
+    in_batch: dict[str, RecordedEvent] = {}
+    position, prev = head_position, head_hash
+    when = parse_time(recorded_at)
+    for events, expected in calls:
+        records: list[RecordedEvent | None] = [None] * len(events)
+        new: list[int] = []
+        first_index: dict[str, int] = {}
+        for i, ev in enumerate(events):
+            rec = stored.get(ev.event_id) or in_batch.get(ev.event_id)
+            if rec is not None:
+                records[i] = rec
+            elif ev.event_id not in first_index:
+                first_index[ev.event_id] = i
+                new.append(i)
+        conflict = _check_expected(events, new, expected, versions)
+        if conflict is not None:
+            outcomes.append(conflict)
+            continue
+        created = [False] * len(events)
+        for i in new:
+            ev = events[i]
+            version = versions.get(ev.stream, 0) + 1
+            versions[ev.stream] = version
+            position += 1
+            canon = canonical_row(
+                ev.stream,
+                version,
+                ev.type,
+                ev.schema,
+                ev.event_id,
+                recorded_at,
+                ev.data,
+                ev.metadata,
+            )
+            digest = row_hash(prev, canon)
+            rows.append(
+                (
+                    position,
+                    ev.stream,
+                    version,
+                    ev.type,
+                    ev.schema,
+                    ev.data_text,
+                    ev.metadata_text,
+                    ev.event_id,
+                    recorded_at,
+                    prev,
+                    digest,
+                )
+            )
+            rec = RecordedEvent(
+                position,
+                ev.stream,
+                version,
+                ev.type,
+                ev.schema,
+                ev.data,
+                ev.metadata,
+                ev.event_id,
+                when,
+                digest,
+            )
+            records[i] = rec
+            created[i] = True
+            in_batch[ev.event_id] = rec
+            prev = digest
+        for i, ev in enumerate(events):
+            if records[i] is None:  # repeated id within the call: the first occurrence wins
+                records[i] = records[first_index[ev.event_id]]
+        outcomes.append(AppendResult(tuple(records), tuple(created)))  # type: ignore[arg-type]
+    return BatchPlan(rows, outcomes, position, prev)
+
+
+def _check_expected(
+    events: Sequence[PendingEvent],
+    new: list[int],
+    expected: int | Mapping[str, int],
+    versions: Mapping[str, int],
+) -> WrongExpectedVersion | None:
+    checked: set[str] = set()
+    for i in new:
+        stream = events[i].stream
+        if stream in checked:
+            continue
+        checked.add(stream)
+        want = expected if isinstance(expected, int) else expected.get(stream, ANY)
+        actual = versions.get(stream, 0)
+        if want != ANY and want != actual:
+            return WrongExpectedVersion(stream, want, actual)
+    return None

@@ -1,0 +1,410 @@
+"""EventStore: the public face of the log — open/close, append, reads, subscriptions, audit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+import aiosqlite
+import msgspec
+
+from .chain import GENESIS, format_time, sign_checkpoint
+from .errors import (
+    DatabaseMissing,
+    EventStoreError,
+    InvalidEvent,
+    StoreClosed,
+    translate,
+)
+from .planner import PendingEvent, record_from_row
+from .records import ANY, AppendResult, NewEvent, RecordedEvent, new_event_id
+from .schema import EVENT_COLUMNS, migrate
+from .verify import VerifyReport, verify_log
+from .writer import Writer
+
+__all__ = ["EventStore", "SignedCheckpoint"]
+
+_SELECT = "SELECT " + EVENT_COLUMNS + " FROM events WHERE "  # noqa: S608 — constant columns
+_READ_ALL = _SELECT + "position >= ? ORDER BY position LIMIT ?"
+_READ_ALL_TO = _SELECT + "position >= ? AND position <= ? ORDER BY position LIMIT ?"
+_READ_STREAM = _SELECT + "stream = ? AND version >= ? ORDER BY version LIMIT ?"
+_GET_EVENT = _SELECT + "event_id = ?"
+_SYNC_MODES = ("NORMAL", "FULL", "EXTRA")
+_JSON_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])  # validates without building values
+
+
+class SignedCheckpoint(msgspec.Struct, frozen=True):
+    """A recorded (position, head hash, time) with an HMAC-SHA256 signature by key `key_id`."""
+
+    position: int
+    head_hash: str
+    created_at: datetime
+    key_id: str
+    signature: str
+
+
+class EventStore:
+    """Append-only, hash-chained event log in one SQLite file; one instance per process and file."""
+
+    def __init__(self, path: str, writer: Writer, reader: aiosqlite.Connection) -> None:
+        self._path = path
+        self._writer = writer
+        self._reader = reader
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        create: bool = True,
+        queue_size: int = 10_000,
+        max_batch: int = 1_000,
+        clock: Callable[[], datetime] | None = None,
+        busy_timeout: float = 5.0,
+    ) -> EventStore:
+        """Open (and by default create) the log at `path`, applying pending migrations."""
+        sync = synchronous.upper()
+        if sync not in _SYNC_MODES:
+            raise ValueError(f"synchronous must be one of {_SYNC_MODES}, not {synchronous!r}")
+        path = os.fspath(path)
+        if not create and not os.path.exists(path):  # noqa: ASYNC240 — one stat, at open
+            raise DatabaseMissing(f"no event store at {path}")
+        conns: list[aiosqlite.Connection] = []
+        try:
+            wconn = await _connect(path, busy_timeout)
+            conns.append(wconn)
+            await wconn.execute("PRAGMA journal_mode = WAL")
+            await wconn.execute(f"PRAGMA synchronous = {sync}")
+            await migrate(wconn)
+            head = list(
+                await wconn.execute_fetchall(
+                    "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+                )
+            )
+            rconn = await _connect(path, busy_timeout)
+            conns.append(rconn)
+            await rconn.execute("PRAGMA query_only = 1")
+        except BaseException as exc:
+            for c in conns:
+                await _close_quietly(c)
+            if isinstance(exc, Exception):
+                raise translate(exc) from exc
+            raise
+        pos, hsh = head[0] if head else (0, GENESIS)
+        writer = Writer(
+            wconn,
+            queue_size=queue_size,
+            max_batch=max_batch,
+            clock=clock,
+            head_position=pos,
+            head_hash=hsh,
+        )
+        return cls(path, writer, rconn)
+
+    async def close(self) -> None:
+        """Write what is queued, stop the writer and close every connection; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._writer.stop()
+        finally:
+            await _close_quietly(self._writer._conn)
+            await _close_quietly(self._reader)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def healthy(self) -> bool:
+        """False once closed or while the last write failed on storage (for /readyz)."""
+        return not self._closed and self._writer.last_error is None
+
+    @property
+    def last_error(self) -> EventStoreError | None:
+        return self._writer.last_error
+
+    # -- writing --------------------------------------------------------------------------------
+
+    async def append(
+        self,
+        events: Sequence[NewEvent],
+        expected: int | Mapping[str, int] = ANY,
+        *,
+        enqueue_timeout: float | None = None,
+    ) -> AppendResult:
+        """Append `events` atomically after COMMIT; see the module README for the rules.
+
+        `expected` is one version for every stream of the call or a per-stream mapping (absent
+        streams: ANY). Raises WrongExpectedVersion (nothing written), WriterBusy when the queue
+        stays full longer than `enqueue_timeout`, StorageUnavailable/DatabaseCorrupt on storage
+        failures, InvalidEvent for malformed input.
+        """
+        self._check_open()
+        _check_expected(expected)
+        pending = tuple(_prepare(e) for e in events)
+        if not pending:
+            return AppendResult((), ())
+        return await self._writer.append(pending, expected, enqueue_timeout)
+
+    async def set_consumer_position(self, name: str, position: int) -> None:
+        """Record `name`'s last processed position (overwrites)."""
+        self._check_open()
+        now = format_time(datetime.now(UTC))
+
+        async def job(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO consumer_positions (name, position, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
+                " updated_at = excluded.updated_at",
+                (name, position, now),
+            )
+
+        await self._writer.run_job(job)
+
+    async def save_snapshot(self, name: str, position: int, blob: bytes) -> None:
+        """Store `blob` as the snapshot `name` reflecting the log up to `position`, atomically."""
+        self._check_open()
+        now = format_time(datetime.now(UTC))
+
+        async def job(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO snapshots (name, position, blob, saved_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
+                " blob = excluded.blob, saved_at = excluded.saved_at",
+                (name, position, bytes(blob), now),
+            )
+
+        await self._writer.run_job(job)
+
+    async def checkpoint(self, key: bytes, key_id: str = "default") -> SignedCheckpoint:
+        """Sign and record the current head; the key is used here and never stored."""
+        self._check_open()
+        created = datetime.now(UTC)
+        created_text = format_time(created)
+
+        async def job(conn: aiosqlite.Connection) -> SignedCheckpoint:
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+                )
+            )
+            pos, hsh = rows[0] if rows else (0, GENESIS)
+            sig = sign_checkpoint(key, pos, hsh, created_text, key_id)
+            await conn.execute(
+                "INSERT INTO checkpoints (position, head_hash, created_at, key_id, signature)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (pos, hsh, created_text, key_id, sig),
+            )
+            return SignedCheckpoint(pos, hsh, datetime.fromisoformat(created_text), key_id, sig)
+
+        return await self._writer.run_job(job)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def read_all(
+        self, from_position: int = 1, to_position: int | None = None, *, batch: int = 5_000
+    ) -> AsyncIterator[RecordedEvent]:
+        """Yield events in position order from `from_position` to `to_position` (inclusive)."""
+        last = to_position if to_position is not None else -1
+        sql = _READ_ALL_TO if to_position is not None else _READ_ALL
+
+        def params(start: int) -> tuple[int, ...]:
+            return (start, last, batch) if to_position is not None else (start, batch)
+
+        start = max(from_position, 1)
+        if to_position is not None and to_position < start:
+            return
+        # Fetch the next batch on the reader's thread while the caller handles this one.
+        fetch = asyncio.ensure_future(self._fetch(sql, params(start)))
+        try:
+            while True:
+                rows = await fetch
+                if not rows:
+                    return
+                full = len(rows) == batch
+                nxt = rows[-1][0] + 1
+                if full and (to_position is None or nxt <= to_position):
+                    fetch = asyncio.ensure_future(self._fetch(sql, params(nxt)))
+                for row in rows:
+                    yield record_from_row(row)
+                if not full or (to_position is not None and nxt > to_position):
+                    return
+        finally:
+            if not fetch.done():
+                fetch.cancel()
+
+    async def read_stream(self, stream: str, from_version: int = 1) -> AsyncIterator[RecordedEvent]:
+        """Yield the events of `stream` in version order from `from_version`."""
+        version = max(from_version, 1)
+        batch = 1_000
+        while True:
+            rows = await self._fetch(
+                _READ_STREAM,
+                (stream, version, batch),
+            )
+            for row in rows:
+                yield record_from_row(row)
+            if len(rows) < batch:
+                return
+            version = rows[-1][2] + 1
+
+    async def get_event(self, event_id: str) -> RecordedEvent | None:
+        """Return the event stored under `event_id`, or None."""
+        rows = await self._fetch(_GET_EVENT, (event_id,))
+        return record_from_row(rows[0]) if rows else None
+
+    async def head(self) -> tuple[int, str]:
+        """Return (last position, its hash), or (0, GENESIS) for an empty log."""
+        rows = await self._fetch(
+            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1", ()
+        )
+        return (rows[0][0], rows[0][1]) if rows else (0, GENESIS)
+
+    async def subscribe(self, from_position: int = 1) -> AsyncIterator[RecordedEvent]:
+        """Yield every event from `from_position` on, then each new one as it commits; forever.
+
+        Raises StoreClosed when the store closes. Position-based, so nothing is missed or
+        repeated at the switch from catch-up to live.
+        """
+        nxt = max(from_position, 1)
+        while True:
+            self._check_open()
+            # Take the signal before reading: a commit after our read still wakes us.
+            signal = self._writer.commit_signal()
+            got = False
+            async for event in self.read_all(nxt):
+                got = True
+                nxt = event.position + 1
+                yield event
+            if not got and self._writer.head_position < nxt:
+                await signal.wait()
+
+    async def wait_for_position(self, position: int) -> None:
+        """Return once this process has committed the log up to `position`."""
+        while self._writer.head_position < position:
+            self._check_open()
+            await self._writer.commit_signal().wait()
+
+    async def get_consumer_position(self, name: str) -> int | None:
+        rows = await self._fetch("SELECT position FROM consumer_positions WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
+
+    async def load_snapshot(self, name: str) -> tuple[int, bytes] | None:
+        rows = await self._fetch("SELECT position, blob FROM snapshots WHERE name = ?", (name,))
+        return (rows[0][0], bytes(rows[0][1])) if rows else None
+
+    async def checkpoints(self) -> list[SignedCheckpoint]:
+        """Return every recorded checkpoint, oldest first."""
+        rows = await self._fetch(
+            "SELECT position, head_hash, created_at, key_id, signature"
+            " FROM checkpoints ORDER BY id",
+            (),
+        )
+        return [SignedCheckpoint(p, h, datetime.fromisoformat(c), k, s) for p, h, c, k, s in rows]
+
+    async def verify(
+        self,
+        checkpoint_key: bytes | None = None,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> VerifyReport:
+        """Recompute the whole chain and check checkpoints (signatures too when given the key)."""
+        self._check_open()
+        try:
+            # Its own connection, so a long audit does not hold up readers and subscribers.
+            conn = await _connect(self._path, 5.0)
+        except Exception as exc:
+            raise translate(exc) from exc
+        try:
+            await conn.execute("PRAGMA query_only = 1")
+            return await verify_log(conn, checkpoint_key, progress=progress)
+        except Exception as exc:
+            raise translate(exc) from exc
+        finally:
+            await _close_quietly(conn)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed or self._writer.closed:
+            raise StoreClosed("the event store is closed")
+
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        self._check_open()
+        try:
+            return list(await self._reader.execute_fetchall(sql, params))
+        except Exception as exc:
+            raise translate(exc) from exc
+
+
+async def _connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
+    # isolation_level=None: autocommit, so BEGIN/COMMIT are issued explicitly by the writer.
+    conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    except BaseException:
+        await _close_quietly(conn)
+        raise
+    return conn
+
+
+async def _close_quietly(conn: aiosqlite.Connection) -> None:
+    # Closing after a storage failure must not mask that failure.
+    with contextlib.suppress(Exception):
+        await conn.close()
+
+
+def _check_expected(expected: int | Mapping[str, int]) -> None:
+    values = [expected] if isinstance(expected, int) else list(expected.values())
+    for v in values:
+        if not isinstance(v, int) or v < ANY:
+            raise InvalidEvent(f"expected version must be an int >= -1, not {v!r}")
+
+
+def _prepare(event: NewEvent) -> PendingEvent:
+    if not isinstance(event, NewEvent):
+        raise InvalidEvent(f"expected NewEvent, got {type(event).__name__}")
+    if not event.stream or not isinstance(event.stream, str):
+        raise InvalidEvent("stream must be a non-empty string")
+    if not event.type or not isinstance(event.type, str):
+        raise InvalidEvent("type must be a non-empty string")
+    if not isinstance(event.schema, int) or event.schema < 1:
+        raise InvalidEvent("schema must be a positive int")
+    data, meta = bytes(event.data), bytes(event.metadata)
+    for name, raw in (("data", data), ("metadata", meta)):
+        try:
+            _JSON_OBJECT.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise InvalidEvent(f"{name} must be a UTF-8 JSON object: {exc}") from None
+    return PendingEvent(
+        event.stream,
+        event.type,
+        data,
+        data.decode(),
+        event.schema,
+        meta,
+        meta.decode(),
+        event.event_id or new_event_id(),
+    )
