@@ -1,0 +1,305 @@
+"""Client of the provider's v2 management API: accounts, stop/start sync, IP lists.
+
+Retries transient failures (5xx, timeouts, connection errors) with exponential backoff and full
+jitter, honours 429 (`Retry-After`, else `X-RateLimit-Reset`), and turns everything else into
+typed `ProviderError`s. The API key is only ever put in the Authorization header, never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import aiohttp
+import anyio
+import msgspec
+import structlog
+
+__all__ = [
+    "AuthRejected",
+    "IpList",
+    "NotFound",
+    "ProviderAccount",
+    "ProviderClient",
+    "ProviderError",
+    "ProviderUnavailable",
+    "RateLimited",
+]
+
+log = structlog.get_logger(__name__)
+
+_RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+
+
+class ProviderError(Exception):
+    """The provider refused or could not answer a request."""
+
+    def __init__(self, message: str, *, status: int | None = None, error_type: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+
+
+class RateLimited(ProviderError):
+    """429 with a wait longer than the client is willing to sleep; retry after `retry_after` s."""
+
+    def __init__(self, retry_after: float, message: str = "rate limited") -> None:
+        super().__init__(f"{message}; retry after {retry_after:g} s", status=429)
+        self.retry_after = retry_after
+
+
+class ProviderUnavailable(ProviderError):
+    """Still failing (5xx, timeout, connection error) after every attempt."""
+
+
+class AuthRejected(ProviderError):
+    """401: the API key (client secret) was refused."""
+
+
+class NotFound(ProviderError):
+    """404: no such account (or endpoint)."""
+
+
+class ProviderAccount(msgspec.Struct, frozen=True, kw_only=True):
+    """An account as the management API shows it; unknown states are kept as strings."""
+
+    id: str
+    account_id: str | None = None
+    email: str | None = None
+    provider: str | None = None
+    billing_state: str | None = None
+    sync_state: str | None = None
+    authentication_type: str | None = None
+    trial: bool | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class IpList(msgspec.Struct, frozen=True):
+    """One of the provider's IP lists and when the provider says it last changed."""
+
+    addresses: tuple[str, ...]
+    updated_at: datetime
+
+
+class _IpAddresses(msgspec.Struct):
+    ip_addresses: list[str]
+    updated_at: int
+
+
+class _Success(msgspec.Struct):
+    success: bool
+
+
+class _ErrorBody(msgspec.Struct):
+    message: str = ""
+    type: str = ""
+
+
+_decode_accounts = msgspec.json.Decoder(list[ProviderAccount])
+_decode_account = msgspec.json.Decoder(ProviderAccount)
+_decode_ips = msgspec.json.Decoder(_IpAddresses)
+
+
+def _retry_after(headers: Any, now: float) -> float | None:
+    """Seconds to wait from `Retry-After` (seconds or HTTP date), else `X-RateLimit-Reset`."""
+    if value := headers.get("Retry-After"):
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+            except (TypeError, ValueError):
+                pass
+    if value := headers.get("X-RateLimit-Reset"):
+        try:
+            reset = float(value)
+        except ValueError:
+            return None
+        # The v2 SDK reads it as an int without saying whether it is a delay or an epoch
+        # instant (provider-facts §5): a value past 2001-09-09 can only be an instant.
+        return max(0.0, reset - now) if reset > 1e9 else max(0.0, reset)
+    return None
+
+
+class ProviderClient:
+    """The v2 management API (`/a/{client_id}/...`) over a caller-owned aiohttp session."""
+
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        api_key: str,
+        session: aiohttp.ClientSession,
+        *,
+        api_version: Literal[2, 3] = 2,
+        timeout: float = 10,
+        max_attempts: int = 5,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30,
+        rng: random.Random | None = None,
+        static_ip_path: str | None = None,
+        page_size: int = 100,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if api_version != 2:
+            # v3 has no accounts, sync jobs, downgrade or upgrade (provider-facts §3.2).
+            raise ValueError("the management client speaks the provider's v2 API only")
+        self._base = base_url.rstrip("/")
+        self._client_id = client_id
+        # HTTP Basic with the secret as user and an empty password (provider-facts §3.1).
+        token = base64.b64encode(f"{api_key}:".encode()).decode("ascii")
+        self._headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_attempts = max(1, max_attempts)
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._rng = rng or random.Random()
+        self._static_ip_path = static_ip_path
+        self._page_size = page_size
+        self._sleep = sleep
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"ProviderClient({self._base!r}, client_id={self._client_id!r})"
+
+    def _path(self, suffix: str) -> str:
+        return f"/a/{self._client_id}{suffix}"
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, base * 2**attempt)] (AWS architecture blog)."""
+        return self._rng.uniform(0, min(self._backoff_max, self._backoff_base * 2**attempt))
+
+    async def _request(
+        self, method: str, path: str, *, params: dict[str, int] | None = None
+    ) -> tuple[int, bytes]:
+        """One logical call with retries; returns (status, body) of a 2xx or 404 answer."""
+        url = self._base + path
+        reason = "no attempt made"
+        for attempt in range(self._max_attempts):
+            last = attempt + 1 == self._max_attempts
+            try:
+                async with self._session.request(
+                    method, url, params=params, headers=self._headers, timeout=self._timeout
+                ) as response:
+                    body = await response.read()
+                    status = response.status
+                    headers = response.headers
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                reason = f"{type(exc).__name__}"
+                delay = self._backoff(attempt)
+            else:
+                if status < 300 or status == 404:
+                    return status, body
+                if status == 429:
+                    wait = _retry_after(headers, self._clock())
+                    if wait is None:
+                        wait = self._backoff(attempt)
+                    elif wait > self._backoff_max:
+                        raise RateLimited(wait)  # too long to hold a caller: let it reschedule
+                    if last:
+                        raise RateLimited(wait)
+                    reason, delay = "HTTP 429", wait
+                elif status in _RETRYABLE_STATUS:
+                    reason, delay = f"HTTP {status}", self._backoff(attempt)
+                else:
+                    raise _error_for(status, body)
+            if last:
+                break
+            log.info("provider.retry", method=method, path=path, reason=reason, attempt=attempt + 1)
+            await self._sleep(delay)
+        raise ProviderUnavailable(
+            f"{method} {path} failed after {self._max_attempts} attempts: {reason}"
+        )
+
+    async def list_accounts(self) -> AsyncIterator[ProviderAccount]:
+        """Every account of the application, page by page (limit/offset)."""
+        offset = 0
+        while True:
+            params = {"limit": self._page_size, "offset": offset}
+            status, body = await self._request("GET", self._path("/accounts"), params=params)
+            if status == 404:
+                raise NotFound("account list endpoint not found", status=404)
+            page = _decode(_decode_accounts, body)
+            for account in page:
+                yield account
+            if len(page) < self._page_size:
+                return
+            offset += len(page)
+
+    async def get_account(self, account_id: str) -> ProviderAccount | None:
+        """One account, or None if the provider does not know it."""
+        status, body = await self._request("GET", self._path(f"/accounts/{account_id}"))
+        return None if status == 404 else _decode(_decode_account, body)
+
+    async def _account_action(self, account_id: str, action: str) -> ProviderAccount | None:
+        status, body = await self._request("POST", self._path(f"/accounts/{account_id}/{action}"))
+        if status == 404:
+            raise NotFound(f"account {account_id} not found", status=404)
+        # The provider's SDKs disagree: `{"success": true}` or the account object (§3.1).
+        try:
+            raw = msgspec.json.decode(body) if body.strip() else {"success": True}
+        except msgspec.DecodeError:
+            raise ProviderError(f"{action}: response is not JSON", status=status) from None
+        if isinstance(raw, dict) and "success" in raw and "id" not in raw:
+            if not _decode_success(raw).success:
+                raise ProviderError(f"{action} of {account_id} refused", status=status)
+            return None
+        return _decode(_decode_account, body)
+
+    async def downgrade(self, account_id: str) -> ProviderAccount | None:
+        """Stop the account's sync (and billing); the account object if the provider sends one."""
+        return await self._account_action(account_id, "downgrade")
+
+    async def upgrade(self, account_id: str) -> ProviderAccount | None:
+        """Re-queue the account's sync; the account object if the provider sends one."""
+        return await self._account_action(account_id, "upgrade")
+
+    async def restart_sync(self, account_id: str) -> ProviderAccount | None:
+        """Stop then start the account's sync: the API's nearest twin of the dashboard restart."""
+        await self.downgrade(account_id)
+        return await self.upgrade(account_id)
+
+    async def ip_addresses(self, environment: Literal["dynamic", "static"]) -> IpList:
+        """The dynamic list (`/a/{client_id}/ip_addresses`) or the configured static list path."""
+        if environment == "dynamic":
+            path = self._path("/ip_addresses")
+        elif self._static_ip_path:
+            path = self._static_ip_path.format(client_id=self._client_id)
+        else:
+            raise ProviderError("the static IP list path is not configured")
+        status, body = await self._request("GET", path)
+        if status == 404:
+            raise NotFound(f"{environment} IP list not found at {path}", status=404)
+        decoded = _decode(_decode_ips, body)
+        return IpList(tuple(decoded.ip_addresses), datetime.fromtimestamp(decoded.updated_at, UTC))
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    try:
+        return decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProviderError(f"unexpected response from the provider: {exc}") from None
+
+
+def _decode_success(raw: dict[str, Any]) -> _Success:
+    try:
+        return msgspec.convert(raw, _Success)
+    except msgspec.ValidationError as exc:
+        raise ProviderError(f"unexpected response from the provider: {exc}") from None
+
+
+def _error_for(status: int, body: bytes) -> ProviderError:
+    try:
+        error = msgspec.json.decode(body, type=_ErrorBody)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        error = _ErrorBody()
+    message = f"HTTP {status}" + (f": {error.message}" if error.message else "")
+    kind: type[ProviderError] = AuthRejected if status == 401 else ProviderError
+    return kind(message, status=status, error_type=error.type)
