@@ -1,0 +1,230 @@
+"""The provider's account book and static-IP state machine, pure: methods take ``now`` and return
+the webhook triggers to send, so the HTTP shell and the tests decide about time.
+
+States (provider facts §0, §7): an account is in ``env`` ``legacy`` (ordinary dynamic-IP sync),
+``staging`` (first auth done, parked stopped on a dynamic-environment server) or ``static``.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+from .settings import SandboxSettings
+
+PROVIDERS = ("gmail", "eas", "ews", "imap", "office365")
+_ID_ALPHABET = string.digits + string.ascii_lowercase
+
+
+@dataclass
+class Account:
+    """One connected account as the provider keeps it, with the sandbox's migration bookkeeping."""
+
+    id: str
+    email: str
+    provider: str
+    sync_state: str = "running"
+    billing_state: str = "paid"
+    authentication_type: str = "oauth"
+    trial: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+    env: str = "legacy"
+    first_auth_at: float | None = None
+    last_auth_at: float | None = None
+    downgraded: bool = False
+    auth_count: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        """The management-API object (§3.1)."""
+        return {
+            "id": self.id,
+            "account_id": self.id,
+            "namespace_id": self.id,
+            "email": self.email,
+            "provider": self.provider,
+            "billing_state": self.billing_state,
+            "sync_state": self.sync_state,
+            "authentication_type": self.authentication_type,
+            "trial": self.trial,
+            "metadata": self.metadata,
+        }
+
+
+@dataclass(frozen=True)
+class Emission:
+    """A webhook the provider owes: ``trigger`` (v2 name) for ``account`` at unix time ``date``."""
+
+    trigger: str
+    account_id: str
+    date: float
+    email: str = ""
+    provider: str = ""
+
+
+class AccountBook:
+    """All accounts of the one sandbox application and the rules that move them."""
+
+    def __init__(self, settings: SandboxSettings, rng: random.Random) -> None:
+        self.settings = settings
+        self._rng = rng
+        self.accounts: dict[str, Account] = {}
+        self.moves = 0
+
+    def _new_id(self) -> str:
+        while True:
+            ident = "".join(self._rng.choice(_ID_ALPHABET) for _ in range(25))
+            if ident not in self.accounts:
+                return ident
+
+    def _emit(self, trigger: str, acct: Account, now: float) -> Emission:
+        return Emission(trigger, acct.id, now, acct.email, acct.provider)
+
+    def create(
+        self, now: float, count: int = 0, emails: list[str] | None = None
+    ) -> tuple[list[Account], list[Emission]]:
+        """Connect new accounts (already syncing in the ordinary dynamic-IP environment)."""
+        emails = list(emails or [])
+        start = len(self.accounts)
+        emails += [f"user{start + i + 1:05d}@example.com" for i in range(count)]
+        created, out = [], []
+        for email in emails:
+            acct = Account(self._new_id(), email, self._rng.choice(PROVIDERS))
+            self.accounts[acct.id] = acct
+            created.append(acct)
+            if self.settings.connected_on_create:
+                out.append(self._emit("account.connected", acct, now))
+        return created, out
+
+    def authenticate(self, account_id: str, now: float) -> tuple[str, list[Emission]]:
+        """An end user completed the OAuth flow; returns an outcome word and the webhooks owed.
+
+        Outcomes: ``normal``, ``staged`` (first auth: parked stopped), ``moved`` (second auth at
+        least ``move_delay`` after the first), ``early_ignored``, ``early_restarted``.
+        """
+        acct = self.accounts[account_id]
+        acct.auth_count += 1
+        acct.last_auth_at = now
+        if acct.env == "staging":
+            assert acct.first_auth_at is not None
+            if now - acct.first_auth_at >= self.settings.scaled(self.settings.move_delay):
+                return "moved", self._move(acct, now)
+            policy = self.settings.early_second_auth
+            if policy == "move":
+                return "moved", self._move(acct, now)
+            if policy == "restart_clock":
+                acct.first_auth_at = now
+                return "early_restarted", []
+            return "early_ignored", []
+        if acct.env == "legacy" and self.settings.static_ips_enabled:
+            acct.env = "staging"
+            acct.first_auth_at = now
+            acct.sync_state = "stopped"
+            return "staged", [self._emit("account.stopped", acct, now)]
+        # Ordinary single auth: a stopped account (not parked by the move) starts again.
+        out = []
+        if acct.sync_state != "running" and not acct.downgraded:
+            acct.sync_state = "running"
+            out.append(self._emit("account.running", acct, now))
+        return "normal", out
+
+    def _move(self, acct: Account, now: float) -> list[Emission]:
+        acct.env = "static"
+        acct.sync_state = "running"
+        self.moves += 1
+        out = [self._emit("account.running", acct, now)]
+        if self.settings.connected_on_move:
+            out.append(self._emit("account.connected", acct, now))
+        return out
+
+    def downgrade(self, account_id: str, now: float) -> list[Emission]:
+        """Cancel: billing stops and sync stops."""
+        acct = self.accounts[account_id]
+        was_running = acct.sync_state == "running"
+        acct.billing_state = "cancelled"
+        acct.sync_state = "stopped"
+        acct.downgraded = True
+        if was_running and self.settings.stopped_on_downgrade:
+            return [self._emit("account.stopped", acct, now)]
+        return []
+
+    def upgrade(self, account_id: str, now: float) -> bool:
+        """Reactivate billing; returns whether a sync restart is now queued (see ``restart``)."""
+        acct = self.accounts[account_id]
+        acct.billing_state = "paid"
+        if not acct.downgraded:
+            return False
+        acct.downgraded = False
+        return True
+
+    def restart(self, account_id: str, started_at: float, now: float) -> tuple[str, list[Emission]]:
+        """The queued sync restart after an upgrade runs (= the dashboard's stop/start).
+
+        ``started_at`` is when the upgrade was asked for: that instant counts against the move
+        delay, as the admin's "start" would.
+        """
+        acct = self.accounts.get(account_id)
+        if acct is None or acct.downgraded:
+            return "gone", []
+        if acct.env == "staging":
+            assert acct.first_auth_at is not None
+            delay = self.settings.scaled(self.settings.move_delay)
+            if started_at - acct.first_auth_at >= delay:
+                return "moved", self._move(acct, now)
+            if self.settings.early_second_auth == "move":
+                return "moved", self._move(acct, now)
+            if self.settings.early_second_auth == "restart_clock":
+                acct.first_auth_at = started_at
+            return "early_ignored", []
+        if acct.sync_state != "running":
+            acct.sync_state = "running"
+            return "running", [self._emit("account.running", acct, now)]
+        return "running", []
+
+    def delete(self, account_id: str) -> Account:
+        return self.accounts.pop(account_id)
+
+    def page(self, limit: int, offset: int) -> list[Account]:
+        return list(self.accounts.values())[offset : offset + limit]
+
+    def counts(self) -> dict[str, int]:
+        """How many accounts are in each environment and sync state (for stats)."""
+        out: dict[str, int] = {}
+        for acct in self.accounts.values():
+            for key in (f"env.{acct.env}", f"sync_state.{acct.sync_state}"):
+                out[key] = out.get(key, 0) + 1
+        return out
+
+
+class IpLists:
+    """The dynamic list (one address replaced every rotation period) and the static list."""
+
+    def __init__(self, settings: SandboxSettings, seed: int, started_at: float) -> None:
+        self.settings = settings
+        self._seed = seed
+        self._started_at = started_at
+        self._cache: tuple[int, list[str]] | None = None
+
+    def dynamic(self, now: float) -> tuple[list[str], int]:
+        """Return the dynamic list and its ``updated_at`` (unix seconds) as of ``now``."""
+        period = max(self.settings.scaled(self.settings.dynamic_ip_rotation), 1e-6)
+        rotations = max(0, int((now - self._started_at) / period))
+        if self._cache is None or self._cache[0] > rotations:
+            rng = random.Random(self._seed)
+            ips = [self._address(rng) for _ in range(self.settings.dynamic_ip_count)]
+            self._cache = (0, ips)
+        done, ips = self._cache
+        for step in range(done, rotations):
+            rng = random.Random(f"{self._seed}:{step}")
+            ips[rng.randrange(len(ips))] = self._address(rng)
+        self._cache = (rotations, ips)
+        return sorted(ips), int(self._started_at + rotations * period)
+
+    @staticmethod
+    def _address(rng: random.Random) -> str:
+        # Documentation ranges (RFC 5737): clearly fake, never routable.
+        return f"{rng.choice(('192.0.2', '198.51.100'))}.{rng.randrange(1, 255)}"
+
+    def static(self) -> list[str]:
+        return list(self.settings.static_ips) if self.settings.static_ips_enabled else []

@@ -1,0 +1,375 @@
+"""The provider's webhook sender: challenge handshake, signed POSTs, retries and injected faults.
+
+Bodies are serialised once and the exact bytes are signed (``X-Nylas-Signature``: lower-case
+hex HMAC-SHA256; key = client secret in v2, the destination's ``webhook_secret`` in v3). Anything
+but a 200 within ``delivery_timeout`` is a failed attempt and is retried per §1.2 / §1.3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import itertools
+import json
+import random
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from .accounts import Emission
+from .settings import SandboxSettings
+
+# v2 trigger (or sandbox pseudo-trigger) -> v3 trigger; None = not sent in that version.
+# v3 dropped account.running/stopped (facts §2.3); sandbox.* are emitted for v3's sake only.
+V2_TRIGGERS: dict[str, str | None] = {
+    "account.connected": "account.connected",
+    "account.running": "account.running",
+    "account.stopped": "account.stopped",
+    "account.invalid": "account.invalid",
+    "sandbox.reauthenticated": None,
+    "sandbox.deleted": None,
+}
+V3_TRIGGERS: dict[str, str | None] = {
+    "account.connected": "grant.created",
+    "account.running": None,
+    "account.stopped": None,
+    "account.invalid": "grant.expired",
+    "sandbox.reauthenticated": "grant.updated",
+    "sandbox.deleted": "grant.deleted",
+}
+
+
+def nylas_signature(key: str, body: bytes) -> str:
+    """The provider's signature header value: lower-case hex HMAC-SHA256 of the raw body."""
+    return hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Destination:
+    """A registered webhook URL; ``state`` is active/inactive (v2) or active/failing/failed (v3)."""
+
+    id: str
+    url: str
+    version: int
+    state: str = "inactive"
+    webhook_secret: str | None = None
+    failing_since: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "callback_url": self.url, "state": self.state}
+        out["version"] = self.version
+        if self.webhook_secret is not None:
+            out["webhook_secret"] = self.webhook_secret
+        return out
+
+
+@dataclass
+class Attempt:
+    """One POST attempt, kept for tests and stats."""
+
+    delivery_id: str
+    destination_id: str
+    attempt: int
+    status: int | None
+    ok: bool
+    bad_signature: bool = False
+
+
+@dataclass
+class _Delivery:
+    id: str
+    emissions: list[Emission]
+    bad_signature: bool = False
+    body: bytes = b""
+
+
+@dataclass
+class SenderStats:
+    """Counters of the sender (exposed by /sandbox/stats)."""
+
+    queued: int = 0
+    posts: int = 0
+    delivered: int = 0
+    failed: int = 0
+    retries: int = 0
+    dropped: int = 0
+    duplicated: int = 0
+    reordered: int = 0
+    delayed: int = 0
+    bad_signatures: int = 0
+    suppressed: int = 0
+    challenges_ok: int = 0
+    challenges_failed: int = 0
+    deltas: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class WebhookSender:
+    """Queues emissions and delivers them to every active destination, with faults and retries."""
+
+    def __init__(
+        self, settings: SandboxSettings, rng: random.Random, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self._rng = rng
+        self._clock = clock
+        self.destinations: dict[str, Destination] = {}
+        self.attempts: list[Attempt] = []
+        self.stats = SenderStats()
+        self._queue: asyncio.Queue[Emission] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._held: list[tuple[Destination, _Delivery]] = []
+        self._ids = itertools.count(1)
+        self._session: aiohttp.ClientSession | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        self._spawn(self._dispatch_loop())
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def pending(self) -> int:
+        """Deliveries not yet finished (queued, held, delayed or retrying)."""
+        return self._queue.qsize() + len(self._tasks) - 1
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until nothing is queued or in flight (for tests and the demo's shutdown)."""
+        async with asyncio.timeout(timeout):
+            # Polling is fine here: only tests and shutdown wait, and "idle" spans many tasks.
+            while self.pending > 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+    # -- registration --------------------------------------------------------------------------
+
+    async def register(self, url: str, version: int | None = None) -> Destination:
+        """Register ``url``; it becomes active only if it answers the challenge correctly."""
+        dest = Destination(f"wh{next(self._ids)}", url, version or self.settings.api_version)
+        self.destinations[dest.id] = dest
+        await self.challenge(dest)
+        return dest
+
+    async def challenge(self, dest: Destination) -> bool:
+        """GET url?challenge=<random>: 200 with exactly the value as body, in time, activates."""
+        assert self._session is not None, "sender not started"
+        value = secrets.token_urlsafe(16)
+        ok = False
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.settings.challenge_timeout)
+            async with self._session.get(
+                dest.url, params={"challenge": value}, timeout=timeout
+            ) as resp:
+                ok = resp.status == 200 and (await resp.read()) == value.encode()
+        except (aiohttp.ClientError, TimeoutError):
+            ok = False
+        if ok:
+            self.stats.challenges_ok += 1
+            dest.state = "active"
+            dest.failing_since = None
+            if dest.version == 3 and dest.webhook_secret is None:
+                dest.webhook_secret = secrets.token_hex(32)
+        else:
+            self.stats.challenges_failed += 1
+            dest.state = "inactive"
+        return ok
+
+    # -- queueing and faults -------------------------------------------------------------------
+
+    def send(self, emissions: list[Emission]) -> None:
+        """Queue webhooks owed by the provider (non-blocking)."""
+        for em in emissions:
+            self.stats.queued += 1
+            self._queue.put_nowait(em)
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            if (
+                self.settings.api_version == 2
+                and self._rng.random() < self.settings.batch_probability
+            ):
+                while len(batch) < self.settings.max_deltas_per_post and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+            for dest in list(self.destinations.values()):
+                if dest.state in ("active", "failing"):
+                    self._fan_out(dest, batch)
+
+    def _fan_out(self, dest: Destination, batch: list[Emission]) -> None:
+        table = V2_TRIGGERS if dest.version == 2 else V3_TRIGGERS
+        kept = [e for e in batch if table.get(e.trigger)]
+        self.stats.suppressed += len(batch) - len(kept)
+        if not kept:
+            return
+        groups = [kept] if dest.version == 2 else [[e] for e in kept]
+        faults = self.settings.faults
+        for group in groups:
+            delivery = _Delivery(f"d{next(self._ids)}", group)
+            if dest.version == 2:
+                delivery.body = self._v2_body(group)
+            if self._rng.random() < faults.webhook_drop:
+                self.stats.dropped += 1
+                continue
+            delivery.bad_signature = self._rng.random() < faults.webhook_bad_signature
+            copies = 2 if self._rng.random() < faults.webhook_duplicate else 1
+            self.stats.duplicated += copies - 1
+            if self._rng.random() < faults.webhook_reorder:
+                self.stats.reordered += 1
+                self._held.append((dest, delivery))
+                self._spawn(self._release_later(delivery))
+                copies -= 1
+            elif self._rng.random() < faults.webhook_delay:
+                self.stats.delayed += 1
+                low, high = faults.webhook_delay_range
+                wait = self.settings.scaled(self._rng.uniform(low, high))
+                self._spawn(self._deliver(dest, delivery, wait))
+                copies -= 1
+            for _ in range(copies):
+                self._spawn(self._deliver(dest, delivery, 0.0))
+            self._release_held(except_for=delivery)
+
+    def _release_held(self, except_for: _Delivery | None = None) -> None:
+        """Send held (reordered) deliveries now that a later one has gone out first."""
+        keep = []
+        for dest, held in self._held:
+            if held is except_for:
+                keep.append((dest, held))
+            else:
+                self._spawn(self._deliver(dest, held, 0.0))
+        self._held = keep
+
+    async def _release_later(self, delivery: _Delivery) -> None:
+        # Nothing else may come for a while: a held delivery is sent anyway after a short wait.
+        await asyncio.sleep(self.settings.scaled(self.settings.faults.webhook_delay_range[0]))
+        for dest, held in list(self._held):
+            if held is delivery:
+                self._held.remove((dest, held))
+                self._spawn(self._deliver(dest, held, 0.0))
+
+    # -- bodies --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    def _v2_body(self, group: list[Emission]) -> bytes:
+        deltas = []
+        for em in group:
+            object_data = {
+                "namespace_id": em.account_id,
+                "account_id": em.account_id,
+                "object": "account",
+                "attributes": None,
+                "id": em.account_id,
+                "metadata": None,
+            }
+            deltas.append(
+                {
+                    "date": int(em.date),
+                    "object": "account",
+                    "type": em.trigger,
+                    "object_data": object_data,
+                }
+            )
+        return self._dumps({"deltas": deltas})
+
+    def _v3_body(self, delivery: _Delivery, attempt: int) -> bytes:
+        em = delivery.emissions[0]
+        obj: dict[str, Any] = {
+            "grant_id": em.account_id,
+            "email": em.email,
+            "provider": em.provider,
+            "grant_updated_at": int(em.date),
+        }
+        if em.trigger == "sandbox.reauthenticated":
+            obj.update({"code": 25027, "reauthentication_flag": True})
+        return self._dumps(
+            {
+                "specversion": "1.0",
+                "type": V3_TRIGGERS[em.trigger],
+                "source": "/nylas/system",
+                "id": delivery.id,
+                "time": int(em.date),
+                "webhook_delivery_attempt": attempt,
+                "data": {"application_id": self.settings.application_id, "object": obj},
+            }
+        )
+
+    # -- delivery ------------------------------------------------------------------------------
+
+    async def _deliver(self, dest: Destination, delivery: _Delivery, wait: float) -> None:
+        if wait > 0:
+            await asyncio.sleep(wait)
+        delays = self.settings.retry_delays
+        for attempt in range(1, len(delays) + 2):
+            if dest.state not in ("active", "failing"):
+                return
+            if attempt > 1:
+                self.stats.retries += 1
+            if await self._attempt(dest, delivery, attempt):
+                return
+            if attempt <= len(delays):
+                await asyncio.sleep(delays[attempt - 1])
+        self.stats.failed += 1
+        self._note_failure(dest)
+
+    async def _attempt(self, dest: Destination, delivery: _Delivery, attempt: int) -> bool:
+        assert self._session is not None
+        body = delivery.body if dest.version == 2 else self._v3_body(delivery, attempt)
+        key = self.settings.client_secret if dest.version == 2 else (dest.webhook_secret or "")
+        bad = delivery.bad_signature and attempt == 1
+        sig = nylas_signature(key + ("-wrong" if bad else ""), body)
+        self.stats.bad_signatures += int(bad)
+        headers = {"Content-Type": "application/json", "X-Nylas-Signature": sig}
+        status: int | None = None
+        self.stats.posts += 1
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.settings.delivery_timeout)
+            async with self._session.post(
+                dest.url, data=body, headers=headers, timeout=timeout
+            ) as resp:
+                status = resp.status
+                await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
+            status = None
+        ok = status == 200
+        self.attempts.append(Attempt(delivery.id, dest.id, attempt, status, ok, bad))
+        if ok:
+            self.stats.delivered += 1
+            self.stats.deltas += len(delivery.emissions)
+            dest.failing_since = None
+            if dest.state == "failing":
+                dest.state = "active"
+        else:
+            self._note_failure(dest)
+        return ok
+
+    def _note_failure(self, dest: Destination) -> None:
+        now = self._clock()
+        if dest.failing_since is None:
+            dest.failing_since = now
+        if dest.version == 3 and dest.state == "active":
+            dest.state = "failing"
+        if now - dest.failing_since >= self.settings.scaled(self.settings.disable_after):
+            dest.state = "inactive" if dest.version == 2 else "failed"
