@@ -1,6 +1,8 @@
 """The `staticipd` command line: one subcommand per operator task.
 
 Exit status: 0 fine, 1 the check or operation found a problem, 2 usage or configuration error.
+Every command that touches a log takes `--database PATH` (environment `STATICIPD_DATABASE`;
+default `staticipd.db` in systemd's `$STATE_DIRECTORY`, else the current directory).
 """
 
 from __future__ import annotations
@@ -24,6 +26,42 @@ def default_database() -> Path:
     return Path(state_dir or ".") / "staticipd.db"
 
 
+def _database(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--database",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the event log (default: $STATICIPD_DATABASE, else staticipd.db in "
+        "$STATE_DIRECTORY or the current directory)",
+    )
+
+
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("STATICIPD_CONFIG"),
+        metavar="PATH",
+        help="TOML configuration file (default: $STATICIPD_CONFIG; none = embedded defaults)",
+    )
+
+
+def _run(module: str, function: str):
+    """Import a command's module only when it runs, so `--help` stays instant."""
+
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(args)
+
+    return handler
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="staticipd",
@@ -31,7 +69,75 @@ def build_parser() -> argparse.ArgumentParser:
         "and keep an audit-grade log of every step.",
     )
     parser.add_argument("--version", action="version", version=f"staticipd {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the daemon (HTTP listener, timers, effects, pollers)")
+    _config(p)
+    p.set_defaults(handler=_run("daemon.service", "serve_command"))
+
+    p = sub.add_parser(
+        "check-config", help="validate the configuration, print it with secrets masked"
+    )
+    _config(p)
+    _json(p)
+    p.set_defaults(handler=_run("daemon.service", "check_config_command"))
+
+    p = sub.add_parser("demo", help="the daemon on a sandbox provider with simulated users")
+    p.add_argument("--accounts", type=int, default=200, help="simulated accounts (default 200)")
+    _database(p)
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="compress provider and migration times S-fold (default 600: 30 min -> 3 s)",
+    )
+    p.add_argument("--policy", choices=("notify", "restart", "mixed"), default="mixed")
+    p.add_argument("--seed", type=int, default=7, help="seed of the simulation (default 7)")
+    p.add_argument("--port", type=int, default=0, help="daemon port (default: a free one)")
+    p.set_defaults(handler=_run("daemon.demo", "demo_command"))
+
+    p = sub.add_parser("replay", help="rebuild every projection from the log and print the funnel")
+    _database(p)
+    _json(p)
+    until = p.add_mutually_exclusive_group()
+    until.add_argument("--until", metavar="TIME", help="stop at this UTC time (ISO 8601)")
+    until.add_argument("--position", type=int, metavar="N", help="stop at this log position")
+    p.set_defaults(handler=_run("daemon.logcommands", "replay_command"))
+
+    p = sub.add_parser("audit", help="an account's full timeline: inputs, decisions, effects")
+    p.add_argument("account_id", metavar="ACCOUNT_ID")
+    _database(p)
+    _json(p)
+    p.set_defaults(handler=_run("daemon.logcommands", "audit_command"))
+
+    p = sub.add_parser("verify", help="check the hash chain and the signed checkpoints")
+    _database(p)
+    _json(p)
+    p.add_argument(
+        "--checkpoint-key-file",
+        type=Path,
+        metavar="PATH",
+        help="key of the signed checkpoints (default: $CREDENTIALS_DIRECTORY/checkpoint_key)",
+    )
+    p.set_defaults(handler=_run("daemon.logcommands", "verify_command"))
+
+    p = sub.add_parser("status", help="the funnel per state, accounts due next, stalled accounts")
+    _database(p)
+    _json(p)
+    p.set_defaults(handler=_run("daemon.logcommands", "status_command"))
+
+    p = sub.add_parser("export", help="the log as JSON lines, each with its hash")
+    _database(p)
+    p.add_argument("--from", dest="from_position", type=int, default=1, metavar="POS")
+    p.add_argument("--to", dest="to_position", type=int, default=None, metavar="POS")
+    p.add_argument("--format", choices=("jsonl",), default="jsonl")
+    p.set_defaults(handler=_run("daemon.logcommands", "export_command"))
+
+    p = sub.add_parser("allowlist", help="the provider's IP lists as a firewall allowlist")
+    _database(p)
+    p.add_argument("--format", choices=("plain", "json", "nftables", "iptables"), default="plain")
+    p.set_defaults(handler=_run("daemon.logcommands", "allowlist_command"))
     return parser
 
 
@@ -41,4 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    return args.handler(args)
+    if getattr(args, "database", "absent") is None:
+        args.database = default_database()
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        return 130
