@@ -1,0 +1,158 @@
+"""The pure migration domain: inputs, events, `decide` and `evolve`, settings.
+
+Imports only the standard library and msgspec: no I/O, no clock reads, no randomness; `now`
+is always an argument. The contract with the daemon:
+
+- `stream_for(input)` names the stream; load its state (`None` if unseen) and call
+  `decide(state, input, now, settings, app)`. It returns at least one event, the first
+  recording the input; name them `f"{input.input_id}#{i}"` and append them in one transaction
+  at expected version `state.version` (0 for an unseen stream).
+- `encode_event(e)` / `decode_event(type, schema, data)` convert to and from the store's
+  (type, schema, JSON bytes); `stream_of(e)` is the event's stream.
+- `evolve(state, event)` folds an event into its stream's state; `AccountState` keeps the
+  pending timers and effects, so the timer driver and outbox are rebuilt from it alone.
+
+`TimerFired` is the event; the timer driver's input is `TimerFiredInput`.
+"""
+
+from . import events, inputs
+from .application import decide, decide_application, evolve
+from .codec import EVENT_TYPES, UPCASTERS, EncodedEvent, decode_event, encode_event, stream_of
+from .decide import decide_account
+from .events import (
+    AccountEvent,
+    AccountObservationRecorded,
+    AccountsEnrolled,
+    ApplicationCommandNoted,
+    ApplicationEvent,
+    AppNotified,
+    AuthRecorded,
+    DomainEvent,
+    EffectAbandoned,
+    EffectAttemptFailed,
+    EffectEvent,
+    EffectOutcomeIgnored,
+    EffectRequested,
+    EffectSucceeded,
+    Event,
+    FlagCleared,
+    FlagRaised,
+    IpListChanged,
+    IpListUnchanged,
+    MigrationEnabled,
+    OperatorCommandRecorded,
+    ProviderCheckRequested,
+    ProviderNotificationRecorded,
+    ReauthRequested,
+    StateChanged,
+    SyncRestartRequested,
+    TimerCancelled,
+    TimerFired,
+    TimerFiringIgnored,
+    TimerScheduled,
+    UnknownEvent,
+)
+from .inputs import (
+    AccountInput,
+    AccountObserved,
+    ApplicationInput,
+    AuthReported,
+    EffectOutcome,
+    EnableMigration,
+    Enroll,
+    ExcludeAccount,
+    Input,
+    IpListObserved,
+    MarkResolved,
+    ProviderNotified,
+    ResetAccount,
+    stream_for,
+)
+from .inputs import TimerFired as TimerFiredInput
+from .settings import MigrationSettings, Policy
+from .state import (
+    FLAGS,
+    STATES,
+    AccountState,
+    ApplicationState,
+    Enrollment,
+    IpList,
+    PendingEffect,
+    evolve_account,
+    evolve_application,
+)
+from .triggers import TRIGGERS, meaning_of
+
+__all__ = [
+    "EVENT_TYPES",
+    "FLAGS",
+    "STATES",
+    "TRIGGERS",
+    "UPCASTERS",
+    "AccountEvent",
+    "AccountInput",
+    "AccountObservationRecorded",
+    "AccountObserved",
+    "AccountState",
+    "AccountsEnrolled",
+    "AppNotified",
+    "ApplicationCommandNoted",
+    "ApplicationEvent",
+    "ApplicationInput",
+    "ApplicationState",
+    "AuthRecorded",
+    "AuthReported",
+    "DomainEvent",
+    "EffectAbandoned",
+    "EffectAttemptFailed",
+    "EffectEvent",
+    "EffectOutcome",
+    "EffectOutcomeIgnored",
+    "EffectRequested",
+    "EffectSucceeded",
+    "EnableMigration",
+    "EncodedEvent",
+    "Enroll",
+    "Enrollment",
+    "Event",
+    "ExcludeAccount",
+    "FlagCleared",
+    "FlagRaised",
+    "Input",
+    "IpList",
+    "IpListChanged",
+    "IpListObserved",
+    "IpListUnchanged",
+    "MarkResolved",
+    "MigrationEnabled",
+    "MigrationSettings",
+    "OperatorCommandRecorded",
+    "PendingEffect",
+    "Policy",
+    "ProviderCheckRequested",
+    "ProviderNotificationRecorded",
+    "ProviderNotified",
+    "ReauthRequested",
+    "ResetAccount",
+    "StateChanged",
+    "SyncRestartRequested",
+    "TimerCancelled",
+    "TimerFired",
+    "TimerFiredInput",
+    "TimerFiringIgnored",
+    "TimerScheduled",
+    "UnknownEvent",
+    "decide",
+    "decide_account",
+    "decide_application",
+    "decode_event",
+    "encode_event",
+    "events",
+    "evolve",
+    "evolve_account",
+    "evolve_application",
+    "inputs",
+    "meaning_of",
+    "stream_for",
+    "stream_of",
+]

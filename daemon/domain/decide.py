@@ -1,0 +1,565 @@
+"""`decide` for one account: the migration rules, as a pure function of state, input and time.
+
+`decide_account(state, input, now, settings, app)` returns the events of one input. The first
+event always records the input itself (with a `reason` when it changes nothing); the rest are
+the transitions, flags, timers and effects it causes. The daemon appends them in one
+transaction at the stream's expected version `state.version`. `app` (the application state)
+is read, never changed: it says whether the migration is enabled and how the account is
+enrolled. Times used in rules are the inputs' own times, never later than `now`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from . import events as ev
+from . import inputs as inp
+from .settings import MigrationSettings
+from .state import AccountState, ApplicationState, evolve_account
+from .triggers import meaning_of
+
+MIGRATING = ("first_auth", "stopped_waiting", "second_step_due", "second_auth", "stalled")
+Action = Callable[["_Builder"], None] | None
+
+
+class _Builder:
+    """Collects the events of one decision, folding each into a working copy of the state."""
+
+    def __init__(
+        self, state: AccountState, at: datetime, settings: MigrationSettings, app: ApplicationState
+    ) -> None:
+        self.state, self.at, self.settings, self.app = state, at, settings, app
+        self.events: list[ev.Event] = []
+
+    @property
+    def id(self) -> str:
+        return self.state.account_id
+
+    def emit(self, event: ev.Event) -> None:
+        self.events.append(event)
+        self.state = evolve_account(self.state, event)
+
+    def move(self, to_state: str, at: datetime, reason: str, **extra: object) -> None:
+        self.emit(
+            ev.StateChanged(
+                account_id=self.id,
+                occurred_at=self.at,
+                from_state=self.state.state,
+                to_state=to_state,
+                at=at,
+                reason=reason,
+                cycle=extra.pop("cycle", self.state.cycle),  # type: ignore[arg-type]
+                **extra,  # type: ignore[arg-type]
+            )
+        )
+
+    def flag(self, flag: str, reason: str, *, on: bool = True) -> None:
+        if (flag in self.state.flags) == on:
+            return
+        cls = ev.FlagRaised if on else ev.FlagCleared
+        self.emit(cls(account_id=self.id, occurred_at=self.at, flag=flag, reason=reason))
+
+    def schedule(self, purpose: str, timer_id: str, due_at: datetime) -> None:
+        self.emit(
+            ev.TimerScheduled(
+                account_id=self.id,
+                occurred_at=self.at,
+                timer_id=timer_id,
+                purpose=purpose,
+                due_at=due_at,
+            )
+        )
+
+    def cancel_timers(self, reason: str, purposes: tuple[str, ...] | None = None) -> None:
+        for timer_id, purpose in sorted(self.state.timer_purposes.items()):
+            if purposes is None or purpose in purposes:
+                self.emit(
+                    ev.TimerCancelled(
+                        account_id=self.id, occurred_at=self.at, timer_id=timer_id, reason=reason
+                    )
+                )
+
+    def abandon_effects(self, reason: str, kinds: tuple[type, ...] | None = None) -> None:
+        for key, pending in sorted(self.state.pending_effects.items()):
+            if kinds is None or isinstance(pending.effect, kinds):
+                self.emit(
+                    ev.EffectAbandoned(
+                        account_id=self.id,
+                        occurred_at=self.at,
+                        idempotency_key=key,
+                        attempt=pending.attempts,
+                        detail=reason,
+                    )
+                )
+
+
+def decide_account(
+    state: AccountState | None,
+    command: inp.AccountInput,
+    now: datetime,
+    settings: MigrationSettings,
+    app: ApplicationState,
+) -> list[ev.Event]:
+    """The events recording `command` and its consequences for the account."""
+    state = state or AccountState(account_id=command.account_id)
+    b = _Builder(state, command.at, settings, app)
+    at = min(command.at, now)  # a sender's clock ahead of ours must not shorten the delay
+    match command:
+        case inp.AuthReported():
+            _on_auth(b, at, command.source, command.email, command.provider)
+        case inp.ProviderNotified():
+            _on_notification(b, at, command)
+        case inp.AccountObserved():
+            _on_observation(b, at, command)
+        case inp.TimerFired():
+            _on_timer(b, command)
+        case inp.EffectOutcome():
+            _on_outcome(b, at, command)
+        case inp.ResetAccount() | inp.ExcludeAccount() | inp.MarkResolved():
+            _on_operator(b, at, command)
+        case _:
+            raise TypeError(f"not an account input: {type(command).__name__}")
+    return b.events
+
+
+# --- auths ----------------------------------------------------------------------------------
+
+
+def _classify_auth(s: AccountState, at: datetime, app: ApplicationState) -> tuple[str, str]:
+    if s.state == "excluded":
+        return "excluded", "account excluded by the operator; auth recorded only"
+    restarting = "deleted" in s.flags and s.state != "static"
+    if s.state == "dynamic" or restarting:
+        if not app.migration_enabled:
+            return "migration_disabled", "migration not enabled for the application"
+        if s.account_id not in app.enrollments:
+            return "not_enrolled", "account not enrolled in any wave"
+        if restarting:
+            return "first_auth", "account re-created after deletion; migration starts over"
+        return "first_auth", "first auth of an enrolled account"
+    if s.state == "static":
+        return "normal", "account already static; later auths are ordinary"
+    if s.state == "second_auth":
+        return "normal", "second step already recorded; waiting for the account to run"
+    assert s.first_auth_at is not None
+    if at <= s.first_auth_at:
+        return "stale", "auth occurred at or before the recorded first auth (late delivery)"
+    if s.second_step_due_at is None:
+        return "early_second_auth", "no stop observed yet, so the second step is not due"
+    if at < s.second_step_due_at:
+        early = s.second_step_due_at - at
+        return "early_second_auth", f"{early} before the second step is due"
+    return "second_auth", "second auth after the second step came due"
+
+
+def _on_auth(
+    b: _Builder,
+    at: datetime,
+    source: str,
+    email: str | None,
+    provider: str | None,
+) -> None:
+    classification, reason = _classify_auth(b.state, at, b.app)
+    early_count = b.state.early_auths + 1
+    b.emit(
+        ev.AuthRecorded(
+            account_id=b.id,
+            occurred_at=b.at,
+            source=source,
+            email=email,
+            provider=provider,
+            classification=classification,
+            reason=reason,
+        )
+    )
+    if classification == "excluded":
+        return
+    b.flag("invalid", "the user authenticated again", on=False)
+    if "deleted" in b.state.flags:
+        b.flag("deleted", "an auth shows the account exists again", on=False)
+        if b.state.state not in ("dynamic", "static") and classification != "first_auth":
+            b.move("dynamic", at, "account re-created after deletion outside the migration")
+    match classification:
+        case "first_auth":
+            _start(b, at)
+        case "second_auth":
+            _second_step(b, at, "second auth")
+        case "early_second_auth":
+            b.flag("early_second_auth", reason)
+            b.emit(
+                ev.AppNotified(
+                    account_id=b.id,
+                    occurred_at=b.at,
+                    idempotency_key=f"{b.id}:notify:early_second_auth:{b.state.cycle}:{early_count}",
+                    topic="early_second_auth",
+                    detail=f"auth at {at.isoformat()} too early: {reason}; "
+                    "the user will be asked again when the second step is due",
+                )
+            )
+
+
+def _start(b: _Builder, at: datetime) -> None:
+    enrollment = b.app.enrollments[b.id]
+    cycle = b.state.cycle + 1
+    b.move(
+        "first_auth",
+        at,
+        "first auth of an enrolled account",
+        cycle=cycle,
+        policy=enrollment.policy,
+        wave=enrollment.wave,
+    )
+    stop = b.state.last_stop_at
+    if stop is not None and stop >= at:
+        _stopped(b, stop, f"stop at {stop.isoformat()} was delivered before this auth")
+    else:
+        b.schedule("stop_grace", f"{b.id}:stop_grace:{cycle}", at + b.settings.stop_grace)
+
+
+def _stopped(b: _Builder, stop_at: datetime, reason: str) -> None:
+    s = b.state
+    assert s.first_auth_at is not None
+    # The provider counts the delay from the first auth, but the account must have stopped.
+    due = max(s.first_auth_at + b.settings.delay, stop_at)
+    b.move("stopped_waiting", stop_at, reason, due_at=due)
+    b.cancel_timers("stop observed", ("stop_grace",))
+    b.flag("stop_overdue", "stop observed", on=False)
+    b.schedule("second_step", f"{b.id}:second_step:{s.cycle}", due)
+
+
+def _second_step(b: _Builder, at: datetime, how: str) -> None:
+    b.move("second_auth", at, f"{how} recorded")
+    b.cancel_timers("second step done")
+    b.abandon_effects("second step already done", (ev.ReauthRequested, ev.SyncRestartRequested))
+    running = b.state.last_running_at
+    if running is not None and running >= at:
+        b.move("static", running, f"running at {running.isoformat()} was delivered earlier")
+
+
+# --- provider notifications and reconciler observations --------------------------------------
+
+
+def _on_notification(b: _Builder, at: datetime, n: inp.ProviderNotified) -> None:
+    meaning = meaning_of(n.api_version, n.trigger, n.details)
+    if meaning == "auth" and b.state.state != "excluded":
+        record_reason, action = "an auth reported by the provider; see the next event", None
+    else:
+        record_reason, action = _react(b, at, meaning)
+    b.emit(
+        ev.ProviderNotificationRecorded(
+            account_id=b.id,
+            occurred_at=b.at,
+            trigger=n.trigger,
+            api_version=n.api_version,
+            meaning=meaning,
+            details=n.details,
+            reason=record_reason,
+        )
+    )
+    if meaning == "auth" and b.state.state != "excluded":
+        email = n.details.get("email")
+        provider = n.details.get("provider")
+        _on_auth(
+            b,
+            at,
+            f"provider-v{n.api_version}",
+            email if isinstance(email, str) else None,
+            provider if isinstance(provider, str) else None,
+        )
+    elif action is not None:
+        action(b)
+
+
+def _on_observation(b: _Builder, at: datetime, o: inp.AccountObserved) -> None:
+    sync = (o.sync_state or "").replace("-", "_")
+    if not o.exists or o.billing_state == "deleted":
+        meaning = "deleted"
+    elif sync in ("stopped", "running"):
+        meaning = sync
+    elif sync in ("invalid", "invalid_credentials"):
+        meaning = "invalid"
+    elif sync in ("sync_error", "exception"):
+        meaning = "sync_error"
+    else:
+        meaning = "unrecognised"
+    reason, action = _react(b, at, meaning)
+    b.emit(
+        ev.AccountObservationRecorded(
+            account_id=b.id,
+            occurred_at=b.at,
+            sync_state=o.sync_state,
+            billing_state=o.billing_state,
+            exists=o.exists,
+            reason=reason,
+        )
+    )
+    if action is not None:
+        action(b)
+
+
+def _react(b: _Builder, at: datetime, meaning: str) -> tuple[str, Action]:
+    """What a provider-side fact means in the current state: (reason, what to do)."""
+    s = b.state
+    if s.state == "excluded":
+        return "account excluded by the operator; recorded only", None
+    if "deleted" in s.flags and meaning != "deleted":
+        return "account deleted at the provider; recorded only", None
+    match meaning:
+        case "stopped":
+            if s.state == "first_auth":
+                assert s.first_auth_at is not None
+                if at < s.first_auth_at:
+                    return "stop occurred before the first auth; not this migration's stop", None
+                return "the stop after the first auth", lambda b: _stopped(
+                    b, at, "stop observed after the first auth"
+                )
+            if s.state == "dynamic":
+                return (
+                    "stop of an account without a first auth; remembered in case its auth "
+                    "arrives late"
+                ), None
+            return f"stop noted; no effect in state {s.state}", None
+        case "running" | "connected":
+            action = _healthy
+            if s.state == "second_auth":
+                assert s.second_step_at is not None
+                if at >= s.second_step_at:
+
+                    def arrive(b: _Builder) -> None:
+                        _healthy(b)
+                        b.move("static", at, f"{meaning} after the second step")
+
+                    return f"{meaning} after the second step: the move is done", arrive
+                return f"{meaning} occurred before the second step; not the move", action
+            if s.state == "first_auth":
+                return f"{meaning} before the stop was observed; still waiting for the stop", action
+            return f"{meaning} noted; no effect in state {s.state}", action
+        case "invalid" | "sync_error":
+            if meaning in s.flags:
+                return f"already flagged {meaning}", None
+            return f"flagged {meaning}; the state is kept", lambda b: b.flag(meaning, meaning)
+        case "deleted":
+            if "deleted" in s.flags:
+                return "already flagged deleted", None
+            return "account deleted at the provider; timers and effects dropped", _deleted
+        case "updated":
+            return "grant updated without re-authentication; nothing to do", None
+        case _:
+            return "trigger not in the trigger table; recorded only", None
+
+
+def _healthy(b: _Builder) -> None:
+    b.flag("invalid", "the account runs", on=False)
+    b.flag("sync_error", "the account runs", on=False)
+
+
+def _deleted(b: _Builder) -> None:
+    b.flag("deleted", "account deleted at the provider")
+    b.cancel_timers("account deleted")
+    b.abandon_effects("account deleted")
+
+
+# --- timers and effect outcomes ----------------------------------------------------------------
+
+
+def _on_timer(b: _Builder, t: inp.TimerFired) -> None:
+    s = b.state
+    due = s.pending_timers.get(t.timer_id)
+    if due is None:
+        closed = s.closed_timers.get(t.timer_id)
+        reason = f"timer already {closed}" if closed else "unknown timer"
+        b.emit(
+            ev.TimerFiringIgnored(
+                account_id=b.id, occurred_at=b.at, timer_id=t.timer_id, reason=reason
+            )
+        )
+        return
+    purpose = s.timer_purposes[t.timer_id]
+    b.emit(
+        ev.TimerFired(
+            account_id=b.id,
+            occurred_at=b.at,
+            timer_id=t.timer_id,
+            purpose=purpose,
+            due_at=due,
+            fired_at=t.fired_at,
+            lateness=t.fired_at - due,
+        )
+    )
+    state = b.state.state
+    if purpose == "stop_grace" and state == "first_auth":
+        b.flag("stop_overdue", f"no stop within {b.settings.stop_grace} of the first auth")
+        b.emit(
+            ev.ProviderCheckRequested(
+                account_id=b.id,
+                occurred_at=b.at,
+                idempotency_key=f"{b.id}:provider_check:{b.state.cycle}",
+                reason="no account.stopped received; check the account at the provider",
+            )
+        )
+    elif purpose == "second_step" and state == "stopped_waiting":
+        b.move("second_step_due", due, "the delay since the first auth has passed")
+        _request_step(b, 0)
+    elif purpose == "reminder" and state == "second_step_due":
+        _request_step(b, b.state.reminders)
+    elif purpose == "stall" and state == "second_step_due":
+        b.move("stalled", due, "no second step after the last reminder")
+
+
+def _request_step(b: _Builder, reminder: int) -> None:
+    s = b.state
+    assert s.second_step_due_at is not None
+    b.abandon_effects(
+        f"superseded by reminder {reminder}", (ev.ReauthRequested, ev.SyncRestartRequested)
+    )
+    policy = s.policy or b.settings.default_policy
+    if policy == "restart":
+        b.emit(
+            ev.SyncRestartRequested(
+                account_id=b.id,
+                occurred_at=b.at,
+                idempotency_key=f"{b.id}:restart:{s.cycle}:{reminder}",
+                due_at=s.second_step_due_at,
+                reminder=reminder,
+                reason="second step by restarting the account's sync",
+            )
+        )
+    else:
+        b.emit(
+            ev.ReauthRequested(
+                account_id=b.id,
+                occurred_at=b.at,
+                idempotency_key=f"{b.id}:reauth:{s.cycle}:{reminder}",
+                stage="second_step" if reminder == 0 else "reminder",
+                due_at=s.second_step_due_at,
+                reminder=reminder,
+                email=s.email,
+            )
+        )
+    schedule = b.settings.reminder_schedule
+    if reminder < len(schedule):
+        b.schedule(
+            "reminder",
+            f"{b.id}:reminder:{s.cycle}:{reminder + 1}",
+            s.second_step_due_at + schedule[reminder],
+        )
+    else:
+        last = schedule[-1] if schedule else timedelta(0)
+        b.schedule(
+            "stall",
+            f"{b.id}:stall:{s.cycle}",
+            s.second_step_due_at + last + b.settings.stall_after,
+        )
+
+
+def _on_outcome(b: _Builder, at: datetime, o: inp.EffectOutcome) -> None:
+    pending = b.state.pending_effects.get(o.effect_key)
+    common = {"account_id": b.id, "occurred_at": b.at, "idempotency_key": o.effect_key}
+    if pending is None:
+        b.emit(
+            ev.EffectOutcomeIgnored(
+                **common,
+                outcome=o.outcome,
+                attempt=o.attempt,
+                reason="effect not pending (done, abandoned or unknown)",
+            )
+        )
+        return
+    if o.outcome == "failed_retrying":
+        b.emit(
+            ev.EffectAttemptFailed(
+                **common, attempt=o.attempt, detail=o.detail, next_attempt_at=o.next_attempt_at
+            )
+        )
+    elif o.outcome == "gave_up":
+        b.emit(ev.EffectAbandoned(**common, attempt=o.attempt, detail=o.detail or "gave up"))
+        b.flag("effect_gave_up", f"gave up on {o.effect_key}")
+    else:
+        b.emit(ev.EffectSucceeded(**common, attempt=o.attempt, detail=o.detail))
+        effect = pending.effect
+        if isinstance(effect, ev.SyncRestartRequested) and b.state.state in (
+            "second_step_due",
+            "stalled",
+        ):
+            # Requested once due, so it cannot have happened earlier than due (clock skew).
+            _second_step(b, max(at, effect.due_at), "sync restart")
+
+
+# --- operator commands -------------------------------------------------------------------------
+
+
+def _on_operator(
+    b: _Builder, at: datetime, c: inp.ResetAccount | inp.ExcludeAccount | inp.MarkResolved
+) -> None:
+    s = b.state
+    action: Action = None
+    if isinstance(c, inp.ResetAccount):
+        command = "reset"
+        if s.state == "dynamic" and not (s.flags or s.pending_timers or s.pending_effects):
+            reason = "account already dynamic with nothing pending"
+        else:
+            reason = "migration progress forgotten; back to dynamic"
+            action = _reset
+    elif isinstance(c, inp.ExcludeAccount):
+        command = "exclude"
+        if s.state == "excluded":
+            reason = "account already excluded"
+        else:
+            reason = "account taken out of the migration"
+            action = _exclude
+    else:
+        command = "mark_resolved"
+        reason, action = _resolution(b, at)
+    b.emit(
+        ev.OperatorCommandRecorded(
+            account_id=b.id,
+            occurred_at=b.at,
+            command=command,
+            actor=c.actor,
+            operator_reason=c.reason,
+            reason=reason,
+        )
+    )
+    if action is not None:
+        action(b)
+
+
+def _reset(b: _Builder) -> None:
+    b.cancel_timers("reset by the operator")
+    b.abandon_effects("reset by the operator")
+    for flag in sorted(b.state.flags):
+        b.flag(flag, "reset by the operator", on=False)
+    if b.state.state != "dynamic":
+        b.move("dynamic", b.at, "reset by the operator")
+
+
+def _exclude(b: _Builder) -> None:
+    b.cancel_timers("excluded by the operator")
+    b.abandon_effects("excluded by the operator")
+    b.move("excluded", b.at, "excluded by the operator")
+
+
+def _resolution(b: _Builder, at: datetime) -> tuple[str, Action]:
+    s = b.state
+    if s.state in MIGRATING:
+        assert s.first_auth_at is not None
+        if at < s.first_auth_at + b.settings.delay:
+            return "refused: the delay since the first auth has not passed", None
+
+        def resolve(b: _Builder) -> None:
+            b.cancel_timers("resolved by the operator")
+            b.abandon_effects("resolved by the operator")
+            for flag in sorted(b.state.flags):
+                b.flag(flag, "resolved by the operator", on=False)
+            b.move("static", at, "second step confirmed by the operator")
+
+        return "second step confirmed by the operator; account static", resolve
+    if s.flags:
+
+        def clear(b: _Builder) -> None:
+            for flag in sorted(b.state.flags):
+                b.flag(flag, "resolved by the operator", on=False)
+
+        return "flags cleared by the operator", clear
+    return f"nothing to resolve in state {s.state}", None

@@ -1,0 +1,194 @@
+"""The typed inputs of the domain: everything that can happen to the migration.
+
+Each input is a frozen msgspec struct with a deterministic `input_id` (the delivery dedupe key
+of a webhook, the application's auth event id, `timer:<timer_id>` for a timer firing, the
+command id of an operator command, `<effect_key>:<attempt>` for an effect outcome) and the time
+it occurred. The daemon names the events of one input `f"{input_id}#{i}"`, so a redelivered
+input is found by the existence of `f"{input_id}#0"`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from .events import UtcDatetime
+from .settings import Policy
+
+
+class Input(msgspec.Struct, frozen=True, kw_only=True, tag_field="input", tag=True):
+    """Base of every input."""
+
+    input_id: str
+
+    @property
+    def at(self) -> datetime:
+        """When the input occurred."""
+        raise NotImplementedError
+
+
+class AccountInput(Input, frozen=True, kw_only=True):
+    """An input about one account; decided against that account's state."""
+
+    account_id: str
+
+
+class ApplicationInput(Input, frozen=True, kw_only=True):
+    """An input about the application as a whole."""
+
+
+# --- operator commands ------------------------------------------------------------------------
+
+
+class EnableMigration(ApplicationInput, frozen=True, kw_only=True):
+    """Enable the static-IP migration for the application."""
+
+    occurred_at: UtcDatetime
+    actor: str
+    reason: str = ""
+
+    @property
+    def at(self) -> datetime:
+        return self.occurred_at
+
+
+class Enroll(ApplicationInput, frozen=True, kw_only=True):
+    """Enrol accounts in a wave; `policy` None means the settings' default policy."""
+
+    occurred_at: UtcDatetime
+    account_ids: tuple[str, ...]
+    wave: str
+    policy: Policy | None = None
+    actor: str
+    reason: str = ""
+
+    @property
+    def at(self) -> datetime:
+        return self.occurred_at
+
+
+class ResetAccount(AccountInput, frozen=True, kw_only=True):
+    """Forget the account's migration progress: back to `dynamic`, timers and effects dropped."""
+
+    occurred_at: UtcDatetime
+    actor: str
+    reason: str
+
+    @property
+    def at(self) -> datetime:
+        return self.occurred_at
+
+
+class ExcludeAccount(AccountInput, frozen=True, kw_only=True):
+    """Take the account out of the migration (until a reset)."""
+
+    occurred_at: UtcDatetime
+    actor: str
+    reason: str
+
+    @property
+    def at(self) -> datetime:
+        return self.occurred_at
+
+
+class MarkResolved(AccountInput, frozen=True, kw_only=True):
+    """The operator states the account's problem is resolved (second step done out of band)."""
+
+    occurred_at: UtcDatetime
+    actor: str
+    reason: str
+
+    @property
+    def at(self) -> datetime:
+        return self.occurred_at
+
+
+# --- the application, the provider, timers, the outbox, pollers --------------------------------
+
+
+class AuthReported(AccountInput, frozen=True, kw_only=True):
+    """The application reports that the end user authenticated."""
+
+    occurred_at: UtcDatetime
+    email: str | None = None
+    provider: str | None = None
+    source: str = "app"
+
+    @property
+    def at(self) -> datetime:
+        return self.occurred_at
+
+
+class ProviderNotified(AccountInput, frozen=True, kw_only=True):
+    """A provider webhook about the account (one v2 delta or one v3 notification)."""
+
+    trigger: str
+    occurred_at: UtcDatetime
+    api_version: Literal[2, 3] = 2
+    details: dict[str, Any] = {}
+
+    @property
+    def at(self) -> datetime:
+        return self.occurred_at
+
+
+class TimerFired(AccountInput, frozen=True, kw_only=True):
+    """The timer driver fired a timer (`input_id` is `timer:<timer_id>`)."""
+
+    timer_id: str
+    due_at: UtcDatetime
+    fired_at: UtcDatetime
+
+    @property
+    def at(self) -> datetime:
+        return self.fired_at
+
+
+class EffectOutcome(AccountInput, frozen=True, kw_only=True):
+    """The outbox's outcome of one attempt at an effect."""
+
+    effect_key: str
+    outcome: Literal["succeeded", "failed_retrying", "gave_up"]
+    attempt: int
+    detail: str = ""
+    occurred_at: UtcDatetime
+    next_attempt_at: UtcDatetime | None = None
+
+    @property
+    def at(self) -> datetime:
+        return self.occurred_at
+
+
+class AccountObserved(AccountInput, frozen=True, kw_only=True):
+    """The reconciler's view of the account at the provider."""
+
+    sync_state: str | None = None
+    billing_state: str | None = None
+    exists: bool = True
+    observed_at: UtcDatetime
+
+    @property
+    def at(self) -> datetime:
+        return self.observed_at
+
+
+class IpListObserved(ApplicationInput, frozen=True, kw_only=True):
+    """The IP-list poller's result for the static or the dynamic list."""
+
+    kind: Literal["static", "dynamic"]
+    addresses: tuple[str, ...]
+    provider_updated_at: UtcDatetime | None = None
+    observed_at: UtcDatetime
+
+    @property
+    def at(self) -> datetime:
+        return self.observed_at
+
+
+def stream_for(inp: Input) -> str:
+    """The stream whose state decides `inp` and receives its events."""
+    if isinstance(inp, AccountInput):
+        return f"account-{inp.account_id}"
+    return "application"

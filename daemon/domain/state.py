@@ -1,0 +1,246 @@
+"""The states folded from the log: `AccountState` per account, `ApplicationState` once.
+
+`evolve(state, event)` is the only way a state changes; it never fails on an event it has no
+use for (it still counts it in `version`, which the daemon passes as the stream's expected
+version). States are frozen: evolve returns a new one, so a caller's copy never changes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TypeVar
+
+import msgspec
+from msgspec.structs import replace
+
+from . import events as ev
+from .events import UtcDatetime
+
+STATES = (
+    "dynamic",
+    "first_auth",
+    "stopped_waiting",
+    "second_step_due",
+    "second_auth",
+    "static",
+    "stalled",
+    "excluded",
+)
+"""Every migration state, in funnel order."""
+
+_V = TypeVar("_V")
+
+FLAGS = ("invalid", "sync_error", "deleted", "early_second_auth", "stop_overdue", "effect_gave_up")
+
+
+class PendingEffect(msgspec.Struct, frozen=True, kw_only=True):
+    """An effect not yet done: the intent event and the attempts the log knows of."""
+
+    effect: ev.EffectEvent
+    attempts: int = 0
+    next_attempt_at: UtcDatetime | None = None
+
+
+class AccountState(msgspec.Struct, frozen=True, kw_only=True):
+    """One account's migration: state, step times, flags, pending timers and effects."""
+
+    account_id: str
+    version: int = 0
+    state: str = "dynamic"
+    cycle: int = 0
+    policy: str | None = None
+    wave: str | None = None
+    first_auth_at: UtcDatetime | None = None
+    stopped_at: UtcDatetime | None = None
+    second_step_due_at: UtcDatetime | None = None
+    second_step_at: UtcDatetime | None = None
+    static_at: UtcDatetime | None = None
+    stalled_at: UtcDatetime | None = None
+    last_auth_at: UtcDatetime | None = None
+    last_stop_at: UtcDatetime | None = None
+    last_running_at: UtcDatetime | None = None
+    email: str | None = None
+    reminders: int = 0
+    early_auths: int = 0
+    flags: frozenset[str] = frozenset()
+    pending_timers: dict[str, UtcDatetime] = {}
+    timer_purposes: dict[str, str] = {}
+    closed_timers: dict[str, str] = {}
+    pending_effects: dict[str, PendingEffect] = {}
+    updated_at: UtcDatetime | None = None
+
+    @property
+    def next_due(self) -> datetime | None:
+        """The earliest pending timer, if any."""
+        return min(self.pending_timers.values(), default=None)
+
+
+def evolve_account(state: AccountState | None, event: ev.Event) -> AccountState:
+    """The account state after `event` (which must belong to the account's stream)."""
+    if state is None:
+        account_id = getattr(event, "account_id", None)
+        if not isinstance(account_id, str):
+            raise ValueError(f"{type(event).__name__} is not an account event")
+        state = AccountState(account_id=account_id)
+    changes: dict[str, object] = {"version": state.version + 1}
+    if event.occurred_at is not None:
+        changes["updated_at"] = event.occurred_at
+    match event:
+        case ev.AuthRecorded():
+            changes["last_auth_at"] = _later(state.last_auth_at, event.occurred_at)
+            if event.email:
+                changes["email"] = event.email
+            if event.classification == "early_second_auth":
+                changes["early_auths"] = state.early_auths + 1
+        case ev.ProviderNotificationRecorded(meaning="stopped"):
+            changes["last_stop_at"] = _later(state.last_stop_at, event.occurred_at)
+        case ev.ProviderNotificationRecorded(meaning="running" | "connected"):
+            changes["last_running_at"] = _later(state.last_running_at, event.occurred_at)
+        case ev.AccountObservationRecorded(sync_state="stopped"):
+            changes["last_stop_at"] = _later(state.last_stop_at, event.occurred_at)
+        case ev.AccountObservationRecorded(sync_state="running"):
+            changes["last_running_at"] = _later(state.last_running_at, event.occurred_at)
+        case ev.StateChanged():
+            changes.update(_enter(state, event))
+        case ev.FlagRaised():
+            changes["flags"] = state.flags | {event.flag}
+        case ev.FlagCleared():
+            changes["flags"] = state.flags - {event.flag}
+        case ev.TimerScheduled():
+            changes["pending_timers"] = {**state.pending_timers, event.timer_id: event.due_at}
+            changes["timer_purposes"] = {**state.timer_purposes, event.timer_id: event.purpose}
+        case ev.TimerFired() | ev.TimerCancelled():
+            outcome = "fired" if isinstance(event, ev.TimerFired) else "cancelled"
+            changes["pending_timers"] = _without(state.pending_timers, event.timer_id)
+            changes["timer_purposes"] = _without(state.timer_purposes, event.timer_id)
+            changes["closed_timers"] = {**state.closed_timers, event.timer_id: outcome}
+            if isinstance(event, ev.TimerFired) and event.purpose == "reminder":
+                changes["reminders"] = state.reminders + 1
+        case ev.EffectRequested():
+            pending = PendingEffect(effect=event)  # type: ignore[arg-type]
+            changes["pending_effects"] = {**state.pending_effects, event.idempotency_key: pending}
+        case ev.EffectAttemptFailed():
+            current = state.pending_effects.get(event.idempotency_key)
+            if current is not None:
+                updated = replace(
+                    current, attempts=event.attempt, next_attempt_at=event.next_attempt_at
+                )
+                changes["pending_effects"] = {
+                    **state.pending_effects,
+                    event.idempotency_key: updated,
+                }
+        case ev.EffectSucceeded() | ev.EffectAbandoned():
+            changes["pending_effects"] = _without(state.pending_effects, event.idempotency_key)
+        case _:
+            pass
+    return replace(state, **changes)
+
+
+def _enter(state: AccountState, e: ev.StateChanged) -> dict[str, object]:
+    changes: dict[str, object] = {"state": e.to_state, "cycle": e.cycle}
+    match e.to_state:
+        case "dynamic":
+            changes.update(
+                first_auth_at=None,
+                stopped_at=None,
+                second_step_due_at=None,
+                second_step_at=None,
+                static_at=None,
+                stalled_at=None,
+                reminders=0,
+                early_auths=0,
+                policy=None,
+                wave=None,
+            )
+        case "first_auth":
+            changes.update(
+                first_auth_at=e.at,
+                policy=e.policy,
+                wave=e.wave,
+                stopped_at=None,
+                second_step_due_at=None,
+                second_step_at=None,
+                static_at=None,
+                stalled_at=None,
+                reminders=0,
+                early_auths=0,
+            )
+        case "stopped_waiting":
+            changes.update(stopped_at=e.at, second_step_due_at=e.due_at)
+        case "second_auth":
+            changes["second_step_at"] = e.at
+        case "static":
+            changes["static_at"] = e.at
+        case "stalled":
+            changes["stalled_at"] = e.at
+    return changes
+
+
+def _later(current: datetime | None, candidate: datetime) -> datetime:
+    return candidate if current is None or candidate > current else current
+
+
+def _without(mapping: dict[str, _V], key: str) -> dict[str, _V]:
+    if key not in mapping:
+        return mapping
+    return {k: v for k, v in mapping.items() if k != key}
+
+
+class Enrollment(msgspec.Struct, frozen=True, kw_only=True):
+    """An account's place in the migration plan."""
+
+    wave: str
+    policy: str
+    enrolled_at: UtcDatetime
+
+
+class IpList(msgspec.Struct, frozen=True, kw_only=True):
+    """The latest known provider IP list of one kind."""
+
+    addresses: tuple[str, ...]
+    provider_updated_at: UtcDatetime | None = None
+    changed_at: UtcDatetime
+
+
+class ApplicationState(msgspec.Struct, frozen=True, kw_only=True):
+    """The application-wide state: enablement, enrolments (waves) and IP lists."""
+
+    version: int = 0
+    migration_enabled: bool = False
+    enabled_at: UtcDatetime | None = None
+    enrollments: dict[str, Enrollment] = {}
+    ip_lists: dict[str, IpList] = {}
+
+    def waves(self) -> dict[str, int]:
+        """Wave name -> number of accounts enrolled in it."""
+        counts: dict[str, int] = {}
+        for enrollment in self.enrollments.values():
+            counts[enrollment.wave] = counts.get(enrollment.wave, 0) + 1
+        return counts
+
+
+def evolve_application(state: ApplicationState | None, event: ev.Event) -> ApplicationState:
+    """The application state after `event` (an event of the `application` stream)."""
+    state = state or ApplicationState()
+    changes: dict[str, object] = {"version": state.version + 1}
+    match event:
+        case ev.MigrationEnabled():
+            changes.update(migration_enabled=True, enabled_at=event.occurred_at)
+        case ev.AccountsEnrolled():
+            enrollment = Enrollment(
+                wave=event.wave, policy=event.policy, enrolled_at=event.occurred_at
+            )
+            changes["enrollments"] = {
+                **state.enrollments,
+                **dict.fromkeys(event.account_ids, enrollment),
+            }
+        case ev.IpListChanged():
+            ip_list = IpList(
+                addresses=event.addresses,
+                provider_updated_at=event.provider_updated_at,
+                changed_at=event.occurred_at,
+            )
+            changes["ip_lists"] = {**state.ip_lists, event.kind: ip_list}
+        case _:
+            pass
+    return replace(state, **changes)

@@ -1,0 +1,45 @@
+"""The one table mapping provider webhook triggers (API v2 and v3) to domain meanings.
+
+v2 is what the static-IP move is built on; v3 has no stop/running triggers, so only what maps
+is mapped (`grant.updated` with a re-authentication flag or code 25027 is an auth). Anything
+not in the table is `unrecognised`: recorded, never acted on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+REAUTH_CODE = 25027  # grant.updated code for a re-authentication (provider-facts §2.2)
+
+
+def _grant_updated(details: Mapping[str, Any]) -> str:
+    if details.get("reauthentication_flag") is True or details.get("code") == REAUTH_CODE:
+        return "auth"
+    return "updated"
+
+
+TRIGGERS: dict[tuple[int, str], str | Callable[[Mapping[str, Any]], str]] = {
+    (2, "account.connected"): "connected",
+    (2, "account.running"): "running",
+    (2, "account.stopped"): "stopped",
+    (2, "account.invalid"): "invalid",
+    (2, "account.sync_error"): "sync_error",
+    (3, "grant.created"): "connected",
+    (3, "grant.updated"): _grant_updated,
+    (3, "grant.expired"): "invalid",
+    (3, "grant.deleted"): "deleted",
+}
+"""(api_version, trigger) -> meaning, or a function of the notification's details."""
+
+MEANINGS = frozenset(
+    {"connected", "running", "stopped", "invalid", "sync_error", "deleted", "auth", "updated"}
+)
+
+
+def meaning_of(api_version: int, trigger: str, details: Mapping[str, Any]) -> str:
+    """The domain meaning of a notification, or `unrecognised`."""
+    entry = TRIGGERS.get((api_version, trigger))
+    if entry is None:
+        return "unrecognised"
+    return entry if isinstance(entry, str) else entry(details)
