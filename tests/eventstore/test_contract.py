@@ -1,0 +1,251 @@
+"""The event store's contract: promises any backend must keep, written once as a base class."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from eventstore import (
+    ANY,
+    GENESIS,
+    NO_STREAM,
+    EventStore,
+    InvalidEvent,
+    NewEvent,
+    StoreClosed,
+    WrongExpectedVersion,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def ev(stream: str = "s", n: int = 0, event_id: str | None = None) -> NewEvent:
+    return NewEvent(stream, "Happened", b'{"n": %d}' % n, event_id=event_id)
+
+
+async def collect(it: AsyncIterator, limit: int | None = None) -> list:
+    out = []
+    async for item in it:
+        out.append(item)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+class EventStoreContract:
+    """Subclass and provide a `store` fixture yielding an open, empty store."""
+
+    @pytest.fixture
+    def store(self) -> EventStore:
+        raise NotImplementedError("a backend's test class provides an open, empty store")
+
+    async def test_append_assigns_positions_and_versions(self, store: EventStore) -> None:
+        """Appended events get gap-free positions and per-stream versions in input order."""
+        r = await store.append([ev("a", 1), ev("b", 2), ev("a", 3)])
+        assert [x.position for x in r.records] == [1, 2, 3]
+        assert [(x.stream, x.version) for x in r.records] == [("a", 1), ("b", 1), ("a", 2)]
+        assert r.created == (True, True, True)
+        assert r.last_position == 3
+        assert r.new_records == r.records
+        assert r.duplicates == ()
+
+    async def test_read_all_returns_what_append_returned(self, store: EventStore) -> None:
+        """Reading the log back gives exactly the records append returned, in order."""
+        r1 = await store.append([ev("a", i) for i in range(5)])
+        r2 = await store.append([ev("b", i) for i in range(5)])
+        got = await collect(store.read_all())
+        assert got == list(r1.records + r2.records)
+        assert all(x.recorded_at.utcoffset() is not None for x in got)
+        assert all(len(x.hash) == 64 for x in got)
+
+    async def test_read_all_bounds_and_small_batches(self, store: EventStore) -> None:
+        """read_all honours from/to positions whatever the batch size."""
+        await store.append([ev("a", i) for i in range(10)])
+        got = await collect(store.read_all(3, 8, batch=2))
+        assert [x.position for x in got] == [3, 4, 5, 6, 7, 8]
+        assert [x.position for x in await collect(store.read_all(9, batch=3))] == [9, 10]
+        assert await collect(store.read_all(11)) == []
+        assert await collect(store.read_all(5, 4)) == []
+
+    async def test_read_stream_from_version(self, store: EventStore) -> None:
+        """read_stream yields only that stream's events from the given version."""
+        await store.append([ev("a", 1), ev("b", 1), ev("a", 2), ev("a", 3)])
+        got = await collect(store.read_stream("a", 2))
+        assert [(x.stream, x.version) for x in got] == [("a", 2), ("a", 3)]
+        assert await collect(store.read_stream("nope")) == []
+
+    async def test_data_is_stored_byte_for_byte(self, store: EventStore) -> None:
+        """Data and metadata come back exactly as given, whitespace and non-ASCII included."""
+        data = '{ "name" : "Zoë ✓",\n "n":1.50 }'.encode()
+        meta = b'{"source":"test",  "correlation_id":"c1"}'
+        r = await store.append([NewEvent("s", "T", data, schema=3, metadata=meta)])
+        (got,) = await collect(store.read_all())
+        assert got.data == data
+        assert got.metadata == meta
+        assert got.schema == 3
+        assert got == r.records[0]
+
+    async def test_no_stream_expectation(self, store: EventStore) -> None:
+        """NO_STREAM succeeds on a new stream and fails, writing nothing, on an existing one."""
+        await store.append([ev("a")], NO_STREAM)
+        with pytest.raises(WrongExpectedVersion) as info:
+            await store.append([ev("a"), ev("a")], NO_STREAM)
+        assert (info.value.stream, info.value.expected, info.value.actual) == ("a", 0, 1)
+        assert (await store.head())[0] == 1
+
+    async def test_exact_expectation(self, store: EventStore) -> None:
+        """An exact expected version must equal the stream's last version."""
+        await store.append([ev("a"), ev("a")])
+        r = await store.append([ev("a")], 2)
+        assert r.records[0].version == 3
+        with pytest.raises(WrongExpectedVersion):
+            await store.append([ev("a")], 2)
+        r = await store.append([ev("a")], ANY)
+        assert r.records[0].version == 4
+
+    async def test_mapping_expectation_is_all_or_nothing(self, store: EventStore) -> None:
+        """With per-stream expectations, one conflicting stream rejects the whole call."""
+        await store.append([ev("a")])
+        with pytest.raises(WrongExpectedVersion):
+            await store.append([ev("b"), ev("a")], {"b": NO_STREAM, "a": NO_STREAM})
+        assert await collect(store.read_stream("b")) == []
+        r = await store.append([ev("b"), ev("a")], {"b": NO_STREAM, "a": 1})
+        assert [x.version for x in r.records] == [1, 2]
+
+    async def test_duplicate_event_id_returns_stored_record(self, store: EventStore) -> None:
+        """Re-appending a stored event_id writes nothing and returns the stored record."""
+        first = await store.append([ev("a", 1, event_id="id-1")])
+        again = await store.append([ev("a", 99, event_id="id-1"), ev("a", 2, event_id="id-2")])
+        assert again.created == (False, True)
+        assert again.records[0] == first.records[0]
+        assert again.duplicates == (first.records[0],)
+        assert again.records[1].position == 2
+        assert (await store.head())[0] == 2
+
+    async def test_all_duplicate_retry_never_conflicts(self, store: EventStore) -> None:
+        """Retrying a call whose events are all stored succeeds even with a stale expectation."""
+        first = await store.append([ev("a", event_id="x"), ev("a", event_id="y")], NO_STREAM)
+        retry = await store.append([ev("a", event_id="x"), ev("a", event_id="y")], NO_STREAM)
+        assert retry.records == first.records
+        assert retry.created == (False, False)
+
+    async def test_duplicate_within_one_call_resolves_to_first(self, store: EventStore) -> None:
+        """An event_id repeated inside one call is written once; both entries get that record."""
+        r = await store.append([ev("a", 1, event_id="d"), ev("a", 2, event_id="d")])
+        assert r.created == (True, False)
+        assert r.records[0] == r.records[1]
+        assert (await store.head())[0] == 1
+
+    async def test_get_event(self, store: EventStore) -> None:
+        """get_event finds a record by event_id and returns None for an unknown id."""
+        r = await store.append([ev("a")])
+        assert await store.get_event(r.records[0].event_id) == r.records[0]
+        assert await store.get_event("unknown") is None
+
+    async def test_head(self, store: EventStore) -> None:
+        """head() is (0, GENESIS) when empty, then the last position and its hash."""
+        assert await store.head() == (0, GENESIS)
+        r = await store.append([ev("a"), ev("b")])
+        assert await store.head() == (2, r.records[-1].hash)
+
+    async def test_generated_event_ids_are_time_ordered(self, store: EventStore) -> None:
+        """Ids the store assigns are unique and sort in append order."""
+        r = await store.append([ev("a", i) for i in range(50)])
+        ids = [x.event_id for x in r.records]
+        assert len(set(ids)) == 50
+        assert ids == sorted(ids)
+
+    @pytest.mark.parametrize("data", [b"[1, 2]", b"not json", b'"text"', b"\xff{}", b""])
+    async def test_invalid_json_is_refused(self, store: EventStore, data: bytes) -> None:
+        """Data that is not a UTF-8 JSON object is refused before anything is written."""
+        with pytest.raises(InvalidEvent):
+            await store.append([ev("a"), NewEvent("a", "T", data)])
+        assert (await store.head())[0] == 0
+
+    async def test_empty_append(self, store: EventStore) -> None:
+        """Appending no events returns an empty result and writes nothing."""
+        r = await store.append([])
+        assert r.records == ()
+        assert r.last_position == 0
+
+    async def test_subscribe_catches_up_then_goes_live(self, store: EventStore) -> None:
+        """A subscriber sees old events, then new ones as they commit, each exactly once."""
+        await store.append([ev("a", i) for i in range(3)])
+        seen: list[int] = []
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+
+                async def consume() -> None:
+                    async for e in store.subscribe(2):
+                        seen.append(e.position)
+                        if e.position == 6:
+                            return
+
+                tg.start_soon(consume)
+                await anyio.wait_all_tasks_blocked()
+                await store.append([ev("b")])
+                await store.append([ev("b"), ev("b")])
+        assert seen == [2, 3, 4, 5, 6]
+
+    async def test_wait_for_position(self, store: EventStore) -> None:
+        """wait_for_position returns once the head reaches the position."""
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.wait_for_position, 2)
+                await anyio.wait_all_tasks_blocked()
+                await store.append([ev("a"), ev("a")])
+            await store.wait_for_position(1)
+
+    async def test_consumer_positions(self, store: EventStore) -> None:
+        """A consumer's position is None until set, then the last value set."""
+        assert await store.get_consumer_position("proj") is None
+        await store.set_consumer_position("proj", 5)
+        await store.set_consumer_position("proj", 7)
+        await store.set_consumer_position("other", 1)
+        assert await store.get_consumer_position("proj") == 7
+        assert await store.get_consumer_position("other") == 1
+
+    async def test_snapshots(self, store: EventStore) -> None:
+        """A snapshot is stored with its position and replaced as a whole."""
+        assert await store.load_snapshot("acc") is None
+        await store.save_snapshot("acc", 3, b"\x00state-3")
+        await store.save_snapshot("acc", 9, b"state-9")
+        assert await store.load_snapshot("acc") == (9, b"state-9")
+
+    async def test_verify_passes_on_intact_log(self, store: EventStore) -> None:
+        """verify() reports ok with the head and checked counts on an untouched log."""
+        await store.append([ev("a", i) for i in range(20)])
+        cp = await store.checkpoint(b"secret", "k1")
+        await store.append([ev("b")])
+        report = await store.verify(b"secret")
+        assert report.ok, report.damage
+        assert report.events_checked == 21
+        assert (report.head_position, report.head_hash) == await store.head()
+        assert report.checkpoints_checked == 1
+        assert cp.position == 20
+        assert cp.key_id == "k1"
+
+    async def test_closed_store_refuses_work(self, store: EventStore) -> None:
+        """After close(), every operation raises StoreClosed."""
+        await store.close()
+        await store.close()
+        with pytest.raises(StoreClosed):
+            await store.append([ev("a")])
+        with pytest.raises(StoreClosed):
+            await store.head()
+        with pytest.raises(StoreClosed):
+            await collect(store.read_all())
+
+
+class TestSQLiteEventStore(EventStoreContract):
+    """The SQLite store keeps the contract."""
+
+    @pytest.fixture
+    async def store(self, tmp_path) -> AsyncIterator[EventStore]:
+        s = await EventStore.open(tmp_path / "log.db")
+        try:
+            yield s
+        finally:
+            await s.close()

@@ -1,0 +1,216 @@
+"""Group commit under load, back-pressure, cancellation, and storage errors of the SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from eventstore import (
+    DatabaseCorrupt,
+    DatabaseMissing,
+    EventStore,
+    NewEvent,
+    StorageUnavailable,
+    WriterBusy,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def ev(stream: str = "s", event_id: str | None = None, size: int = 0) -> NewEvent:
+    return NewEvent(stream, "T", b'{"pad": "%s"}' % (b"x" * size), event_id=event_id)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[EventStore]:
+    s = await EventStore.open(tmp_path / "log.db")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+class WriteLock:
+    """Holds SQLite's write lock from a plain connection, so the store's writer has to wait."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def release(self) -> None:
+        self.conn.execute("COMMIT")
+        self.conn.close()
+
+
+async def test_two_thousand_concurrent_appenders(store: EventStore) -> None:
+    """2,000 concurrent appends get unique gap-free positions; a subscriber sees each once."""
+    n = 2_000
+    seen: list[int] = []
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+
+            async def consume() -> None:
+                async for e in store.subscribe():
+                    seen.append(e.position)
+                    if len(seen) == n:
+                        return
+
+            tg.start_soon(consume)
+            results = await asyncio.gather(
+                *(store.append([ev(f"stream-{i % 97}")]) for i in range(n))
+            )
+    positions = [r.records[0].position for r in results]
+    assert sorted(positions) == list(range(1, n + 1))
+    assert seen == list(range(1, n + 1))
+    # Versions within each stream follow the global commit order.
+    by_stream: dict[str, list[tuple[int, int]]] = {}
+    for r in results:
+        rec = r.records[0]
+        by_stream.setdefault(rec.stream, []).append((rec.position, rec.version))
+    for pairs in by_stream.values():
+        pairs.sort()
+        assert [v for _, v in pairs] == list(range(1, len(pairs) + 1))
+    assert (await store.verify()).ok
+
+
+async def test_conflict_in_a_batch_fails_only_that_call(tmp_path: Path) -> None:
+    """In one group commit, the call with a wrong expectation fails and the others commit."""
+    path = tmp_path / "log.db"
+    async with await EventStore.open(path) as store:
+        lock = WriteLock(path)
+        calls = [
+            asyncio.ensure_future(store.append([ev("a")], 0)),
+            asyncio.ensure_future(store.append([ev("a")], 0)),  # conflicts with the first
+            asyncio.ensure_future(store.append([ev("b")], 0)),
+        ]
+        await asyncio.sleep(0.05)
+        lock.release()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert results[0].records[0].position == 1
+        assert type(results[1]).__name__ == "WrongExpectedVersion"
+        assert results[2].records[0].position == 2
+
+
+async def test_writer_busy_when_queue_stays_full(tmp_path: Path) -> None:
+    """With a full queue, an append with enqueue_timeout raises WriterBusy and writes nothing."""
+    path = tmp_path / "log.db"
+    async with await EventStore.open(path, queue_size=1) as store:
+        lock = WriteLock(path)
+        first = asyncio.ensure_future(store.append([ev("a", "first")]))  # taken by the writer
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(store.append([ev("a", "second")]))  # fills the queue
+        await asyncio.sleep(0.01)
+        with pytest.raises(WriterBusy):
+            await store.append([ev("a", "third")], enqueue_timeout=0.05)
+        lock.release()
+        await first
+        await second
+        assert await store.get_event("third") is None
+        assert [e.event_id async for e in store.read_all()] == ["first", "second"]
+
+
+async def test_cancelled_callers_are_all_or_nothing(tmp_path: Path) -> None:
+    """Cancelled appenders leave each call fully written or absent, and the writer keeps going."""
+    path = tmp_path / "log.db"
+    async with await EventStore.open(path) as store:
+        lock = WriteLock(path)
+        taken = asyncio.ensure_future(store.append([ev("a", "t1"), ev("a", "t2")]))
+        await asyncio.sleep(0.05)  # the writer has taken `taken` and waits for the lock
+        queued = asyncio.ensure_future(store.append([ev("b", "q1"), ev("b", "q2")]))
+        await asyncio.sleep(0.01)
+        taken.cancel()
+        queued.cancel()
+        lock.release()
+        for fut in (taken, queued):
+            with pytest.raises(asyncio.CancelledError):
+                await fut
+        after = await store.append([ev("c", "after")])
+        ids = {e.event_id async for e in store.read_all()}
+        for call in ({"t1", "t2"}, {"q1", "q2"}):
+            assert call <= ids or not (call & ids)
+        assert "after" in ids
+        assert after.records[0].position == len(ids)
+        assert (await store.verify()).ok
+
+
+async def test_locked_database_is_storage_unavailable(tmp_path: Path) -> None:
+    """A write lock held too long elsewhere gives StorageUnavailable; the store then recovers."""
+    path = tmp_path / "log.db"
+    async with await EventStore.open(path, busy_timeout=0.05) as store:
+        lock = WriteLock(path)
+        with pytest.raises(StorageUnavailable):
+            await store.append([ev("a")])
+        assert not store.healthy
+        assert isinstance(store.last_error, StorageUnavailable)
+        lock.release()
+        await store.append([ev("a")])
+        assert store.healthy
+        assert (await store.head())[0] == 1
+
+
+async def test_disk_full_writes_nothing(store: EventStore) -> None:
+    """A full database fails the whole batch with StorageUnavailable and leaves no partial rows."""
+    await store.append([ev("a")])
+    await store._writer._conn.execute("PRAGMA max_page_count = 20")  # simulate a full disk
+    with pytest.raises(StorageUnavailable, match="FULL"):
+        await store.append([ev("a", size=2_000) for _ in range(50)])
+    assert (await store.head())[0] == 1
+    await store._writer._conn.execute("PRAGMA max_page_count = 1073741823")
+    r = await store.append([ev("a")])
+    assert r.records[0].position == 2
+
+
+async def test_missing_database_with_create_false(tmp_path: Path) -> None:
+    """Opening a missing file with create=False raises DatabaseMissing and creates nothing."""
+    with pytest.raises(DatabaseMissing):
+        await EventStore.open(tmp_path / "absent.db", create=False)
+    assert not (tmp_path / "absent.db").exists()
+
+
+async def test_not_a_database(tmp_path: Path) -> None:
+    """Opening a file that is not SQLite raises DatabaseCorrupt."""
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not an sqlite database at all" * 200)
+    with pytest.raises(DatabaseCorrupt):
+        await EventStore.open(path)
+
+
+async def test_reopen_keeps_log_and_chain(tmp_path: Path) -> None:
+    """Events survive close and reopen, and new appends continue the same chain."""
+    path = tmp_path / "log.db"
+    async with await EventStore.open(path, synchronous="NORMAL") as store:
+        await store.append([ev("a"), ev("a")])
+    async with await EventStore.open(path, create=False) as store:
+        r = await store.append([ev("a")], 2)
+        assert r.records[0].position == 3
+        assert (await store.verify()).ok
+
+
+async def test_bad_synchronous_setting(tmp_path: Path) -> None:
+    """An unknown synchronous mode is a usage error raised before touching the file."""
+    with pytest.raises(ValueError, match="synchronous"):
+        await EventStore.open(tmp_path / "x.db", synchronous="OFF")
+
+
+async def test_close_writes_queued_appends(tmp_path: Path) -> None:
+    """close() drains appends already queued before closing the connections."""
+    path = tmp_path / "log.db"
+    store = await EventStore.open(path)
+    calls = [asyncio.ensure_future(store.append([ev("a")])) for _ in range(20)]
+    await asyncio.sleep(0)
+    await store.close()
+    results = await asyncio.gather(*calls)
+    assert sorted(r.records[0].position for r in results) == list(range(1, 21))
+
+
+def test_eventstore_does_not_import_daemon() -> None:
+    """The event store package never imports the daemon (layering)."""
+    for py in Path(__file__).parents[2].joinpath("eventstore").glob("*.py"):
+        text = py.read_text()
+        assert "import daemon" not in text
+        assert "from daemon" not in text
