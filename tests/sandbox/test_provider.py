@@ -372,3 +372,22 @@ async def test_control_endpoints_over_http(receiver: Receiver, http: aiohttp.Cli
         assert stats["states"]["env.staging"] == 1
         async with http.put(f"{base}/sandbox/faults", json={"bogus": 1}) as resp:
             assert resp.status == 400
+
+
+async def test_destination_disabled_after_long_failure() -> None:
+    """A v3 destination failing longer than disable_after becomes failed and gets no more POSTs."""
+    rec = Receiver(statuses=[500] * 20)
+    await rec.start()
+    try:
+        async with SandboxProvider(fast(api_version=3, disable_after=0.0)) as sandbox:
+            dest = await sandbox.register_webhook(rec.url)
+            sandbox.create_accounts(1)
+            await sandbox.sender.wait_idle()
+            assert dest.state == "failed"
+            sent = len(rec.posts)
+            sandbox.create_accounts(1)
+            await sandbox.sender.wait_idle()
+        assert sent == 1
+        assert len(rec.posts) == 1
+    finally:
+        await rec.stop()
