@@ -1,0 +1,230 @@
+"""Tampering through plain sqlite3 is refused by triggers or named by verify() with its position."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from eventstore import EventStore, NewEvent
+from eventstore.chain import canonical_row, row_hash
+from eventstore.schema import MIGRATIONS
+
+pytestmark = pytest.mark.anyio
+KEY = b"auditor-key"
+N = 10
+
+
+@pytest.fixture
+async def log(tmp_path: Path) -> Path:
+    path = tmp_path / "log.db"
+    async with await EventStore.open(path) as store:
+        for i in range(N):
+            await store.append([NewEvent(f"s{i % 3}", "T", b'{"n": %d}' % i)])
+    return path
+
+
+def tamper(path: Path, *statements: str, params: tuple = ()) -> None:
+    """Drop the guard triggers, run the statements, put the triggers back (a careful attacker)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("DROP TRIGGER IF EXISTS events_refuse_update")
+        conn.execute("DROP TRIGGER IF EXISTS events_refuse_delete")
+        for sql in statements:
+            conn.execute(sql, params if "?" in sql else ())
+        for stmt in MIGRATIONS[1].split(";"):
+            if "CREATE TRIGGER" in stmt:
+                conn.execute(stmt + "; END")
+    finally:
+        conn.close()
+
+
+def rows(path: Path) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(
+            "SELECT position, stream, version, type, schema, data, metadata, event_id,"
+            " recorded_at, prev_hash, hash FROM events ORDER BY position"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def recompute_from(path: Path, start: int) -> None:
+    """Rewrite every hash from `start` on so the stored chain is self-consistent again."""
+    all_rows = rows(path)
+    prev = all_rows[start - 2][10] if start > 1 else "0" * 64
+    updates = []
+    for r in all_rows[start - 1 :]:
+        h = row_hash(
+            prev, canonical_row(r[1], r[2], r[3], r[4], r[7], r[8], r[5].encode(), r[6].encode())
+        )
+        updates.append((prev, h, r[0]))
+        prev = h
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("DROP TRIGGER IF EXISTS events_refuse_update")
+        conn.executemany("UPDATE events SET prev_hash = ?, hash = ? WHERE position = ?", updates)
+    finally:
+        conn.close()
+    tamper(path)  # puts the trigger back
+
+
+async def verify(path: Path, key: bytes | None = KEY):
+    async with await EventStore.open(path, create=False) as store:
+        return await store.verify(key)
+
+
+async def test_triggers_refuse_update_and_delete(log: Path) -> None:
+    """UPDATE and DELETE on events are refused by the database itself."""
+    conn = sqlite3.connect(log)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("UPDATE events SET data = '{}' WHERE position = 1")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("DELETE FROM events WHERE position = 1")
+    finally:
+        conn.close()
+    assert (await verify(log)).ok
+
+
+async def test_dropped_triggers_are_reported(log: Path) -> None:
+    """A log whose guard triggers were dropped fails verify() with triggers_missing."""
+    conn = sqlite3.connect(log)
+    conn.execute("DROP TRIGGER IF EXISTS events_refuse_delete")
+    conn.close()
+    report = await verify(log)
+    assert not report.ok
+    assert [(d.position, d.kind) for d in report.damage] == [(0, "triggers_missing")]
+
+
+async def test_edited_row(log: Path) -> None:
+    """Changing one row's data is reported as edited at that position, and only that."""
+    tamper(log, "UPDATE events SET data = '{\"n\": 999}' WHERE position = 5")
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(5, "edited")]
+    assert report.events_checked == N
+
+
+async def test_deleted_row_leaves_a_gap(log: Path) -> None:
+    """Deleting a row is reported as missing at its position."""
+    tamper(log, "DELETE FROM events WHERE position = 6")
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(6, "missing")]
+
+
+async def test_deleted_and_renumbered(log: Path) -> None:
+    """Deleting a row and renumbering the rest is reported as missing at that position."""
+    tamper(
+        log,
+        "DELETE FROM events WHERE position = 4",
+        "UPDATE events SET position = position - 1 WHERE position > 4",
+    )
+    report = await verify(log)
+    assert report.damage[0].position == 4
+    assert report.damage[0].kind == "missing"
+    assert len(report.damage) == 1
+
+
+# Make room at position 5 by moving every later row up by one.
+_SHIFT_UP_FROM_5 = (
+    "UPDATE events SET position = position + 1000 WHERE position >= 5",
+    "UPDATE events SET position = position - 999 WHERE position >= 1000",
+)
+
+
+_INSERT = (
+    "INSERT INTO events (position, stream, version, type, schema, data, metadata, event_id,"
+    " recorded_at, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+async def test_inserted_row_with_bogus_hash(log: Path) -> None:
+    """A row slipped in between two others is reported as inserted at its position."""
+    before = rows(log)[3]
+    forged = (5, "intruder", 1, "T", 1, "{}", "{}", "forged", before[8], before[10], "f" * 64)
+    tamper(log, *_SHIFT_UP_FROM_5, _INSERT, params=forged)
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(5, "inserted")]
+
+
+async def test_inserted_row_with_consistent_hash(log: Path) -> None:
+    """A forged row with a correctly computed hash is still reported as inserted."""
+    before = rows(log)[3]
+    canon = canonical_row("intruder", 1, "T", 1, "forged", before[8], b"{}", b"{}")
+    forged = (
+        5,
+        "intruder",
+        1,
+        "T",
+        1,
+        "{}",
+        "{}",
+        "forged",
+        before[8],
+        before[10],
+        row_hash(before[10], canon),
+    )
+    tamper(log, *_SHIFT_UP_FROM_5, _INSERT, params=forged)
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(5, "inserted")]
+
+
+async def test_swapped_rows(log: Path) -> None:
+    """Two rows swapped in place are reported as reordered at the first of them."""
+    tamper(
+        log,
+        "UPDATE events SET position = -1 WHERE position = 4",
+        "UPDATE events SET position = 4 WHERE position = 5",
+        "UPDATE events SET position = 5 WHERE position = -1",
+    )
+    report = await verify(log)
+    assert report.damage[0].position == 4
+    assert report.damage[0].kind == "reordered"
+    assert len(report.damage) == 1
+
+
+async def test_full_chain_rewrite_caught_by_checkpoint(log: Path) -> None:
+    """An edit with every later hash recomputed passes the chain but fails the signed checkpoint."""
+    async with await EventStore.open(log) as store:
+        cp = await store.checkpoint(KEY)
+    tamper(log, "UPDATE events SET data = '{\"n\": -1}' WHERE position = 3")
+    recompute_from(log, 3)
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(cp.position, "checkpoint_mismatch")]
+    assert report.checkpoints_checked == 1
+
+
+async def test_forged_checkpoint_fails_signature(log: Path) -> None:
+    """Re-pointing a checkpoint at a rewritten chain is caught by its signature under the key."""
+    async with await EventStore.open(log) as store:
+        await store.checkpoint(KEY)
+    tamper(log, "UPDATE events SET data = '{\"n\": -1}' WHERE position = 3")
+    recompute_from(log, 3)
+    new_head = rows(log)[-1][10]
+    conn = sqlite3.connect(log)
+    with conn:
+        conn.execute("UPDATE checkpoints SET head_hash = ?", (new_head,))
+    conn.close()
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(N, "checkpoint_signature")]
+    wrong_key = await verify(log, b"another key")
+    assert wrong_key.damage[0].kind == "checkpoint_signature"
+
+
+async def test_truncated_log(log: Path) -> None:
+    """Rows removed from the end are reported as truncated by a later checkpoint."""
+    async with await EventStore.open(log) as store:
+        await store.checkpoint(KEY)
+    tamper(log, "DELETE FROM events WHERE position >= ?", params=(N - 1,))
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(N - 1, "truncated")]
+
+
+async def test_progress_is_reported(log: Path) -> None:
+    """verify() calls progress with (done, head) and ends at the head."""
+    calls: list[tuple[int, int]] = []
+    async with await EventStore.open(log) as store:
+        await store.verify(progress=lambda done, head: calls.append((done, head)))
+    assert calls[-1] == (N, N)
