@@ -1,0 +1,239 @@
+"""Error answers of the HTTP listener: one JSON shape, the right status, never a stack trace.
+
+Routes raise `HttpError`s (or aiohttp's own `HTTPException`s); `error_middleware` answers them
+as `{"error": {"code", "message", "field"}}`, gives every request an id (`X-Request-Id` in and
+out, bound in structlog's contextvars) and turns anything unexpected into a bare 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "ApiError",
+    "BadRequest",
+    "HttpError",
+    "NotFound",
+    "PayloadTooLarge",
+    "ServiceUnavailable",
+    "Unauthorized",
+    "error_middleware",
+    "error_response",
+    "read_limited_body",
+    "request_id",
+    "require_bearer",
+]
+
+log = structlog.get_logger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+# aiohttp >= 3.12 wants typed request keys; older versions (pyproject allows 3.9) take strings.
+_REQUEST_ID_KEY: Any = (
+    web.RequestKey("staticipd_request_id", str) if hasattr(web, "RequestKey") else "request_id"
+)
+# A caller's id is echoed only if it is short and harmless in a header and a log line.
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+_CHUNK = 64 * 1024
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    409: "conflict",
+    411: "length_required",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+# Headers of aiohttp's exceptions worth keeping on the JSON answer.
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate", "Location")
+
+
+class HttpError(Exception):
+    """An error the client caused or should retry; answered as JSON with `status`."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.code = code or type(self).code
+        self.headers = dict(headers or {})
+
+
+class ApiError(HttpError):
+    """Any status and code chosen by the route: `ApiError(401, "bad_signature", "...")`."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, field=field, code=code, headers=headers)
+        self.status = status
+
+
+class BadRequest(HttpError):
+    """400: the body or a parameter is wrong; `field` says which (e.g. `$.deltas[0].date`)."""
+
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(HttpError):
+    """401: missing or wrong signature or token."""
+
+    status, code = 401, "unauthorized"
+
+
+class NotFound(HttpError):
+    """404: no such resource."""
+
+    status, code = 404, "not_found"
+
+
+class PayloadTooLarge(HttpError):
+    """413: the body is over the configured limit."""
+
+    status, code = 413, "payload_too_large"
+
+
+class ServiceUnavailable(HttpError):
+    """503 with Retry-After: storage unavailable or queue full; the sender retries, nothing lost."""
+
+    status, code = 503, "unavailable"
+
+    def __init__(self, message: str = "temporarily unavailable", *, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(0, int(retry_after)))})
+        self.retry_after = retry_after
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """The one JSON error shape every route and the middleware answer with."""
+    body = {"error": {"code": code, "message": message, "field": field}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def request_id(request: web.Request) -> str:
+    """The id given to this request by `error_middleware`."""
+    return str(request.get(_REQUEST_ID_KEY, ""))
+
+
+def _incoming_id(request: web.Request) -> str:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    return given if _SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def _from_aiohttp(exc: web.HTTPException) -> web.Response:
+    headers = {k: exc.headers[k] for k in _KEPT_HEADERS if k in exc.headers}
+    code = _CODES.get(exc.status, "error")
+    # aiohttp's texts ("405: Method Not Allowed") are generic and safe to show.
+    return error_response(exc.status, code, exc.reason, headers=headers)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request an id, bind it for logging, and answer every error as JSON."""
+    rid = _incoming_id(request)
+    request[_REQUEST_ID_KEY] = rid
+    with structlog.contextvars.bound_contextvars(request_id=rid):
+        try:
+            response = await handler(request)
+        except HttpError as exc:
+            log.info(
+                "http.error", status=exc.status, code=exc.code, field=exc.field, path=request.path
+            )
+            response = error_response(
+                exc.status, exc.code, exc.message, field=exc.field, headers=exc.headers
+            )
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                exc.headers[REQUEST_ID_HEADER] = rid
+                raise  # redirects and the like are answers, not errors
+            log.info("http.error", status=exc.status, path=request.path)
+            response = _from_aiohttp(exc)
+        except Exception:
+            # Details go to the log under the request id, never to the client.
+            log.exception(
+                "http.unhandled", path=request.path, method=request.method, request_id=rid
+            )
+            response = error_response(
+                500, "internal_error", f"internal error; quote request id {rid} to the operator"
+            )
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = rid
+        return response
+
+
+async def read_limited_body(request: web.Request, limit: int) -> bytes:
+    """The raw body, refused with 413 when over `limit` bytes.
+
+    Refuses by Content-Length before reading a byte, and counts while reading so a chunked
+    or lying sender cannot push more than `limit` (+ one chunk) into memory.
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def require_bearer(request: web.Request, tokens: Sequence[str]) -> None:
+    """Raise 401 unless `Authorization: Bearer <t>` matches one of `tokens` (constant time).
+
+    No configured token means nobody gets in: an unconfigured API is closed, not open.
+    """
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    challenge = {"WWW-Authenticate": 'Bearer realm="staticipd"'}
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise Unauthorized("missing bearer token", headers=challenge)
+    given = presented.strip().encode("utf-8", "surrogateescape")
+    matched = False
+    for token in tokens:
+        if token:
+            matched |= hmac.compare_digest(given, token.encode("utf-8"))
+    if not matched:
+        raise Unauthorized("wrong bearer token", headers=challenge)
