@@ -1,0 +1,380 @@
+"""One test per migration transition and per edge case of issue 4."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from daemon.domain import (
+    AppNotified,
+    AuthRecorded,
+    Event,
+    ProviderCheckRequested,
+    ReauthRequested,
+    StateChanged,
+    SyncRestartRequested,
+    TimerFiringIgnored,
+)
+
+
+def names(events: list[Event]) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+def test_first_auth_of_enrolled_account_starts_the_migration(flow):
+    """An enrolled account's first auth moves it to first_auth and arms the stop grace timer."""
+    flow.setup()
+    events = flow.auth(1, email="u@example.com")
+    assert names(events) == ["AuthRecorded", "StateChanged", "TimerScheduled"]
+    s = flow.state()
+    assert s.state == "first_auth"
+    assert s.cycle == 1
+    assert s.policy == "notify"
+    assert s.wave == "w1"
+    assert list(s.timer_purposes.values()) == ["stop_grace"]
+
+
+def test_stop_after_first_auth_waits_until_first_auth_plus_delay(flow):
+    """The stop moves the account to stopped_waiting with the second step due at auth + delay."""
+    flow.setup()
+    flow.auth(1)
+    flow.hook("account.stopped", 2)
+    s = flow.state()
+    assert s.state == "stopped_waiting"
+    assert s.second_step_due_at == flow.at(1) + flow.settings.delay
+    assert list(s.timer_purposes.values()) == ["second_step"]
+
+
+def test_second_step_is_never_due_before_the_observed_stop(flow):
+    """A stop seen after the delay makes the second step due at the stop, not earlier."""
+    flow.setup()
+    flow.auth(1)
+    flow.observe(45, sync_state="stopped")
+    assert flow.state().second_step_due_at == flow.at(45)
+
+
+def test_timer_makes_second_step_due_and_asks_for_reauth(flow):
+    """When the delay is over the user is asked to re-authenticate and a reminder is armed."""
+    flow.setup()
+    flow.auth(1)
+    flow.hook("account.stopped", 2)
+    events = flow.fire("second_step")
+    assert names(events)[:3] == ["TimerFired", "StateChanged", "ReauthRequested"]
+    s = flow.state()
+    assert s.state == "second_step_due"
+    assert list(s.pending_effects) == ["a:reauth:1:0"]
+    assert list(s.timer_purposes.values()) == ["reminder"]
+
+
+def test_restart_policy_requests_a_sync_restart_and_its_success_is_the_second_step(flow):
+    """With the restart policy the due step restarts the sync, and its success counts."""
+    flow.setup(policy="restart")
+    flow.auth(1)
+    flow.hook("account.stopped", 2)
+    events = flow.fire("second_step")
+    [restart] = [e for e in events if isinstance(e, SyncRestartRequested)]
+    flow.outcome(restart.idempotency_key, "succeeded")
+    assert flow.state().state == "second_auth"
+    flow.hook("account.running", 40)
+    assert flow.state().state == "static"
+
+
+def test_second_auth_then_running_makes_the_account_static(flow):
+    """A second auth after the due time then account.running completes the move."""
+    flow.to_second_step_due()
+    flow.auth(35)
+    s = flow.state()
+    assert s.state == "second_auth"
+    assert s.pending_timers == {}
+    assert s.pending_effects == {}  # the reauth request is no longer needed
+    flow.hook("account.running", 36)
+    assert flow.state().state == "static"
+    assert flow.state().static_at == flow.at(36)
+
+
+def test_account_connected_also_completes_the_move(flow):
+    """account.connected after the second step counts like account.running."""
+    flow.to_second_step_due()
+    flow.auth(35)
+    flow.hook("account.connected", 36)
+    assert flow.state().state == "static"
+
+
+def test_reminders_then_stalled(flow):
+    """Without a second step the user is reminded per schedule, then the account stalls."""
+    flow.to_second_step_due()
+    flow.fire("reminder")
+    flow.fire("reminder")
+    s = flow.state()
+    assert s.reminders == 2
+    assert sorted(s.pending_effects) == ["a:reauth:1:2"]  # older requests superseded
+    assert list(s.timer_purposes.values()) == ["stall"]
+    flow.fire("stall")
+    assert flow.state().state == "stalled"
+    assert flow.state().pending_timers == {}
+
+
+def test_late_second_auth_leaves_stalled(flow):
+    """A second auth for a stalled account still moves it on."""
+    flow.to_second_step_due()
+    for purpose in ("reminder", "reminder", "stall"):
+        flow.fire(purpose)
+    flow.auth(60 * 50)
+    assert flow.state().state == "second_auth"
+
+
+def test_early_second_auth_is_recorded_waiting_continues_and_app_is_told(flow):
+    """A second auth before the delay is kept, flagged, the app is told, and the timer stays."""
+    flow.setup()
+    flow.auth(1)
+    flow.hook("account.stopped", 2)
+    events = flow.auth(10)
+    assert names(events) == ["AuthRecorded", "FlagRaised", "AppNotified"]
+    assert events[0].classification == "early_second_auth"
+    s = flow.state()
+    assert s.state == "stopped_waiting"
+    assert "early_second_auth" in s.flags
+    assert list(s.timer_purposes.values()) == ["second_step"]
+    assert isinstance(events[-1], AppNotified)
+    flow.auth(20)  # a second early auth gets its own notification
+    assert len(flow.state().pending_effects) == 2
+
+
+def test_auth_after_due_before_timer_fired_is_the_second_auth(flow):
+    """An auth after the due time counts even if the timer has not fired yet."""
+    flow.setup()
+    flow.auth(1)
+    flow.hook("account.stopped", 2)
+    flow.auth(40)
+    s = flow.state()
+    assert s.state == "second_auth"
+    assert s.pending_timers == {}
+    assert flow.fire_id("a:second_step:1")[0].__class__ is TimerFiringIgnored
+
+
+def test_running_before_the_stop_it_follows_does_not_complete_anything(flow):
+    """An early-delivered account.running leaves first_auth waiting, and the stop still counts."""
+    flow.setup()
+    flow.auth(1)
+    events = flow.hook("account.running", 3)
+    assert "before the stop" in events[0].reason
+    assert flow.state().state == "first_auth"
+    flow.hook("account.stopped", 2)
+    assert flow.state().state == "stopped_waiting"
+
+
+def test_stop_for_an_account_that_never_authenticated_is_remembered(flow):
+    """A stop before any auth changes nothing, but a late-reported first auth then uses it."""
+    flow.setup()
+    events = flow.hook("account.stopped", 2)
+    assert flow.state().state == "dynamic"
+    assert "without a first auth" in events[0].reason
+    flow.auth(1)  # the app reports the auth that happened before the stop
+    s = flow.state()
+    assert s.state == "stopped_waiting"
+    assert s.stopped_at == flow.at(2)
+
+
+def test_stop_that_never_comes_asks_for_a_provider_check(flow):
+    """No stop within stop_grace flags the account and requests a provider check."""
+    flow.setup()
+    flow.auth(1)
+    events = flow.fire("stop_grace")
+    assert any(isinstance(e, ProviderCheckRequested) for e in events)
+    assert "stop_overdue" in flow.state().flags
+    flow.observe(15, sync_state="stopped")  # the reconciler's view counts as the stop
+    s = flow.state()
+    assert s.state == "stopped_waiting"
+    assert "stop_overdue" not in s.flags
+
+
+def test_invalid_and_sync_error_flag_without_changing_state(flow):
+    """account.invalid and sync_error are flags at any step, cleared by a running account."""
+    flow.to_second_step_due()
+    flow.hook("account.invalid", 33)
+    flow.hook("account.sync_error", 34)
+    s = flow.state()
+    assert s.state == "second_step_due"
+    assert {"invalid", "sync_error"} <= s.flags
+    flow.auth(35)
+    flow.hook("account.running", 36)
+    assert not ({"invalid", "sync_error"} & flow.state().flags)
+
+
+def test_deleted_mid_way_drops_timers_and_effects(flow):
+    """A deleted account keeps its record but nothing more is scheduled or performed for it."""
+    flow.to_second_step_due()
+    flow.hook("grant.deleted", 33, version=3)
+    s = flow.state()
+    assert "deleted" in s.flags
+    assert s.pending_timers == {}
+    assert s.pending_effects == {}
+    events = flow.hook("account.running", 34)
+    assert events[0].reason.startswith("account deleted")
+
+
+def test_auth_after_deletion_starts_a_new_cycle(flow):
+    """An auth for a deleted account shows it exists again and its migration starts over."""
+    flow.to_second_step_due()
+    flow.observe(33, exists=False)
+    flow.auth(40)
+    s = flow.state()
+    assert s.state == "first_auth"
+    assert s.cycle == 2
+    assert "deleted" not in s.flags
+
+
+def test_reset_forgets_progress(flow):
+    """A reset drops timers, effects and flags and returns the account to dynamic."""
+    flow.to_second_step_due()
+    flow.hook("account.invalid", 33)
+    flow.operator("reset")
+    s = flow.state()
+    assert (s.state, s.pending_timers, s.pending_effects, s.flags) == ("dynamic", {}, {}, set())
+    flow.auth(40)
+    assert flow.state().cycle == 2
+
+
+def test_excluded_account_records_everything_and_does_nothing(flow):
+    """An excluded account's inputs are recorded with the reason, without transitions."""
+    flow.to_second_step_due()
+    flow.operator("exclude")
+    assert flow.state().state == "excluded"
+    assert flow.state().pending_timers == {}
+    events = flow.auth(40)
+    assert names(events) == ["AuthRecorded"]
+    assert events[0].classification == "excluded"
+    flow.operator("reset")
+    assert flow.state().state == "dynamic"
+
+
+def test_mark_resolved_makes_a_stalled_account_static(flow):
+    """The operator can confirm a stalled account's second step was done out of band."""
+    flow.to_second_step_due()
+    for purpose in ("reminder", "reminder", "stall"):
+        flow.fire(purpose)
+    flow.operator("resolve")
+    assert flow.state().state == "static"
+
+
+def test_mark_resolved_is_refused_before_the_delay(flow):
+    """Resolving before the delay has passed is recorded and refused."""
+    flow.setup()
+    flow.auth(1)
+    events = flow.operator("resolve")
+    assert events[0].reason.startswith("refused")
+    assert flow.state().state == "first_auth"
+
+
+def test_reauth_after_static_is_normal(flow):
+    """Auths of a static account are ordinary: no new migration."""
+    flow.to_second_step_due()
+    flow.auth(35)
+    flow.hook("account.running", 36)
+    events = flow.auth(100)
+    assert names(events) == ["AuthRecorded"]
+    assert events[0].classification == "normal"
+    assert flow.state().state == "static"
+
+
+def test_auth_of_not_enrolled_account_is_recorded_without_migration(flow):
+    """An account not enrolled in a wave stays dynamic; the auth says why."""
+    flow.setup("b")
+    events = flow.auth(1)
+    assert events[0].classification == "not_enrolled"
+    assert flow.state().state == "dynamic"
+
+
+def test_auth_before_migration_enabled_is_recorded_without_migration(flow):
+    """Without the application's enablement nothing starts."""
+    flow.setup(enable=False)
+    events = flow.auth(1)
+    assert isinstance(events[0], AuthRecorded)
+    assert events[0].classification == "migration_disabled"
+    assert flow.state().state == "dynamic"
+
+
+def test_timer_fires_at_most_once(flow):
+    """A second delivery of a timer firing is recorded as ignored and changes nothing."""
+    flow.setup()
+    flow.auth(1)
+    flow.hook("account.stopped", 2)
+    flow.fire_id("a:second_step:1")
+    before = flow.state()
+    events = flow.fire_id("a:second_step:1")
+    assert names(events) == ["TimerFiringIgnored"]
+    assert events[0].reason == "timer already fired"
+    assert flow.state().state == before.state
+    assert flow.state().pending_effects == before.pending_effects
+
+
+def test_redelivered_input_is_recorded_once(flow):
+    """The harness, like the daemon, skips an input whose first event already exists."""
+    from daemon.domain import AuthReported
+
+    flow.setup()
+    inp = AuthReported(input_id="auth-x", account_id="a", occurred_at=flow.at(1))
+    assert flow.h.handle(inp, flow.now)
+    assert flow.h.handle(inp, flow.now) == []
+
+
+def test_v3_grant_updated_with_reauth_code_is_an_auth(flow):
+    """grant.updated with code 25027 counts as an authentication."""
+    flow.setup()
+    events = flow.hook("grant.updated", 1, version=3, code=25027, email="u@x")
+    assert names(events)[:2] == ["ProviderNotificationRecorded", "AuthRecorded"]
+    assert flow.state().state == "first_auth"
+    assert flow.state().email == "u@x"
+
+
+def test_unknown_trigger_is_recorded_as_unrecognised(flow):
+    """A trigger outside the table is recorded, with its meaning, and does nothing."""
+    flow.setup()
+    events = flow.hook("account.exploded", 1)
+    assert names(events) == ["ProviderNotificationRecorded"]
+    assert events[0].meaning == "unrecognised"
+
+
+def test_effect_outcomes_update_and_clear_pending_effects(flow):
+    """A failed attempt keeps the effect with its retry time; gave_up removes it and flags."""
+    flow.to_second_step_due()
+    key = "a:reauth:1:0"
+    retry_at = flow.now + timedelta(minutes=5)
+    flow.outcome(key, "failed_retrying", next_attempt_at=retry_at)
+    pending = flow.state().pending_effects[key]
+    assert (pending.attempts, pending.next_attempt_at) == (1, retry_at)
+    flow.outcome(key, "gave_up", attempt=2)
+    assert key not in flow.state().pending_effects
+    assert "effect_gave_up" in flow.state().flags
+    events = flow.outcome(key, "succeeded", attempt=3)
+    assert names(events) == ["EffectOutcomeIgnored"]
+
+
+def test_reminder_requests_carry_the_users_email(flow):
+    """The re-auth request names the email of the last auth, so the app can reach the user."""
+    flow.setup()
+    flow.auth(1, email="u@example.com")
+    flow.hook("account.stopped", 2)
+    [req] = [e for e in flow.fire("second_step") if isinstance(e, ReauthRequested)]
+    assert req.email == "u@example.com"
+    assert req.stage == "second_step"
+
+
+def test_seconds_long_settings_work(flow):
+    """Nothing assumes minutes: a demo with seconds-long delays runs the whole flow."""
+    from daemon.domain import MigrationSettings
+
+    from_conftest = type(flow)
+    quick = from_conftest(
+        MigrationSettings(
+            delay=timedelta(seconds=3),
+            reminder_schedule=(timedelta(seconds=2),),
+            stall_after=timedelta(seconds=2),
+            stop_grace=timedelta(seconds=1),
+        )
+    )
+    quick.setup()
+    quick.auth(0.01)
+    quick.hook("account.stopped", 0.02)
+    assert quick.state().second_step_due_at == quick.at(0.01) + timedelta(seconds=3)
+    events = quick.fire("second_step")
+    assert any(isinstance(e, StateChanged) and e.to_state == "second_step_due" for e in events)
