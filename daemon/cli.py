@@ -147,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    args.database_given = getattr(args, "database", None) is not None
     if getattr(args, "database", "absent") is None:
         args.database = default_database()
     try:

@@ -1,0 +1,251 @@
+"""`staticipd demo`: the daemon, the sandbox provider and simulated users, on loopback.
+
+Everything real but the provider: the daemon runs exactly as `serve` does (its own SQLite
+log with fsync on commit, its HTTP listener, timers, outbox and pollers), with the provider's
+times compressed so the 30-minute wait takes seconds. It ends when every account is `static`,
+or `stalled` for the users who never answer, and leaves a log `verify`, `audit` and `replay`
+work on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets as pysecrets
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+import anyio
+import structlog
+
+from daemon import logs
+from daemon.config import load_config, load_secrets
+from daemon.http.server import funnel
+from daemon.sandbox import SandboxProvider, SandboxSettings
+from daemon.sandbox.users import SimulatedUsers, UsersSettings
+from daemon.service import Daemon
+from daemon.standardwebhooks import generate_secret
+
+log = structlog.get_logger(__name__)
+
+# Nominal (provider-time) durations of the demo's migration schedule, compressed by the scale.
+DELAY = 1800.0
+REMINDERS = (900.0, 1800.0)
+STALL_AFTER = 1800.0
+STOP_GRACE = 900.0
+AUTH_WINDOW = 9000.0
+HUMAN_DELAY = (60.0, 1200.0)
+NEVER_ANSWER = 0.08
+DONE_STATES = ("static", "stalled")
+
+
+@dataclass
+class DemoOptions:
+    accounts: int = 200
+    database: Path | None = None
+    time_scale: float = 600.0
+    policy: str = "mixed"
+    seed: int = 7
+    port: int = 0
+    timeout: float = 240.0
+    out: TextIO = sys.stdout
+    live_view: bool | None = None
+
+
+@dataclass
+class DemoResult:
+    database: Path
+    funnel: dict[str, int]
+    finished: bool
+    url: str
+    sample_account: str | None
+    stalled_account: str | None
+
+
+def _write_secrets(directory: Path, client_secret: str) -> dict[str, str]:
+    values = {
+        # v2 webhooks are signed with the application's client secret (provider-facts §1.1),
+        # which is also the management API key.
+        "webhook_secret": client_secret,
+        "provider_api_key": client_secret,
+        "auth_events_token": pysecrets.token_urlsafe(24),
+        "operator_token": pysecrets.token_urlsafe(24),
+        "notify_secret": generate_secret(),
+        "checkpoint_key": pysecrets.token_urlsafe(32),
+    }
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name, value in values.items():
+        path = directory / name
+        path.write_text(value + "\n")
+        path.chmod(0o600)
+    return values
+
+
+async def run_demo(opts: DemoOptions) -> DemoResult:
+    scale = 1.0 / opts.time_scale
+    workdir = Path(tempfile.mkdtemp(prefix="staticipd-demo-"))
+    database = opts.database or workdir / "staticipd.db"
+    sandbox = SandboxProvider(
+        SandboxSettings.compressed(scale, seed=opts.seed, client_secret=pysecrets.token_hex(16))
+    )
+    await sandbox.start()
+    values = _write_secrets(workdir / "credentials", sandbox.settings.client_secret)
+    users = SimulatedUsers(
+        sandbox.base_url,
+        "http://127.0.0.1:0",  # set once the daemon is listening
+        values["auth_events_token"],
+        [values["notify_secret"]],
+        UsersSettings(
+            seed=opts.seed, time_scale=scale, auth_window=AUTH_WINDOW,
+            human_delay=HUMAN_DELAY, never_answer=NEVER_ANSWER,
+        ),
+    )  # fmt: skip
+    notify_url = await users.start()
+    env = {
+        "STATICIPD_DATABASE": str(database),
+        "STATICIPD_LISTEN": f"127.0.0.1:{opts.port}",
+        "STATICIPD_SECRETS_DIR": str(workdir / "credentials"),
+        "STATICIPD_PROVIDER__BASE_URL": sandbox.base_url,
+        "STATICIPD_PROVIDER__CLIENT_ID": sandbox.settings.client_id,
+        "STATICIPD_PROVIDER__SANDBOX": "true",
+        "STATICIPD_PROVIDER__STATIC_IP_PATH": "/a/{client_id}/ip_addresses?environment=static",
+        "STATICIPD_NOTIFY__URL": notify_url,
+        "STATICIPD_MIGRATION__DELAY_SECONDS": str(DELAY * scale),
+        "STATICIPD_MIGRATION__REMINDER_SCHEDULE_SECONDS": ",".join(
+            str(r * scale) for r in REMINDERS
+        ),
+        "STATICIPD_MIGRATION__STALL_AFTER_SECONDS": str(STALL_AFTER * scale),
+        "STATICIPD_MIGRATION__STOP_GRACE_SECONDS": str(STOP_GRACE * scale),
+        "STATICIPD_POLLERS__IP_LIST_INTERVAL_SECONDS": str(max(1.0, 900 * scale)),
+        "STATICIPD_POLLERS__RECONCILER_INTERVAL_SECONDS": str(max(1.0, 1800 * scale)),
+        "STATICIPD_OUTBOX__BACKOFF_BASE_SECONDS": "0.2",
+        "STATICIPD_OUTBOX__BACKOFF_MAX_SECONDS": "2",
+        "STATICIPD_OUTBOX__CONCURRENCY": "16",
+    }
+    config = load_config(None, env)
+    daemon = Daemon(
+        config, load_secrets(config, env), reload=lambda: (config, load_secrets(config, env))
+    )
+    out = opts.out
+    live_view = out.isatty() if opts.live_view is None else opts.live_view
+    result: DemoResult | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon.run)
+            with anyio.fail_after(30):
+                await daemon.ready.wait()
+            url = f"http://127.0.0.1:{daemon.bound_port}"
+            users.daemon_url = url
+            print(f"staticipd demo: {opts.accounts} accounts, time x{opts.time_scale:g}", file=out)
+            print(f"  log:         {database}", file=out)
+            print(f"  status page: {url}/  (while the demo runs)", file=out)
+            print(f"  sandbox:     {sandbox.base_url} (simulated provider)", file=out)
+            await sandbox.register_webhook(f"{url}/webhooks/nylas")
+            account_ids = await _set_up(sandbox, users, url, values["operator_token"], opts)
+            tg.start_soon(users.authenticate_all)
+            finished = await _watch(daemon, account_ids, opts, out, live_view)
+            counts = funnel(daemon.live)
+            projection = daemon.live.projection
+            static = sorted(projection.ids_in("static"))
+            stalled = sorted(projection.ids_in("stalled"))
+            result = DemoResult(
+                database=database,
+                funnel=counts,
+                finished=finished,
+                url=url,
+                sample_account=static[0] if static else None,
+                stalled_account=stalled[0] if stalled else None,
+            )
+            daemon.stopped.set()
+            tg.cancel_scope.deadline = anyio.current_time() + 30
+    finally:
+        await users.stop()
+        await sandbox.stop()
+    assert result is not None
+    return result
+
+
+async def _set_up(
+    sandbox: SandboxProvider, users: SimulatedUsers, url: str, token: str, opts: DemoOptions
+) -> list[str]:
+    """The operator's and customer-success steps, through the real operator API."""
+    accounts = await users.create_accounts(opts.accounts)
+    ids = [a["id"] for a in accounts]
+    sandbox.enable_static_ips()
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.post(f"{url}/v1/migration/enable", json={"reason": "demo"}) as r:
+            r.raise_for_status()
+        half = len(ids) // 2
+        if opts.policy == "mixed":
+            waves = [("wave-1", "notify", ids[:half]), ("wave-2", "restart", ids[half:])]
+        else:
+            waves = [("wave-1", opts.policy, ids)]
+        for wave, policy, members in waves:
+            if not members:
+                continue
+            body: dict[str, Any] = {"account_ids": members, "wave": wave, "policy": policy}
+            async with http.post(f"{url}/v1/enrollments", json=body) as r:
+                r.raise_for_status()
+    return ids
+
+
+async def _watch(
+    daemon: Daemon, ids: list[str], opts: DemoOptions, out: TextIO, live_view: bool
+) -> bool:
+    started = time.monotonic()
+    last_line = 0.0
+    while True:
+        counts = funnel(daemon.live)
+        done = sum(counts.get(s, 0) for s in DONE_STATES)
+        elapsed = time.monotonic() - started
+        line = "  " + "  ".join(f"{s} {n}" for s, n in counts.items() if n) + f"  [{elapsed:4.0f}s]"
+        if live_view:
+            out.write("\r" + line.ljust(110))
+            out.flush()
+        elif elapsed - last_line >= 5:
+            print(line, file=out)
+            last_line = elapsed
+        if done >= len(ids) or elapsed > opts.timeout:
+            if live_view:
+                out.write("\n")
+            return done >= len(ids)
+        await anyio.sleep(0.25)
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    if args.accounts < 1 or args.time_scale <= 0:
+        print("staticipd: --accounts must be >= 1 and --time-scale > 0", file=sys.stderr)
+        return 2
+    logs.configure_logging("warning", "console")
+    opts = DemoOptions(
+        accounts=args.accounts,
+        database=args.database if args.database_given else None,
+        time_scale=args.time_scale,
+        policy=args.policy,
+        seed=args.seed,
+        port=args.port,
+    )
+    try:
+        result = anyio.run(run_demo, opts)
+    except KeyboardInterrupt:
+        print("\nstaticipd demo: interrupted", file=sys.stderr)
+        return 130
+    db = result.database
+    print("\nFinal funnel: " + ", ".join(f"{s} {n}" for s, n in result.funnel.items() if n))
+    print(f"The log is kept at {db}. Look at it with:")
+    if result.sample_account:
+        print(f"  staticipd audit {result.sample_account} --database {db}")
+    if result.stalled_account:
+        print(f"  staticipd audit {result.stalled_account} --database {db}   # never answered")
+    print(f"  staticipd verify --database {db}")
+    print(f"  staticipd replay --database {db}")
+    print(f"  staticipd status --database {db}")
+    if not result.finished:
+        print("staticipd demo: not every account finished in time", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,147 @@
+"""How each recorded effect is performed: a signed message to the application, or a provider call.
+
+`notify`: POST a JSON message to the application's configured URL, signed with the Standard
+Webhooks scheme so any Standard Webhooks library verifies it. It is signed at send time (their
+receivers reject timestamps more than 5 minutes off) and keeps the same `webhook-id` (the
+effect's idempotency key) on every retry, so the application can drop repeats.
+`restart`: stop then start the account's sync through the provider API.
+A provider check looks the account up and records what it saw as a reconciler observation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from daemon import standardwebhooks
+from daemon.domain import (
+    AccountObserved,
+    AppNotified,
+    ProviderCheckRequested,
+    ReauthRequested,
+    SyncRestartRequested,
+)
+from daemon.outbox import PendingEffect, PermanentEffectError
+from daemon.provider import AuthRejected, NotFound, ProviderClient
+
+REAUTH_MESSAGE = "staticipd.reauth_requested"
+
+# 4xx answers that may succeed later (timeout, conflict, too early, rate limit); others are final.
+_RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+
+
+class NotifyFailed(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+Observe = Callable[[AccountObserved], Awaitable[Any]]
+
+
+class EffectPerformer:
+    """The outbox's `perform`: dispatches on the effect's type."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        notify_url: str,
+        notify_secrets: Callable[[], Sequence[str]],
+        provider: ProviderClient | None,
+        observe: Observe,
+        notify_timeout: float = 10.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._session = session
+        self._notify_url = notify_url
+        self._notify_secrets = notify_secrets  # a callable: secrets reload on SIGHUP
+        self._provider = provider
+        self._observe = observe
+        self._timeout = aiohttp.ClientTimeout(total=notify_timeout)
+        self._clock = clock
+
+    async def __call__(self, pending: PendingEffect) -> str:
+        effect = pending.effect
+        match effect:
+            case ReauthRequested():
+                return await self._notify(
+                    effect.idempotency_key,
+                    REAUTH_MESSAGE,
+                    {
+                        "account_id": effect.account_id,
+                        "email": effect.email,
+                        "stage": effect.stage,
+                        "due_at": effect.due_at.isoformat(),
+                        "reminder": effect.reminder,
+                    },
+                )
+            case AppNotified():
+                return await self._notify(
+                    effect.idempotency_key,
+                    f"staticipd.{effect.topic}",
+                    {"account_id": effect.account_id, "detail": effect.detail},
+                )
+            case SyncRestartRequested():
+                provider = self._require_provider()
+                try:
+                    await provider.restart_sync(effect.account_id)
+                except (NotFound, AuthRejected) as exc:
+                    raise PermanentEffectError(f"provider refused the restart: {exc}") from exc
+                return "sync stopped and started at the provider"
+            case ProviderCheckRequested():
+                provider = self._require_provider()
+                account = await provider.get_account(effect.account_id)
+                await self._observe(
+                    AccountObserved(
+                        input_id=f"{effect.idempotency_key}:observed",
+                        account_id=effect.account_id,
+                        sync_state=account.sync_state if account else None,
+                        billing_state=account.billing_state if account else None,
+                        exists=account is not None,
+                        observed_at=self._clock(),
+                    )
+                )
+                state = account.sync_state if account else "absent"
+                return f"provider reports sync_state={state}"
+        raise PermanentEffectError(f"no way to perform {type(effect).__name__}")
+
+    def _require_provider(self) -> ProviderClient:
+        if self._provider is None:
+            raise PermanentEffectError("the provider API is not configured (provider_api_key)")
+        return self._provider
+
+    async def _notify(self, msg_id: str, msg_type: str, data: dict[str, Any]) -> str:
+        if not self._notify_url:
+            raise PermanentEffectError("the application's notify URL is not configured")
+        secrets = list(self._notify_secrets())
+        if not secrets:
+            raise PermanentEffectError("no notify_secret configured to sign the message")
+        body = msgspec.json.encode({"type": msg_type, "data": data})
+        headers = standardwebhooks.sign(secrets, msg_id, int(time.time()), body)
+        headers["Content-Type"] = "application/json"
+        try:
+            async with self._session.post(
+                self._notify_url, data=body, headers=headers, timeout=self._timeout
+            ) as resp:
+                status = resp.status
+                retry_after = _seconds(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise NotifyFailed(f"application unreachable: {type(exc).__name__}") from exc
+        if 200 <= status < 300:
+            return f"application accepted the message ({status})"
+        if 400 <= status < 500 and status not in _RETRYABLE_4XX:
+            raise PermanentEffectError(f"application refused the message ({status})")
+        raise NotifyFailed(f"application answered {status}", retry_after)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None

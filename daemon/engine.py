@@ -1,0 +1,225 @@
+"""The engine: every input becomes durable events before anyone is told it was accepted.
+
+decide (pure, on the projection's state) -> append (one transaction per call, expected stream
+versions) -> wait until the projection has applied the new events -> answer. Inputs about the
+same stream are serialised by a per-stream lock, so a decision always sees the state it is
+appended on; a version conflict (another writer) is retried on fresh state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+
+from daemon.domain import (
+    AccountInput,
+    AccountState,
+    ApplicationState,
+    Event,
+    Input,
+    MigrationSettings,
+    decide,
+    encode_event,
+    evolve_account,
+    evolve_application,
+    stream_for,
+    stream_of,
+)
+from daemon.live import LiveProjection
+from eventstore import EventStore, NewEvent, WrongExpectedVersion
+
+log = structlog.get_logger(__name__)
+
+QUARANTINE_STREAM = "quarantine"
+_CONFLICT_RETRIES = 5
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What became of one input: its events, or that it had been recorded before."""
+
+    input: Input
+    duplicate: bool
+    events: tuple[Event, ...]
+    account: AccountState | None
+
+
+class _StreamLocks:
+    """One lock per stream, created on demand and dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[anyio.Lock, int]] = {}
+
+    async def acquire(self, streams: Sequence[str]) -> None:
+        for stream in sorted(set(streams)):  # one global order: no deadlocks
+            lock, users = self._locks.get(stream) or (anyio.Lock(), 0)
+            self._locks[stream] = (lock, users + 1)
+            await lock.acquire()
+
+    def release(self, streams: Sequence[str]) -> None:
+        for stream in sorted(set(streams)):
+            lock, users = self._locks[stream]
+            lock.release()
+            if users == 1:
+                del self._locks[stream]
+            else:
+                self._locks[stream] = (lock, users - 1)
+
+
+class Engine:
+    """Decides inputs against the live projection and appends the resulting events durably."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        live: LiveProjection,
+        settings: MigrationSettings,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        enqueue_timeout: float | None = 5.0,
+        on_appended: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.live = live
+        self.settings = settings
+        self._clock = clock
+        self._enqueue_timeout = enqueue_timeout
+        self._locks = _StreamLocks()
+        self._on_appended = on_appended
+
+    async def submit(
+        self, inputs: Sequence[Input], *, source: str, correlation_id: str | None = None
+    ) -> list[Decision]:
+        """Record `inputs` (one delivery, one transaction) and return what each became."""
+        streams = [stream_for(i) for i in inputs]
+        await self._locks.acquire(streams)
+        try:
+            for attempt in range(_CONFLICT_RETRIES):
+                try:
+                    return await self._submit_locked(inputs, source, correlation_id)
+                except WrongExpectedVersion:
+                    if attempt == _CONFLICT_RETRIES - 1:
+                        raise
+                    log.info("engine.version_conflict_retry", attempt=attempt + 1)
+            raise AssertionError("unreachable")
+        finally:
+            self._locks.release(streams)
+
+    async def _submit_locked(
+        self, inputs: Sequence[Input], source: str, correlation_id: str | None
+    ) -> list[Decision]:
+        projection = self.live.projection
+        accounts: dict[str, AccountState | None] = {}
+        app: ApplicationState = projection.application
+        expected: dict[str, int] = {}
+        new: list[NewEvent] = []
+        decisions: list[Decision] = []
+        seen_ids: set[str] = set()
+        now = self._clock()
+        for inp in inputs:
+            first_id = f"{inp.input_id}#0"
+            if first_id in seen_ids or await self.store.get_event(first_id) is not None:
+                decisions.append(Decision(inp, True, (), _account_of(projection, inp)))
+                continue
+            seen_ids.add(first_id)
+            stream = stream_for(inp)
+            state: AccountState | ApplicationState | None
+            if isinstance(inp, AccountInput):
+                state = accounts.get(inp.account_id, projection.account(inp.account_id))
+                expected.setdefault(stream, state.version if state else 0)
+            else:
+                state = app
+                expected.setdefault(stream, app.version)
+            events = decide(state, inp, now, self.settings, app)
+            metadata = msgspec.json.encode(
+                {"source": source, "input_id": inp.input_id, "correlation_id": correlation_id}
+            )
+            for index, event in enumerate(events):
+                encoded = encode_event(event)
+                event_stream = stream_of(event)
+                expected.setdefault(event_stream, _version_of(projection, event_stream))
+                new.append(
+                    NewEvent(
+                        stream=event_stream,
+                        type=encoded.type,
+                        data=encoded.data,
+                        schema=encoded.schema,
+                        metadata=metadata,
+                        event_id=f"{inp.input_id}#{index}",
+                    )
+                )
+                if event_stream == "application":
+                    app = evolve_application(app, event)
+                else:
+                    account_id = event.account_id  # type: ignore[attr-defined]
+                    accounts[account_id] = evolve_account(
+                        accounts.get(account_id, projection.account(account_id)), event
+                    )
+            account_id = getattr(inp, "account_id", None)
+            decisions.append(
+                Decision(
+                    inp, False, tuple(events), accounts.get(account_id) if account_id else None
+                )
+            )
+        if new:
+            result = await self.store.append(new, expected, enqueue_timeout=self._enqueue_timeout)
+            await self.live.wait_for(max(r.position for r in result.records))
+            if self._on_appended is not None:
+                self._on_appended(source, len(result.new_records), len(result.duplicates))
+        return decisions
+
+    async def quarantine(self, body: bytes, *, source: str, field: str, reason: str) -> bool:
+        """Keep a signed but unreadable body in the log once, however often it is redelivered.
+
+        Returns True when it was new. The body is kept as text where it decodes, else as hex.
+        """
+        digest = hashlib.sha256(body).hexdigest()
+        try:
+            text: str | None = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        data: dict[str, Any] = {
+            "occurred_at": self._clock().isoformat(),
+            "source": source,
+            "sha256": digest,
+            "field": field,
+            "reason": reason,
+            "body": text,
+            "body_hex": None if text is not None else body.hex(),
+        }
+        result = await self.store.append(
+            [
+                NewEvent(
+                    stream=QUARANTINE_STREAM,
+                    type="InputQuarantined",
+                    data=msgspec.json.encode(data),
+                    metadata=msgspec.json.encode({"source": source}),
+                    event_id=f"quarantine:{digest}",
+                )
+            ],
+            enqueue_timeout=self._enqueue_timeout,
+        )
+        return result.created[0]
+
+
+def _account_of(projection: Any, inp: Input) -> AccountState | None:
+    account_id = getattr(inp, "account_id", None)
+    return projection.account(account_id) if account_id else None
+
+
+def _version_of(projection: Any, stream: str) -> int:
+    if stream == "application":
+        return projection.application.version
+    state = projection.account(stream.removeprefix("account-"))
+    return state.version if state else 0

@@ -1,0 +1,133 @@
+"""Inputs over HTTP: the provider's signed webhooks and the application's auth events.
+
+Both answer 2xx only after the events are committed (invariant 1). The webhook signature is
+checked on the raw bytes before anything is parsed, so garbage with a bad signature is a 401
+like any other forgery; a correctly signed body we cannot read is quarantined in the log once
+and answered 400 naming the field.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from daemon.domain import AuthReported, ProviderNotified
+from daemon.http.errors import ApiError, read_limited_body, request_id, require_bearer
+from daemon.http.server import RUNTIME, Runtime, describe_account, storage_guard
+from daemon.webhooks import MalformedWebhook, parse_notifications, verify_signature
+from eventstore import new_event_id
+
+log = structlog.get_logger(__name__)
+
+routes = web.RouteTableDef()
+
+_NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+
+
+class AuthEventBody(msgspec.Struct, forbid_unknown_fields=False):
+    """What the application's backend reports when an end user authenticated."""
+
+    account_id: _NonEmpty
+    occurred_at: Annotated[datetime, msgspec.Meta(tz=True)]
+    event_id: _NonEmpty | None = None
+    email: str | None = None
+    provider: str | None = None
+
+
+_auth_decoder = msgspec.json.Decoder(AuthEventBody)
+
+
+@routes.get("/webhooks/nylas")
+async def webhook_challenge(request: web.Request) -> web.Response:
+    """The provider's endpoint verification: echo the challenge, raw, as text/plain."""
+    challenge = request.query.get("challenge")
+    if challenge is None:
+        raise ApiError(
+            400, "missing_challenge", "query parameter 'challenge' is required", field="challenge"
+        )
+    return web.Response(text=challenge, content_type="text/plain")
+
+
+@routes.post("/webhooks/nylas")
+async def receive_webhook(request: web.Request) -> web.Response:
+    rt: Runtime = request.app[RUNTIME]
+    body = await read_limited_body(request, rt.config.http.max_body_bytes)
+    if not verify_signature(body, request.headers.get("X-Nylas-Signature"), rt.webhook_secrets()):
+        rt.metrics.inc("staticipd_webhooks_total", result="bad_signature")
+        raise ApiError(401, "bad_signature", "missing or wrong X-Nylas-Signature")
+    try:
+        notifications = parse_notifications(body)
+    except MalformedWebhook as exc:
+        async with storage_guard():
+            new = await rt.engine.quarantine(
+                body, source="webhook", field=exc.field, reason=exc.reason
+            )
+        rt.metrics.inc("staticipd_webhooks_total", result="malformed")
+        log.warning("webhook.quarantined", field=exc.field, reason=exc.reason, new=new)
+        raise ApiError(400, "malformed_body", exc.reason, field=exc.field) from None
+    inputs = [
+        ProviderNotified(
+            input_id=n.dedupe_key,
+            account_id=n.account_id,
+            trigger=n.trigger,
+            occurred_at=n.occurred_at,
+            api_version=n.api_version,
+            details={**n.details, "object": n.object_type},
+        )
+        for n in notifications
+    ]
+    async with storage_guard():
+        decisions = await rt.engine.submit(
+            inputs, source="webhook", correlation_id=request_id(request)
+        )
+    duplicates = sum(d.duplicate for d in decisions)
+    rt.metrics.inc("staticipd_webhooks_total", result="accepted")
+    rt.metrics.inc("staticipd_webhook_deltas_total", len(inputs) - duplicates, result="recorded")
+    rt.metrics.inc("staticipd_webhook_deltas_total", duplicates, result="duplicate")
+    return web.json_response({"recorded": len(inputs) - duplicates, "duplicates": duplicates})
+
+
+@routes.post("/v1/auth-events")
+async def receive_auth_event(request: web.Request) -> web.Response:
+    rt: Runtime = request.app[RUNTIME]
+    require_bearer(request, rt.tokens("auth_events_token"))
+    body = await read_limited_body(request, rt.config.http.max_body_bytes)
+    try:
+        event = _auth_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        field, reason = _split_validation(str(exc))
+        raise ApiError(400, "invalid_body", reason, field=field) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    input_id = f"auth:{event.event_id}" if event.event_id else f"auth:{new_event_id()}"
+    inp = AuthReported(
+        input_id=input_id,
+        account_id=event.account_id,
+        occurred_at=event.occurred_at,
+        email=event.email,
+        provider=event.provider,
+        source="app",
+    )
+    async with storage_guard():
+        (decision,) = await rt.engine.submit(
+            [inp], source="auth-event", correlation_id=request_id(request)
+        )
+    rt.metrics.inc(
+        "staticipd_auth_events_total", result="duplicate" if decision.duplicate else "recorded"
+    )
+    account = rt.live.projection.account(event.account_id)
+    return web.json_response(
+        {"duplicate": decision.duplicate, "account": describe_account(account, event.account_id)}
+    )
+
+
+def _split_validation(message: str) -> tuple[str | None, str]:
+    """msgspec says "Expected `str`, got `int` - at `$.account_id`": split out the field."""
+    reason, sep, where = message.rpartition(" - at ")
+    if not sep:
+        return None, message
+    return where.strip("`"), reason

@@ -1,0 +1,215 @@
+"""The operator API (bearer `operator_token`): read the migration, and steer it.
+
+Commands are inputs like any other: recorded in the log before they are answered. An
+`Idempotency-Key` header makes a command safe to retry; without it every call is a new command.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from daemon import allowlist
+from daemon.audit import timeline, timeline_as_json
+from daemon.domain import (
+    EnableMigration,
+    Enroll,
+    ExcludeAccount,
+    Input,
+    MarkResolved,
+    ResetAccount,
+)
+from daemon.http.errors import ApiError, read_limited_body, request_id, require_bearer
+from daemon.http.server import RUNTIME, Runtime, describe_account, funnel, storage_guard
+from eventstore import new_event_id
+
+routes = web.RouteTableDef()
+_T = TypeVar("_T")
+
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+_MAX_PAGE = 1000
+
+
+class EnableBody(msgspec.Struct):
+    actor: str = "operator"
+    reason: str = ""
+
+
+class EnrollBody(msgspec.Struct):
+    account_ids: Annotated[list[_Id], msgspec.Meta(min_length=1, max_length=100_000)]
+    wave: _Id
+    policy: Literal["notify", "restart"] | None = None
+    actor: str = "operator"
+    reason: str = ""
+
+
+class AccountCommandBody(msgspec.Struct):
+    reason: Annotated[str, msgspec.Meta(min_length=1)]
+    actor: str = "operator"
+
+
+def _runtime(request: web.Request) -> Runtime:
+    rt = request.app[RUNTIME]
+    require_bearer(request, rt.tokens("operator_token"))
+    return rt
+
+
+async def _body(request: web.Request, rt: Runtime, kind: type[_T]) -> _T:
+    raw = await read_limited_body(request, rt.config.http.max_body_bytes)
+    try:
+        return msgspec.json.decode(raw or b"{}", type=kind)
+    except msgspec.ValidationError as exc:
+        reason, _, where = str(exc).rpartition(" - at ")
+        raise ApiError(
+            400, "invalid_body", reason or str(exc), field=where.strip("`") or None
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+
+def _command_id(request: web.Request) -> str:
+    key = request.headers.get("Idempotency-Key")
+    return f"op:{key}" if key else f"op:{new_event_id()}"
+
+
+async def _submit(request: web.Request, rt: Runtime, inp: Input) -> bool:
+    async with storage_guard():
+        (decision,) = await rt.engine.submit(
+            [inp], source="operator", correlation_id=request_id(request)
+        )
+    return decision.duplicate
+
+
+@routes.get("/v1/summary")
+async def summary(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    app_state = rt.live.projection.application
+    return web.json_response(
+        {
+            "migration_enabled": app_state.migration_enabled,
+            "enabled_at": app_state.enabled_at.isoformat() if app_state.enabled_at else None,
+            "funnel": funnel(rt.live),
+            "waves": app_state.waves(),
+            "position": rt.live.position,
+        }
+    )
+
+
+@routes.get("/v1/accounts")
+async def list_accounts(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    q = request.query
+    try:
+        limit = int(q.get("limit", "100"))
+    except ValueError:
+        raise ApiError(400, "invalid_query", "limit must be an integer", field="limit") from None
+    if not 1 <= limit <= _MAX_PAGE:
+        raise ApiError(400, "invalid_query", f"limit must be 1..{_MAX_PAGE}", field="limit")
+    page = rt.live.projection.list_accounts(
+        state=q.get("state") or None, wave=q.get("wave") or None,
+        limit=limit, after=q.get("cursor") or None,
+    )  # fmt: skip
+    return web.json_response(
+        {
+            "accounts": [describe_account(a, a.account_id) for a in page.accounts],
+            "next_cursor": page.next_cursor,
+        }
+    )
+
+
+@routes.get("/v1/accounts/{account_id}")
+async def get_account(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    account_id = request.match_info["account_id"]
+    state = rt.live.projection.account(account_id)
+    if state is None:
+        raise ApiError(404, "unknown_account", f"no account {account_id!r} in the log")
+    return web.json_response(describe_account(state, account_id))
+
+
+@routes.get("/v1/accounts/{account_id}/timeline")
+async def get_timeline(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    account_id = request.match_info["account_id"]
+    records = [r async for r in rt.store.read_stream(f"account-{account_id}")]
+    if not records:
+        raise ApiError(404, "unknown_account", f"no account {account_id!r} in the log")
+    return web.json_response(
+        {"account_id": account_id, "timeline": timeline_as_json(timeline(records, account_id))}
+    )
+
+
+@routes.post("/v1/migration/enable")
+async def enable_migration(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    body = await _body(request, rt, EnableBody)
+    inp = EnableMigration(
+        input_id=_command_id(request), occurred_at=datetime.now(UTC),
+        actor=body.actor, reason=body.reason,
+    )  # fmt: skip
+    duplicate = await _submit(request, rt, inp)
+    return web.json_response(
+        {
+            "duplicate": duplicate,
+            "migration_enabled": rt.live.projection.application.migration_enabled,
+        }
+    )
+
+
+@routes.post("/v1/enrollments")
+async def enroll(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    body = await _body(request, rt, EnrollBody)
+    inp = Enroll(
+        input_id=_command_id(request), occurred_at=datetime.now(UTC),
+        account_ids=tuple(dict.fromkeys(body.account_ids)), wave=body.wave,
+        policy=body.policy, actor=body.actor, reason=body.reason,
+    )  # fmt: skip
+    duplicate = await _submit(request, rt, inp)
+    return web.json_response(
+        {"duplicate": duplicate, "wave": body.wave, "enrolled": len(inp.account_ids)},
+        status=200 if duplicate else 201,
+    )
+
+
+_ACCOUNT_COMMANDS = {"reset": ResetAccount, "exclude": ExcludeAccount, "resolve": MarkResolved}
+
+
+@routes.post("/v1/accounts/{account_id}/{command:reset|exclude|resolve}")
+async def account_command(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    account_id = request.match_info["account_id"]
+    body = await _body(request, rt, AccountCommandBody)
+    command = _ACCOUNT_COMMANDS[request.match_info["command"]]
+    inp = command(
+        input_id=_command_id(request), account_id=account_id,
+        occurred_at=datetime.now(UTC), actor=body.actor, reason=body.reason,
+    )  # fmt: skip
+    duplicate = await _submit(request, rt, inp)
+    state = rt.live.projection.account(account_id)
+    return web.json_response(
+        {"duplicate": duplicate, "account": describe_account(state, account_id)}
+    )
+
+
+@routes.get("/v1/ip-addresses")
+async def ip_addresses(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    fmt = request.query.get("format", "json")
+    if fmt not in allowlist.FORMATS:
+        raise ApiError(
+            400,
+            "invalid_query",
+            f"format must be one of {', '.join(allowlist.FORMATS)}",
+            field="format",
+        )
+    lists = rt.live.projection.application.ip_lists
+    changed = max((ip.changed_at for ip in lists.values()), default=None)
+    text = allowlist.render(
+        {kind: ip.addresses for kind, ip in lists.items()}, fmt, updated_at=changed
+    )
+    content_type = "application/json" if fmt == "json" else "text/plain"
+    return web.Response(text=text, content_type=content_type)

@@ -1,0 +1,189 @@
+"""The HTTP listener: the aiohttp application, what its routes share, and the probes.
+
+`/healthz` says the process is alive; `/readyz` says the log is open, the writer healthy and
+the projection caught up; `/metrics` is Prometheus text; `/` is a status page with the funnel
+(aggregate counts only, no account ids or addresses, so it can be shown on a wall screen).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from daemon import __version__
+from daemon.config import Config, Secrets
+from daemon.domain import AccountState
+from daemon.engine import Engine
+from daemon.http.errors import ApiError, ServiceUnavailable, error_middleware
+from daemon.live import LiveProjection
+from daemon.metrics import Metrics
+from eventstore import EventStore, StorageUnavailable, WriterBusy
+
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
+
+STATES = (
+    "dynamic", "first_auth", "stopped_waiting", "second_step_due",
+    "second_auth", "static", "stalled", "excluded",
+)  # fmt: skip
+
+
+@dataclass
+class Runtime:
+    """What every route needs; `secrets` is replaced as a whole when SIGHUP reloads them."""
+
+    config: Config
+    store: EventStore
+    live: LiveProjection
+    engine: Engine
+    metrics: Metrics
+    secrets: Secrets
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    stopping: bool = False
+
+    def webhook_secrets(self) -> Sequence[bytes]:
+        return self.secrets.webhook_secrets
+
+    def tokens(self, name: str) -> Sequence[str]:
+        return {
+            "auth_events_token": self.secrets.auth_events_tokens,
+            "operator_token": self.secrets.operator_tokens,
+        }[name]
+
+
+@asynccontextmanager
+async def storage_guard() -> AsyncIterator[None]:
+    """Storage trouble becomes 503 with Retry-After: the sender retries and nothing is lost."""
+    try:
+        yield
+    except WriterBusy as exc:
+        raise ServiceUnavailable("the event log is busy; retry shortly", retry_after=2) from exc
+    except StorageUnavailable as exc:
+        raise ServiceUnavailable(
+            "the event log is unavailable; retry later", retry_after=10
+        ) from exc
+
+
+def describe_account(state: AccountState | None, account_id: str) -> dict[str, Any]:
+    if state is None:
+        return {"account_id": account_id, "state": "unknown"}
+    doc = msgspec.to_builtins(state)
+    doc["flags"] = sorted(state.flags)
+    doc["pending_timers"] = {k: v.isoformat() for k, v in state.pending_timers.items()}
+    doc["pending_effects"] = sorted(state.pending_effects)
+    doc["next_due"] = state.next_due.isoformat() if state.next_due else None
+    for key in ("closed_timers", "timer_purposes"):
+        doc.pop(key, None)
+    return doc
+
+
+def funnel(live: LiveProjection) -> dict[str, int]:
+    counts = live.projection.funnel()
+    return {state: counts.get(state, 0) for state in (*STATES, *sorted(set(counts) - set(STATES)))}
+
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive", "version": __version__})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    checks = {
+        "log_open": rt.store.healthy,
+        "projection_caught_up": rt.live.caught_up.is_set() and rt.live.failed is None,
+        "accepting": not rt.stopping,
+    }
+    ready = all(checks.values())
+    body: dict[str, Any] = {"ready": ready, "checks": checks, "position": rt.live.position}
+    if rt.store.last_error is not None:
+        body["last_storage_error"] = str(rt.store.last_error)
+    return web.json_response(body, status=200 if ready else 503)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    return web.Response(
+        text=rt.metrics.render(), content_type="text/plain", charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )  # fmt: skip
+
+
+@routes.get("/")
+async def status_page(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    counts = funnel(rt.live)
+    total = sum(counts.values()) or 1
+    rows = "".join(
+        f"<tr><th>{html.escape(state)}</th><td>{n}</td>"
+        f'<td><div class="bar" style="width:{100 * n / total:.1f}%"></div></td></tr>'
+        for state, n in counts.items()
+    )
+    app_state = rt.live.projection.application
+    page = _PAGE.format(
+        version=__version__,
+        enabled="enabled" if app_state.migration_enabled else "not enabled",
+        position=rt.live.position,
+        rows=rows,
+        now=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        waves=html.escape(", ".join(f"{w} ({n})" for w, n in app_state.waves().items()) or "none"),
+    )
+    return web.Response(text=page, content_type="text/html")
+
+
+_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="5"><title>staticipd status</title>
+<style>body{{font:15px system-ui,sans-serif;margin:2em;max-width:46em}}
+th{{text-align:left;padding-right:1em;font-weight:500}}td{{padding:.2em .6em}}
+.bar{{background:#3a7;height:.8em;min-width:1px}}table{{width:100%}}small{{color:#666}}</style>
+</head><body><h1>staticipd</h1>
+<p>Migration <b>{enabled}</b> · waves: {waves} · log position {position}</p>
+<table>{rows}</table>
+<p><small>staticipd {version} · {now} · refreshes every 5 s ·
+<a href="/metrics">metrics</a> · <a href="/readyz">readiness</a></small></p>
+</body></html>"""
+
+
+def build_app(runtime: Runtime) -> web.Application:
+    from daemon.http import ingest, operator  # routes modules import this one
+
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=runtime.config.http.max_body_bytes,
+    )
+    app[RUNTIME] = runtime
+    app.add_routes(routes)
+    app.add_routes(ingest.routes)
+    app.add_routes(operator.routes)
+    for name, text in (
+        ("staticipd_webhooks_total", "Webhook deliveries by result."),
+        ("staticipd_webhook_deltas_total", "Webhook deltas recorded or recognised as duplicates."),
+        ("staticipd_auth_events_total", "Auth events from the application by result."),
+        ("staticipd_events_appended_total", "Events appended to the log, by source."),
+        ("staticipd_timers_fired_total", "Durable timers fired."),
+        ("staticipd_effects_total", "Effect attempts by outcome."),
+    ):
+        runtime.metrics.counter(name, text)
+    runtime.metrics.gauge(
+        "staticipd_accounts", "Accounts per migration state.",
+        lambda: [({"state": s}, n) for s, n in funnel(runtime.live).items()],
+    )  # fmt: skip
+    runtime.metrics.gauge(
+        "staticipd_log_position", "Last log position applied to the projection.",
+        lambda: [({}, runtime.live.position)],
+    )  # fmt: skip
+    return app
+
+
+__all__ = ["RUNTIME", "ApiError", "Runtime", "build_app", "describe_account", "storage_guard"]

@@ -1,0 +1,382 @@
+"""`staticipd serve`: the long-running process, one anyio task group holding every part.
+
+The writer (inside the store), the live projection, the HTTP listener, the timer driver, the
+outbox and the pollers run side by side; if any of them dies the group is cancelled and the
+process exits non-zero rather than running half-alive. SIGTERM/SIGINT: stop accepting, let
+in-flight requests finish (bounded grace), flush the writer, write a snapshot, exit 0. SIGHUP:
+reload the secrets and the log level without a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import anyio
+import structlog
+from aiohttp import web
+
+from daemon import logs, sdnotify
+from daemon.config import Config, ConfigError, Secrets, load_config, load_secrets, render_effective
+from daemon.domain import (
+    AccountState,
+    EffectOutcome,
+    Input,
+    MigrationSettings,
+    TimerFiredInput,
+)
+from daemon.effects import EffectPerformer
+from daemon.engine import Engine
+from daemon.http.server import Runtime, build_app
+from daemon.live import SNAPSHOT_NAME, LiveProjection
+from daemon.metrics import Metrics
+from daemon.outbox import Outbox, OutcomeReport, PendingEffect, RetryPolicy
+from daemon.pollers import IpListWatcher, Reconciler
+from daemon.provider import ProviderClient
+from daemon.timers import DueTimer, TimerDriver
+from eventstore import EventStore, EventStoreError
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SNAPSHOT_EVERY_EVENTS = 10_000
+SNAPSHOT_EVERY_SECONDS = 300.0
+CHECKPOINT_EVERY_SECONDS = 600.0
+
+
+def migration_settings(config: Config) -> MigrationSettings:
+    m = config.migration
+    return MigrationSettings(
+        delay=timedelta(seconds=m.delay_seconds),
+        reminder_schedule=tuple(timedelta(seconds=s) for s in m.reminder_schedule_seconds),
+        stall_after=timedelta(seconds=m.stall_after_seconds),
+        stop_grace=timedelta(seconds=m.stop_grace_seconds),
+        default_policy=m.default_policy,
+    )
+
+
+class Daemon:
+    """Builds the parts from the configuration and runs them until told to stop."""
+
+    def __init__(
+        self, config: Config, secrets: Secrets, *, reload: Callable[[], tuple[Config, Secrets]]
+    ):
+        self.config = config
+        self.secrets = secrets
+        self._reload = reload
+        self.metrics = Metrics()
+        self.stopped = anyio.Event()
+        self.bound_port: int | None = None
+        self.ready = anyio.Event()
+
+    async def run(self) -> None:
+        config = self.config
+        store = await EventStore.open(config.database.path, synchronous=config.database.synchronous)
+        try:
+            await self._run_with(store)
+        finally:
+            await store.close()
+
+    async def _run_with(self, store: EventStore) -> None:
+        config = self.config
+        live = await LiveProjection.load(store)
+        engine = Engine(
+            store, live, migration_settings(config),
+            on_appended=lambda src, new, dup: self.metrics.inc(
+                "staticipd_events_appended_total", new, source=src
+            ),
+        )  # fmt: skip
+        self.engine, self.live, self.store = engine, live, store
+        runtime = Runtime(config, store, live, engine, self.metrics, self.secrets)
+        self.runtime = runtime
+        app = build_app(runtime)
+
+        async def submit(inputs: Sequence[Input]) -> object:
+            return await engine.submit(inputs, source="daemon")
+
+        timers = TimerDriver(
+            self._fire_timer, overdue_rate=config.timers.overdue_stagger_per_second
+        )
+        async with aiohttp.ClientSession() as session:
+            provider = self._provider(session)
+            performer = EffectPerformer(
+                session,
+                notify_url=config.notify.url,
+                notify_secrets=lambda: runtime.secrets.notify_secrets,
+                provider=provider,
+                observe=lambda observed: engine.submit([observed], source="provider-check"),
+                notify_timeout=config.notify.timeout_seconds,
+            )
+            outbox = Outbox(
+                performer,
+                self._record_outcome,
+                concurrency=config.outbox.concurrency,
+                policy=RetryPolicy(
+                    max_attempts=config.outbox.max_attempts,
+                    backoff_base=config.outbox.backoff_base_seconds,
+                    backoff_max=config.outbox.backoff_max_seconds,
+                ),
+            )
+            self.timers, self.outbox = timers, outbox
+            _feed(live, timers, outbox)
+            runner = web.AppRunner(
+                app, shutdown_timeout=config.http.shutdown_grace_seconds, access_log=None
+            )
+            await runner.setup()
+            try:
+                site = web.TCPSite(runner, config.listen_host, config.listen_port)
+                await site.start()
+                self.bound_port = _port_of(runner)
+                async with anyio.create_task_group() as tg:
+                    for name, job in self._jobs(live, timers, outbox, provider, submit):
+                        tg.start_soon(_essential, name, job)
+                    tg.start_soon(self._signals, tg.cancel_scope, runtime)
+                    self._announce(store, live, provider)
+                    self.ready.set()
+                    await self.stopped.wait()
+                    runtime.stopping = True
+                    sdnotify.notify("STOPPING=1")
+                    log.info("daemon.stopping", position=live.position)
+                    await runner.shutdown()  # stop accepting; in-flight requests finish
+                    tg.cancel_scope.cancel()
+            finally:
+                await runner.cleanup()
+        await self._snapshot(store, live)
+        key = runtime.secrets.checkpoint_key
+        if key:
+            await store.checkpoint(key)
+        log.info("daemon.stopped", position=live.position)
+
+    def _jobs(self, live, timers, outbox, provider, submit):  # type: ignore[no-untyped-def]
+        jobs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("projection", live.run),
+            ("timers", timers.run),
+            ("outbox", outbox.run),
+            ("snapshots", lambda: self._snapshots(self.store, live)),
+        ]
+        if provider is not None:
+            pollers = self.config.pollers
+            environments = (
+                ("dynamic", "static") if self.config.provider.static_ip_path else ("dynamic",)
+            )
+            watcher = IpListWatcher(
+                provider, submit, interval=pollers.ip_list_interval_seconds,
+                environments=environments,
+            )  # fmt: skip
+            reconciler = Reconciler(
+                provider, lambda: live.projection, submit,
+                interval=pollers.reconciler_interval_seconds,
+            )  # fmt: skip
+            jobs += [("ip-list-watcher", watcher.run), ("reconciler", reconciler.run)]
+        return jobs
+
+    def _provider(self, session: aiohttp.ClientSession) -> ProviderClient | None:
+        p = self.config.provider
+        key = self.secrets.provider_api_key
+        if not (key and p.client_id) or p.api_version != 2:
+            return None  # v3 has no sync jobs to restart nor accounts to reconcile
+        return ProviderClient(
+            p.base_url, p.client_id, key, session,
+            api_version=p.api_version, timeout=p.timeout_seconds,
+            static_ip_path=p.static_ip_path or None,
+        )  # fmt: skip
+
+    def _announce(self, store: EventStore, live: LiveProjection, provider: object) -> None:
+        config, secrets = self.config, self.secrets
+        missing = list(secrets.missing)
+        log.info(
+            "daemon.ready",
+            listen=f"http://{config.listen_host}:{self.bound_port}",
+            database=str(config.database.path),
+            synchronous=config.database.synchronous,
+            position=live.position,
+            accounts=len(live.projection),
+            pending_timers=len(self.timers),
+            pending_effects=len(self.outbox),
+        )
+        if missing:
+            log.warning("daemon.not_configured", secrets=missing)
+        if provider is None:
+            log.warning(
+                "daemon.provider_not_configured",
+                detail="no provider client_id/api key: pollers, restarts and checks are off",
+            )
+        elif config.provider.sandbox:
+            log.warning(
+                "daemon.sandbox_provider",
+                base_url=config.provider.base_url,
+                detail="talking to the SANDBOX provider, not the real one",
+            )
+        if not config.notify.url:
+            log.warning(
+                "daemon.notify_not_configured",
+                detail="re-authentication requests cannot reach the application",
+            )
+        sdnotify.notify("READY=1")
+        sdnotify.notify(f"STATUS=serving; log position {live.position}")
+
+    async def _fire_timer(self, timer: DueTimer, fired_at: datetime) -> None:
+        await self.engine.submit(
+            [
+                TimerFiredInput(
+                    input_id=f"timer:{timer.timer_id}", account_id=timer.account_id,
+                    timer_id=timer.timer_id, due_at=timer.due_at, fired_at=fired_at,
+                )
+            ],
+            source="timer",
+        )  # fmt: skip
+        self.metrics.inc("staticipd_timers_fired_total")
+
+    async def _record_outcome(self, report: OutcomeReport) -> None:
+        effect = report.effect
+        await self.engine.submit(
+            [
+                EffectOutcome(
+                    input_id=f"outcome:{effect.key}:{report.attempt}",
+                    account_id=effect.account_id, effect_key=effect.key,
+                    outcome=report.outcome, attempt=report.attempt, detail=report.detail,
+                    occurred_at=report.at, next_attempt_at=report.next_attempt_at,
+                )
+            ],
+            source="outbox",
+        )  # fmt: skip
+        self.metrics.inc("staticipd_effects_total", outcome=report.outcome)
+
+    async def _snapshots(self, store: EventStore, live: LiveProjection) -> None:
+        last_position, last_checkpoint = live.position, anyio.current_time()
+        while True:
+            await anyio.sleep(5)
+            due = anyio.current_time() - last_checkpoint >= SNAPSHOT_EVERY_SECONDS
+            if live.position - last_position >= SNAPSHOT_EVERY_EVENTS or (
+                due and live.position != last_position
+            ):
+                await self._snapshot(store, live)
+                last_position = live.position
+                key = self.runtime.secrets.checkpoint_key
+                if key and due:
+                    await store.checkpoint(key)
+                last_checkpoint = anyio.current_time()
+
+    async def _snapshot(self, store: EventStore, live: LiveProjection) -> None:
+        position, blob = live.snapshot()
+        await store.save_snapshot(SNAPSHOT_NAME, position, blob)
+        log.info("snapshot.written", position=position, bytes=len(blob))
+
+    async def _signals(self, scope: anyio.CancelScope, runtime: Runtime) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self._reload_secrets(runtime)
+                    continue
+                log.info("daemon.signal", signal=signal.Signals(signum).name)
+                self.stopped.set()
+                return
+
+    def _reload_secrets(self, runtime: Runtime) -> None:
+        try:
+            config, secrets = self._reload()
+        except ConfigError as exc:
+            log.error("daemon.reload_failed", error=str(exc))
+            return
+        logs.register_secrets(secrets.values(), replace=True)
+        logs.set_level(config.logging.level)
+        runtime.secrets = self.secrets = secrets
+        log.info("daemon.reloaded", credentials=secrets.describe(), level=config.logging.level)
+
+
+def _feed(live: LiveProjection, timers: TimerDriver, outbox: Outbox) -> None:
+    """Seed the timer heap and the outbox from the projection, then keep them in step with it."""
+
+    def effects_of(account_id: str, state: AccountState | None) -> list[PendingEffect]:
+        if state is None:
+            return []
+        return [
+            PendingEffect(key, account_id, p.effect, p.attempts, p.next_attempt_at)
+            for key, p in state.pending_effects.items()
+        ]
+
+    def on_change(account_id: str, state: AccountState | None) -> None:
+        timers.sync_account(account_id, state.pending_timers.items() if state else ())
+        outbox.sync_account(account_id, effects_of(account_id, state))
+
+    for due_at, account_id, timer_id in live.projection.pending_timers():
+        timers.schedule(timer_id, account_id, due_at)
+    for account_id in {a for a, _, _ in live.projection.pending_effects()}:
+        outbox.sync_account(account_id, effects_of(account_id, live.projection.account(account_id)))
+    live.add_account_hook(on_change)
+
+
+async def _essential(name: str, job: Callable[[], Awaitable[None]]) -> None:
+    """A part that returns or fails takes the whole process down: never half-alive."""
+    try:
+        await job()
+    except anyio.get_cancelled_exc_class():
+        raise
+    except Exception:
+        log.exception("daemon.part_failed", part=name)
+        raise
+    raise RuntimeError(f"{name} stopped unexpectedly")
+
+
+def _port_of(runner: web.AppRunner) -> int | None:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return None
+
+
+def load(args: argparse.Namespace) -> tuple[Config, Secrets, Callable[[], tuple[Config, Secrets]]]:
+    """The configuration and secrets, and how to read both again (SIGHUP)."""
+    env = dict(os.environ)
+    path = Path(args.config) if args.config else None
+
+    def reload() -> tuple[Config, Secrets]:
+        config = load_config(path, env)
+        return config, load_secrets(config, env)
+
+    config, secrets = reload()
+    return config, secrets, reload
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    try:
+        config, secrets, reload = load(args)
+    except ConfigError as exc:
+        print(f"staticipd: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure_logging(config.logging.level, config.logging.format)
+    logs.register_secrets(secrets.values())
+    for warning in secrets.warnings:
+        log.warning("daemon.secret_file", detail=warning)
+    daemon = Daemon(config, secrets, reload=reload)
+    try:
+        anyio.run(daemon.run)
+    except EventStoreError as exc:
+        log.error("daemon.storage_failed", error=str(exc))
+        return EXIT_FAILED
+    except OSError as exc:  # e.g. the listen address is taken
+        log.error("daemon.start_failed", error=str(exc))
+        return EXIT_FAILED
+    except BaseExceptionGroup as group:
+        log.error("daemon.failed", errors=[repr(e) for e in group.exceptions])
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def check_config_command(args: argparse.Namespace) -> int:
+    try:
+        config, secrets, _ = load(args)
+    except ConfigError as exc:
+        print(f"staticipd: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(render_effective(config, secrets))
+    return EXIT_OK
+
+
+__all__ = ["Daemon", "check_config_command", "migration_settings", "serve_command"]
