@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from datetime import UTC, datetime
 from functools import lru_cache
 
@@ -39,8 +40,11 @@ _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _CHECKPOINT_TAG = b"staticipd-checkpoint-v1"
 
 
+_LEN = struct.Struct(">I").pack
+
+
 def _field(b: bytes) -> bytes:
-    return len(b).to_bytes(4, "big") + b
+    return _LEN(len(b)) + b
 
 
 def canonical_row(
@@ -54,18 +58,16 @@ def canonical_row(
     metadata: bytes,
 ) -> bytes:
     """Return the canonical byte encoding of one event row (see the module docstring)."""
+    # Written out rather than looped: this runs once per appended and per verified event.
+    s, v, t = stream.encode(), str(version).encode(), type_.encode()
+    sc, e, r = str(schema).encode(), event_id.encode(), recorded_at.encode()
+    n = _LEN
     return b"".join(
         (
-            _field(stream.encode()),
-            _field(str(version).encode()),
-            _field(type_.encode()),
-            _field(str(schema).encode()),
-            _field(event_id.encode()),
-            _field(recorded_at.encode()),
-            _field(data),
-            _field(metadata),
+            n(len(s)), s, n(len(v)), v, n(len(t)), t, n(len(sc)), sc,
+            n(len(e)), e, n(len(r)), r, n(len(data)), data, n(len(metadata)), metadata,
         )
-    )
+    )  # fmt: skip
 
 
 def row_hash(prev_hash: str, canonical: bytes) -> str:

@@ -13,7 +13,7 @@ from .chain import canonical_row, parse_time, row_hash
 from .errors import EventStoreError, WrongExpectedVersion
 from .records import ANY, AppendResult, RecordedEvent
 
-__all__ = ["BatchPlan", "PendingEvent", "plan_batch", "record_from_row"]
+__all__ = ["BatchPlan", "PendingEvent", "plan_batch", "record_from_row", "records_from_rows"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,32 @@ def record_from_row(row: Sequence) -> RecordedEvent:
         parse_time(row[8]),
         row[9],
     )
+
+
+def records_from_rows(rows: Sequence[Sequence]) -> list[RecordedEvent]:
+    """Build RecordedEvents for a batch of rows (the replay hot path, so kept tight)."""
+    rec = RecordedEvent
+    last_text, last_time = "", None
+    out = []
+    append = out.append
+    for pos, stream, version, type_, schema, data, meta, event_id, at, digest in rows:
+        if at != last_text:  # a whole group commit shares one recorded_at
+            last_text, last_time = at, parse_time(at)
+        append(
+            rec(
+                pos,
+                stream,
+                version,
+                type_,
+                schema,
+                data.encode(),
+                meta.encode(),
+                event_id,
+                last_time,
+                digest,
+            )
+        )
+    return out
 
 
 def plan_batch(

@@ -21,7 +21,7 @@ from .errors import (
     StoreClosed,
     translate,
 )
-from .planner import PendingEvent, record_from_row
+from .planner import PendingEvent, record_from_row, records_from_rows
 from .records import ANY, AppendResult, NewEvent, RecordedEvent, new_event_id
 from .schema import EVENT_COLUMNS, migrate
 from .verify import VerifyReport, verify_log
@@ -247,8 +247,8 @@ class EventStore:
                 nxt = rows[-1][0] + 1
                 if full and (to_position is None or nxt <= to_position):
                     fetch = asyncio.ensure_future(self._fetch(sql, params(nxt)))
-                for row in rows:
-                    yield record_from_row(row)
+                for event in records_from_rows(rows):
+                    yield event
                 if not full or (to_position is not None and nxt > to_position):
                     return
         finally:
@@ -264,8 +264,8 @@ class EventStore:
                 _READ_STREAM,
                 (stream, version, batch),
             )
-            for row in rows:
-                yield record_from_row(row)
+            for event in records_from_rows(rows):
+                yield event
             if len(rows) < batch:
                 return
             version = rows[-1][2] + 1
