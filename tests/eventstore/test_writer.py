@@ -16,6 +16,7 @@ from eventstore import (
     EventStore,
     NewEvent,
     StorageUnavailable,
+    StoreClosed,
     WriterBusy,
 )
 
@@ -214,3 +215,36 @@ def test_eventstore_does_not_import_daemon() -> None:
         text = py.read_text()
         assert "import daemon" not in text
         assert "from daemon" not in text
+
+
+async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
+    """Opening records schema version 1 once; reopening applies nothing again."""
+    path = tmp_path / "log.db"
+    for _ in range(2):
+        async with await EventStore.open(path):
+            pass
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+
+
+async def test_subscriber_ends_with_store_closed(tmp_path: Path) -> None:
+    """A live subscriber gets StoreClosed when the store is closed under it."""
+    store = await EventStore.open(tmp_path / "log.db")
+    await store.append([ev("a")])
+    seen = []
+
+    async def consume() -> None:
+        async for e in store.subscribe():
+            seen.append(e.position)
+
+    with anyio.fail_after(5):
+        task = asyncio.ensure_future(consume())
+        await anyio.wait_all_tasks_blocked()
+        await store.close()
+        with pytest.raises(StoreClosed):
+            await task
+    assert seen == [1]
