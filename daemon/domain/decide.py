@@ -10,88 +10,16 @@ enrolled. Times used in rules are the inputs' own times, never later than `now`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from . import events as ev
 from . import inputs as inp
+from ._builder import Action
+from ._builder import Builder as _Builder
+from ._operator import on_operator as _on_operator
 from .settings import MigrationSettings
-from .state import AccountState, ApplicationState, evolve_account
+from .state import AccountState, ApplicationState
 from .triggers import meaning_of
-
-MIGRATING = ("first_auth", "stopped_waiting", "second_step_due", "second_auth", "stalled")
-Action = Callable[["_Builder"], None] | None
-
-
-class _Builder:
-    """Collects the events of one decision, folding each into a working copy of the state."""
-
-    def __init__(
-        self, state: AccountState, at: datetime, settings: MigrationSettings, app: ApplicationState
-    ) -> None:
-        self.state, self.at, self.settings, self.app = state, at, settings, app
-        self.events: list[ev.Event] = []
-
-    @property
-    def id(self) -> str:
-        return self.state.account_id
-
-    def emit(self, event: ev.Event) -> None:
-        self.events.append(event)
-        self.state = evolve_account(self.state, event)
-
-    def move(self, to_state: str, at: datetime, reason: str, **extra: object) -> None:
-        self.emit(
-            ev.StateChanged(
-                account_id=self.id,
-                occurred_at=self.at,
-                from_state=self.state.state,
-                to_state=to_state,
-                at=at,
-                reason=reason,
-                cycle=extra.pop("cycle", self.state.cycle),  # type: ignore[arg-type]
-                **extra,  # type: ignore[arg-type]
-            )
-        )
-
-    def flag(self, flag: str, reason: str, *, on: bool = True) -> None:
-        if (flag in self.state.flags) == on:
-            return
-        cls = ev.FlagRaised if on else ev.FlagCleared
-        self.emit(cls(account_id=self.id, occurred_at=self.at, flag=flag, reason=reason))
-
-    def schedule(self, purpose: str, timer_id: str, due_at: datetime) -> None:
-        self.emit(
-            ev.TimerScheduled(
-                account_id=self.id,
-                occurred_at=self.at,
-                timer_id=timer_id,
-                purpose=purpose,
-                due_at=due_at,
-            )
-        )
-
-    def cancel_timers(self, reason: str, purposes: tuple[str, ...] | None = None) -> None:
-        for timer_id, purpose in sorted(self.state.timer_purposes.items()):
-            if purposes is None or purpose in purposes:
-                self.emit(
-                    ev.TimerCancelled(
-                        account_id=self.id, occurred_at=self.at, timer_id=timer_id, reason=reason
-                    )
-                )
-
-    def abandon_effects(self, reason: str, kinds: tuple[type, ...] | None = None) -> None:
-        for key, pending in sorted(self.state.pending_effects.items()):
-            if kinds is None or isinstance(pending.effect, kinds):
-                self.emit(
-                    ev.EffectAbandoned(
-                        account_id=self.id,
-                        occurred_at=self.at,
-                        idempotency_key=key,
-                        attempt=pending.attempts,
-                        detail=reason,
-                    )
-                )
 
 
 def decide_account(
@@ -484,82 +412,3 @@ def _on_outcome(b: _Builder, at: datetime, o: inp.EffectOutcome) -> None:
         ):
             # Requested once due, so it cannot have happened earlier than due (clock skew).
             _second_step(b, max(at, effect.due_at), "sync restart")
-
-
-# --- operator commands -------------------------------------------------------------------------
-
-
-def _on_operator(
-    b: _Builder, at: datetime, c: inp.ResetAccount | inp.ExcludeAccount | inp.MarkResolved
-) -> None:
-    s = b.state
-    action: Action = None
-    if isinstance(c, inp.ResetAccount):
-        command = "reset"
-        if s.state == "dynamic" and not (s.flags or s.pending_timers or s.pending_effects):
-            reason = "account already dynamic with nothing pending"
-        else:
-            reason = "migration progress forgotten; back to dynamic"
-            action = _reset
-    elif isinstance(c, inp.ExcludeAccount):
-        command = "exclude"
-        if s.state == "excluded":
-            reason = "account already excluded"
-        else:
-            reason = "account taken out of the migration"
-            action = _exclude
-    else:
-        command = "mark_resolved"
-        reason, action = _resolution(b, at)
-    b.emit(
-        ev.OperatorCommandRecorded(
-            account_id=b.id,
-            occurred_at=b.at,
-            command=command,
-            actor=c.actor,
-            operator_reason=c.reason,
-            reason=reason,
-        )
-    )
-    if action is not None:
-        action(b)
-
-
-def _reset(b: _Builder) -> None:
-    b.cancel_timers("reset by the operator")
-    b.abandon_effects("reset by the operator")
-    for flag in sorted(b.state.flags):
-        b.flag(flag, "reset by the operator", on=False)
-    if b.state.state != "dynamic":
-        b.move("dynamic", b.at, "reset by the operator")
-
-
-def _exclude(b: _Builder) -> None:
-    b.cancel_timers("excluded by the operator")
-    b.abandon_effects("excluded by the operator")
-    b.move("excluded", b.at, "excluded by the operator")
-
-
-def _resolution(b: _Builder, at: datetime) -> tuple[str, Action]:
-    s = b.state
-    if s.state in MIGRATING:
-        assert s.first_auth_at is not None
-        if at < s.first_auth_at + b.settings.delay:
-            return "refused: the delay since the first auth has not passed", None
-
-        def resolve(b: _Builder) -> None:
-            b.cancel_timers("resolved by the operator")
-            b.abandon_effects("resolved by the operator")
-            for flag in sorted(b.state.flags):
-                b.flag(flag, "resolved by the operator", on=False)
-            b.move("static", at, "second step confirmed by the operator")
-
-        return "second step confirmed by the operator; account static", resolve
-    if s.flags:
-
-        def clear(b: _Builder) -> None:
-            for flag in sorted(b.state.flags):
-                b.flag(flag, "resolved by the operator", on=False)
-
-        return "flags cleared by the operator", clear
-    return f"nothing to resolve in state {s.state}", None

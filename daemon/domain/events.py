@@ -266,6 +266,21 @@ class IpListUnchanged(ApplicationEvent, frozen=True, kw_only=True):
     reason: str
 
 
+class InputQuarantined(ApplicationEvent, frozen=True, kw_only=True):
+    """A correctly authenticated input that could not be read, kept as received for the audit.
+
+    `body` is the raw text (or `body_hex` when it is not UTF-8); `field` and `reason` say what
+    was wrong. Recorded once per body digest, however often the sender redelivers it.
+    """
+
+    source: str
+    sha256: str
+    field: str | None = None
+    reason: str
+    body: str | None = None
+    body_hex: str | None = None
+
+
 class UnknownEvent(Event, frozen=True, kw_only=True):
     """An event this code cannot read (unknown type or newer schema); replay carries on."""
 
@@ -306,4 +321,5 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     ApplicationCommandNoted,
     IpListChanged,
     IpListUnchanged,
+    InputQuarantined,
 )
