@@ -24,6 +24,7 @@ from daemon.domain import (
     ApplicationState,
     Event,
     Input,
+    InputQuarantined,
     MigrationSettings,
     decide,
     encode_event,
@@ -37,7 +38,6 @@ from eventstore import EventStore, NewEvent, WrongExpectedVersion
 
 log = structlog.get_logger(__name__)
 
-QUARANTINE_STREAM = "quarantine"
 _CONFLICT_RETRIES = 5
 
 
@@ -189,27 +189,30 @@ class Engine:
             text: str | None = body.decode("utf-8")
         except UnicodeDecodeError:
             text = None
-        data: dict[str, Any] = {
-            "occurred_at": self._clock().isoformat(),
-            "source": source,
-            "sha256": digest,
-            "field": field,
-            "reason": reason,
-            "body": text,
-            "body_hex": None if text is not None else body.hex(),
-        }
+        event = InputQuarantined(
+            occurred_at=self._clock(),
+            source=source,
+            sha256=digest,
+            field=field,
+            reason=reason,
+            body=text,
+            body_hex=None if text is not None else body.hex(),
+        )
+        encoded = encode_event(event)
         result = await self.store.append(
             [
                 NewEvent(
-                    stream=QUARANTINE_STREAM,
-                    type="InputQuarantined",
-                    data=msgspec.json.encode(data),
+                    stream=stream_of(event),
+                    type=encoded.type,
+                    data=encoded.data,
+                    schema=encoded.schema,
                     metadata=msgspec.json.encode({"source": source}),
-                    event_id=f"quarantine:{digest}",
+                    event_id=f"quarantine:{digest}#0",
                 )
             ],
             enqueue_timeout=self._enqueue_timeout,
         )
+        await self.live.wait_for(result.records[0].position)
         return result.created[0]
 
 
