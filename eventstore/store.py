@@ -118,7 +118,6 @@ class EventStore:
         try:
             await self._writer.stop()
         finally:
-            await _close_quietly(self._writer._conn)
             await _close_quietly(self._reader)
 
     async def __aenter__(self) -> Self:

@@ -25,6 +25,8 @@ __all__ = ["Writer"]
 
 T = TypeVar("T")
 _CHUNK = 900  # bound parameters per IN list; SQLite builds before 3.32 allow 999
+# Planning (hashing) runs on the event loop: cap a batch's events so one batch never stalls it.
+_MAX_BATCH_EVENTS = 20_000
 _STOP = object()
 # Only constant column lists and "?" marks are ever formatted into these statements.
 _VERSIONS_SQL = "SELECT stream, MAX(version) FROM events WHERE stream IN ({}) GROUP BY stream"
@@ -128,11 +130,16 @@ class Writer:
             self._fail_queued()
 
     async def stop(self) -> None:
-        """Write everything queued so far, then end the writer task."""
-        if not self._closing:
-            self._closing = True
-            await self._queue.put(_STOP)
-        await self._task
+        """Write everything queued so far, end the writer task and close the write connection."""
+        try:
+            if not self._closing:
+                self._closing = True
+                await self._queue.put(_STOP)
+            await self._task
+        finally:
+            # Closing after a storage failure must not mask that failure.
+            with contextlib.suppress(Exception):
+                await self._conn.close()
 
     # -- the writer task ------------------------------------------------------------------------
 
@@ -148,7 +155,8 @@ class Writer:
                     await self._do_job(item)
                     continue
                 batch = [item]
-                while len(batch) < self._max_batch:
+                n_events = len(item.events)
+                while len(batch) < self._max_batch and n_events < _MAX_BATCH_EVENTS:
                     try:
                         nxt = self._queue.get_nowait()
                     except asyncio.QueueEmpty:
@@ -157,10 +165,15 @@ class Writer:
                         pending = nxt
                         break
                     batch.append(nxt)
+                    n_events += len(nxt.events)
                 # A caller cancelled before its call was taken: nothing of it is written.
                 live = [c for c in batch if not c.future.done()]
                 if live:
                     await self._write_batch(live)
+        except BaseException as exc:
+            # Not expected (every batch catches its own errors), but /readyz must see it.
+            self.last_error = translate(exc) if isinstance(exc, Exception) else StoreClosed()
+            raise
         finally:
             self._finished = True
             self._fail_queued()
@@ -266,6 +279,7 @@ class Writer:
             if not job.future.done():
                 job.future.set_exception(err)
             return
+        self.last_error = None
         if not job.future.done():
             job.future.set_result(result)
 
