@@ -9,11 +9,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .chain import canonical_row, parse_time, row_hash
-from .errors import EventStoreError, WrongExpectedVersion
-from .records import ANY, AppendResult, RecordedEvent
+import msgspec
 
-__all__ = ["BatchPlan", "PendingEvent", "plan_batch", "record_from_row", "records_from_rows"]
+from .chain import canonical_row, parse_time, row_hash
+from .errors import EventStoreError, InvalidEvent, WrongExpectedVersion
+from .records import ANY, AppendResult, NewEvent, RecordedEvent, new_event_id
+
+__all__ = [
+    "BatchPlan",
+    "PendingEvent",
+    "check_expectation",
+    "plan_batch",
+    "prepare_event",
+    "record_from_row",
+    "records_from_rows",
+]
+
+_JSON_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])  # validates without building values
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,3 +202,39 @@ def _check_expected(
         if want != ANY and want != actual:
             return WrongExpectedVersion(stream, want, actual)
     return None
+
+
+def check_expectation(expected: int | Mapping[str, int]) -> None:
+    """Refuse an expected version that is not ANY, NO_STREAM or a version number."""
+    values = [expected] if isinstance(expected, int) else list(expected.values())
+    for v in values:
+        if not isinstance(v, int) or v < ANY:
+            raise InvalidEvent(f"expected version must be an int >= -1, not {v!r}")
+
+
+def prepare_event(event: NewEvent) -> PendingEvent:
+    """Validate `event` (cheaply: the JSON is checked, not rebuilt) and give it an event_id."""
+    if not isinstance(event, NewEvent):
+        raise InvalidEvent(f"expected NewEvent, got {type(event).__name__}")
+    if not event.stream or not isinstance(event.stream, str):
+        raise InvalidEvent("stream must be a non-empty string")
+    if not event.type or not isinstance(event.type, str):
+        raise InvalidEvent("type must be a non-empty string")
+    if not isinstance(event.schema, int) or event.schema < 1:
+        raise InvalidEvent("schema must be a positive int")
+    data, meta = bytes(event.data), bytes(event.metadata)
+    for name, raw in (("data", data), ("metadata", meta)):
+        try:
+            _JSON_OBJECT.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise InvalidEvent(f"{name} must be a UTF-8 JSON object: {exc}") from None
+    return PendingEvent(
+        event.stream,
+        event.type,
+        data,
+        data.decode(),
+        event.schema,
+        meta,
+        meta.decode(),
+        event.event_id or new_event_id(),
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -17,12 +17,11 @@ from .chain import GENESIS, format_time, sign_checkpoint
 from .errors import (
     DatabaseMissing,
     EventStoreError,
-    InvalidEvent,
     StoreClosed,
     translate,
 )
-from .planner import PendingEvent, record_from_row, records_from_rows
-from .records import ANY, AppendResult, NewEvent, RecordedEvent, new_event_id
+from .planner import check_expectation, prepare_event, record_from_row, records_from_rows
+from .records import ANY, AppendResult, NewEvent, RecordedEvent
 from .schema import EVENT_COLUMNS, migrate
 from .verify import VerifyReport, verify_log
 from .writer import Writer
@@ -35,7 +34,6 @@ _READ_ALL_TO = _SELECT + "position >= ? AND position <= ? ORDER BY position LIMI
 _READ_STREAM = _SELECT + "stream = ? AND version >= ? ORDER BY version LIMIT ?"
 _GET_EVENT = _SELECT + "event_id = ?"
 _SYNC_MODES = ("NORMAL", "FULL", "EXTRA")
-_JSON_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])  # validates without building values
 
 
 class SignedCheckpoint(msgspec.Struct, frozen=True):
@@ -60,7 +58,37 @@ class EventStore:
     # -- lifecycle ------------------------------------------------------------------------------
 
     @classmethod
-    async def open(
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        create: bool = True,
+        queue_size: int = 10_000,
+        max_batch: int = 1_000,
+        clock: Callable[[], datetime] | None = None,
+        busy_timeout: float = 5.0,
+    ) -> _Opening:
+        """Open (and by default create) the log at `path`, applying pending migrations.
+
+        Use as ``store = await EventStore.open(path)`` or ``async with EventStore.open(path) as
+        store:`` (the latter closes it). `clock` returns aware datetimes for recorded_at;
+        `busy_timeout` (seconds) bounds the wait for a lock held by another process.
+        """
+        return _Opening(
+            lambda: cls._open(
+                path,
+                synchronous=synchronous,
+                create=create,
+                queue_size=queue_size,
+                max_batch=max_batch,
+                clock=clock,
+                busy_timeout=busy_timeout,
+            )
+        )
+
+    @classmethod
+    async def _open(
         cls,
         path: str | os.PathLike[str],
         *,
@@ -71,7 +99,6 @@ class EventStore:
         clock: Callable[[], datetime] | None = None,
         busy_timeout: float = 5.0,
     ) -> EventStore:
-        """Open (and by default create) the log at `path`, applying pending migrations."""
         sync = synchronous.upper()
         if sync not in _SYNC_MODES:
             raise ValueError(f"synchronous must be one of {_SYNC_MODES}, not {synchronous!r}")
@@ -161,8 +188,8 @@ class EventStore:
         failures, InvalidEvent for malformed input.
         """
         self._check_open()
-        _check_expected(expected)
-        pending = tuple(_prepare(e) for e in events)
+        check_expectation(expected)
+        pending = tuple(prepare_event(e) for e in events)
         if not pending:
             return AppendResult((), ())
         return await self._writer.append(pending, expected, enqueue_timeout)
@@ -358,6 +385,25 @@ class EventStore:
             raise translate(exc) from exc
 
 
+class _Opening:
+    """What EventStore.open() returns: await it for the store, or `async with` it."""
+
+    def __init__(self, factory: Callable[[], Coroutine[Any, Any, EventStore]]) -> None:
+        self._factory = factory
+        self._store: EventStore | None = None
+
+    def __await__(self) -> Generator[Any, None, EventStore]:
+        return self._factory().__await__()
+
+    async def __aenter__(self) -> EventStore:
+        self._store = await self._factory()
+        return self._store
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._store is not None:
+            await self._store.close()
+
+
 async def _connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
     # isolation_level=None: autocommit, so BEGIN/COMMIT are issued explicitly by the writer.
     conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
@@ -373,37 +419,3 @@ async def _close_quietly(conn: aiosqlite.Connection) -> None:
     # Closing after a storage failure must not mask that failure.
     with contextlib.suppress(Exception):
         await conn.close()
-
-
-def _check_expected(expected: int | Mapping[str, int]) -> None:
-    values = [expected] if isinstance(expected, int) else list(expected.values())
-    for v in values:
-        if not isinstance(v, int) or v < ANY:
-            raise InvalidEvent(f"expected version must be an int >= -1, not {v!r}")
-
-
-def _prepare(event: NewEvent) -> PendingEvent:
-    if not isinstance(event, NewEvent):
-        raise InvalidEvent(f"expected NewEvent, got {type(event).__name__}")
-    if not event.stream or not isinstance(event.stream, str):
-        raise InvalidEvent("stream must be a non-empty string")
-    if not event.type or not isinstance(event.type, str):
-        raise InvalidEvent("type must be a non-empty string")
-    if not isinstance(event.schema, int) or event.schema < 1:
-        raise InvalidEvent("schema must be a positive int")
-    data, meta = bytes(event.data), bytes(event.metadata)
-    for name, raw in (("data", data), ("metadata", meta)):
-        try:
-            _JSON_OBJECT.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise InvalidEvent(f"{name} must be a UTF-8 JSON object: {exc}") from None
-    return PendingEvent(
-        event.stream,
-        event.type,
-        data,
-        data.decode(),
-        event.schema,
-        meta,
-        meta.decode(),
-        event.event_id or new_event_id(),
-    )

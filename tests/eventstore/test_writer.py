@@ -248,3 +248,12 @@ async def test_subscriber_ends_with_store_closed(tmp_path: Path) -> None:
         with pytest.raises(StoreClosed):
             await task
     assert seen == [1]
+
+
+async def test_open_as_context_manager(tmp_path: Path) -> None:
+    """`async with EventStore.open(path)` yields an open store and closes it on exit."""
+    async with EventStore.open(tmp_path / "log.db") as store:
+        await store.append([ev("a")])
+    assert not store.healthy
+    with pytest.raises(StoreClosed):
+        await store.head()
