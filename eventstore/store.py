@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
 import aiosqlite
-import msgspec
 
 from .chain import GENESIS, format_time, sign_checkpoint
 from .errors import (
@@ -36,7 +36,8 @@ _GET_EVENT = _SELECT + "event_id = ?"
 _SYNC_MODES = ("NORMAL", "FULL", "EXTRA")
 
 
-class SignedCheckpoint(msgspec.Struct, frozen=True):
+@dataclass(frozen=True, slots=True)
+class SignedCheckpoint:
     """A recorded (position, head hash, time) with an HMAC-SHA256 signature by key `key_id`."""
 
     position: int
@@ -180,7 +181,7 @@ class EventStore:
         *,
         enqueue_timeout: float | None = None,
     ) -> AppendResult:
-        """Append `events` atomically after COMMIT; see the module README for the rules.
+        """Append `events` as one atomic call; returns only after COMMIT.
 
         `expected` is one version for every stream of the call or a per-stream mapping (absent
         streams: ANY). Raises WrongExpectedVersion (nothing written), WriterBusy when the queue
