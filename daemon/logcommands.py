@@ -12,11 +12,17 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 
+from daemon import allowlist
+from daemon.audit import render_timeline, timeline, timeline_as_json
+from daemon.domain import STATES, decode_event
+from daemon.live import SNAPSHOT_NAME
 from daemon.progress import Progress
+from daemon.projections import Projection
 from eventstore import DatabaseCorrupt, DatabaseMissing, EventStore, EventStoreError
 from eventstore.chain import GENESIS, format_time
 
@@ -54,6 +60,8 @@ def run(main: Callable[[], Awaitable[int]]) -> int:
     except CommandError as exc:
         print(f"staticipd: {exc}", file=sys.stderr)
         return exc.status
+    except BrokenPipeError:  # `staticipd export | head` is fine
+        return EXIT_OK
     except EventStoreError as exc:
         print(f"staticipd: the event log failed: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
@@ -67,7 +75,7 @@ def _checkpoint_key(args: argparse.Namespace) -> bytes | None:
     if path is None:
         return None
     try:
-        return Path(path).read_bytes().strip()
+        return Path(path).read_bytes().rstrip(b"\r\n")
     except OSError as exc:
         raise CommandError(f"cannot read the checkpoint key {path}: {exc.strerror}", 2) from exc
 
@@ -143,6 +151,164 @@ def export_command(args: argparse.Namespace) -> int:
                 }
                 out.write(json.dumps(line, separators=(",", ":")) + "\n")
                 prev = rec.hash
+        return EXIT_OK
+
+    return run(main)
+
+
+async def _replayed(
+    store: EventStore, *, until_time: datetime | None = None, until_position: int | None = None
+) -> Projection:
+    """A fresh projection of the log (snapshots ignored), with a progress line on a terminal."""
+    head, _ = await store.head()
+    last = min(head, until_position) if until_position is not None else head
+    progress = Progress("replay")
+    projection = Projection()
+    async for rec in store.read_all(1, last):
+        if until_time is not None and rec.recorded_at > until_time:
+            break
+        projection.apply(rec.position, decode_event(rec.type, rec.schema, rec.data))
+        if rec.position % 4096 == 0:
+            progress(rec.position, last)
+    progress(projection.position, last)
+    progress.close()
+    return projection
+
+
+def _ordered(counts: dict[str, int]) -> dict[str, int]:
+    """The funnel in migration order, every state shown (zeros too)."""
+    return {s: counts.get(s, 0) for s in (*STATES, *sorted(set(counts) - set(STATES)))}
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise CommandError(f"--until: not an ISO 8601 time: {text!r}", EXIT_USAGE) from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    until_time = _parse_time(args.until) if args.until else None
+
+    async def main() -> int:
+        async with open_log(args.database) as store:
+            projection = await _replayed(store, until_time=until_time, until_position=args.position)
+            snapshot = await store.load_snapshot(SNAPSHOT_NAME)
+            divergence = None
+            if snapshot is not None and until_time is None and args.position is None:
+                divergence = await _compare_with_snapshot(store, projection, *snapshot)
+        funnel = _ordered(projection.funnel())
+        doc = {
+            "position": projection.position,
+            "until": until_time.isoformat() if until_time else None,
+            "funnel": funnel,
+            "accounts": len(projection),
+            "snapshot": divergence,
+        }
+        if args.json:
+            print(json.dumps(doc, indent=2))
+        else:
+            print(f"replayed up to position {projection.position}: {len(projection)} accounts")
+            for state, n in funnel.items():
+                print(f"  {state:<16} {n}")
+            if divergence is None:
+                print("snapshot: none compared")
+            elif divergence["matches"]:
+                print(f"snapshot at position {divergence['position']}: matches the log")
+            else:
+                print(f"snapshot at position {divergence['position']}: DIVERGES from the log")
+                for account_id in divergence["differing_accounts"][:20]:
+                    print(f"  differs: {account_id}")
+        return EXIT_OK if divergence is None or divergence["matches"] else EXIT_PROBLEM
+
+    return run(main)
+
+
+async def _compare_with_snapshot(
+    store: EventStore, full: Projection, position: int, blob: bytes
+) -> dict[str, object]:
+    """Replay to the snapshot's position and compare account by account."""
+    try:
+        snap = Projection.from_snapshot(blob)
+    except Exception as exc:
+        return {"position": position, "matches": False, "error": f"unreadable: {exc}",
+                "differing_accounts": []}  # fmt: skip
+    at = full if full.position == position else await _replayed(store, until_position=position)
+    ids = {a.account_id for a in at} | {a.account_id for a in snap}
+    differing = sorted(i for i in ids if at.account(i) != snap.account(i))
+    matches = not differing and at.application == snap.application
+    return {"position": position, "matches": matches, "differing_accounts": differing}
+
+
+def audit_command(args: argparse.Namespace) -> int:
+    account_id = args.account_id
+
+    async def main() -> int:
+        async with open_log(args.database) as store:
+            own = [r async for r in store.read_stream(f"account-{account_id}")]
+            enrolments = [
+                r async for r in store.read_stream("application") if r.type == "AccountsEnrolled"
+            ]
+        if not own:
+            raise CommandError(f"no account {account_id!r} in the log", EXIT_PROBLEM)
+        entries = timeline(sorted([*own, *enrolments], key=lambda r: r.position), account_id)
+        if args.json:
+            print(json.dumps({"account_id": account_id, "timeline": timeline_as_json(entries)},
+                             indent=2, default=str))  # fmt: skip
+        else:
+            print(f"account {account_id}: {len(entries)} events")
+            print(render_timeline(entries))
+        return EXIT_OK
+
+    return run(main)
+
+
+def status_command(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        async with open_log(args.database) as store:
+            projection = await _replayed(store)
+        due = projection.pending_timers()[:10]
+        stalled = sorted(projection.ids_in("stalled"))
+        doc = {
+            "position": projection.position,
+            "migration_enabled": projection.application.migration_enabled,
+            "funnel": _ordered(projection.funnel()),
+            "due_next": [
+                {"account_id": a, "timer_id": t, "due_at": d.isoformat()} for d, a, t in due
+            ],
+            "stalled": stalled,
+        }
+        if args.json:
+            print(json.dumps(doc, indent=2))
+            return EXIT_OK
+        enabled = "enabled" if doc["migration_enabled"] else "not enabled"
+        print(f"migration {enabled}; log position {projection.position}")
+        for state, n in doc["funnel"].items():
+            print(f"  {state:<16} {n}")
+        print("due next:" if due else "due next: nothing pending")
+        for d, a, t in due:
+            print(f"  {d.isoformat(timespec='seconds')}  {a}  ({t})")
+        print(f"stalled: {len(stalled)}")
+        for account_id in stalled[:50]:
+            print(f"  {account_id}")
+        return EXIT_OK
+
+    return run(main)
+
+
+def allowlist_command(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        async with open_log(args.database) as store:
+            application = (await _replayed(store)).application
+        if not application.ip_lists:
+            raise CommandError("no IP list has been observed in this log yet", EXIT_PROBLEM)
+        lists = {kind: ip.addresses for kind, ip in application.ip_lists.items()}
+        changed = max(ip.changed_at for ip in application.ip_lists.values())
+        try:
+            sys.stdout.write(allowlist.render(lists, args.format, updated_at=changed))
+        except allowlist.AllowlistError as exc:
+            raise CommandError(str(exc), EXIT_PROBLEM) from exc
         return EXIT_OK
 
     return run(main)

@@ -21,6 +21,15 @@ from .settings import MigrationSettings
 from .state import AccountState, ApplicationState
 from .triggers import meaning_of
 
+# Provider webhooks carry whole seconds (v2 `date`, v3 `time`), while the application reports
+# auths to the millisecond: a stop stamped in the same second as the auth may well follow it.
+PROVIDER_TIME_RESOLUTION = timedelta(seconds=1)
+
+
+def _not_before(provider_time: datetime, reference: datetime) -> bool:
+    """Whether a provider-stamped time can be at or after `reference`, given its resolution."""
+    return provider_time + PROVIDER_TIME_RESOLUTION > reference
+
 
 def decide_account(
     state: AccountState | None,
@@ -139,8 +148,8 @@ def _start(b: _Builder, at: datetime) -> None:
         wave=enrollment.wave,
     )
     stop = b.state.last_stop_at
-    if stop is not None and stop >= at:
-        _stopped(b, stop, f"stop at {stop.isoformat()} was delivered before this auth")
+    if stop is not None and _not_before(stop, at):
+        _stopped(b, max(stop, at), f"stop at {stop.isoformat()} was delivered before this auth")
     else:
         b.schedule("stop_grace", f"{b.id}:stop_grace:{cycle}", at + b.settings.stop_grace)
 
@@ -161,8 +170,10 @@ def _second_step(b: _Builder, at: datetime, how: str) -> None:
     b.cancel_timers("second step done")
     b.abandon_effects("second step already done", (ev.ReauthRequested, ev.SyncRestartRequested))
     running = b.state.last_running_at
-    if running is not None and running >= at:
-        b.move("static", running, f"running at {running.isoformat()} was delivered earlier")
+    if running is not None and _not_before(running, at):
+        b.move(
+            "static", max(running, at), f"running at {running.isoformat()} was delivered earlier"
+        )
 
 
 # --- provider notifications and reconciler observations --------------------------------------
@@ -237,10 +248,11 @@ def _react(b: _Builder, at: datetime, meaning: str) -> tuple[str, Action]:
         case "stopped":
             if s.state == "first_auth":
                 assert s.first_auth_at is not None
-                if at < s.first_auth_at:
+                if not _not_before(at, s.first_auth_at):
                     return "stop occurred before the first auth; not this migration's stop", None
+                stop_at = max(at, s.first_auth_at)
                 return "the stop after the first auth", lambda b: _stopped(
-                    b, at, "stop observed after the first auth"
+                    b, stop_at, "stop observed after the first auth"
                 )
             if s.state == "dynamic":
                 return (

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from daemon import __version__
 from daemon.config import Config, Secrets
-from daemon.domain import AccountState
+from daemon.domain import STATES, AccountState
 from daemon.engine import Engine
 from daemon.http.errors import ApiError, ServiceUnavailable, error_middleware
 from daemon.live import LiveProjection
@@ -28,10 +28,6 @@ from eventstore import EventStore, StorageUnavailable, WriterBusy
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 
-STATES = (
-    "dynamic", "first_auth", "stopped_waiting", "second_step_due",
-    "second_auth", "static", "stalled", "excluded",
-)  # fmt: skip
 
 
 @dataclass

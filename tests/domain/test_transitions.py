@@ -378,3 +378,21 @@ def test_seconds_long_settings_work(flow):
     assert quick.state().second_step_due_at == quick.at(0.01) + timedelta(seconds=3)
     events = quick.fire("second_step")
     assert any(isinstance(e, StateChanged) and e.to_state == "second_step_due" for e in events)
+
+
+def test_stop_stamped_in_the_same_second_before_the_auth_counts_as_its_stop(flow):
+    """Provider times are whole seconds: a stop stamped <1 s before the auth may follow it."""
+    flow.setup()
+    flow.hook("account.stopped", 10)  # stamped 10:00, the auth happened at 10:00.4
+    flow.auth(10 + 0.4 / 60)
+    s = flow.state()
+    assert s.state == "stopped_waiting"
+    assert s.second_step_due_at == s.first_auth_at + flow.settings.delay
+
+
+def test_stop_stamped_well_before_the_auth_is_not_its_stop(flow):
+    """A stop from seconds before the auth belongs to an earlier event, not this migration."""
+    flow.setup()
+    flow.hook("account.stopped", 10)
+    flow.auth(10 + 5 / 60)
+    assert flow.state().state == "first_auth"
