@@ -5,12 +5,24 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
 import pytest
 
 from daemon.cli import main
+from daemon.domain import (
+    AuthReported,
+    EnableMigration,
+    Enroll,
+    MigrationSettings,
+    ProviderNotified,
+    TimerFiredInput,
+    encode_event,
+)
+from daemon.domain.harness import Harness
+from daemon.projections import Projection
 from eventstore import EventStore, NewEvent
 from eventstore.chain import canonical_row
 
@@ -94,3 +106,139 @@ def test_export_lines_let_an_auditor_recompute_the_chain(
         assert line["prev_hash"] == prev
         assert hashlib.sha256(prev.encode() + row).hexdigest() == line["hash"]
         prev = line["hash"]
+
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def migration_log(path: Path) -> None:
+    """A real log of two accounts: one migrated to static, one stalled (never answered)."""
+    settings = MigrationSettings(
+        delay=timedelta(minutes=30),
+        reminder_schedule=(timedelta(hours=1),),
+        stall_after=timedelta(hours=1),
+    )
+    h = Harness(settings)
+
+    def at(minutes: float) -> datetime:
+        return T0 + timedelta(minutes=minutes)
+
+    h.handle(EnableMigration(input_id="op:1", occurred_at=at(0), actor="ops"), at(0))
+    h.handle(
+        Enroll(input_id="op:2", occurred_at=at(0), account_ids=("good", "gone"), wave="w1",
+               policy="notify", actor="ops"),
+        at(0),
+    )  # fmt: skip
+    for account in ("good", "gone"):
+        h.handle(AuthReported(input_id=f"auth:{account}:1", account_id=account,
+                              occurred_at=at(1)), at(1))  # fmt: skip
+        h.handle(ProviderNotified(input_id=f"v2:{account}:stop", account_id=account,
+                                  trigger="account.stopped", occurred_at=at(2)), at(2))  # fmt: skip
+    h.handle(AuthReported(input_id="auth:good:2", account_id="good", occurred_at=at(40)), at(40))
+    h.handle(ProviderNotified(input_id="v2:good:run", account_id="good",
+                              trigger="account.running", occurred_at=at(41)), at(41))  # fmt: skip
+    for minute in range(30, 400, 10):  # the timer driver firing whatever is due
+        for account in ("good", "gone"):
+            state = h.accounts.get(account)
+            for timer_id, due in list(state.pending_timers.items()) if state else ():
+                if due <= at(minute):
+                    h.handle(TimerFiredInput(input_id=f"timer:{timer_id}", account_id=account,
+                                             timer_id=timer_id, due_at=due, fired_at=at(minute)),
+                             at(minute))  # fmt: skip
+    assert h.accounts["good"].state == "static"
+    assert h.accounts["gone"].state == "stalled"
+
+    async def write() -> None:
+        store = await EventStore.open(path)
+        try:
+            for logged in h.log:
+                encoded = encode_event(logged.event)
+                await store.append(
+                    [NewEvent(stream=logged.stream, type=encoded.type, data=encoded.data,
+                              schema=encoded.schema, event_id=logged.event_id)]
+                )  # fmt: skip
+        finally:
+            await store.close()
+
+    anyio.run(write)
+
+
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("log") / "migrated.db"
+    migration_log(path)
+    return path
+
+
+def test_replay_prints_the_funnel(migrated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`replay --json` rebuilds the funnel from position 0: one static, one stalled."""
+    assert main(["replay", "--database", str(migrated), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["funnel"]["static"] == 1
+    assert doc["funnel"]["stalled"] == 1
+    assert doc["snapshot"] is None
+
+
+def test_replay_until_a_position_shows_the_past(
+    migrated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`replay --position N` shows the state the log held at that position."""
+    assert main(["replay", "--database", str(migrated), "--position", "12", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["position"] == 12
+    assert doc["funnel"]["static"] == 0
+
+
+def test_replay_reports_a_diverging_snapshot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A snapshot that disagrees with the log is reported and the exit status is 1."""
+    path = tmp_path / "log.db"
+    migration_log(path)
+
+    async def forge() -> None:
+        store = await EventStore.open(path)
+        try:
+            head, _ = await store.head()
+            await store.save_snapshot("projection", head, Projection().to_snapshot())
+        finally:
+            await store.close()
+
+    anyio.run(forge)
+    assert main(["replay", "--database", str(path)]) == 1
+    assert "DIVERGES" in capsys.readouterr().out
+
+
+def test_audit_explains_a_stalled_account(
+    migrated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`audit` shows the stalled account's reminders and why it stalled."""
+    assert main(["audit", "gone", "--database", str(migrated)]) == 0
+    out = capsys.readouterr().out
+    assert "AccountsEnrolled" in out
+    assert "ReauthRequested" in out
+    assert "second_step_due -> stalled" in out
+
+
+def test_audit_json_and_unknown_account(migrated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`audit --json` gives every event with state before/after; an unknown account exits 1."""
+    assert main(["audit", "good", "--database", str(migrated), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["timeline"][-1]["state_after"] == "static"
+    assert main(["audit", "nobody", "--database", str(migrated)]) == 1
+
+
+def test_status_lists_stalled_accounts(migrated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`status --json` shows the funnel and names the stalled accounts."""
+    assert main(["status", "--database", str(migrated), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["stalled"] == ["gone"]
+    assert doc["migration_enabled"] is True
+
+
+def test_allowlist_without_observed_lists_is_a_problem(
+    migrated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`allowlist` on a log that never saw an IP list exits 1 and says why."""
+    assert main(["allowlist", "--database", str(migrated)]) == 1
+    assert "no IP list" in capsys.readouterr().err
