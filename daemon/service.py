@@ -22,12 +22,13 @@ import anyio
 import structlog
 from aiohttp import web
 
-from daemon import logs, sdnotify
+from daemon import allowlist, logs, sdnotify
 from daemon.config import Config, ConfigError, Secrets, load_config, load_secrets, render_effective
 from daemon.domain import (
     AccountState,
     EffectOutcome,
     Input,
+    IpListChanged,
     MigrationSettings,
     TimerFiredInput,
 )
@@ -166,7 +167,7 @@ class Daemon:
                 ("dynamic", "static") if self.config.provider.static_ip_path else ("dynamic",)
             )
             watcher = IpListWatcher(
-                provider, submit, interval=pollers.ip_list_interval_seconds,
+                provider, self._submit_ip_lists, interval=pollers.ip_list_interval_seconds,
                 environments=environments,
             )  # fmt: skip
             reconciler = Reconciler(
@@ -220,6 +221,29 @@ class Daemon:
             )
         sdnotify.notify("READY=1")
         sdnotify.notify(f"STATUS=serving; log position {live.position}")
+
+    async def _submit_ip_lists(self, inputs: Sequence[Input]) -> object:
+        decisions = await self.engine.submit(inputs, source="ip-list-watcher")
+        changed = [e for d in decisions for e in d.events if isinstance(e, IpListChanged)]
+        for event in changed:
+            log.info("ip_list.changed", kind=event.kind, added=event.added, removed=event.removed)
+        if changed and self.config.pollers.ip_change_command:
+            await self._run_ip_change_command()
+        return decisions
+
+    async def _run_ip_change_command(self) -> None:
+        """Hand the new allowlist (plain, one network a line) to the operator's command on stdin."""
+        argv = list(self.config.pollers.ip_change_command)
+        lists = {k: ip.addresses for k, ip in self.live.projection.application.ip_lists.items()}
+        try:
+            text = allowlist.render(lists, "plain")
+            with anyio.fail_after(60):
+                result = await anyio.run_process(argv, input=text.encode(), check=False)
+        except (OSError, TimeoutError, allowlist.AllowlistError) as exc:
+            log.error("ip_list.command_failed", command=argv[0], error=str(exc))
+            return
+        level = log.info if result.returncode == 0 else log.error
+        level("ip_list.command_ran", command=argv[0], exit_status=result.returncode)
 
     async def _fire_timer(self, timer: DueTimer, fired_at: datetime) -> None:
         await self.engine.submit(
