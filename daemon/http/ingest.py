@@ -8,6 +8,7 @@ and answered 400 naming the field.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated
 
@@ -99,7 +100,7 @@ async def receive_auth_event(request: web.Request) -> web.Response:
     try:
         event = _auth_decoder.decode(body)
     except msgspec.ValidationError as exc:
-        field, reason = _split_validation(str(exc))
+        field, reason = split_validation(str(exc))
         raise ApiError(400, "invalid_body", reason, field=field) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
@@ -125,9 +126,19 @@ async def receive_auth_event(request: web.Request) -> web.Response:
     )
 
 
-def _split_validation(message: str) -> tuple[str | None, str]:
-    """msgspec says "Expected `str`, got `int` - at `$.account_id`": split out the field."""
+def split_validation(message: str) -> tuple[str | None, str]:
+    """msgspec says "Expected `str`, got `int` - at `$.account_id`": split out the field.
+
+    A missing field is reported at its parent ("Object missing required field `account_id`",
+    no path at the top level), so its name is joined to the path: the client learns which one.
+    """
     reason, sep, where = message.rpartition(" - at ")
     if not sep:
-        return None, message
-    return where.strip("`"), reason
+        reason, where = message, "$"
+    path = where.strip("`")
+    if named := _FIELD_NAMED.match(reason):
+        return f"{path}.{named['name']}", "missing required field"
+    return path, reason
+
+
+_FIELD_NAMED = re.compile(r"^Object missing required field `(?P<name>[^`]+)`")

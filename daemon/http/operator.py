@@ -23,6 +23,7 @@ from daemon.domain import (
     ResetAccount,
 )
 from daemon.http.errors import ApiError, read_limited_body, request_id, require_bearer
+from daemon.http.ingest import split_validation
 from daemon.http.server import RUNTIME, Runtime, describe_account, funnel, storage_guard
 from eventstore import new_event_id
 
@@ -62,10 +63,8 @@ async def _body(request: web.Request, rt: Runtime, kind: type[_T]) -> _T:
     try:
         return msgspec.json.decode(raw or b"{}", type=kind)
     except msgspec.ValidationError as exc:
-        reason, _, where = str(exc).rpartition(" - at ")
-        raise ApiError(
-            400, "invalid_body", reason or str(exc), field=where.strip("`") or None
-        ) from None
+        field, reason = split_validation(str(exc))
+        raise ApiError(400, "invalid_body", reason, field=field) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
 
