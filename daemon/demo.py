@@ -236,15 +236,17 @@ def demo_command(args: argparse.Namespace) -> int:
         print("\nstaticipd demo: interrupted", file=sys.stderr)
         return 130
     db = result.database
+    # The way the user ran us (`.venv/bin/staticipd` from `make demo`) works for the next commands.
+    prog = sys.argv[0] if Path(sys.argv[0]).name == "staticipd" else "staticipd"
     print("\nFinal funnel: " + ", ".join(f"{s} {n}" for s, n in result.funnel.items() if n))
     print(f"The log is kept at {db}. Look at it with:")
     if result.sample_account:
-        print(f"  staticipd audit {result.sample_account} --database {db}")
+        print(f"  {prog} audit {result.sample_account} --database {db}")
     if result.stalled_account:
-        print(f"  staticipd audit {result.stalled_account} --database {db}   # never answered")
-    print(f"  staticipd verify --database {db}")
-    print(f"  staticipd replay --database {db}")
-    print(f"  staticipd status --database {db}")
+        print(f"  {prog} audit {result.stalled_account} --database {db}   # never answered")
+    print(f"  {prog} verify --database {db}")
+    print(f"  {prog} replay --database {db}")
+    print(f"  {prog} status --database {db}")
     if not result.finished:
         print("staticipd demo: not every account finished in time", file=sys.stderr)
         return 1
