@@ -29,7 +29,6 @@ from eventstore import EventStore, StorageUnavailable, WriterBusy
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 
 
-
 @dataclass
 class Runtime:
     """What every route needs; `secrets` is replaced as a whole when SIGHUP reloads them."""
