@@ -7,12 +7,18 @@ sees (status, body, headers) and what the log holds afterwards, read with a fres
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import pytest
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook
 
+from daemon import standardwebhooks
 from eventstore import StorageUnavailable, WriterBusy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -326,3 +332,399 @@ async def test_auth_event_answers_the_accounts_resulting_state(running) -> None:
         {"account_id": "acc-2", "occurred_at": iso(datetime.now(UTC))}
     )
     assert body["account"]["state"] == "dynamic"  # not enrolled: recorded, no move
+
+
+# --- operator API -------------------------------------------------------------------------------
+
+
+async def test_operator_api_refuses_requests_without_the_operator_token(running) -> None:
+    """Every operator route answers 401 without a token, or with the auth-events token."""
+    routes = [
+        ("GET", "/v1/summary"),
+        ("GET", "/v1/accounts"),
+        ("GET", "/v1/accounts/acc-1"),
+        ("GET", "/v1/accounts/acc-1/timeline"),
+        ("POST", "/v1/migration/enable"),
+        ("POST", "/v1/enrollments"),
+        ("POST", "/v1/accounts/acc-1/reset"),
+        ("POST", "/v1/accounts/acc-1/exclude"),
+        ("POST", "/v1/accounts/acc-1/resolve"),
+        ("GET", "/v1/ip-addresses"),
+    ]
+    for method, path in routes:
+        for headers in ({}, running.auth_headers(), running.operator_headers("nope-nope")):
+            async with running.http.request(method, path, headers=headers, json={}) as resp:
+                assert resp.status == 401, (method, path, headers)
+                assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    assert running.setup.events() == []
+
+
+async def test_enable_and_enrol_show_in_the_summary(running) -> None:
+    """Enabling the migration and enrolling a wave show in `/v1/summary`; retries are idempotent."""
+    status, body = await running.operator("GET", "/v1/summary")
+    assert (status, body["migration_enabled"]) == (200, False)
+    status, body = await running.operator(
+        "POST", "/v1/migration/enable", {"reason": "go"}, headers={"Idempotency-Key": "k1"}
+    )
+    assert (status, body) == (200, {"duplicate": False, "migration_enabled": True})
+    status, body = await running.operator(
+        "POST", "/v1/migration/enable", {"reason": "go"}, headers={"Idempotency-Key": "k1"}
+    )
+    assert body["duplicate"] is True
+    enrol = {"account_ids": ["a1", "a2", "a2"], "wave": "wave-1", "policy": "notify"}
+    status, body = await running.operator("POST", "/v1/enrollments", enrol)
+    assert (status, body["enrolled"]) == (201, 2)
+    status, summary = await running.operator("GET", "/v1/summary")
+    assert summary["migration_enabled"] is True
+    assert summary["waves"] == {"wave-1": 2}
+    assert summary["position"] == len(running.setup.events())
+
+
+async def test_operator_body_errors_name_the_field(running) -> None:
+    """Enrolment without accounts or a reset without a reason is 400 naming the field."""
+    status, body = await running.operator("POST", "/v1/enrollments", {"wave": "w"})
+    assert (status, body["error"]["field"]) == (400, "$.account_ids")
+    status, body = await running.operator(
+        "POST", "/v1/enrollments", {"account_ids": [], "wave": "w"}
+    )
+    assert (status, body["error"]["field"]) == (400, "$.account_ids")
+    status, body = await running.operator("POST", "/v1/accounts/a/reset", {})
+    assert (status, body["error"]["field"]) == (400, "$.reason")
+    status, body = await running.operator("GET", "/v1/ip-addresses?format=pdf")
+    assert (status, body["error"]["field"]) == (400, "format")
+    assert running.setup.events() == []
+
+
+async def test_account_and_timeline_of_a_migrating_account(running) -> None:
+    """An account's state and its audit timeline are served; an unknown account is 404."""
+    await enable_and_enroll(running, ["acc-t"])
+    await running.auth_event({"account_id": "acc-t", "occurred_at": iso(datetime.now(UTC))})
+    status, account = await running.operator("GET", "/v1/accounts/acc-t")
+    assert (status, account["state"], account["wave"]) == (200, "first_auth", "w1")
+    assert len(account["pending_timers"]) == 1  # the stop-grace timer
+    status, body = await running.operator("GET", "/v1/accounts/acc-t/timeline")
+    assert status == 200
+    assert body["account_id"] == "acc-t"
+    assert body["timeline"]
+    assert "first_auth" in json.dumps(body["timeline"])
+    for path in ("/v1/accounts/ghost", "/v1/accounts/ghost/timeline"):
+        status, body = await running.operator("GET", path)
+        assert (status, body["error"]["code"]) == (404, "unknown_account")
+
+
+async def test_account_listing_pages_with_a_cursor_and_filters(running) -> None:
+    """`/v1/accounts` pages through every account once, and filters by state and wave."""
+    ids = [f"acc-{i:02d}" for i in range(7)]
+    await enable_and_enroll(running, ids[:3])
+    for account_id in ids:
+        await running.auth_event({"account_id": account_id, "occurred_at": iso(datetime.now(UTC))})
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        query = f"/v1/accounts?limit=3{f'&cursor={cursor}' if cursor else ''}"
+        status, page = await running.operator("GET", query)
+        assert status == 200
+        assert len(page["accounts"]) <= 3
+        seen += [a["account_id"] for a in page["accounts"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids
+    _, page = await running.operator("GET", "/v1/accounts?state=first_auth")
+    assert [a["account_id"] for a in page["accounts"]] == ids[:3]
+    _, page = await running.operator("GET", "/v1/accounts?state=dynamic&wave=w1")
+    assert page["accounts"] == []
+    status, _ = await running.operator("GET", "/v1/accounts?limit=5000")
+    assert status == 400
+
+
+async def test_reset_exclude_and_resolve_commands_change_the_account(running) -> None:
+    """Exclude takes an account out of the migration, reset puts it back, resolve is recorded."""
+    await enable_and_enroll(running, ["acc-c"])
+    await running.auth_event({"account_id": "acc-c", "occurred_at": iso(datetime.now(UTC))})
+    status, body = await running.operator("POST", "/v1/accounts/acc-c/exclude", {"reason": "vip"})
+    assert (status, body["account"]["state"]) == (200, "excluded")
+    assert body["account"]["pending_timers"] == {}
+    status, body = await running.operator("POST", "/v1/accounts/acc-c/reset", {"reason": "again"})
+    assert (status, body["account"]["state"]) == (200, "dynamic")
+    status, body = await running.operator(
+        "POST", "/v1/accounts/acc-c/resolve", {"reason": "checked by hand", "actor": "ana"}
+    )
+    assert status == 200
+    commands = running.setup.events_of("OperatorCommandRecorded", "account-acc-c")
+    assert [(e["data"]["command"], e["data"]["actor"]) for e in commands][-1][1] == "ana"
+    assert len(commands) == 3
+
+
+async def test_ip_addresses_are_served_in_every_format(running) -> None:
+    """The recorded IP lists are served as JSON, plain, nftables and iptables allowlists."""
+    from daemon.domain import IpListObserved
+
+    now = datetime.now(UTC)
+    await running.daemon.engine.submit(
+        [
+            IpListObserved(
+                input_id="ip:1", kind="dynamic", addresses=("203.0.113.7", "2001:db8::/64"),
+                observed_at=now,
+            )
+        ],
+        source="ip-list-watcher",
+    )  # fmt: skip
+    expected_type = {"json": "application/json"}
+    for fmt in ("json", "plain", "nftables", "iptables"):
+        async with running.http.get(
+            f"/v1/ip-addresses?format={fmt}", headers=running.operator_headers()
+        ) as resp:
+            assert resp.status == 200
+            assert resp.content_type == expected_type.get(fmt, "text/plain")
+            text = await resp.text()
+            assert "203.0.113.7" in text, fmt
+    async with running.http.get("/v1/ip-addresses", headers=running.operator_headers()) as resp:
+        lists = (await resp.json())["lists"]
+    assert lists == {"dynamic": ["203.0.113.7/32", "2001:db8::/64"]}
+
+
+# --- probes, metrics and the status page -------------------------------------------------------
+
+
+async def test_healthz_and_readyz_when_serving(running) -> None:
+    """`/healthz` says alive and `/readyz` says ready while the daemon serves."""
+    async with running.http.get("/healthz") as resp:
+        assert (resp.status, (await resp.json())["status"]) == (200, "alive")
+    async with running.http.get("/readyz") as resp:
+        body = await resp.json()
+        assert (resp.status, body["ready"]) == (200, True)
+
+
+async def test_readyz_is_503_when_not_ready(running) -> None:
+    """`/readyz` answers 503 naming the failed check while the daemon is not accepting."""
+    running.daemon.runtime.stopping = True  # what the daemon sets as it begins to stop
+    async with running.http.get("/readyz") as resp:
+        body = await resp.json()
+        assert resp.status == 503
+        assert body["checks"]["accepting"] is False
+    async with running.http.get("/healthz") as resp:
+        assert resp.status == 200
+    running.daemon.runtime.stopping = False
+
+
+async def test_metrics_expose_the_funnel_gauge(running, v2: V2) -> None:
+    """`/metrics` is Prometheus text with accounts per state and webhook counters."""
+    await running.post_webhook(v2("acc-m", "account.running"))
+    await running.post_webhook(b"{}", "00" * 32)
+    async with running.http.get("/metrics") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/plain"
+        text = await resp.text()
+    assert "# TYPE staticipd_accounts gauge" in text
+    assert 'staticipd_accounts{state="dynamic"} 1' in text
+    assert 'staticipd_accounts{state="static"} 0' in text
+    assert 'staticipd_webhooks_total{result="accepted"} 1' in text
+    assert 'staticipd_webhooks_total{result="bad_signature"} 1' in text
+
+
+async def test_status_page_shows_the_funnel_without_account_ids(running) -> None:
+    """The status page is HTML with counts per state, and never an account id or email."""
+    await enable_and_enroll(running, ["secret-account-42"])
+    await running.auth_event(
+        {
+            "account_id": "secret-account-42",
+            "occurred_at": iso(datetime.now(UTC)),
+            "email": "person@example.com",
+        }
+    )
+    async with running.http.get("/") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/html"
+        page = await resp.text()
+    assert "<th>first_auth</th><td>1</td>" in page
+    assert "secret-account-42" not in page
+    assert "person@example.com" not in page
+
+
+# --- timers ---------------------------------------------------------------------------------------
+
+
+async def drive_to_stopped_waiting(d: Any, account_id: str, v2: V2) -> None:
+    """Enable, enrol, first auth, then `account.stopped`: the second-step timer is pending."""
+    await enable_and_enroll(d, [account_id])
+    status, _ = await d.auth_event(
+        {"account_id": account_id, "occurred_at": iso(datetime.now(UTC))}
+    )
+    assert status == 200
+    # v2 dates are whole seconds: round up so the stop is not before the first auth.
+    resp = await d.post_webhook(v2(account_id, "account.stopped", date=int(time.time()) + 1))
+    assert resp.status == 200
+    assert d.account(account_id).state == "stopped_waiting"
+
+
+def second_step_firings(setup: Any, account_id: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in setup.events_of("TimerFired", f"account-{account_id}")
+        if e["data"]["purpose"] == "second_step"
+    ]
+
+
+async def test_second_step_timer_fires_on_time_over_http(setup, start_daemon, v2: V2) -> None:
+    """With a 1.5 s delay the second step comes due about 1.5 s after the first auth, not before."""
+    setup.env["STATICIPD_MIGRATION__DELAY_SECONDS"] = "1.5"
+    async with start_daemon(setup) as d:
+        await drive_to_stopped_waiting(d, "acc-timer", v2)
+        await d.wait_until(lambda: d.account("acc-timer").state == "second_step_due", timeout=10)
+        (fired,) = second_step_firings(setup, "acc-timer")
+        due = datetime.fromisoformat(fired["data"]["due_at"])
+        fired_at = datetime.fromisoformat(fired["data"]["fired_at"])
+        assert due <= fired_at < due + timedelta(seconds=2)
+        assert setup.events_of("ReauthRequested", "account-acc-timer")
+
+
+async def test_timer_due_while_stopped_fires_once_at_start_up(setup, start_daemon, v2) -> None:
+    """A timer that came due while the daemon was down fires once at start-up, saying how late."""
+    setup.env["STATICIPD_MIGRATION__DELAY_SECONDS"] = "1"
+    async with start_daemon(setup) as d:
+        await drive_to_stopped_waiting(d, "acc-late", v2)
+        due = d.account("acc-late").second_step_due_at
+    assert second_step_firings(setup, "acc-late") == []
+    await anyio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.3)
+    async with start_daemon(setup) as d:
+        await d.wait_until(lambda: d.account("acc-late").state == "second_step_due", timeout=10)
+    async with start_daemon(setup) as d:  # a further restart does not fire it again
+        assert d.account("acc-late").state == "second_step_due"
+    (fired,) = second_step_firings(setup, "acc-late")
+    assert fired["data"]["lateness"] not in (0, "PT0S", "P0D")
+
+
+# --- effects: the signed re-authentication request ----------------------------------------------
+
+
+class Receiver:
+    """The application's notify endpoint: records each request, answers the next scripted status."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = statuses
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append((dict(request.headers), await request.read()))
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        return web.Response(status=status)
+
+    async def __aenter__(self) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/reauth", self.handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/reauth"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+def outcome_types(setup: Any, account_id: str) -> list[str]:
+    wanted = ("EffectSucceeded", "EffectAttemptFailed", "EffectAbandoned")
+    return [
+        e["type"]
+        for e in setup.events()
+        if e["stream"] == f"account-{account_id}" and e["type"] in wanted
+    ]
+
+
+def verify_both_ways(secret: str, headers: dict[str, str], body: bytes) -> str:
+    """Check a request with our verifier and with the reference `standardwebhooks` library."""
+    msg_id = standardwebhooks.verify(secret, headers, body, now=time.time())
+    Webhook(secret).verify(body, headers)
+    return msg_id
+
+
+async def test_reauth_request_is_signed_and_keeps_its_id_across_retries(
+    setup, start_daemon, v2: V2
+) -> None:
+    """The app receives a verifiable signed request; after two 500s the retry has the same id."""
+    setup.env["STATICIPD_MIGRATION__DELAY_SECONDS"] = "0.5"
+    secret = setup.secret("notify_secret")
+    async with Receiver([500, 500, 200]) as receiver:
+        setup.env["STATICIPD_NOTIFY__URL"] = receiver.url
+        async with start_daemon(setup) as d:
+            await drive_to_stopped_waiting(d, "acc-n", v2)
+            await d.wait_until(
+                lambda: "EffectSucceeded" in outcome_types(setup, "acc-n"), timeout=15
+            )
+    assert len(receiver.requests) == 3
+    ids = {verify_both_ways(secret, headers, body) for headers, body in receiver.requests}
+    assert len(ids) == 1
+    message = json.loads(receiver.requests[0][1])
+    assert message["type"] == "staticipd.reauth_requested"
+    assert message["data"]["account_id"] == "acc-n"
+    assert message["data"]["reminder"] == 0
+    assert outcome_types(setup, "acc-n") == [
+        "EffectAttemptFailed", "EffectAttemptFailed", "EffectSucceeded",
+    ]  # fmt: skip
+
+
+async def test_pending_effect_resumes_after_a_restart(setup, start_daemon, v2: V2) -> None:
+    """An effect that failed before a restart is retried after it, with the same webhook-id."""
+    setup.env["STATICIPD_MIGRATION__DELAY_SECONDS"] = "0.5"
+    setup.env["STATICIPD_OUTBOX__BACKOFF_BASE_SECONDS"] = "1"
+    setup.env["STATICIPD_OUTBOX__BACKOFF_MAX_SECONDS"] = "1"
+    secret = setup.secret("notify_secret")
+    async with Receiver([500]) as receiver:
+        setup.env["STATICIPD_NOTIFY__URL"] = receiver.url
+        async with start_daemon(setup) as d:
+            await drive_to_stopped_waiting(d, "acc-r", v2)
+            await d.wait_until(lambda: bool(outcome_types(setup, "acc-r")), timeout=15)
+        assert outcome_types(setup, "acc-r")[-1] == "EffectAttemptFailed"
+        before = len(receiver.requests)
+        receiver.statuses = [200]
+        async with start_daemon(setup) as d:
+            await d.wait_until(
+                lambda: "EffectSucceeded" in outcome_types(setup, "acc-r"), timeout=15
+            )
+    assert len(receiver.requests) > before
+    ids = {verify_both_ways(secret, headers, body) for headers, body in receiver.requests}
+    assert len(ids) == 1
+
+
+# --- invariant 2: the log is the only truth ----------------------------------------------------
+
+
+async def everything(d: Any) -> tuple[Any, dict[str, Any]]:
+    """The summary and every account as the operator API serves them."""
+    _, summary = await d.operator("GET", "/v1/summary")
+    accounts: dict[str, Any] = {}
+    _, page = await d.operator("GET", "/v1/accounts?limit=1000")
+    for listed in page["accounts"]:
+        status, account = await d.operator("GET", f"/v1/accounts/{listed['account_id']}")
+        assert status == 200
+        accounts[listed["account_id"]] = (listed, account)
+    return summary, accounts
+
+
+async def test_state_is_identical_after_deleting_the_snapshot(setup, start_daemon, v2, v3) -> None:
+    """Delete the snapshots and restart: the summary and every account are exactly as before."""
+    async with start_daemon(setup) as d:
+        await drive_to_stopped_waiting(d, "acc-1", v2)
+        await enable_and_enroll(d, ["acc-2", "acc-3"], policy="restart")
+        await d.auth_event({"account_id": "acc-2", "occurred_at": iso(datetime.now(UTC))})
+        await d.operator("POST", "/v1/accounts/acc-3/exclude", {"reason": "vip"})
+        await d.post_webhook(v2("acc-4", "account.invalid"))
+        await d.post_webhook(v3("evt-9", "grant-5", reauthentication_flag=True))
+        await d.post_webhook(b"{broken", None)
+        before = await everything(d)
+    assert len(before[1]) == 5
+    with sqlite3.connect(setup.database) as conn:
+        assert conn.execute("SELECT count(*) FROM snapshots").fetchone()[0] == 1
+        conn.execute("DELETE FROM snapshots")
+    conn.close()
+    async with start_daemon(setup) as d:
+        after = await everything(d)
+    assert after == before
+    async with start_daemon(setup) as d:  # and from the snapshot written at that stop
+        assert await everything(d) == before
