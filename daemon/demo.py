@@ -61,6 +61,7 @@ class DemoResult:
     database: Path
     funnel: dict[str, int]
     finished: bool
+    interrupted: bool
     url: str
     sample_account: str | None
     stalled_account: str | None
@@ -148,6 +149,8 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
             account_ids = await _set_up(sandbox, users, url, values["operator_token"], opts)
             tg.start_soon(users.authenticate_all)
             finished = await _watch(daemon, account_ids, opts, out, live_view)
+            # The daemon handles SIGINT/SIGTERM itself: if it stopped, the user asked us to.
+            interrupted = daemon.stopped.is_set()
             counts = funnel(daemon.live)
             projection = daemon.live.projection
             static = sorted(projection.ids_in("static"))
@@ -156,6 +159,7 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
                 database=database,
                 funnel=counts,
                 finished=finished,
+                interrupted=interrupted,
                 url=url,
                 sample_account=static[0] if static else None,
                 stalled_account=stalled[0] if stalled else None,
@@ -210,7 +214,7 @@ async def _watch(
         elif elapsed - last_line >= 5:
             print(line, file=out)
             last_line = elapsed
-        if done >= len(ids) or elapsed > opts.timeout:
+        if done >= len(ids) or elapsed > opts.timeout or daemon.stopped.is_set():
             if live_view:
                 out.write("\n")
             return done >= len(ids)
@@ -247,6 +251,9 @@ def demo_command(args: argparse.Namespace) -> int:
     print(f"  {prog} verify --database {db}")
     print(f"  {prog} replay --database {db}")
     print(f"  {prog} status --database {db}")
+    if result.interrupted:
+        print("staticipd demo: interrupted; the log so far is kept", file=sys.stderr)
+        return 130
     if not result.finished:
         print("staticipd demo: not every account finished in time", file=sys.stderr)
         return 1
