@@ -59,6 +59,7 @@ class DemoOptions:
 @dataclass
 class DemoResult:
     database: Path
+    checkpoint_key: Path
     funnel: dict[str, int]
     finished: bool
     interrupted: bool
@@ -157,6 +158,7 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
             stalled = sorted(projection.ids_in("stalled"))
             result = DemoResult(
                 database=database,
+                checkpoint_key=workdir / "credentials" / "checkpoint_key",
                 funnel=counts,
                 finished=finished,
                 interrupted=interrupted,
@@ -248,7 +250,7 @@ def demo_command(args: argparse.Namespace) -> int:
         print(f"  {prog} audit {result.sample_account} --database {db}")
     if result.stalled_account:
         print(f"  {prog} audit {result.stalled_account} --database {db}   # never answered")
-    print(f"  {prog} verify --database {db}")
+    print(f"  {prog} verify --database {db} --checkpoint-key-file {result.checkpoint_key}")
     print(f"  {prog} replay --database {db}")
     print(f"  {prog} status --database {db}")
     if result.interrupted:
