@@ -207,7 +207,9 @@ async def _watch(
     last_line = 0.0
     while True:
         counts = funnel(daemon.live)
-        done = sum(counts.get(s, 0) for s in DONE_STATES)
+        # Count this run's accounts only: a named database may hold an earlier demo's too.
+        states = (daemon.live.projection.account(i) for i in ids)
+        done = sum(1 for a in states if a is not None and a.state in DONE_STATES)
         elapsed = time.monotonic() - started
         line = "  " + "  ".join(f"{s} {n}" for s, n in counts.items() if n) + f"  [{elapsed:4.0f}s]"
         if live_view:
