@@ -1,0 +1,353 @@
+"""Webhook ingest benchmark: the real daemon (durable append, FULL sync) against a bare aiohttp app.
+
+Run with ``python -m bench.bench_ingest`` (``--help`` for sizes). Each server runs in its own
+process on 127.0.0.1 and receives the same pre-signed, unique v2 webhook bodies (so every daemon
+request is a real durable append, never a duplicate); the trivial app only reads the body and
+answers 200, which is the HTTP stack's ceiling. The load generator is `wrk` when installed (a
+Lua script cycles through the body file), else an aiohttp client in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import daemon_env, print_table, write_secrets
+
+BASE_DATE = 1_760_000_000
+PATH = "/webhooks/nylas"
+
+# Each wrk thread keeps the lines whose index modulo the thread count is its own, so threads
+# never send the same body (a resent body would be a cheap duplicate, not an append).
+WRK_SCRIPT = r"""
+local counter = 0
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+end
+
+function init(args)
+  local nthreads = tonumber(args[2])
+  sigs, bodies, n, i = {}, {}, 0, 0
+  for line in io.lines(args[1]) do
+    if i % nthreads == id then
+      local sp = line:find(" ", 1, true)
+      sigs[#sigs + 1] = line:sub(1, sp - 1)
+      bodies[#bodies + 1] = line:sub(sp + 1)
+    end
+    i = i + 1
+  end
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+end
+
+function request()
+  n = n + 1
+  local k = ((n - 1) % #bodies) + 1
+  wrk.headers["X-Nylas-Signature"] = sigs[k]
+  return wrk.format(nil, nil, nil, bodies[k])
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"errors":%d,"status":%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+@dataclass
+class Result:
+    target: str
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    non_2xx: int
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+def make_body(i: int, accounts: int) -> bytes:
+    """A v2 `account.running` delta, unique by date and account (dedupe digests the delta)."""
+    account = f"acc{i % accounts:06d}"
+    delta = {
+        "date": BASE_DATE + i,
+        "object": "account",
+        "type": "account.running",
+        "object_data": {
+            "namespace_id": account,
+            "account_id": account,
+            "object": "account",
+            "attributes": None,
+            "id": account,
+            "metadata": None,
+        },
+    }
+    return json.dumps({"deltas": [delta]}, separators=(",", ":")).encode()
+
+
+def write_bodies(path: Path, secret: str, start: int, count: int, accounts: int) -> int:
+    """Write `count` lines of "<signature> <body>"; return the mean body size in bytes."""
+    key = secret.encode()
+    total = 0
+    with path.open("wb") as f:
+        for i in range(start, start + count):
+            body = make_body(i, accounts)
+            total += len(body)
+            f.write(hmac.new(key, body, hashlib.sha256).hexdigest().encode() + b" " + body + b"\n")
+    return total // count
+
+
+# --- the servers (each in its own process) -------------------------------------------------------
+
+
+def announce(port_file: Path, port: int | None) -> None:
+    """Tell the parent process the listening port (it polls for the file)."""
+    port_file.write_text(str(port))
+
+
+async def serve_daemon(workdir: Path, port_file: Path, synchronous: str) -> None:
+    import anyio
+
+    from daemon import logs
+    from daemon.config import load_config, load_secrets
+    from daemon.service import Daemon
+
+    env = daemon_env(workdir / f"{synchronous}.db", workdir / "credentials")
+    env["STATICIPD_DATABASE__SYNCHRONOUS"] = synchronous
+    config = load_config(None, env)
+    logs.configure_logging("warning", "json")
+    secrets = load_secrets(config, env)
+    daemon = Daemon(config, secrets, reload=lambda: (config, secrets))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.run)
+        await daemon.ready.wait()
+        announce(port_file, daemon.bound_port)
+    # The daemon handles SIGTERM itself: graceful stop, flush, snapshot.
+
+
+async def serve_trivial(port_file: Path) -> None:
+    from aiohttp import web
+
+    async def receive(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"recorded": 1, "duplicates": 0})
+
+    app = web.Application()
+    app.router.add_post(PATH, receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    announce(port_file, runner.addresses[0][1])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def start_server(target: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start `target` ("trivial" or "daemon-<SYNCHRONOUS>") in a child process; its port."""
+    port_file = workdir / f"{target}.port"
+    port_file.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "bench.bench_ingest", "--serve", target, "--dir", str(workdir)]
+    with (workdir / f"{target}.log").open("ab") as log:  # the daemon's warnings, not the table
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 60
+    while not port_file.exists() or not port_file.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the {target} server did not start")
+        time.sleep(0.05)
+    return proc, int(port_file.read_text())
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# --- the load generators -------------------------------------------------------------------------
+
+
+def run_wrk(
+    url: str, bodies: Path, script: Path, seconds: float, connections: int, threads: int
+) -> tuple[int, float, float, float, int, int]:
+    cmd = [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+        "--timeout", "30s", "-s", str(script), url, "--", str(bodies), str(threads),
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
+    r = json.loads(line.removeprefix("WRKJSON "))
+    return (
+        r["requests"], r["duration_us"] / 1e6, r["p50_us"] / 1e3, r["p99_us"] / 1e3,
+        r["errors"], r["status"],
+    )  # fmt: skip
+
+
+async def run_aiohttp(
+    url: str, lines: list[list[bytes]], seconds: float, connections: int
+) -> tuple[int, float, float, float, int, int]:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = non_2xx = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(session: aiohttp.ClientSession, k: int) -> None:
+        nonlocal errors, non_2xx
+        mine = lines[k::connections]
+        n = 0
+        while time.perf_counter() < deadline:
+            sig, body = mine[n % len(mine)]
+            n += 1
+            headers = {"X-Nylas-Signature": sig.decode(), "Content-Type": "application/json"}
+            start = time.perf_counter()
+            try:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    non_2xx += not 200 <= resp.status < 300
+            except aiohttp.ClientError:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - start)
+
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(session, k) for k in range(connections)))
+        elapsed = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    return len(latencies), elapsed, q[49] * 1e3, q[98] * 1e3, errors, non_2xx
+
+
+def count_appended(database: Path) -> int:
+    """Webhook deltas recorded in the log (warm-up included)."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+        (n,) = conn.execute(
+            "SELECT count(*) FROM events WHERE type = 'ProviderNotificationRecorded'"
+        ).fetchone()
+    return int(n)
+
+
+TARGETS = {
+    "trivial": "aiohttp: read body, answer 200 (ceiling)",
+    "daemon-FULL": "daemon: verify, decide, append, FULL",
+    "daemon-NORMAL": "daemon, NORMAL (WAL: no fsync per commit)",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per measured run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server")
+    parser.add_argument("--connections", type=int, default=64, help="concurrent connections")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--bodies", type=int, default=60_000, help="unique signed bodies")
+    parser.add_argument("--accounts", type=int, default=5_000, help="distinct account ids")
+    parser.add_argument("--client", choices=["auto", "wrk", "aiohttp"], default="auto")
+    parser.add_argument(
+        "--targets", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}"
+    )
+    parser.add_argument("--dir", type=Path, default=None, help="where to put the files")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve == "trivial":
+        asyncio.run(serve_trivial(args.dir / "trivial.port"))
+        return 0
+    if args.serve:
+        sync = args.serve.removeprefix("daemon-")
+        asyncio.run(serve_daemon(args.dir, args.dir / f"{args.serve}.port", sync))
+        return 0
+    targets = [t for t in args.targets.split(",") if t]
+    if unknown := set(targets) - set(TARGETS):
+        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+
+    client = args.client
+    if client == "auto":
+        client = "wrk" if shutil.which("wrk") else "aiohttp"
+    results: list[Result] = []
+    appended: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        work = Path(tmp)
+        secret = write_secrets(work / "credentials")["webhook_secret"]
+        bodies, warm = work / "bodies.txt", work / "warm.txt"
+        size = write_bodies(bodies, secret, 0, args.bodies, args.accounts)
+        # Warm-up bodies are distinct from the measured ones, so no measured request is a
+        # duplicate of a warm-up one.
+        write_bodies(warm, secret, 10**9, 5_000, args.accounts)
+        script = work / "bodies.lua"
+        script.write_text(WRK_SCRIPT)
+        for target in targets:
+            proc, port = start_server(target, work)
+            url = f"http://127.0.0.1:{port}{PATH}"
+            try:
+                for file, seconds, measured in (
+                    (warm, args.warmup, False),
+                    (bodies, args.duration, True),
+                ):
+                    if seconds <= 0:
+                        continue
+                    if client == "wrk":
+                        r = run_wrk(url, file, script, seconds, args.connections, args.threads)
+                    else:
+                        lines = [x.split(b" ", 1) for x in file.read_bytes().splitlines()]
+                        r = asyncio.run(run_aiohttp(url, lines, seconds, args.connections))
+                    if measured:
+                        results.append(Result(target, *r))
+            finally:
+                stop_server(proc)
+            if target != "trivial":
+                appended[target] = count_appended(work / f"{target.removeprefix('daemon-')}.db")
+
+    print(
+        f"webhook ingest: {client}, {args.connections} connections, {args.duration:g} s per "
+        f"server, {size}-byte bodies, {os.cpu_count()} cores shared by client and server"
+    )
+    print_table(
+        ["server", "requests", "req/s", "p50 ms", "p99 ms", "errors", "non-2xx"],
+        [
+            (TARGETS[r.target], f"{r.requests:,}", f"{r.rate:,.0f}", f"{r.p50_ms:.1f}",
+             f"{r.p99_ms:.1f}", r.errors, r.non_2xx)
+            for r in results
+        ],
+    )  # fmt: skip
+    by = {r.target: r for r in results}
+    for target, n in appended.items():
+        r = by[target]
+        if "trivial" in by:
+            share = r.rate / by["trivial"].rate
+            print(f"  {target}: {share:.0%} of the ceiling's requests/s", end="")
+        reused = "; bodies were reused, raise --bodies" if r.requests > args.bodies else ""
+        print(f"; {n:,} deltas in the log (warm-up included){reused}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
