@@ -202,7 +202,9 @@ class Daemon:
             pending_effects=len(self.outbox),
         )
         if missing:
-            log.warning("daemon.not_configured", secrets=missing)
+            # Not under a `secrets`/`credentials` key: the log redactor masks the values of
+            # keys naming secrets, which would hide *which* ones are missing.
+            log.warning("daemon.not_configured", missing=missing)
         if provider is None:
             log.warning(
                 "daemon.provider_not_configured",
@@ -311,7 +313,13 @@ class Daemon:
         logs.register_secrets(secrets.values(), replace=True)
         logs.set_level(config.logging.level)
         runtime.secrets = self.secrets = secrets
-        log.info("daemon.reloaded", credentials=secrets.describe(), level=config.logging.level)
+        configured = [name for name, status in secrets.describe().items() if status != "missing"]
+        log.info(
+            "daemon.reloaded",
+            configured=configured,
+            missing=list(secrets.missing),
+            level=config.logging.level,
+        )
 
 
 def _feed(live: LiveProjection, timers: TimerDriver, outbox: Outbox) -> None:
