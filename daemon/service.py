@@ -137,7 +137,7 @@ class Daemon:
                 async with anyio.create_task_group() as tg:
                     for name, job in self._jobs(live, timers, outbox, provider, submit):
                         tg.start_soon(_essential, name, job)
-                    tg.start_soon(self._signals, tg.cancel_scope, runtime)
+                    tg.start_soon(self._signals)
                     self._announce(store, live, provider)
                     self.ready.set()
                     await self.stopped.wait()
@@ -294,17 +294,18 @@ class Daemon:
         await store.save_snapshot(SNAPSHOT_NAME, position, blob)
         log.info("snapshot.written", position=position, bytes=len(blob))
 
-    async def _signals(self, scope: anyio.CancelScope, runtime: Runtime) -> None:
+    async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    self._reload_secrets(runtime)
+                    self.reload()
                     continue
                 log.info("daemon.signal", signal=signal.Signals(signum).name)
                 self.stopped.set()
                 return
 
-    def _reload_secrets(self, runtime: Runtime) -> None:
+    def reload(self) -> None:
+        """What SIGHUP does: read the secrets and the log level again; keep the old on error."""
         try:
             config, secrets = self._reload()
         except ConfigError as exc:
@@ -312,7 +313,7 @@ class Daemon:
             return
         logs.register_secrets(secrets.values(), replace=True)
         logs.set_level(config.logging.level)
-        runtime.secrets = self.secrets = secrets
+        self.runtime.secrets = self.secrets = secrets
         configured = [name for name, status in secrets.describe().items() if status != "missing"]
         log.info(
             "daemon.reloaded",

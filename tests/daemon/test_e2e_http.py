@@ -261,7 +261,7 @@ async def test_reload_swaps_secrets_and_tokens_without_restart(running, v2: V2) 
     old_secret, old_token = setup.secret("webhook_secret"), setup.secret("operator_token")
     setup.write_secret("webhook_secret", "rotated-webhook-secret")
     setup.write_secret("operator_token", "rotated-operator-token")
-    running.daemon._reload_secrets(running.daemon.runtime)  # what SIGHUP calls
+    running.daemon.reload()  # what SIGHUP calls
     body = v2("acc-r", "account.running")
     assert (await running.post_webhook(body, setup.sign(body, old_secret))).status == 401
     assert (await running.post_webhook(body)).status == 200
