@@ -263,12 +263,14 @@ def _react(b: _Builder, at: datetime, meaning: str) -> tuple[str, Action]:
         case "running" | "connected":
             action = _healthy
             if s.state == "second_auth":
-                assert s.second_step_at is not None
-                if at >= s.second_step_at:
+                step_at = s.second_step_at
+                assert step_at is not None
+                # Webhook dates are whole seconds: a running in the second of the step counts.
+                if _not_before(at, step_at):
 
                     def arrive(b: _Builder) -> None:
                         _healthy(b)
-                        b.move("static", at, f"{meaning} after the second step")
+                        b.move("static", max(at, step_at), f"{meaning} after the second step")
 
                     return f"{meaning} after the second step: the move is done", arrive
                 return f"{meaning} occurred before the second step; not the move", action
