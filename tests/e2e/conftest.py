@@ -178,7 +178,9 @@ class Migration:
         if self.daemon is None:
             return False
         counts = self.funnel()
-        return sum(counts.get(s, 0) for s in DONE_STATES) >= len(self.account_ids)
+        finished = sum(counts.get(s, 0) for s in DONE_STATES) >= len(self.account_ids)
+        # A stalled account may still have a restart being retried: not finished until none is.
+        return finished and not self.daemon.live.projection.pending_effects()
 
     async def wait_done(self, timeout: float) -> dict[str, int]:
         """Wait until every account is static or stalled; fail with the funnel if not in time."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
 import anyio
 import pytest
+
+from daemon import audit
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -28,3 +31,14 @@ async def test_every_account_ends_static_or_stalled(
         # The seed gives some users who never answer: the stalled path is exercised too.
         assert states.count("stalled") >= 1
     assert states.count("static") >= 20
+    # Without faults the provider's running webhook ends each move (on arrival, or at the second
+    # auth it raced); the reconciler ("daemon", an hour apart by default) is never needed, even
+    # though webhook dates have whole seconds only.
+    static_sources = Counter(
+        e.source
+        for account_id, state in outcome.states.items()
+        if state == "static"
+        for e in audit.transitions(outcome.timeline(account_id))
+        if e.state_after == "static"
+    )
+    assert set(static_sources) <= {"webhook", "auth-event"}, static_sources
