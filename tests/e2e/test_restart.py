@@ -1,0 +1,50 @@
+"""A daemon restart in the middle of a migration, while the users keep authenticating."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import anyio
+import pytest
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(60)]
+
+
+async def test_migration_survives_a_daemon_restart(e2e: SimpleNamespace, tmp_path: Path) -> None:
+    """Stopping the daemon mid-way and starting a new one on the same log and port loses nothing."""
+    async with e2e.running(tmp_path, accounts=40, policy="mixed", seed=21) as run:
+        await run.enrol()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run.users.authenticate_all)
+            # Mid-way: some accounts are done, others wait on timers and effects.
+            with anyio.fail_after(20):
+                while run.funnel().get("static", 0) < 5:
+                    await anyio.sleep(0.05)
+            first = run.daemon
+            assert first is not None
+            pending_timers = len(first.timers)
+            old_port = first.bound_port
+            await run.stop_daemon()
+            cut = first.live.position
+            # Away long enough for auth reports to be refused and webhooks to fail and retry.
+            await anyio.sleep(0.5)
+            second = await run.start_daemon()
+            assert second.bound_port == old_port
+            assert len(second.live.projection) == len(first.live.projection)
+            outcome = await e2e.finish(run, timeout=40)
+        counters = run.users.counters
+    assert pending_timers > 0
+    assert counters.reports_failed == 0
+    assert run.daemons_started == 2
+    states = list(outcome.states.values())
+    assert states.count("static") + states.count("stalled") == 40
+    # The restarted daemon went on where the first stopped: its log has both runs' inputs.
+    sources = {e.source for a in outcome.states for e in outcome.timeline(a)}
+    assert {"auth-event", "webhook", "timer", "outbox"} <= sources
+    # Timers scheduled by the first daemon were fired (once) by the second.
+    scheduled_before = {
+        d["timer_id"] for r, d in outcome.of_type("TimerScheduled") if r.position <= cut
+    }
+    fired_after = {d["timer_id"] for r, d in outcome.of_type("TimerFired") if r.position > cut}
+    assert scheduled_before & fired_after
