@@ -341,11 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     by = {r.target: r for r in results}
     for target, n in appended.items():
         r = by[target]
+        notes = [f"{n:,} deltas in the log (warm-up included)"]
         if "trivial" in by:
-            share = r.rate / by["trivial"].rate
-            print(f"  {target}: {share:.0%} of the ceiling's requests/s", end="")
-        reused = "; bodies were reused, raise --bodies" if r.requests > args.bodies else ""
-        print(f"; {n:,} deltas in the log (warm-up included){reused}")
+            notes.insert(0, f"{r.rate / by['trivial'].rate:.0%} of the ceiling's requests/s")
+        if r.requests > args.bodies:
+            notes.append("bodies were reused, raise --bodies")
+        print(f"  {target}: {'; '.join(notes)}")
     return 0
 
 
