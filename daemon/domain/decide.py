@@ -349,36 +349,43 @@ def _on_timer(b: _Builder, t: inp.TimerFired) -> None:
         b.move("stalled", due, "no second step after the last reminder")
 
 
+def _step_effect(b: _Builder, policy: str, reminder: int, due_at: datetime) -> ev.Event:
+    """The second step's side effect under the account's policy."""
+    cycle = b.state.cycle
+    if policy == "restart":
+        return ev.SyncRestartRequested(
+            account_id=b.id,
+            occurred_at=b.at,
+            idempotency_key=f"{b.id}:restart:{cycle}:{reminder}",
+            due_at=due_at,
+            reminder=reminder,
+            reason="second step by restarting the account's sync",
+        )
+    return ev.ReauthRequested(
+        account_id=b.id,
+        occurred_at=b.at,
+        idempotency_key=f"{b.id}:reauth:{cycle}:{reminder}",
+        stage="second_step" if reminder == 0 else "reminder",
+        due_at=due_at,
+        reminder=reminder,
+        email=b.state.email,
+    )
+
+
 def _request_step(b: _Builder, reminder: int) -> None:
     s = b.state
     assert s.second_step_due_at is not None
-    b.abandon_effects(
-        f"superseded by reminder {reminder}", (ev.ReauthRequested, ev.SyncRestartRequested)
-    )
     policy = s.policy or b.settings.default_policy
-    if policy == "restart":
-        b.emit(
-            ev.SyncRestartRequested(
-                account_id=b.id,
-                occurred_at=b.at,
-                idempotency_key=f"{b.id}:restart:{s.cycle}:{reminder}",
-                due_at=s.second_step_due_at,
-                reminder=reminder,
-                reason="second step by restarting the account's sync",
-            )
+    restarting = policy == "restart" and any(
+        isinstance(p.effect, ev.SyncRestartRequested) for p in s.pending_effects.values()
+    )
+    # A restart still being retried may already have happened at the provider: superseding it
+    # would restart the account twice and ignore the first one's success. Let it finish.
+    if not restarting:
+        b.abandon_effects(
+            f"superseded by reminder {reminder}", (ev.ReauthRequested, ev.SyncRestartRequested)
         )
-    else:
-        b.emit(
-            ev.ReauthRequested(
-                account_id=b.id,
-                occurred_at=b.at,
-                idempotency_key=f"{b.id}:reauth:{s.cycle}:{reminder}",
-                stage="second_step" if reminder == 0 else "reminder",
-                due_at=s.second_step_due_at,
-                reminder=reminder,
-                email=s.email,
-            )
-        )
+        b.emit(_step_effect(b, policy, reminder, s.second_step_due_at))
     schedule = b.settings.reminder_schedule
     if reminder < len(schedule):
         b.schedule(

@@ -396,3 +396,17 @@ def test_stop_stamped_well_before_the_auth_is_not_its_stop(flow):
     flow.hook("account.stopped", 10)
     flow.auth(10 + 5 / 60)
     assert flow.state().state == "first_auth"
+
+
+def test_reminder_lets_a_restart_still_being_retried_finish(flow):
+    """A reminder does not supersede a restart still retrying; its late success is the step."""
+    flow.setup(policy="restart")
+    flow.auth(1)
+    flow.hook("account.stopped", 2)
+    [restart] = [e for e in flow.fire("second_step") if isinstance(e, SyncRestartRequested)]
+    flow.outcome(restart.idempotency_key, "failed_retrying", next_attempt_at=flow.at(200))
+    reminder_events = flow.fire("reminder")
+    assert not [e for e in reminder_events if isinstance(e, SyncRestartRequested)]
+    assert list(flow.state().pending_effects) == [restart.idempotency_key]
+    flow.outcome(restart.idempotency_key, "succeeded", attempt=2)
+    assert flow.state().state == "second_auth"
