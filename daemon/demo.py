@@ -68,7 +68,8 @@ class DemoResult:
     stalled_account: str | None
 
 
-def _write_secrets(directory: Path, client_secret: str) -> dict[str, str]:
+def write_secrets(directory: Path, client_secret: str) -> dict[str, str]:
+    """Fresh secrets for a daemon talking to the sandbox, as files (mode 600) in `directory`."""
     values = {
         # v2 webhooks are signed with the application's client secret (provider-facts §1.1),
         # which is also the management API key.
@@ -87,51 +88,99 @@ def _write_secrets(directory: Path, client_secret: str) -> dict[str, str]:
     return values
 
 
+class SandboxWorld:
+    """The sandbox provider, the simulated users and the environment of a daemon between them.
+
+    Shared by the demo, the end-to-end tests and the benchmarks, so all three run the same
+    wiring: provider times compressed `time_scale`-fold, secrets as files, everything on
+    loopback. `daemon()` builds a new `Daemon` on the same log (a restart is just another one).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        time_scale: float = 600.0,
+        seed: int = 7,
+        never_answer: float = NEVER_ANSWER,
+        database: Path | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.scale = 1.0 / time_scale
+        self.seed = seed
+        self.never_answer = never_answer
+        self.database = database or workdir / "staticipd.db"
+        self.env: dict[str, str] = {}
+        self.values: dict[str, str] = {}
+
+    async def start(self) -> None:
+        scale = self.scale
+        self.sandbox = SandboxProvider(
+            SandboxSettings.compressed(scale, seed=self.seed, client_secret=pysecrets.token_hex(16))
+        )
+        await self.sandbox.start()
+        credentials = self.workdir / "credentials"
+        self.values = write_secrets(credentials, self.sandbox.settings.client_secret)
+        self.users = SimulatedUsers(
+            self.sandbox.base_url,
+            "http://127.0.0.1:0",  # set by `daemon_listening` once the daemon is up
+            self.values["auth_events_token"],
+            [self.values["notify_secret"]],
+            UsersSettings(
+                seed=self.seed, time_scale=scale, auth_window=AUTH_WINDOW,
+                human_delay=HUMAN_DELAY, never_answer=self.never_answer,
+            ),
+        )  # fmt: skip
+        notify_url = await self.users.start()
+        self.env = {
+            "STATICIPD_DATABASE": str(self.database),
+            "STATICIPD_SECRETS_DIR": str(credentials),
+            "STATICIPD_PROVIDER__BASE_URL": self.sandbox.base_url,
+            "STATICIPD_PROVIDER__CLIENT_ID": self.sandbox.settings.client_id,
+            "STATICIPD_PROVIDER__SANDBOX": "true",
+            "STATICIPD_PROVIDER__STATIC_IP_PATH": "/a/{client_id}/ip_addresses?environment=static",
+            "STATICIPD_NOTIFY__URL": notify_url,
+            "STATICIPD_MIGRATION__DELAY_SECONDS": str(DELAY * scale),
+            "STATICIPD_MIGRATION__REMINDER_SCHEDULE_SECONDS": ",".join(
+                str(r * scale) for r in REMINDERS
+            ),
+            "STATICIPD_MIGRATION__STALL_AFTER_SECONDS": str(STALL_AFTER * scale),
+            "STATICIPD_MIGRATION__STOP_GRACE_SECONDS": str(STOP_GRACE * scale),
+            "STATICIPD_POLLERS__IP_LIST_INTERVAL_SECONDS": str(max(1.0, 900 * scale)),
+            "STATICIPD_POLLERS__RECONCILER_INTERVAL_SECONDS": str(max(1.0, 1800 * scale)),
+            "STATICIPD_OUTBOX__BACKOFF_BASE_SECONDS": "0.2",
+            "STATICIPD_OUTBOX__BACKOFF_MAX_SECONDS": "2",
+            "STATICIPD_OUTBOX__CONCURRENCY": "16",
+        }
+
+    def daemon(self, port: int = 0, **overrides: str) -> Daemon:
+        """A new daemon on the world's log; `overrides` are more `STATICIPD_*` settings."""
+        env = {**self.env, "STATICIPD_LISTEN": f"127.0.0.1:{port}", **overrides}
+        config = load_config(None, env)
+        return Daemon(
+            config, load_secrets(config, env), reload=lambda: (config, load_secrets(config, env))
+        )
+
+    async def daemon_listening(self, daemon: Daemon) -> str:
+        """Once `daemon` is ready: point the users and the provider's webhooks at it."""
+        url = f"http://127.0.0.1:{daemon.bound_port}"
+        self.users.daemon_url = url
+        await self.sandbox.register_webhook(f"{url}/webhooks/nylas")
+        return url
+
+    async def stop(self) -> None:
+        await self.users.stop()
+        await self.sandbox.stop()
+
+
 async def run_demo(opts: DemoOptions) -> DemoResult:
-    scale = 1.0 / opts.time_scale
     workdir = Path(tempfile.mkdtemp(prefix="staticipd-demo-"))
-    database = opts.database or workdir / "staticipd.db"
-    sandbox = SandboxProvider(
-        SandboxSettings.compressed(scale, seed=opts.seed, client_secret=pysecrets.token_hex(16))
+    world = SandboxWorld(
+        workdir, time_scale=opts.time_scale, seed=opts.seed, database=opts.database
     )
-    await sandbox.start()
-    values = _write_secrets(workdir / "credentials", sandbox.settings.client_secret)
-    users = SimulatedUsers(
-        sandbox.base_url,
-        "http://127.0.0.1:0",  # set once the daemon is listening
-        values["auth_events_token"],
-        [values["notify_secret"]],
-        UsersSettings(
-            seed=opts.seed, time_scale=scale, auth_window=AUTH_WINDOW,
-            human_delay=HUMAN_DELAY, never_answer=NEVER_ANSWER,
-        ),
-    )  # fmt: skip
-    notify_url = await users.start()
-    env = {
-        "STATICIPD_DATABASE": str(database),
-        "STATICIPD_LISTEN": f"127.0.0.1:{opts.port}",
-        "STATICIPD_SECRETS_DIR": str(workdir / "credentials"),
-        "STATICIPD_PROVIDER__BASE_URL": sandbox.base_url,
-        "STATICIPD_PROVIDER__CLIENT_ID": sandbox.settings.client_id,
-        "STATICIPD_PROVIDER__SANDBOX": "true",
-        "STATICIPD_PROVIDER__STATIC_IP_PATH": "/a/{client_id}/ip_addresses?environment=static",
-        "STATICIPD_NOTIFY__URL": notify_url,
-        "STATICIPD_MIGRATION__DELAY_SECONDS": str(DELAY * scale),
-        "STATICIPD_MIGRATION__REMINDER_SCHEDULE_SECONDS": ",".join(
-            str(r * scale) for r in REMINDERS
-        ),
-        "STATICIPD_MIGRATION__STALL_AFTER_SECONDS": str(STALL_AFTER * scale),
-        "STATICIPD_MIGRATION__STOP_GRACE_SECONDS": str(STOP_GRACE * scale),
-        "STATICIPD_POLLERS__IP_LIST_INTERVAL_SECONDS": str(max(1.0, 900 * scale)),
-        "STATICIPD_POLLERS__RECONCILER_INTERVAL_SECONDS": str(max(1.0, 1800 * scale)),
-        "STATICIPD_OUTBOX__BACKOFF_BASE_SECONDS": "0.2",
-        "STATICIPD_OUTBOX__BACKOFF_MAX_SECONDS": "2",
-        "STATICIPD_OUTBOX__CONCURRENCY": "16",
-    }
-    config = load_config(None, env)
-    daemon = Daemon(
-        config, load_secrets(config, env), reload=lambda: (config, load_secrets(config, env))
-    )
+    await world.start()
+    database, sandbox, users = world.database, world.sandbox, world.users
+    daemon = world.daemon(opts.port)
     out = opts.out
     live_view = out.isatty() if opts.live_view is None else opts.live_view
     result: DemoResult | None = None
@@ -140,14 +189,12 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
             tg.start_soon(daemon.run)
             with anyio.fail_after(30):
                 await daemon.ready.wait()
-            url = f"http://127.0.0.1:{daemon.bound_port}"
-            users.daemon_url = url
+            url = await world.daemon_listening(daemon)
             print(f"staticipd demo: {opts.accounts} accounts, time x{opts.time_scale:g}", file=out)
             print(f"  log:         {database}", file=out)
             print(f"  status page: {url}/  (while the demo runs)", file=out)
             print(f"  sandbox:     {sandbox.base_url} (simulated provider)", file=out)
-            await sandbox.register_webhook(f"{url}/webhooks/nylas")
-            account_ids = await _set_up(sandbox, users, url, values["operator_token"], opts)
+            account_ids = await _set_up(sandbox, users, url, world.values["operator_token"], opts)
             tg.start_soon(users.authenticate_all)
             finished = await _watch(daemon, account_ids, opts, out, live_view)
             # The daemon handles SIGINT/SIGTERM itself: if it stopped, the user asked us to.
@@ -169,8 +216,7 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
             daemon.stopped.set()
             tg.cancel_scope.deadline = anyio.current_time() + 30
     finally:
-        await users.stop()
-        await sandbox.stop()
+        await world.stop()
     assert result is not None
     return result
 
