@@ -8,13 +8,14 @@ appended on; a version conflict (another writer) is retried on fresh state.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio
 import msgspec
 import structlog
 
@@ -56,25 +57,93 @@ class Decision:
 
 
 class _StreamLocks:
-    """One lock per stream, created on demand and dropped when nobody holds or waits for it."""
+    """One lock per stream, held only while someone uses it.
+
+    On the ingest hot path nearly every stream is free: taking it costs a dict insert and no
+    suspension; waiters queue in arrival order and the lock is handed to the next directly.
+    """
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[anyio.Lock, int]] = {}
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
 
     async def acquire(self, streams: Sequence[str]) -> None:
-        for stream in sorted(set(streams)):  # one global order: no deadlocks
-            lock, users = self._locks.get(stream) or (anyio.Lock(), 0)
-            self._locks[stream] = (lock, users + 1)
-            await lock.acquire()
+        taken: list[str] = []
+        try:
+            for stream in sorted(set(streams)):  # one global order: no deadlocks
+                waiters = self._waiters.get(stream)
+                if waiters is None:
+                    self._waiters[stream] = deque()
+                else:
+                    future = asyncio.get_running_loop().create_future()
+                    waiters.append(future)
+                    try:
+                        await future
+                    except BaseException:
+                        if future.done() and not future.cancelled():
+                            self._release_one(stream)  # handed to us as we were cancelled
+                        else:
+                            waiters.remove(future)
+                        raise
+                taken.append(stream)
+        except BaseException:
+            self.release(taken)
+            raise
 
     def release(self, streams: Sequence[str]) -> None:
         for stream in sorted(set(streams)):
-            lock, users = self._locks[stream]
-            lock.release()
-            if users == 1:
-                del self._locks[stream]
-            else:
-                self._locks[stream] = (lock, users - 1)
+            self._release_one(stream)
+
+    def _release_one(self, stream: str) -> None:
+        waiters = self._waiters[stream]
+        while waiters:
+            future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)  # ownership passes straight to the next waiter
+                return
+        del self._waiters[stream]
+
+
+class _Batch:
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.done = asyncio.Event()
+        self.found: set[str] = set()
+        self.error: BaseException | None = None
+
+
+class _RecordedInputs:
+    """Answers "was this input recorded already?" for many concurrent requests in one query.
+
+    The store's reads share one connection (a thread hop each), so checks that arrive while a
+    query is in flight wait in the next batch instead of queueing a query each: the read-side
+    twin of the writer's group commit.
+    """
+
+    def __init__(self, store: EventStore) -> None:
+        self._store = store
+        self._open: _Batch | None = None
+        self._lock = asyncio.Lock()
+
+    async def contains(self, event_id: str) -> bool:
+        batch = self._open
+        if batch is None:
+            batch = self._open = _Batch()
+            batch.ids.add(event_id)
+            async with self._lock:  # while the previous batch's query runs, this one fills
+                self._open = None
+                try:
+                    batch.found = await self._store.stored_event_ids(batch.ids)
+                except BaseException as exc:
+                    batch.error = exc
+                    raise
+                finally:
+                    batch.done.set()
+        else:
+            batch.ids.add(event_id)
+            await batch.done.wait()
+            if batch.error is not None:
+                raise batch.error
+        return event_id in batch.found
 
 
 class Engine:
@@ -96,6 +165,7 @@ class Engine:
         self._clock = clock
         self._enqueue_timeout = enqueue_timeout
         self._locks = _StreamLocks()
+        self._recorded = _RecordedInputs(store)
         self._on_appended = on_appended
 
     async def submit(
@@ -129,7 +199,7 @@ class Engine:
         now = self._clock()
         for inp in inputs:
             first_id = f"{inp.input_id}#0"
-            if first_id in seen_ids or await self.store.get_event(first_id) is not None:
+            if first_id in seen_ids or await self._recorded.contains(first_id):
                 decisions.append(Decision(inp, True, (), _account_of(projection, inp)))
                 continue
             seen_ids.add(first_id)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Coroutine,
+    Generator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -24,7 +32,7 @@ from .planner import check_expectation, prepare_event, record_from_row, records_
 from .records import ANY, AppendResult, NewEvent, RecordedEvent
 from .schema import EVENT_COLUMNS, migrate
 from .verify import VerifyReport, verify_log
-from .writer import Writer
+from .writer import Writer, chunks, marks
 
 __all__ = ["EventStore", "SignedCheckpoint"]
 
@@ -301,6 +309,14 @@ class EventStore:
         """Return the event stored under `event_id`, or None."""
         rows = await self._fetch(_GET_EVENT, (event_id,))
         return record_from_row(rows[0]) if rows else None
+
+    async def stored_event_ids(self, event_ids: Collection[str]) -> set[str]:
+        """Which of `event_ids` are stored: one query per 900 ids, for batched dedupe checks."""
+        found: set[str] = set()
+        for chunk in chunks(event_ids):
+            sql = f"SELECT event_id FROM events WHERE event_id IN ({marks(len(chunk))})"  # noqa: S608
+            found.update(row[0] for row in await self._fetch(sql, chunk))
+        return found
 
     async def head(self) -> tuple[int, str]:
         """Return (last position, its hash), or (0, GENESIS) for an empty log."""

@@ -214,16 +214,16 @@ class Writer:
                 streams = {e.stream for c in batch for e in c.events}
                 ids = {e.event_id for c in batch for e in c.events}
                 versions: dict[str, int] = {}
-                for chunk in _chunks(streams):
+                for chunk in chunks(streams):
                     rows = await conn.execute_fetchall(
-                        _VERSIONS_SQL.format(_marks(len(chunk))),
+                        _VERSIONS_SQL.format(marks(len(chunk))),
                         chunk,
                     )
                     versions.update((s, v) for s, v in rows)
                 stored: dict[str, RecordedEvent] = {}
-                for chunk in _chunks(ids):
+                for chunk in chunks(ids):
                     rows = await conn.execute_fetchall(
-                        _STORED_SQL.format(_marks(len(chunk))),
+                        _STORED_SQL.format(marks(len(chunk))),
                         chunk,
                     )
                     stored.update((r[7], record_from_row(r)) for r in rows)
@@ -290,11 +290,11 @@ class Writer:
                 await self._conn.execute("ROLLBACK")
 
 
-def _marks(n: int) -> str:
+def marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
+def chunks(values: Iterable[str]) -> Iterable[list[str]]:
     items = list(values)
     for i in range(0, len(items), _CHUNK):
         yield items[i : i + _CHUNK]
