@@ -1,13 +1,12 @@
 """End-to-end harness: the sandbox provider, simulated users and a real `Daemon` on loopback.
 
-It wires the parts as `staticipd demo` does (same settings, compressed times), but keeps hold of
-each of them so a test can inject faults, stop the daemon and start a new one on the same log
-and port while the users keep going, and read the log afterwards.
+The wiring is the demo's own `SandboxWorld` (same settings, compressed times); the harness keeps
+hold of each part so a test can inject faults, stop the daemon and start a new one on the same
+log and port while the users keep going, and read the log afterwards.
 """
 
 from __future__ import annotations
 
-import secrets as pysecrets
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,26 +23,20 @@ from anyio.abc import TaskGroup
 
 from daemon import audit
 from daemon.audit import TimelineEntry
-from daemon.config import load_config, load_secrets
-from daemon.sandbox import SandboxProvider, SandboxSettings
-from daemon.sandbox.users import SimulatedUsers, UsersSettings
+from daemon.demo import DONE_STATES, REMINDERS, SandboxWorld
+from daemon.sandbox import SandboxProvider
+from daemon.sandbox.users import SimulatedUsers
 from daemon.service import Daemon
-from daemon.standardwebhooks import generate_secret
 from eventstore import EventStore, RecordedEvent
 
-# Nominal durations, the demo's (daemon/demo.py), compressed by `scale`.
-DELAY = 1800.0
-REMINDERS = (900.0, 1800.0)
-STALL_AFTER = 1800.0
-STOP_GRACE = 900.0
-AUTH_WINDOW = 9000.0
-HUMAN_DELAY = (60.0, 1200.0)
-DONE_STATES = ("static", "stalled")
+# Retries under injected 429/5xx settle well inside a test's timeout with a shorter cap than
+# the demo's.
+DAEMON_OVERRIDES = {"STATICIPD_OUTBOX__BACKOFF_MAX_SECONDS": "1"}
 
 
 @dataclass
 class Migration:
-    """One migration run: sandbox + users + the current daemon, all on 127.0.0.1."""
+    """One migration run: a `SandboxWorld` and its current daemon, all on 127.0.0.1."""
 
     workdir: Path
     accounts: int = 40
@@ -51,21 +44,34 @@ class Migration:
     policy: str = "mixed"
     seed: int = 11
     never_answer: float = 0.15
-    sandbox: SandboxProvider = field(init=False)
-    users: SimulatedUsers = field(init=False)
+    world: SandboxWorld = field(init=False)
     daemon: Daemon | None = field(init=False, default=None)
     account_ids: list[str] = field(init=False, default_factory=list)
     policies: dict[str, str] = field(init=False, default_factory=dict)
     daemons_started: int = field(init=False, default=0)
-    _env: dict[str, str] = field(init=False, default_factory=dict)
-    _values: dict[str, str] = field(init=False, default_factory=dict)
     _tg: TaskGroup | None = field(init=False, default=None)
     _daemon_done: anyio.Event | None = field(init=False, default=None)
     _port: int = field(init=False, default=0)
 
+    def __post_init__(self) -> None:
+        self.world = SandboxWorld(
+            self.workdir,
+            time_scale=self.time_scale,
+            seed=self.seed,
+            never_answer=self.never_answer,
+        )
+
+    @property
+    def sandbox(self) -> SandboxProvider:
+        return self.world.sandbox
+
+    @property
+    def users(self) -> SimulatedUsers:
+        return self.world.users
+
     @property
     def database(self) -> Path:
-        return self.workdir / "staticipd.db"
+        return self.world.database
 
     @property
     def url(self) -> str:
@@ -74,54 +80,13 @@ class Migration:
     async def start(self, tg: TaskGroup) -> None:
         """Start the sandbox, the users' backend and a first daemon; nothing is enrolled yet."""
         self._tg = tg
-        scale = 1.0 / self.time_scale
-        self.sandbox = SandboxProvider(
-            SandboxSettings.compressed(scale, seed=self.seed, client_secret=pysecrets.token_hex(16))
-        )
-        await self.sandbox.start()
-        self._values = _write_secrets(self.workdir / "credentials", self.sandbox.settings)
-        self.users = SimulatedUsers(
-            self.sandbox.base_url,
-            "http://127.0.0.1:0",
-            self._values["auth_events_token"],
-            [self._values["notify_secret"]],
-            UsersSettings(
-                seed=self.seed, time_scale=scale, auth_window=AUTH_WINDOW,
-                human_delay=HUMAN_DELAY, never_answer=self.never_answer,
-            ),
-        )  # fmt: skip
-        notify_url = await self.users.start()
-        self._env = {
-            "STATICIPD_DATABASE": str(self.database),
-            "STATICIPD_SECRETS_DIR": str(self.workdir / "credentials"),
-            "STATICIPD_PROVIDER__BASE_URL": self.sandbox.base_url,
-            "STATICIPD_PROVIDER__CLIENT_ID": self.sandbox.settings.client_id,
-            "STATICIPD_PROVIDER__SANDBOX": "true",
-            "STATICIPD_PROVIDER__STATIC_IP_PATH": "/a/{client_id}/ip_addresses?environment=static",
-            "STATICIPD_NOTIFY__URL": notify_url,
-            "STATICIPD_MIGRATION__DELAY_SECONDS": str(DELAY * scale),
-            "STATICIPD_MIGRATION__REMINDER_SCHEDULE_SECONDS": ",".join(
-                str(r * scale) for r in REMINDERS
-            ),
-            "STATICIPD_MIGRATION__STALL_AFTER_SECONDS": str(STALL_AFTER * scale),
-            "STATICIPD_MIGRATION__STOP_GRACE_SECONDS": str(STOP_GRACE * scale),
-            "STATICIPD_POLLERS__IP_LIST_INTERVAL_SECONDS": str(max(1.0, 900 * scale)),
-            "STATICIPD_POLLERS__RECONCILER_INTERVAL_SECONDS": str(max(1.0, 1800 * scale)),
-            "STATICIPD_OUTBOX__BACKOFF_BASE_SECONDS": "0.2",
-            "STATICIPD_OUTBOX__BACKOFF_MAX_SECONDS": "1",
-            "STATICIPD_OUTBOX__CONCURRENCY": "16",
-        }
+        await self.world.start()
         await self.start_daemon()
-        await self.sandbox.register_webhook(f"{self.url}/webhooks/nylas")
 
     async def start_daemon(self) -> Daemon:
         """A new Daemon on the same log and, after the first, on the same port."""
         assert self._tg is not None
-        env = {**self._env, "STATICIPD_LISTEN": f"127.0.0.1:{self._port}"}
-        config = load_config(None, env)
-        daemon = Daemon(
-            config, load_secrets(config, env), reload=lambda: (config, load_secrets(config, env))
-        )
+        daemon = self.world.daemon(self._port, **DAEMON_OVERRIDES)
         done = anyio.Event()
 
         async def run() -> None:
@@ -134,8 +99,13 @@ class Migration:
         with anyio.fail_after(20):
             await daemon.ready.wait()
         assert daemon.bound_port is not None
-        self._port = daemon.bound_port
-        self.users.daemon_url = self.url
+        if self.daemons_started == 0:
+            await self.world.daemon_listening(daemon)
+            self._port = daemon.bound_port
+        else:
+            # Same port: users and the webhook destination already point here, and registering
+            # again would add a second destination (every webhook delivered twice).
+            assert daemon.bound_port == self._port
         self.daemon, self._daemon_done = daemon, done
         self.daemons_started += 1
         return daemon
@@ -154,7 +124,7 @@ class Migration:
         accounts = await self.users.create_accounts(self.accounts)
         self.account_ids = [a["id"] for a in accounts]
         self.sandbox.enable_static_ips()
-        headers = {"Authorization": f"Bearer {self._values['operator_token']}"}
+        headers = {"Authorization": f"Bearer {self.world.values['operator_token']}"}
         ids = self.account_ids
         if self.policy == "mixed":
             half = len(ids) // 2
@@ -210,27 +180,11 @@ class Migration:
     async def close(self) -> None:
         if self.daemon is not None:
             await self.stop_daemon()
-        if hasattr(self, "users"):
-            await self.users.stop()
-        if hasattr(self, "sandbox"):
-            await self.sandbox.stop()
-
-
-def _write_secrets(directory: Path, sandbox: SandboxSettings) -> dict[str, str]:
-    values = {
-        "webhook_secret": sandbox.client_secret,  # v2 signs with the client secret
-        "provider_api_key": sandbox.client_secret,
-        "auth_events_token": pysecrets.token_urlsafe(24),
-        "operator_token": pysecrets.token_urlsafe(24),
-        "notify_secret": generate_secret(),
-        "checkpoint_key": pysecrets.token_urlsafe(32),
-    }
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for name, value in values.items():
-        path = directory / name
-        path.write_text(value + "\n")
-        path.chmod(0o600)
-    return values
+        # A world that failed part-way through `start` still has its sandbox to stop.
+        if hasattr(self.world, "users"):
+            await self.world.stop()
+        elif hasattr(self.world, "sandbox"):
+            await self.world.sandbox.stop()
 
 
 async def read_log(database: Path) -> list[RecordedEvent]:
