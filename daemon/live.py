@@ -1,8 +1,9 @@
 """The live projection: the read model kept current from the log, event by event.
 
 At start it loads the latest snapshot (if any) and replays the log's tail, so start-up time is
-bounded by the snapshot, not by the log's length. Then it follows the store's subscription and
-tells the timer driver and the outbox which timers and effects each changed account now has.
+bounded by the snapshot, not by the log's length. Then the store hands it each commit's records
+as they are committed (`on_commit`), and it tells the timer driver and the outbox which timers
+and effects each changed account now has.
 Deleting the snapshot only costs a longer start: the log is the only truth.
 """
 
@@ -37,6 +38,9 @@ class LiveProjection:
         self._seq = itertools.count()
         self.caught_up = anyio.Event()
         self.failed: BaseException | None = None
+        self._failure = anyio.Event()
+        self._buffer: list[RecordedEvent] | None = None
+        self._remove_listener: Callable[[], None] = lambda: None
 
     @classmethod
     async def load(cls, store: EventStore) -> LiveProjection:
@@ -51,7 +55,13 @@ class LiveProjection:
                 log.warning("projection.snapshot_unreadable", error=str(exc), position=position)
                 projection = Projection()
         live = cls(store, projection)
+        # Listen before catching up: commits made meanwhile wait in a buffer, so none is lost
+        # between the last read and the first live one.
+        live._buffer = []
+        live._remove_listener = store.on_commit(live._on_commit)
         await live.catch_up()
+        buffered, live._buffer = live._buffer, None
+        live._on_commit([r for r in buffered if r.position > live.position])
         live.caught_up.set()
         return live
 
@@ -70,7 +80,6 @@ class LiveProjection:
             state = self.projection.account(account_id)
             for hook in self._hooks:
                 hook(account_id, state)
-        self._release_waiters()
 
     async def catch_up(self) -> None:
         """Apply everything already in the log (used at start, before serving)."""
@@ -79,14 +88,36 @@ class LiveProjection:
             event = decode_event(record.type, record.schema, record.data)
             self.projection.apply(record.position, event)
 
-    async def run(self) -> None:
-        """Follow the log forever; a failure here stops the process (no half-alive daemon)."""
+    def _on_commit(self, records: list[RecordedEvent]) -> None:
+        # Called by the store's writer right after each commit, so the projection is current
+        # before any appender is answered; nothing is read back from the database.
+        if self.failed is not None:
+            return
+        if self._buffer is not None:
+            self._buffer.extend(records)
+            return
         try:
-            async for record in self.store.subscribe(self.position + 1):
+            if records and records[0].position != self.position + 1:
+                raise RuntimeError(
+                    f"log position {records[0].position} follows {self.position}: "
+                    "another process wrote to the log"
+                )
+            for record in records:
                 self.apply(record)
-        except BaseException as exc:
+        except Exception as exc:
             self.failed = exc
-            raise
+            self._failure.set()
+            return
+        self._release_waiters()
+
+    async def run(self) -> None:
+        """Wait while commits keep the projection current; a failure stops the process."""
+        try:
+            await self._failure.wait()
+            assert self.failed is not None
+            raise self.failed
+        finally:
+            self._remove_listener()
 
     async def wait_for(self, position: int) -> None:
         """Return once the projection has applied the event at `position`."""

@@ -344,6 +344,22 @@ class EventStore:
             if not got and self._writer.head_position < nxt:
                 await signal.wait()
 
+    def on_commit(self, listener: Callable[[list[RecordedEvent]], None]) -> Callable[[], None]:
+        """Call `listener` with each committed batch's new records, in position order.
+
+        In-process readers that keep a model current (a projection) get every commit without
+        reading it back: the call happens right after COMMIT, before any appender of that
+        batch returns, in the writer task. It must be quick and must not raise (a listener
+        that raises is removed). Returns a function that removes the listener.
+        """
+        self._writer.listeners.append(listener)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._writer.listeners.remove(listener)
+
+        return remove
+
     async def wait_for_position(self, position: int) -> None:
         """Return once this process has committed the log up to `position`."""
         while self._writer.head_position < position:

@@ -75,6 +75,8 @@ class Writer:
         head_hash: str,
     ) -> None:
         self._conn = conn
+        self.listeners: list[Callable[[list[RecordedEvent]], None]] = []
+        self.last_listener_error: Exception | None = None
         self._queue: asyncio.Queue[Any] = asyncio.Queue(queue_size)
         self._max_batch = max_batch
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -250,6 +252,8 @@ class Writer:
             return
         self.last_error = None
         self.head_position, self.head_hash = plan.head_position, plan.head_hash
+        if plan.rows and self.listeners:
+            self._publish(plan.outcomes)
         for call, outcome in zip(batch, plan.outcomes, strict=True):
             if call.future.done():
                 continue  # cancelled after being taken: its events are committed whole
@@ -259,6 +263,25 @@ class Writer:
                 call.future.set_result(outcome)
         if plan.rows:
             self._signal()
+
+    def _publish(self, outcomes: list[AppendResult | EventStoreError]) -> None:
+        """Hand the batch's new records, in position order, to the in-process listeners."""
+        new = sorted(
+            (
+                record
+                for outcome in outcomes
+                if isinstance(outcome, AppendResult)
+                for record, created in zip(outcome.records, outcome.created, strict=True)
+                if created
+            ),
+            key=lambda r: r.position,
+        )
+        for listener in list(self.listeners):
+            try:
+                listener(new)
+            except Exception as exc:  # a listener's bug must not stop the log
+                self.listeners.remove(listener)
+                self.last_listener_error = exc
 
     async def _do_job(self, job: _Job) -> None:
         if job.future.done():

@@ -189,6 +189,40 @@ class EventStoreContract:
                 await store.append([ev("b"), ev("b")])
         assert seen == [2, 3, 4, 5, 6]
 
+    async def test_commit_listener_sees_each_new_record_once_before_appenders_return(
+        self, store: EventStore
+    ) -> None:
+        """on_commit hands every new record, in order, before the append returns; not dups."""
+        batches: list[list[int]] = []
+        remove = store.on_commit(lambda records: batches.append([r.position for r in records]))
+        r = await store.append([ev("a", 1, event_id="x"), ev("b", 2)])
+        assert batches[-1] == [1, 2]
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(store.append, [ev(f"s{i}", i)])
+        await store.append([ev("a", 1, event_id="x")])  # a duplicate: nothing new to hand out
+        remove()
+        await store.append([ev("c", 3)])
+        seen = [p for batch in batches for p in batch]
+        assert seen == list(range(1, 23))
+        assert r.last_position == 2
+
+    async def test_a_failing_commit_listener_is_dropped_and_the_log_goes_on(
+        self, store: EventStore
+    ) -> None:
+        """A listener that raises is removed; appends keep working for everyone."""
+        calls: list[int] = []
+
+        def broken(records: list) -> None:
+            calls.append(len(records))
+            raise RuntimeError("listener bug")
+
+        store.on_commit(broken)
+        await store.append([ev("a", 1)])
+        await store.append([ev("a", 2)])
+        assert calls == [1]
+        assert (await store.head())[0] == 2
+
     async def test_wait_for_position(self, store: EventStore) -> None:
         """wait_for_position returns once the head reaches the position."""
         with anyio.fail_after(5):
