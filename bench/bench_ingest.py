@@ -75,6 +75,7 @@ end
 @dataclass
 class Result:
     target: str
+    connections: int
     requests: int
     seconds: float
     p50_ms: float
@@ -146,11 +147,18 @@ async def serve_daemon(workdir: Path, port_file: Path, synchronous: str) -> None
     # The daemon handles SIGTERM itself: graceful stop, flush, snapshot.
 
 
-async def serve_trivial(port_file: Path) -> None:
+async def serve_trivial(port_file: Path, secret: bytes | None = None) -> None:
+    """The HTTP stack alone; with `secret`, also what any receiver must do: HMAC and JSON."""
     from aiohttp import web
 
     async def receive(request: web.Request) -> web.Response:
-        await request.read()
+        body = await request.read()
+        if secret is not None:
+            expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+            given = request.headers.get("X-Nylas-Signature", "")
+            if not hmac.compare_digest(expected, given):
+                return web.json_response({"error": "bad signature"}, status=401)
+            json.loads(body)
         return web.json_response({"recorded": 1, "duplicates": 0})
 
     app = web.Application()
@@ -167,11 +175,14 @@ async def serve_trivial(port_file: Path) -> None:
     await runner.cleanup()
 
 
-def start_server(target: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Start `target` ("trivial" or "daemon-<SYNCHRONOUS>") in a child process; its port."""
+def start_server(
+    target: str, workdir: Path, *, uvloop: bool = False
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start `target` (a key of TARGETS) in a child process; its port."""
     port_file = workdir / f"{target}.port"
     port_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "bench.bench_ingest", "--serve", target, "--dir", str(workdir)]
+    cmd += ["--uvloop"] if uvloop else []
     with (workdir / f"{target}.log").open("ab") as log:  # the daemon's warnings, not the table
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 60
@@ -258,6 +269,7 @@ def count_appended(database: Path) -> int:
 
 TARGETS = {
     "trivial": "aiohttp: read body, answer 200 (ceiling)",
+    "hmac-json": "aiohttp: check HMAC, parse JSON, answer 200",
     "daemon-FULL": "daemon: verify, decide, append, FULL",
     "daemon-NORMAL": "daemon, NORMAL (WAL: no fsync per commit)",
 }
@@ -267,9 +279,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measured run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server")
-    parser.add_argument("--connections", type=int, default=64, help="concurrent connections")
+    parser.add_argument(
+        "--connections", default="32,128", help="concurrent connections, comma-separated"
+    )
+    parser.add_argument(
+        "--uvloop", action="store_true", help="run every server (and the daemon) on uvloop"
+    )
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
-    parser.add_argument("--bodies", type=int, default=60_000, help="unique signed bodies")
+    parser.add_argument(
+        "--bodies", type=int, default=120_000, help="unique signed bodies per measured run"
+    )
     parser.add_argument("--accounts", type=int, default=5_000, help="distinct account ids")
     parser.add_argument("--client", choices=["auto", "wrk", "aiohttp"], default="auto")
     parser.add_argument(
@@ -278,14 +297,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="where to put the files")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve and args.uvloop:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if args.serve == "trivial":
         asyncio.run(serve_trivial(args.dir / "trivial.port"))
+        return 0
+    if args.serve == "hmac-json":
+        secret = (args.dir / "credentials" / "webhook_secret").read_text().strip().encode()
+        asyncio.run(serve_trivial(args.dir / "hmac-json.port", secret))
         return 0
     if args.serve:
         sync = args.serve.removeprefix("daemon-")
         asyncio.run(serve_daemon(args.dir, args.dir / f"{args.serve}.port", sync))
         return 0
     targets = [t for t in args.targets.split(",") if t]
+    levels = [int(c) for c in args.connections.split(",") if c]
     if unknown := set(targets) - set(TARGETS):
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
 
@@ -297,56 +325,63 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work = Path(tmp)
         secret = write_secrets(work / "credentials")["webhook_secret"]
-        bodies, warm = work / "bodies.txt", work / "warm.txt"
-        size = write_bodies(bodies, secret, 0, args.bodies, args.accounts)
+        warm = work / "warm.txt"
+        # One file of fresh bodies per connection level: a later run never repeats (and so
+        # never gets the cheaper duplicate path for) a body an earlier run sent.
+        files = [work / f"bodies-{n}.txt" for n in range(len(levels))]
+        for n, file in enumerate(files):
+            size = write_bodies(file, secret, n * args.bodies, args.bodies, args.accounts)
         # Warm-up bodies are distinct from the measured ones, so no measured request is a
         # duplicate of a warm-up one.
         write_bodies(warm, secret, 10**9, 5_000, args.accounts)
         script = work / "bodies.lua"
         script.write_text(WRK_SCRIPT)
         for target in targets:
-            proc, port = start_server(target, work)
+            proc, port = start_server(target, work, uvloop=args.uvloop)
             url = f"http://127.0.0.1:{port}{PATH}"
             try:
-                for file, seconds, measured in (
-                    (warm, args.warmup, False),
-                    (bodies, args.duration, True),
-                ):
-                    if seconds <= 0:
-                        continue
-                    if client == "wrk":
-                        r = run_wrk(url, file, script, seconds, args.connections, args.threads)
-                    else:
-                        lines = [x.split(b" ", 1) for x in file.read_bytes().splitlines()]
-                        r = asyncio.run(run_aiohttp(url, lines, seconds, args.connections))
-                    if measured:
-                        results.append(Result(target, *r))
+                for n, connections in enumerate(levels):
+                    for file, seconds, measured in (
+                        (warm, args.warmup if n == 0 else 0, False),
+                        (files[n], args.duration, True),
+                    ):
+                        if seconds <= 0:
+                            continue
+                        if client == "wrk":
+                            r = run_wrk(url, file, script, seconds, connections, args.threads)
+                        else:
+                            lines = [x.split(b" ", 1) for x in file.read_bytes().splitlines()]
+                            r = asyncio.run(run_aiohttp(url, lines, seconds, connections))
+                        if measured:
+                            results.append(Result(target, connections, *r))
             finally:
                 stop_server(proc)
-            if target != "trivial":
+            if target.startswith("daemon-"):
                 appended[target] = count_appended(work / f"{target.removeprefix('daemon-')}.db")
 
+    loop = "uvloop" if args.uvloop else "asyncio"
     print(
-        f"webhook ingest: {client}, {args.connections} connections, {args.duration:g} s per "
-        f"server, {size}-byte bodies, {os.cpu_count()} cores shared by client and server"
+        f"webhook ingest: {client}, {args.duration:g} s per run, {size}-byte bodies, {loop}, "
+        f"{os.cpu_count()} cores shared by client and server"
     )
+    by = {(r.target, r.connections): r for r in results}
+    rows = []
+    for r in results:
+        base = by.get(("hmac-json", r.connections))
+        ratio = f"{r.rate / base.rate:.2f}x" if base and r.target.startswith("daemon-") else ""
+        rows.append(
+            (TARGETS[r.target], r.connections, f"{r.requests:,}", f"{r.rate:,.0f}",
+             f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}", r.errors, r.non_2xx, ratio)
+        )  # fmt: skip
     print_table(
-        ["server", "requests", "req/s", "p50 ms", "p99 ms", "errors", "non-2xx"],
-        [
-            (TARGETS[r.target], f"{r.requests:,}", f"{r.rate:,.0f}", f"{r.p50_ms:.1f}",
-             f"{r.p99_ms:.1f}", r.errors, r.non_2xx)
-            for r in results
-        ],
+        ["server", "conns", "requests", "req/s", "p50 ms", "p99 ms", "errors", "non-2xx",
+         "vs HMAC+JSON"],
+        rows,
     )  # fmt: skip
-    by = {r.target: r for r in results}
     for target, n in appended.items():
-        r = by[target]
-        notes = [f"{n:,} deltas in the log (warm-up included)"]
-        if "trivial" in by:
-            notes.insert(0, f"{r.rate / by['trivial'].rate:.0%} of the ceiling's requests/s")
-        if r.requests > args.bodies:
-            notes.append("bodies were reused, raise --bodies")
-        print(f"  {target}: {'; '.join(notes)}")
+        most = max(r.requests for r in results if r.target == target)
+        note = "" if most <= args.bodies else " (bodies were reused, raise --bodies)"
+        print(f"  {target}: {n:,} deltas in the log, warm-up included{note}")
     return 0
 
 

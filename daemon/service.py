@@ -10,6 +10,7 @@ reload the secrets and the log level without a restart.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import sys
@@ -387,9 +388,14 @@ def serve_command(args: argparse.Namespace) -> int:
     logs.register_secrets(secrets.values())
     for warning in secrets.warnings:
         log.warning("daemon.secret_file", detail=warning)
+    uvloop = config.http.event_loop == "uvloop"
+    if uvloop and importlib.util.find_spec("uvloop") is None:
+        print("staticipd: http.event_loop = uvloop, but uvloop is not installed "
+              "(pip install 'staticipd[fast]')", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
     daemon = Daemon(config, secrets, reload=reload)
     try:
-        anyio.run(daemon.run)
+        anyio.run(daemon.run, backend_options={"use_uvloop": uvloop})
     except EventStoreError as exc:
         log.error("daemon.storage_failed", error=str(exc))
         return EXIT_FAILED

@@ -118,6 +118,14 @@ class Writer:
     async def _enqueue(self, item: _AppendCall | _Job, timeout: float | None) -> None:
         if self._closing:
             raise StoreClosed("the event store is closed")
+        try:
+            self._queue.put_nowait(item)  # the usual case: room in the queue, no timer needed
+        except asyncio.QueueFull:
+            await self._enqueue_waiting(item, timeout)
+        if self._finished:  # the writer ended while we waited for room in the queue
+            self._fail_queued()
+
+    async def _enqueue_waiting(self, item: _AppendCall | _Job, timeout: float | None) -> None:
         if timeout is None:
             await self._queue.put(item)
         else:
@@ -128,8 +136,6 @@ class Writer:
                 raise WriterBusy(
                     f"append queue stayed full for {timeout} s ({self._queue.maxsize} waiting)"
                 ) from None
-        if self._finished:  # the writer ended while we waited for room in the queue
-            self._fail_queued()
 
     async def stop(self) -> None:
         """Write everything queued so far, end the writer task and close the write connection."""
