@@ -72,11 +72,15 @@ class LiveProjection:
     def add_account_hook(self, hook: AccountHook) -> None:
         self._hooks.append(hook)
 
-    def apply(self, record: RecordedEvent) -> None:
-        event = decode_event(record.type, record.schema, record.data)
-        self.projection.apply(record.position, event)
-        account_id = getattr(event, "account_id", None)
-        if account_id and self._hooks:
+    def apply(self, records: list[RecordedEvent]) -> None:
+        """Fold `records` (in position order), then tell the hooks once per changed account."""
+        changed: set[str] = set()
+        for record in records:
+            event = decode_event(record.type, record.schema, record.data)
+            self.projection.apply(record.position, event)
+            if account_id := getattr(event, "account_id", None):
+                changed.add(account_id)
+        for account_id in changed:
             state = self.projection.account(account_id)
             for hook in self._hooks:
                 hook(account_id, state)
@@ -102,8 +106,7 @@ class LiveProjection:
                     f"log position {records[0].position} follows {self.position}: "
                     "another process wrote to the log"
                 )
-            for record in records:
-                self.apply(record)
+            self.apply(records)
         except Exception as exc:
             self.failed = exc
             self._failure.set()
