@@ -7,6 +7,7 @@ in `finally`. Logs (JSON lines on stderr when not a terminal) are captured to a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -308,3 +309,28 @@ def test_check_config_prints_the_effective_config_with_secrets_masked(
     output = result.stdout.decode() + result.stderr.decode()
     for value in setup.all_secret_values():
         assert value not in output
+
+
+def test_a_dead_part_takes_the_whole_process_down(served: tuple[Any, int]) -> None:
+    """If a part fails (here: another process writes to the log), `serve` exits non-zero."""
+    setup, port = served
+    with spawn(setup.env, setup.workdir, port) as child:
+        body, sig = signed_webhook(setup, "acc-1")
+        assert child.request("POST", "/webhooks/nylas", body, {"X-Nylas-Signature": sig})[0] == 200
+
+        async def intrude() -> None:
+            from eventstore import EventStore, NewEvent
+
+            async with EventStore.open(setup.database) as store:
+                await store.append([NewEvent(stream="intruder", type="Forged", data=b"{}")])
+
+        import anyio
+
+        anyio.run(intrude)
+        body, sig = signed_webhook(setup, "acc-2")
+        # Its events are committed, but the process goes down before answering: the sender
+        # sees a dropped connection, retries later, and the retry is recognised as recorded.
+        with contextlib.suppress(OSError):
+            child.request("POST", "/webhooks/nylas", body, {"X-Nylas-Signature": sig})
+        assert child.proc.wait(timeout=EXIT_TIMEOUT) != 0
+    assert child.wait_for_log("daemon.part_failed")["part"] == "projection"
