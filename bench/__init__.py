@@ -12,26 +12,14 @@ import secrets as pysecrets
 from collections.abc import Sequence
 from pathlib import Path
 
-from daemon.standardwebhooks import generate_secret
+from daemon import demo
 
 __all__ = ["daemon_env", "print_table", "rss_mib", "write_secrets"]
 
 
 def write_secrets(directory: Path) -> dict[str, str]:
-    """Write fresh secret files (mode 600) as `load_secrets` expects them; return the values."""
-    values = {
-        "webhook_secret": pysecrets.token_hex(16),
-        "auth_events_token": pysecrets.token_urlsafe(24),
-        "operator_token": pysecrets.token_urlsafe(24),
-        "notify_secret": generate_secret(),
-        "checkpoint_key": pysecrets.token_urlsafe(32),
-    }
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for name, value in values.items():
-        path = directory / name
-        path.write_text(value + "\n")
-        path.chmod(0o600)
-    return values
+    """Fresh secret files (mode 600) as `load_secrets` expects them; returns the values."""
+    return demo.write_secrets(directory, client_secret=pysecrets.token_hex(16))
 
 
 def daemon_env(database: Path, secrets_dir: Path, port: int = 0) -> dict[str, str]:
