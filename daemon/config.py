@@ -46,7 +46,8 @@ ENV_PREFIX = "STATICIPD_"
 _ENV_NOT_SETTINGS = frozenset({"STATICIPD_CONFIG"})
 _ENV_ALIASES = {"DATABASE": ("database", "path")}
 
-# The provider's IP-address endpoint allows about 10 calls an hour (provider-facts §4).
+# The provider's IP-address endpoint allows about 10 calls an hour per application
+# (provider-facts §4), and every list polled is one call: this is the floor for one list.
 MIN_IP_LIST_INTERVAL = 360
 
 _Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -169,11 +170,18 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     def __post_init__(self) -> None:
         _split_listen(self.listen)
         interval = self.pollers.ip_list_interval_seconds
-        if interval < MIN_IP_LIST_INTERVAL and not self.provider.sandbox:
+        # One poll calls the provider once per list (dynamic, plus static when its path is
+        # set), and the ~10 calls an hour are counted per application, not per list: the
+        # floor scales with the lists, or two lists at 360 s would make 20 calls an hour.
+        lists = 2 if self.provider.static_ip_path else 1
+        floor = MIN_IP_LIST_INTERVAL * lists
+        if interval < floor and not self.provider.sandbox:
+            polled = "dynamic and static lists" if lists == 2 else "dynamic list"
             raise ValueError(
-                f"pollers.ip_list_interval_seconds = {interval:g} is below "
-                f"{MIN_IP_LIST_INTERVAL}: the provider allows about 10 IP-list calls an hour "
-                "(only a sandbox provider may be polled faster)"
+                f"pollers.ip_list_interval_seconds = {interval:g} is below {floor}: the "
+                f"provider allows about 10 IP-list calls an hour and each poll of the {polled} "
+                f"makes {lists} call{'s' if lists > 1 else ''} (only a sandbox provider may be "
+                "polled faster)"
             )
 
     @property

@@ -161,6 +161,20 @@ def test_fast_ip_polling_is_allowed_only_for_the_sandbox() -> None:
     assert sandbox.pollers.ip_list_interval_seconds == 5
 
 
+def test_ip_polling_floor_doubles_when_the_static_list_is_polled_too() -> None:
+    """With a static list path each poll makes two calls, so the floor is 12 minutes, not 6."""
+    static = {"STATICIPD_PROVIDER__STATIC_IP_PATH": "/a/{client_id}/static_ips"}
+    one_list_ok = {"STATICIPD_POLLERS__IP_LIST_INTERVAL_SECONDS": "360"}
+    assert load_config(None, one_list_ok).pollers.ip_list_interval_seconds == 360
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {**one_list_ok, **static})
+    message = str(info.value)
+    assert "below 720" in message
+    assert "2 calls" in message
+    both = {**static, "STATICIPD_POLLERS__IP_LIST_INTERVAL_SECONDS": "720"}
+    assert load_config(None, both).pollers.ip_list_interval_seconds == 720
+
+
 def test_config_is_immutable() -> None:
     """A loaded configuration cannot be changed by accident at run time."""
     config = load_config(None, {})
