@@ -80,10 +80,10 @@ class ProviderAccount(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class IpList(msgspec.Struct, frozen=True):
-    """One of the provider's IP lists and when the provider says it last changed."""
+    """One of the provider's IP lists and when the provider says it last changed (None: unknown)."""
 
     addresses: tuple[str, ...]
-    updated_at: datetime
+    updated_at: datetime | None
 
     @property
     def ip_addresses(self) -> tuple[str, ...]:
@@ -93,7 +93,8 @@ class IpList(msgspec.Struct, frozen=True):
 
 class _IpAddresses(msgspec.Struct):
     ip_addresses: list[str]
-    updated_at: int
+    # Any JSON: an odd time stamp must not cost us the addresses (see `_epoch_to_utc`).
+    updated_at: Any = None
 
 
 class _Success(msgspec.Struct):
@@ -283,7 +284,24 @@ class ProviderClient:
         if status == 404:
             raise NotFound(f"{environment} IP list not found at {path}", status=404)
         decoded = _decode(_decode_ips, body)
-        return IpList(tuple(decoded.ip_addresses), datetime.fromtimestamp(decoded.updated_at, UTC))
+        updated_at = _epoch_to_utc(decoded.updated_at)
+        if updated_at is None and decoded.updated_at is not None:
+            log.warning("provider.ip_list_bad_updated_at", environment=environment)
+        return IpList(tuple(decoded.ip_addresses), updated_at)
+
+
+def _epoch_to_utc(value: Any) -> datetime | None:
+    """Unix seconds as a UTC instant; None for anything else (garbage, bool, out of range).
+
+    The addresses are what matters: a time stamp we cannot read becomes "unknown" rather than
+    an exception that would stop the IP-list watcher, and with it the daemon.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:

@@ -184,6 +184,25 @@ async def test_dynamic_and_static_ip_lists(fake, session) -> None:
     assert static.addresses == ("5.6.7.8", "::1")
 
 
+@pytest.mark.parametrize("updated_at", [10**20, -(10**20), 1e300, "soon", True, None])
+async def test_unreadable_ip_list_time_is_unknown_not_a_crash(fake, session, updated_at) -> None:
+    """A garbage or out-of-range `updated_at` still yields the addresses, with an unknown time."""
+    provider, url = fake
+    body = {"ip_addresses": ["1.2.3.4"], "updated_at": updated_at}
+    provider.default[f"/a/{CID}/ip_addresses"] = body
+    ip_list = await client(url, session).ip_addresses("dynamic")
+    assert ip_list.addresses == ("1.2.3.4",)
+    assert ip_list.updated_at is None
+
+
+async def test_ip_list_without_addresses_is_a_provider_error(fake, session) -> None:
+    """A list answer whose addresses are missing is a ProviderError the watcher can log."""
+    provider, url = fake
+    provider.default[f"/a/{CID}/ip_addresses"] = {"updated_at": 10}
+    with pytest.raises(ProviderError, match="unexpected response"):
+        await client(url, session).ip_addresses("dynamic")
+
+
 async def test_static_ip_list_without_configured_path_is_an_error(fake, session) -> None:
     """Asking for the static list when its path is not configured fails clearly, offline."""
     provider, url = fake
