@@ -1,8 +1,10 @@
 """Logging set-up: structlog JSON lines (or a coloured console), with secrets redacted.
 
-Every event passes a `SecretRedactor` last before rendering, so neither a sensitive key
-(`signature`, `authorization`, `token`, ...) nor a registered secret value anywhere in an event
-reaches a log line. The level is held here and can be changed at run time (SIGHUP reload).
+Every event passes a `SecretRedactor` before rendering, and the rendered line is scrubbed of
+registered secret values once more, so neither a sensitive key (`signature`, `authorization`,
+`token`, ...) nor a registered secret value anywhere in an event (a traceback included, whatever
+the format) reaches a log line. The level is held here and can be changed at run time
+(SIGHUP reload).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from structlog.typing import EventDict, Processor
 __all__ = [
     "REDACTED",
     "LevelFilter",
+    "ScrubRendered",
     "SecretRedactor",
     "configure_logging",
     "register_secrets",
@@ -112,6 +115,25 @@ class SecretRedactor:
         return text
 
 
+class ScrubRendered:
+    """Wraps the renderer and removes registered secrets from the finished line.
+
+    The console renderer formats exceptions itself, after every processor ran: without this
+    a secret inside an exception message would reach the console unredacted.
+    """
+
+    def __init__(self, renderer: Processor) -> None:
+        self._renderer = renderer
+
+    def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> Any:
+        rendered = self._renderer(logger, method_name, event_dict)
+        if isinstance(rendered, str):
+            return SecretRedactor._scrub(rendered)
+        if isinstance(rendered, bytes):
+            return SecretRedactor._scrub(rendered.decode("utf-8", "replace")).encode()
+        return rendered
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -134,12 +156,14 @@ def configure_logging(
     out = stream if stream is not None else sys.stderr
     is_tty = bool(getattr(out, "isatty", lambda: False)())
     use_json = fmt == "json" or (fmt == "auto" and not is_tty)
-    renderer: Processor = (
+    # The console renderer formats exceptions itself (after the redactor): the scrub of the
+    # rendered line is what keeps a secret in an exception message off the console.
+    renderer: Processor = ScrubRendered(
         structlog.processors.JSONRenderer(default=str)
         if use_json
         else structlog.dev.ConsoleRenderer(colors=is_tty)
     )
-    # Exceptions become text before redaction, so a secret inside a traceback is masked too.
+    # In JSON, exceptions become text before redaction, so a traceback is masked field-wise too.
     exc_info: list[Processor] = [structlog.processors.format_exc_info] if use_json else []
     structlog.configure(
         processors=[

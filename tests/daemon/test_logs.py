@@ -101,6 +101,39 @@ def test_secret_inside_an_exception_is_redacted(stream: io.StringIO) -> None:
     assert API_KEY not in text
 
 
+@pytest.fixture(params=["json", "console"])
+def any_format(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
+    """Logging set up in each output format in turn, into a string buffer."""
+    out = io.StringIO()
+    configure_logging("info", request.param, stream=out)
+    register_secrets([], replace=True)
+    yield out
+    register_secrets([], replace=True)
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if getattr(h, "stream", None) is not out]
+    root.setLevel(logging.WARNING)
+    structlog.reset_defaults()
+
+
+def test_secret_in_an_exception_is_redacted_in_every_format(any_format: io.StringIO) -> None:
+    """In JSON and console output alike, a secret in an exception message never shows."""
+    register_secrets([API_KEY, SECRET])
+    try:
+        raise RuntimeError(f"auth failed for {API_KEY}")
+    except RuntimeError:
+        structlog.get_logger().exception("provider.failed", detail=f"with {SECRET}")
+    try:
+        raise ValueError(f"bad webhook secret {SECRET}")
+    except ValueError:
+        logging.getLogger("aiohttp.server").exception("handler crashed")
+    text = any_format.getvalue()
+    assert "RuntimeError" in text
+    assert "ValueError" in text
+    assert API_KEY not in text
+    assert SECRET not in text
+    assert REDACTED in text
+
+
 def test_stdlib_logs_are_redacted_json_too(stream: io.StringIO) -> None:
     """Logs from libraries on the stdlib logging module (aiohttp) are JSON and redacted too."""
     register_secrets([API_KEY])
