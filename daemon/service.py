@@ -131,6 +131,7 @@ class Daemon:
                 app, shutdown_timeout=config.http.shutdown_grace_seconds, access_log=None
             )
             await runner.setup()
+            drained = False
             try:
                 site = web.TCPSite(runner, config.listen_host, config.listen_port)
                 await site.start()
@@ -145,10 +146,14 @@ class Daemon:
                     runtime.stopping = True
                     sdnotify.notify("STOPPING=1")
                     log.info("daemon.stopping", position=live.position)
-                    await runner.shutdown()  # stop accepting; in-flight requests finish
+                    # Stop accepting and let in-flight requests finish (bounded by the grace)
+                    # while the writer and the projection still run, so they can be answered.
+                    await runner.cleanup()
+                    drained = True
                     tg.cancel_scope.cancel()
             finally:
-                await runner.cleanup()
+                if not drained:
+                    await runner.cleanup()
         await self._snapshot(store, live)
         key = runtime.secrets.checkpoint_key
         if key:

@@ -334,3 +334,40 @@ def test_a_dead_part_takes_the_whole_process_down(served: tuple[Any, int]) -> No
             child.request("POST", "/webhooks/nylas", body, {"X-Nylas-Signature": sig})
         assert child.proc.wait(timeout=EXIT_TIMEOUT) != 0
     assert child.wait_for_log("daemon.part_failed")["part"] == "projection"
+
+
+def test_sigterm_lets_an_in_flight_request_finish(served: tuple[Any, int]) -> None:
+    """A request being recorded when SIGTERM comes is answered 200, then serve exits 0."""
+    setup, port = served
+    body = json.dumps(
+        {"account_id": "acc-slow", "occurred_at": "2026-11-25T10:00:00Z", "event_id": "slow-1"}
+    ).encode()
+    request = (
+        f"POST /v1/auth-events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {setup.secret('auth_events_token')}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
+    with spawn(setup.env, setup.workdir, port) as child:
+        # Hold the database's write lock so the request is stuck in its durable append.
+        blocker = sqlite3.connect(setup.database, timeout=10)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=EXIT_TIMEOUT) as sock:
+                sock.sendall(request)
+                time.sleep(0.3)
+                child.proc.send_signal(signal.SIGTERM)
+                child.wait_for_log("daemon.stopping")
+                blocker.rollback()  # the append can go on now
+                reply = b""
+                while chunk := sock.recv(65536):
+                    reply += chunk
+        finally:
+            blocker.close()
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+        assert child.proc.wait(timeout=EXIT_TIMEOUT) == 0
+    with sqlite3.connect(setup.database) as conn:
+        query = "SELECT COUNT(*) FROM events WHERE event_id = 'auth:slow-1#0'"
+        (n,) = conn.execute(query).fetchone()
+    conn.close()
+    assert n == 1
