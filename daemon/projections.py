@@ -4,12 +4,14 @@
 applied are skipped, so a snapshot plus an overlapping tail is safe). It answers the daemon
 (states for `decide`, pending timers for the timer driver, pending effects for the outbox) and
 the operator API (funnel, waves, paged listings). `to_snapshot()`/`from_snapshot()` store it
-with msgspec; `digest()` and `==` let a live projection be compared with a fresh replay.
+with msgspec; `digest()` and `==` (which cover the derived indexes too) let a live projection
+be compared with a fresh replay, and `check_indexes()` says where the indexes drifted.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
@@ -49,15 +51,20 @@ _snapshot_decoder = msgspec.json.Decoder(_Snapshot)
 
 
 class Projection:
-    """Accounts by id with indexes by state and by pending work, plus the application state."""
+    """Accounts by id with indexes by state, by due time and by pending effects."""
 
     def __init__(self) -> None:
         self.position = 0
         self.application = ApplicationState()
         self._accounts: dict[str, AccountState] = {}
         self._by_state: dict[str, set[str]] = {state: set() for state in STATES}
-        self._with_timers: set[str] = set()
         self._with_effects: set[str] = set()
+        # The due-time index: each account's earliest pending due time, and a heap of
+        # (earliest due, account id) over it. Entries are never removed in place (a heap has
+        # no cheap delete); one whose due time is no longer the account's earliest is stale,
+        # skipped when read and dropped when the heap is rebuilt.
+        self._earliest: dict[str, datetime] = {}
+        self._due_heap: list[tuple[datetime, str]] = []
 
     # --- folding ---------------------------------------------------------------------------
 
@@ -89,14 +96,29 @@ class Projection:
             self._by_state.setdefault(old.state, set()).discard(state.account_id)
         self._by_state.setdefault(state.state, set()).add(state.account_id)
         self._accounts[state.account_id] = state
-        for index, present in (
-            (self._with_timers, bool(state.pending_timers)),
-            (self._with_effects, bool(state.pending_effects)),
-        ):
-            if present:
-                index.add(state.account_id)
-            else:
-                index.discard(state.account_id)
+        if state.pending_effects:
+            self._with_effects.add(state.account_id)
+        else:
+            self._with_effects.discard(state.account_id)
+        self._index_due(state)
+
+    def _index_due(self, state: AccountState) -> None:
+        account_id = state.account_id
+        earliest = min(state.pending_timers.values(), default=None)
+        if earliest == self._earliest.get(account_id):
+            return
+        if earliest is None:
+            del self._earliest[account_id]
+        else:
+            self._earliest[account_id] = earliest
+            heapq.heappush(self._due_heap, (earliest, account_id))
+        # Stale entries cost memory and reading time: rebuild once they outnumber live ones.
+        if len(self._due_heap) > 2 * len(self._earliest) + 64:
+            self._rebuild_due_heap()
+
+    def _rebuild_due_heap(self) -> None:
+        self._due_heap = [(due, account_id) for account_id, due in self._earliest.items()]
+        heapq.heapify(self._due_heap)
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -112,13 +134,40 @@ class Projection:
 
     def pending_timers(self) -> list[tuple[datetime, str, str]]:
         """Every pending timer as (due_at, account_id, timer_id), earliest first."""
-        timers = [
-            (due_at, account_id, timer_id)
-            for account_id in self._with_timers
-            for timer_id, due_at in self._accounts[account_id].pending_timers.items()
-        ]
-        timers.sort()
-        return timers
+        return self.due_soonest(None)
+
+    def due_soonest(self, limit: int | None = 10) -> list[tuple[datetime, str, str]]:
+        """The `limit` earliest pending timers (None: all) as (due_at, account_id, timer_id).
+
+        Ordered by due time, then account and timer id. Walks the due-time heap from its root
+        and opens only the accounts whose earliest timer can still make the cut, so the cost
+        grows with `limit`, not with the number of pending timers.
+        """
+        if limit is not None and limit < 1:
+            return []
+        heap = self._due_heap
+        result: list[tuple[datetime, str, str]] = []
+        frontier: list[tuple[datetime, str, int]] = [(*heap[0], 0)] if heap else []
+        candidates: list[tuple[datetime, str, str]] = []  # timers of the opened accounts
+        opened: set[str] = set()
+        while limit is None or len(result) < limit:
+            # An account not yet opened has no timer before (its earliest due, its id), and
+            # neither has any account below it in the heap.
+            if candidates and (not frontier or candidates[0][:2] < frontier[0][:2]):
+                result.append(heapq.heappop(candidates))
+                continue
+            if not frontier:
+                break
+            due, account_id, index = heapq.heappop(frontier)
+            for child in (2 * index + 1, 2 * index + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (*heap[child], child))
+            if self._earliest.get(account_id) != due or account_id in opened:
+                continue  # stale, or a second entry after the earliest came back to `due`
+            opened.add(account_id)
+            for timer_id, timer_due in self._accounts[account_id].pending_timers.items():
+                heapq.heappush(candidates, (timer_due, account_id, timer_id))
+        return result
 
     def pending_effects(self) -> list[tuple[str, str, PendingEffect]]:
         """Every pending effect as (account_id, idempotency_key, pending), by account and key."""
@@ -188,15 +237,61 @@ class Projection:
         projection.application = snapshot.application
         for state in snapshot.accounts:
             projection._put(state)
+        projection._rebuild_due_heap()  # one heapify instead of a push per account
         return projection
 
+    def _indexes(self) -> bytes:
+        """The derived indexes in canonical form (the heap as the set of its live entries)."""
+        live_heap = sorted({(d, a) for d, a in self._due_heap if self._earliest.get(a) == d})
+        return _encoder.encode(
+            {
+                "by_state": {s: sorted(ids) for s, ids in self._by_state.items() if ids},
+                "with_effects": sorted(self._with_effects),
+                "earliest": self._earliest,
+                "due_heap": live_heap,
+            }
+        )
+
+    def check_indexes(self) -> list[str]:
+        """What the indexes say that the accounts do not ([] when they agree).
+
+        The indexes are built incrementally by `apply`; this recomputes them from the
+        accounts, so a test (or an operator's check) can catch a wrong funnel or a lost timer.
+        """
+        fresh = Projection()
+        for state in self._accounts.values():
+            fresh._put(state)
+        problems = []
+        for state in STATES:
+            have, want = self._by_state.get(state, set()), fresh._by_state[state]
+            if have != want:
+                problems.append(f"state {state}: index {sorted(have)}, accounts {sorted(want)}")
+        extra = {s for s, ids in self._by_state.items() if ids and s not in STATES}
+        if extra:
+            problems.append(f"unknown states in the index: {sorted(extra)}")
+        if self._with_effects != fresh._with_effects:
+            problems.append(
+                f"effects: index {sorted(self._with_effects)}, "
+                f"accounts {sorted(fresh._with_effects)}"
+            )
+        if self._earliest != fresh._earliest:
+            problems.append(f"earliest due: index {self._earliest}, accounts {fresh._earliest}")
+        missing = set(self._earliest.items()) - {(a, d) for d, a in self._due_heap}
+        if missing:
+            problems.append(f"due-time heap lacks {sorted(missing)}")
+        if any(
+            self._due_heap[(i - 1) // 2] > self._due_heap[i] for i in range(1, len(self._due_heap))
+        ):
+            problems.append("due-time heap is out of order")
+        return problems
+
     def digest(self) -> str:
-        """SHA-256 of the canonical snapshot: equal digests, equal projections."""
-        return hashlib.sha256(self.to_snapshot()).hexdigest()
+        """SHA-256 of the canonical snapshot and indexes: equal digests, equal projections."""
+        return hashlib.sha256(self.to_snapshot() + b"\n" + self._indexes()).hexdigest()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Projection):
             return NotImplemented
-        return self.to_snapshot() == other.to_snapshot()
+        return self.to_snapshot() == other.to_snapshot() and self._indexes() == other._indexes()
 
     __hash__ = None  # type: ignore[assignment]  # mutable

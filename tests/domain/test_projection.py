@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from datetime import UTC, datetime, timedelta
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daemon.domain import TimerCancelled, TimerScheduled
 from daemon.projections import Projection
 
 
@@ -120,3 +125,118 @@ def test_ip_lists_are_kept(flow):
     assert type(events[0]).__name__ == "IpListUnchanged"
     projection = build(flow)
     assert projection.application.ip_lists["dynamic"].addresses == ("1.1.1.1", "2.2.2.2")
+
+
+# --- derived indexes: equality, consistency, the due-time index --------------------------------
+
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
+TIMER_ACCOUNTS = ("a", "b", "c", "d", "e")
+timer_op = st.tuples(
+    st.sampled_from(["schedule", "cancel"]),
+    st.sampled_from(TIMER_ACCOUNTS),
+    st.integers(0, 3),  # timer number within the account: reschedules and cancels collide
+    st.integers(0, 6),  # due minute: few values, so due times often tie across accounts
+)
+
+
+def timer_events(ops) -> list[tuple[int, object]]:
+    """Positioned timer events for `ops` (a cancel of a timer not pending is left out)."""
+    pending: set[tuple[str, int]] = set()
+    events: list[tuple[int, object]] = []
+    for kind, account_id, number, minute in ops:
+        timer_id = f"{account_id}:t:{number}"
+        if kind == "schedule":
+            event: object = TimerScheduled(
+                account_id=account_id,
+                occurred_at=T0,
+                timer_id=timer_id,
+                purpose="second_step",
+                due_at=T0 + timedelta(minutes=minute),
+            )
+            pending.add((account_id, number))
+        elif (account_id, number) in pending:
+            event = TimerCancelled(
+                account_id=account_id, occurred_at=T0, timer_id=timer_id, reason="test"
+            )
+            pending.discard((account_id, number))
+        else:
+            continue
+        events.append((len(events) + 1, event))
+    return events
+
+
+def brute_force_timers(projection: Projection) -> list[tuple[datetime, str, str]]:
+    return sorted(
+        (due, state.account_id, timer_id)
+        for state in projection
+        for timer_id, due in state.pending_timers.items()
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=st.lists(timer_op, max_size=150), cut=st.integers(0, 150))
+def test_due_soonest_equals_a_full_sort(ops, cut):
+    """The earliest timers by due time are those a full sort finds, at every step and limit."""
+    events = timer_events(ops)
+    projection = Projection()
+    for position, event in events:
+        projection.apply(position, event)  # type: ignore[arg-type]
+        if position == cut:  # once, mid-run: the heap agrees with a full sort for every limit
+            expected = brute_force_timers(projection)
+            for limit in range(len(expected) + 2):
+                assert projection.due_soonest(limit) == expected[:limit]
+    expected = brute_force_timers(projection)
+    assert projection.pending_timers() == expected
+    assert projection.due_soonest(3) == expected[:3]
+    assert projection.check_indexes() == []
+    restored = Projection.from_snapshot(projection.to_snapshot())
+    assert restored == projection
+    assert restored.due_soonest(None) == expected
+
+
+def test_due_index_stays_small_under_churn():
+    """Rescheduling one timer many times keeps the due-time index bounded and correct."""
+    ops = [("schedule", "a", 0, minute) for minute in [5, 1, 6, 2] * 100]
+    ops += [("schedule", "b", 1, 3)]
+    projection = Projection()
+    for position, event in timer_events(ops):
+        projection.apply(position, event)  # type: ignore[arg-type]
+    assert [(a, t) for _, a, t in projection.due_soonest(5)] == [("a", "a:t:0"), ("b", "b:t:1")]
+    assert len(projection._due_heap) <= 2 * 2 + 64
+    assert projection.check_indexes() == []
+
+
+def test_equality_sees_a_drifted_state_index(flow):
+    """A projection whose funnel drifted from its accounts no longer equals a fresh replay."""
+    projection = build(busy_flow(flow))
+    fresh = build(flow)
+    assert projection == fresh
+    assert projection.check_indexes() == []
+    projection._by_state["stalled"].add("a")  # the drift a wrong `_put` would cause
+    assert projection != fresh
+    assert projection.digest() != fresh.digest()
+    assert projection.funnel() != fresh.funnel()
+    assert any("stalled" in problem for problem in projection.check_indexes())
+
+
+def test_equality_sees_a_lost_timer_in_the_due_index(flow):
+    """A pending timer missing from the due-time index makes the projection differ."""
+    projection = build(busy_flow(flow))
+    fresh = build(flow)
+    account_id = next(a for a in projection._earliest)
+    del projection._earliest[account_id]
+    assert projection != fresh
+    assert projection.digest() != fresh.digest()
+    assert projection.check_indexes() != []
+    assert len(projection.due_soonest(None)) < len(fresh.pending_timers())
+
+
+def test_equality_sees_a_drifted_effect_index(flow):
+    """An account left out of the pending-effects index makes the projection differ."""
+    busy_flow(flow)
+    flow.fire("second_step", account="a")
+    projection, fresh = build(flow), build(flow)
+    projection._with_effects.clear()
+    assert projection != fresh
+    assert projection.pending_effects() == []
+    assert any("effects" in problem for problem in projection.check_indexes())
