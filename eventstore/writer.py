@@ -138,21 +138,21 @@ class Writer:
                 ) from None
 
     async def stop(self) -> None:
-        """Write everything queued so far, end the writer task and close the write connection."""
-        try:
-            if not self._closing:
-                self._closing = True
-                await self._queue.put(_STOP)
-            await self._task
-        finally:
-            # Closing after a storage failure must not mask that failure.
-            with contextlib.suppress(Exception):
-                await self._conn.close()
+        """Write everything queued so far, end the writer task and close the write connection.
+
+        Cancelling `stop()` (a caller's timeout) does not cancel the writer: it finishes what is
+        queued, answers every caller, and closes its connection itself.
+        """
+        if not self._closing:
+            self._closing = True
+            await self._queue.put(_STOP)
+        await asyncio.shield(self._task)
 
     # -- the writer task ------------------------------------------------------------------------
 
     async def _run(self) -> None:
         pending: Any = None
+        in_flight: list[_AppendCall] = []
         try:
             while True:
                 item = pending if pending is not None else await self._queue.get()
@@ -177,15 +177,28 @@ class Writer:
                 # A caller cancelled before its call was taken: nothing of it is written.
                 live = [c for c in batch if not c.future.done()]
                 if live:
+                    in_flight = live
                     await self._write_batch(live)
+                    in_flight = []
         except BaseException as exc:
             # Not expected (every batch catches its own errors), but /readyz must see it.
             self.last_error = translate(exc) if isinstance(exc, Exception) else StoreClosed()
             raise
         finally:
             self._finished = True
+            # Every caller gets an answer, also those of a batch interrupted by cancellation.
+            # Its COMMIT may or may not have happened: a retry with the same event ids is safe.
+            for call in in_flight:
+                if not call.future.done():
+                    call.future.set_exception(
+                        StoreClosed("the event store closed during this write; retry it")
+                    )
             self._fail_queued()
             self._signal()
+            # The writer owns the write connection. Closing after a storage failure must not
+            # mask that failure.
+            with contextlib.suppress(Exception):
+                await self._conn.close()
 
     def _fail_queued(self) -> None:
         while True:
