@@ -14,6 +14,7 @@ import secrets as pysecrets
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -193,10 +194,12 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
             print(f"staticipd demo: {opts.accounts} accounts, time x{opts.time_scale:g}", file=out)
             print(f"  log:         {database}", file=out)
             print(f"  status page: {url}/  (while the demo runs)", file=out)
-            print(f"  sandbox:     {sandbox.base_url} (simulated provider)", file=out)
+            print(f"  sandbox:     {sandbox.base_url} (simulated provider)", file=out, flush=True)
             account_ids = await _set_up(sandbox, users, url, world.values["operator_token"], opts)
-            tg.start_soon(users.authenticate_all)
+            users_scope = anyio.CancelScope()
+            tg.start_soon(_run_in, users_scope, users.authenticate_all)
             finished = await _watch(daemon, account_ids, opts, out, live_view)
+            users_scope.cancel()  # users still waiting to authenticate stop with the demo
             # The daemon handles SIGINT/SIGTERM itself: if it stopped, the user asked us to.
             interrupted = daemon.stopped.is_set()
             counts = funnel(daemon.live)
@@ -219,6 +222,11 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
         await world.stop()
     assert result is not None
     return result
+
+
+async def _run_in(scope: anyio.CancelScope, job: Callable[[], Awaitable[object]]) -> None:
+    with scope:
+        await job()
 
 
 async def _set_up(
@@ -262,7 +270,7 @@ async def _watch(
             out.write("\r" + line.ljust(110))
             out.flush()
         elif elapsed - last_line >= 5:
-            print(line, file=out)
+            print(line, file=out, flush=True)
             last_line = elapsed
         if done >= len(ids) or elapsed > opts.timeout or daemon.stopped.is_set():
             if live_view:
