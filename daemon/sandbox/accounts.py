@@ -3,6 +3,8 @@ the webhook triggers to send, so the HTTP shell and the tests decide about time.
 
 States (provider facts §0, §7): an account is in ``env`` ``legacy`` (ordinary dynamic-IP sync),
 ``staging`` (first auth done, parked stopped on a dynamic-environment server) or ``static``.
+Independently it may be ``broken`` (facts §2.1: ``invalid`` credentials or a ``sync_error``, both
+asking for a re-auth): its ``sync_state`` says so until the end user authenticates again.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
-from .settings import SandboxSettings
+from .settings import BreakKind, SandboxSettings
 
 PROVIDERS = ("gmail", "eas", "ews", "imap", "office365")
 _ID_ALPHABET = string.digits + string.ascii_lowercase
+# What a broken account's management object says (facts §3.1: `invalid` verified; the sync-error
+# spelling is unverified, and the set of values is open) and which webhook announces it.
+BROKEN_SYNC_STATES: dict[str, str] = {"invalid": "invalid", "sync_error": "sync-error"}
+BROKEN_TRIGGERS: dict[str, str] = {"invalid": "account.invalid", "sync_error": "account.sync_error"}
 
 
 @dataclass
@@ -35,6 +41,7 @@ class Account:
     last_auth_at: float | None = None
     downgraded: bool = False
     auth_count: int = 0
+    broken: BreakKind | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The management-API object (§3.1)."""
@@ -61,6 +68,8 @@ class Emission:
     date: float
     email: str = ""
     provider: str = ""
+    # The account's last successful auth (v3 grant.expired's ``grant_updated_at``).
+    last_auth_at: float | None = None
 
 
 class AccountBook:
@@ -79,7 +88,7 @@ class AccountBook:
                 return ident
 
     def _emit(self, trigger: str, acct: Account, now: float) -> Emission:
-        return Emission(trigger, acct.id, now, acct.email, acct.provider)
+        return Emission(trigger, acct.id, now, acct.email, acct.provider, acct.last_auth_at)
 
     def create(
         self, now: float, count: int = 0, emails: list[str] | None = None
@@ -106,8 +115,12 @@ class AccountBook:
         acct = self.accounts[account_id]
         acct.auth_count += 1
         acct.last_auth_at = now
+        # Fresh credentials repair a broken account (§2.1: both meanings ask for a re-auth).
+        was_broken, acct.broken = acct.broken, None
         if acct.env == "staging":
             assert acct.first_auth_at is not None
+            if was_broken and not acct.downgraded:
+                acct.sync_state = "stopped"  # repaired, but still parked until the move
             if now - acct.first_auth_at >= self.settings.scaled(self.settings.move_delay):
                 return "moved", self._move(acct, now)
             policy = self.settings.early_second_auth
@@ -122,21 +135,43 @@ class AccountBook:
             acct.first_auth_at = now
             acct.sync_state = "stopped"
             return "staged", [self._emit("account.stopped", acct, now)]
-        # Ordinary single auth: a stopped account (not parked by the move) starts again.
+        # Ordinary single auth: a stopped or broken account (not parked by the move) runs again.
         out = []
         if acct.sync_state != "running" and not acct.downgraded:
             acct.sync_state = "running"
             out.append(self._emit("account.running", acct, now))
         return "normal", out
 
+    def _fail_again(self, acct: Account, now: float) -> list[Emission]:
+        # A restart cannot mend credentials: the restarted sync fails the same way again.
+        assert acct.broken is not None
+        acct.sync_state = BROKEN_SYNC_STATES[acct.broken]
+        return [self._emit(BROKEN_TRIGGERS[acct.broken], acct, now)]
+
     def _move(self, acct: Account, now: float) -> list[Emission]:
         acct.env = "static"
-        acct.sync_state = "running"
         self.moves += 1
+        if acct.broken:
+            # The admin's move places the account on a static server, but its sync cannot run
+            # until the user re-authenticates; that auth then sends account.running.
+            return self._fail_again(acct, now)
+        acct.sync_state = "running"
         out = [self._emit("account.running", acct, now)]
         if self.settings.connected_on_move:
             out.append(self._emit("account.connected", acct, now))
         return out
+
+    def break_account(self, account_id: str, kind: BreakKind, now: float) -> list[Emission]:
+        """The account's credentials stop working (``invalid``) or its sync fails
+        (``sync_error``): ``sync_state`` says so and the webhook is owed. A later auth repairs it.
+        """
+        if kind not in BROKEN_SYNC_STATES:
+            raise ValueError(f"kind must be one of {sorted(BROKEN_SYNC_STATES)}, not {kind!r}")
+        acct = self.accounts[account_id]
+        acct.broken = kind
+        if not acct.downgraded:
+            acct.sync_state = BROKEN_SYNC_STATES[kind]
+        return [self._emit(BROKEN_TRIGGERS[kind], acct, now)]
 
     def downgrade(self, account_id: str, now: float) -> list[Emission]:
         """Cancel: billing stops and sync stops."""
@@ -176,7 +211,11 @@ class AccountBook:
                 return "moved", self._move(acct, now)
             if self.settings.early_second_auth == "restart_clock":
                 acct.first_auth_at = started_at
+            if acct.broken:
+                return "early_ignored", self._fail_again(acct, now)
             return "early_ignored", []
+        if acct.broken:
+            return "broken", self._fail_again(acct, now)
         if acct.sync_state != "running":
             acct.sync_state = "running"
             return "running", [self._emit("account.running", acct, now)]

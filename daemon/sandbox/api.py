@@ -5,9 +5,12 @@ Provider routes (Basic auth, client secret as user, empty password; errors ``{"m
 ``GET /a/{client_id}/accounts`` (limit/offset), ``GET|PUT|DELETE /a/{client_id}/accounts/{id}``,
 ``POST /a/{client_id}/accounts/{id}/downgrade|upgrade``, ``GET /a/{client_id}/ip_addresses``.
 The static list's real endpoint is undocumented; the sandbox serves it at
-``GET /a/{client_id}/ip_addresses?environment=static`` (its own 10/hour budget).
+``GET /a/{client_id}/ip_addresses?environment=static``, sharing the endpoint's 10/hour budget.
+With ``stopped_account_refuses`` set, PUT/downgrade/upgrade of an account whose sync is stopped
+answer the facts' "sync has been stopped" error (§3.1; off by default).
 Control routes (no auth, loopback only): ``POST /sandbox/accounts`` ``{"count"|"emails"}``,
-``POST /sandbox/accounts/{id}/auth``, ``POST /sandbox/static-ips`` ``{"enabled"}``,
+``POST /sandbox/accounts/{id}/auth``, ``POST /sandbox/accounts/{id}/break``
+``{"kind": "invalid"|"sync_error"}``, ``POST /sandbox/static-ips`` ``{"enabled"}``,
 ``GET|POST /sandbox/webhooks`` ``{"url","version"}``, ``GET|PUT /sandbox/faults``,
 ``GET /sandbox/stats``.
 """
@@ -98,6 +101,20 @@ def _account_or_404(request: web.Request) -> Any:
     return acct
 
 
+STOPPED_MESSAGE = (
+    "This action can't be performed because the account's sync has been stopped. "
+    "Please contact support@nylas.com to resume sync."
+)
+
+
+def _refused(request: web.Request, call: str) -> web.Response | None:
+    """The stopped-account refusal for ``call``, if the sandbox is set to apply it here."""
+    sandbox = _provider(request)
+    if sandbox.refuses(call, _account_or_404(request)):
+        return error(sandbox.settings.stopped_account_status, STOPPED_MESSAGE)
+    return None
+
+
 def _int_param(request: web.Request, name: str, default: int) -> int:
     try:
         return max(0, int(request.query.get(name, default)))
@@ -121,6 +138,8 @@ async def get_account(request: web.Request) -> web.Response:
 
 async def update_account(request: web.Request) -> web.Response:
     acct = _account_or_404(request)
+    if (refusal := _refused(request, "update")) is not None:
+        return refusal
     try:
         body = await request.json()
     except ValueError:
@@ -139,13 +158,15 @@ async def delete_account(request: web.Request) -> web.Response:
 
 
 async def downgrade(request: web.Request) -> web.Response:
-    _account_or_404(request)
+    if (refusal := _refused(request, "downgrade")) is not None:
+        return refusal
     _provider(request).downgrade(request.match_info["account_id"])
     return web.json_response({"success": True})
 
 
 async def upgrade(request: web.Request) -> web.Response:
-    _account_or_404(request)
+    if (refusal := _refused(request, "upgrade")) is not None:
+        return refusal
     _provider(request).upgrade(request.match_info["account_id"])
     return web.json_response({"success": True})
 
@@ -155,7 +176,7 @@ async def ip_addresses(request: web.Request) -> web.Response:
     environment = request.query.get("environment", "dynamic")
     if environment not in ("dynamic", "static"):
         return error(400, "environment must be dynamic or static")
-    wait = sandbox.ip_rate_check(environment)
+    wait = sandbox.ip_rate_check()
     if wait is not None:
         return error(
             429,
@@ -214,6 +235,15 @@ async def control_auth(request: web.Request) -> web.Response:
     return web.json_response({"outcome": outcome, "account": acct.as_json(), "env": acct.env})
 
 
+async def control_break(request: web.Request) -> web.Response:
+    acct = _account_or_404(request)
+    kind = (await _json(request)).get("kind", "invalid")
+    if kind not in ("invalid", "sync_error"):
+        raise web.HTTPBadRequest(text="kind must be invalid or sync_error")
+    _provider(request).break_account(acct.id, kind)
+    return web.json_response({"account": acct.as_json(), "broken": acct.broken})
+
+
 async def control_static_ips(request: web.Request) -> web.Response:
     body = await _json(request)
     _provider(request).enable_static_ips(bool(body.get("enabled", True)))
@@ -262,6 +292,7 @@ def build_app(sandbox: SandboxProvider) -> web.Application:
     r.add_get("/v3/grants", v3_grants)
     r.add_post("/sandbox/accounts", control_create_accounts)
     r.add_post("/sandbox/accounts/{account_id}/auth", control_auth)
+    r.add_post("/sandbox/accounts/{account_id}/break", control_break)
     r.add_post("/sandbox/static-ips", control_static_ips)
     r.add_post("/sandbox/webhooks", control_register_webhook)
     r.add_get("/sandbox/webhooks", control_list_webhooks)

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from .accounts import Account, AccountBook, Emission, IpLists
 from .api import build_app
-from .settings import SandboxSettings
+from .settings import BreakKind, SandboxSettings
 from .webhooks import Destination, WebhookSender
 
 
@@ -37,7 +37,9 @@ class SandboxProvider:
         self.sender = WebhookSender(
             self.settings, random.Random(f"{self.settings.seed}:webhooks"), clock
         )
-        self._ip_calls: dict[str, deque[float]] = {"dynamic": deque(), "static": deque()}
+        # One budget for the endpoint, whichever list is asked for: the limit is 10 calls an
+        # hour per application (facts §4, §5), and the static list is served on the same path.
+        self._ip_calls: deque[float] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
         self.base_url = ""
@@ -107,7 +109,36 @@ class SandboxProvider:
                 Emission("sandbox.reauthenticated", account_id, now, acct.email, acct.provider)
             )
         self._send(emissions)
+        self._maybe_break_later(account_id)
         return outcome
+
+    def break_account(self, account_id: str, kind: BreakKind = "invalid") -> None:
+        """Break the account now: ``sync_state`` becomes ``invalid`` or ``sync-error`` and
+        ``account.invalid`` / ``account.sync_error`` is sent; the user's next auth repairs it.
+        """
+        emissions = self.book.break_account(account_id, kind, self._clock())
+        key = f"broken_{kind}"
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        self._send(emissions)
+
+    def _maybe_break_later(self, account_id: str) -> None:
+        faults = self.settings.faults
+        if faults.account_break <= 0 or self.rng.random() >= faults.account_break:
+            return
+        kind: BreakKind = "invalid" if self.rng.random() < 0.5 else "sync_error"
+        low, high = faults.account_break_delay_range
+        self._spawn(
+            self._break_later(account_id, kind, self.settings.scaled(self.rng.uniform(low, high)))
+        )
+
+    async def _break_later(self, account_id: str, kind: BreakKind, wait: float) -> None:
+        await asyncio.sleep(wait)
+        if account_id in self.book.accounts:
+            self.break_account(account_id, kind)
+
+    def refuses(self, call: str, account: Account) -> bool:
+        """Whether ``call`` on ``account`` meets the "sync has been stopped" refusal (§3.1)."""
+        return call in self.settings.stopped_account_refuses and account.sync_state == "stopped"
 
     def downgrade(self, account_id: str) -> None:
         self._send(self.book.downgrade(account_id, self._clock()))
@@ -162,11 +193,12 @@ class SandboxProvider:
             roll -= prob
         return None
 
-    def ip_rate_check(self, environment: str) -> float | None:
-        """Count one call; None if allowed, else real seconds until the window frees a slot."""
+    def ip_rate_check(self) -> float | None:
+        """Count one ip_addresses call (either list); None if allowed, else real seconds until
+        the window frees a slot."""
         now = self._clock()
         window = self.settings.scaled(self.settings.ip_rate_window)
-        calls = self._ip_calls[environment]
+        calls = self._ip_calls
         while calls and calls[0] <= now - window:
             calls.popleft()
         if len(calls) >= self.settings.ip_rate_limit:

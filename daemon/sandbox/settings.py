@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 EarlySecondAuth = Literal["ignore", "move", "restart_clock"]
+BreakKind = Literal["invalid", "sync_error"]
+# Management calls the "sync has been stopped" refusal (facts §3.1) can be applied to.
+REFUSABLE_CALLS = frozenset({"update", "downgrade", "upgrade"})
 
 
 @dataclass
@@ -31,6 +34,11 @@ class Faults:
     api_timeout: float = 0.0
     # Real seconds a "timed out" API call hangs before answering (not scaled: it is network I/O).
     api_timeout_seconds: float = 15.0
+    # Chance that an account breaks (account.invalid or account.sync_error, even odds) some
+    # time after an end user's auth; a later auth by the user repairs it (facts §2.1).
+    account_break: float = 0.0
+    # Nominal seconds (scaled) between the auth and the break, drawn uniformly from this range.
+    account_break_delay_range: tuple[float, float] = (60.0, 600.0)
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a partial update; unknown names raise ValueError."""
@@ -38,7 +46,7 @@ class Faults:
         for key, value in changes.items():
             if key not in names:
                 raise ValueError(f"unknown fault {key!r}")
-            if key == "webhook_delay_range":
+            if key.endswith("_range"):
                 value = (float(value[0]), float(value[1]))
             else:
                 value = float(value)
@@ -72,6 +80,11 @@ class SandboxSettings:
     # After upgrade the account is re-queued and runs "within about a minute".
     upgrade_delay: float = 30.0
     connected_on_create: bool = True
+    # Facts §3.1: modifying calls on an account whose sync is stopped fail with a fixed body;
+    # which calls that covers (notably downgrade/upgrade, the restart) and the status code are
+    # unverified, so the default refuses none. Members of REFUSABLE_CALLS.
+    stopped_account_refuses: frozenset[str] = frozenset()
+    stopped_account_status: int = 403
     # -- IP lists (§4) --
     ip_rate_limit: int = 10
     ip_rate_window: float = 3600.0
@@ -93,6 +106,12 @@ class SandboxSettings:
     batch_probability: float = 0.0
     max_deltas_per_post: int = 5
     faults: Faults = field(default_factory=Faults)
+
+    def __post_init__(self) -> None:
+        self.stopped_account_refuses = frozenset(self.stopped_account_refuses)
+        unknown = self.stopped_account_refuses - REFUSABLE_CALLS
+        if unknown:
+            raise ValueError(f"stopped_account_refuses: unknown calls {sorted(unknown)}")
 
     def scaled(self, seconds: float) -> float:
         """Real seconds for a nominal provider duration."""

@@ -16,6 +16,7 @@ import json
 import random
 import secrets
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ V2_TRIGGERS: dict[str, str | None] = {
     "account.running": "account.running",
     "account.stopped": "account.stopped",
     "account.invalid": "account.invalid",
+    "account.sync_error": "account.sync_error",
     "sandbox.reauthenticated": None,
     "sandbox.deleted": None,
 }
@@ -40,9 +42,18 @@ V3_TRIGGERS: dict[str, str | None] = {
     "account.running": None,
     "account.stopped": None,
     "account.invalid": "grant.expired",
+    "account.sync_error": None,
     "sandbox.reauthenticated": "grant.updated",
     "sandbox.deleted": "grant.deleted",
 }
+# `data.object.code` per v3 grant trigger (facts §2.2); grant.updated is 25014 unless re-auth.
+V3_CODES: dict[str, int] = {
+    "grant.created": 25012,
+    "grant.updated": 25014,
+    "grant.deleted": 25013,
+    "grant.expired": 25009,
+}
+V3_REAUTH_CODE = 25027
 
 
 def nylas_signature(key: str, body: bytes) -> str:
@@ -129,6 +140,12 @@ class WebhookSender:
         self._session: aiohttp.ClientSession | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        # Ids come from their own seeded stream so they do not shift the fault draws.
+        self._id_rng = random.Random(f"{settings.seed}:notification-ids")
+        self.integration_id = self._new_uuid()
+
+    def _new_uuid(self) -> str:
+        return str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4))
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
@@ -225,7 +242,8 @@ class WebhookSender:
         groups = [kept] if dest.version == 2 else [[e] for e in kept]
         faults = self.settings.faults
         for group in groups:
-            delivery = _Delivery(f"d{next(self._ids)}", group)
+            # v3 notification ids are UUIDs (facts §2.2); seeded so runs repeat.
+            delivery = _Delivery(self._new_uuid(), group)
             if dest.version == 2:
                 delivery.body = self._v2_body(group)
             if self._rng.random() < faults.webhook_drop:
@@ -296,18 +314,24 @@ class WebhookSender:
 
     def _v3_body(self, delivery: _Delivery, attempt: int) -> bytes:
         em = delivery.emissions[0]
+        trigger = V3_TRIGGERS[em.trigger]
+        assert trigger is not None
         obj: dict[str, Any] = {
+            "code": V3_CODES[trigger],
             "grant_id": em.account_id,
+            "integration_id": self.integration_id,
             "email": em.email,
             "provider": em.provider,
-            "grant_updated_at": int(em.date),
         }
+        if trigger == "grant.expired":
+            # The last successful refresh: only grant.expired carries it.
+            obj["grant_updated_at"] = int(em.last_auth_at or em.date)
         if em.trigger == "sandbox.reauthenticated":
-            obj.update({"code": 25027, "reauthentication_flag": True})
+            obj.update({"code": V3_REAUTH_CODE, "reauthentication_flag": True})
         return self._dumps(
             {
                 "specversion": "1.0",
-                "type": V3_TRIGGERS[em.trigger],
+                "type": trigger,
                 "source": "/nylas/system",
                 "id": delivery.id,
                 "time": int(em.date),
