@@ -26,6 +26,7 @@ __all__ = [
     "PayloadTooLarge",
     "ServiceUnavailable",
     "Unauthorized",
+    "bind_log_context",
     "error_middleware",
     "error_response",
     "read_limited_body",
@@ -39,6 +40,10 @@ REQUEST_ID_HEADER = "X-Request-Id"
 # aiohttp >= 3.12 wants typed request keys; older versions (pyproject allows 3.9) take strings.
 _REQUEST_ID_KEY: Any = (
     web.RequestKey("staticipd_request_id", str) if hasattr(web, "RequestKey") else "request_id"
+)
+# Context tokens bound by routes (`bind_log_context`), reset by the middleware at the end.
+_LOG_TOKENS_KEY: Any = (
+    web.RequestKey("staticipd_log_tokens", list) if hasattr(web, "RequestKey") else "log_tokens"
 )
 # A caller's id is echoed only if it is short and harmless in a header and a log line.
 _ID_PREFIX = secrets.token_hex(6)
@@ -155,6 +160,16 @@ def request_id(request: web.Request) -> str:
     return str(request.get(_REQUEST_ID_KEY, ""))
 
 
+def bind_log_context(request: web.Request, **values: Any) -> None:
+    """Put these ids (account id, delivery id, ...) on every log line of this request.
+
+    The middleware unbinds them when the request ends, after its own error line, so the
+    `http.error` line carries them too and the next request on the connection does not.
+    """
+    tokens = structlog.contextvars.bind_contextvars(**values)
+    request.setdefault(_LOG_TOKENS_KEY, []).append(tokens)
+
+
 def _incoming_id(request: web.Request) -> str:
     given = request.headers.get(REQUEST_ID_HEADER, "")
     if given and _SAFE_REQUEST_ID.fullmatch(given):
@@ -209,6 +224,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response.headers[REQUEST_ID_HEADER] = rid
         return response
     finally:
+        for bound in reversed(request.get(_LOG_TOKENS_KEY, ())):
+            structlog.contextvars.reset_contextvars(**bound)
         structlog.contextvars.reset_contextvars(**tokens)
 
 

@@ -17,7 +17,13 @@ import structlog
 from aiohttp import web
 
 from daemon.domain import AuthReported, ProviderNotified
-from daemon.http.errors import ApiError, read_limited_body, request_id, require_bearer
+from daemon.http.errors import (
+    ApiError,
+    bind_log_context,
+    read_limited_body,
+    request_id,
+    require_bearer,
+)
 from daemon.http.server import RUNTIME, Runtime, describe_account, storage_guard
 from daemon.webhooks import MalformedWebhook, parse_notifications, verify_signature
 from eventstore import new_event_id
@@ -70,6 +76,15 @@ async def receive_webhook(request: web.Request) -> web.Response:
         rt.metrics.inc("staticipd_webhooks_total", result="malformed")
         log.warning("webhook.quarantined", field=exc.field, reason=exc.reason, new=new)
         raise ApiError(400, "malformed_body", exc.reason, field=exc.field) from None
+    if notifications:
+        # The first delivery's ids (and how many came with it) go on every line of this request.
+        first = notifications[0]
+        bind_log_context(
+            request,
+            account_id=first.account_id,
+            delivery_id=first.dedupe_key,
+            delivery_count=len(notifications),
+        )
     inputs = [
         ProviderNotified(
             input_id=n.dedupe_key,
@@ -89,6 +104,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     rt.metrics.inc("staticipd_webhooks_total", result="accepted")
     rt.metrics.inc("staticipd_webhook_deltas_total", len(inputs) - duplicates, result="recorded")
     rt.metrics.inc("staticipd_webhook_deltas_total", duplicates, result="duplicate")
+    log.debug("webhook.accepted", recorded=len(inputs) - duplicates, duplicates=duplicates)
     return web.json_response({"recorded": len(inputs) - duplicates, "duplicates": duplicates})
 
 
@@ -104,6 +120,7 @@ async def receive_auth_event(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_body", reason, field=field) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    bind_log_context(request, account_id=event.account_id)
     input_id = f"auth:{event.event_id}" if event.event_id else f"auth:{new_event_id()}"
     inp = AuthReported(
         input_id=input_id,
@@ -117,13 +134,44 @@ async def receive_auth_event(request: web.Request) -> web.Response:
         (decision,) = await rt.engine.submit(
             [inp], source="auth-event", correlation_id=request_id(request)
         )
+    if decision.duplicate and event.event_id:
+        await _refuse_reused_event_id(rt, input_id, event.account_id)
     rt.metrics.inc(
         "staticipd_auth_events_total", result="duplicate" if decision.duplicate else "recorded"
     )
+    log.debug("auth_event.accepted", duplicate=decision.duplicate)
     account = rt.live.projection.account(event.account_id)
     return web.json_response(
         {"duplicate": decision.duplicate, "account": describe_account(account, event.account_id)}
     )
+
+
+async def _refuse_reused_event_id(rt: Runtime, input_id: str, account_id: str) -> None:
+    """409 when an `event_id` already recorded for another account is sent again.
+
+    A true retry names the same account and is a duplicate; another account means the client
+    reuses ids, and answering "duplicate" would hide that its event was never recorded.
+    """
+    async with storage_guard():
+        original = await rt.store.get_event(f"{input_id}#0")
+    if original is None:
+        return
+    try:
+        recorded = msgspec.json.decode(original.data, type=_RecordedAccount).account_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return
+    if recorded is not None and recorded != account_id:
+        rt.metrics.inc("staticipd_auth_events_total", result="event_id_conflict")
+        raise ApiError(
+            409,
+            "event_id_conflict",
+            "event_id was already used for another account; use a new event_id per event",
+            field="$.event_id",
+        )
+
+
+class _RecordedAccount(msgspec.Struct):
+    account_id: str | None = None
 
 
 def split_validation(message: str) -> tuple[str | None, str]:

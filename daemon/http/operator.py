@@ -10,11 +10,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal, TypeVar
 
 import msgspec
+import structlog
 from aiohttp import web
 
 from daemon import allowlist
 from daemon.audit import timeline, timeline_as_json
 from daemon.domain import (
+    STATES,
     EnableMigration,
     Enroll,
     ExcludeAccount,
@@ -22,15 +24,23 @@ from daemon.domain import (
     MarkResolved,
     ResetAccount,
 )
-from daemon.http.errors import ApiError, read_limited_body, request_id, require_bearer
+from daemon.http.errors import (
+    ApiError,
+    bind_log_context,
+    read_limited_body,
+    request_id,
+    require_bearer,
+)
 from daemon.http.ingest import split_validation
 from daemon.http.server import RUNTIME, Runtime, describe_account, funnel, storage_guard
 from eventstore import new_event_id
 
+log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 _T = TypeVar("_T")
 
-_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+_MAX_ID = 512
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_ID)]
 _MAX_PAGE = 1000
 
 
@@ -67,6 +77,24 @@ async def _body(request: web.Request, rt: Runtime, kind: type[_T]) -> _T:
         raise ApiError(400, "invalid_body", reason, field=field) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+
+def _account_id(request: web.Request) -> str:
+    """The path's account id, also bound to every log line of this request."""
+    account_id = request.match_info["account_id"]
+    bind_log_context(request, account_id=account_id)
+    return account_id
+
+
+def _plausible_id(text: str) -> bool:
+    """Text an account id could be: not too long, no control or undecodable characters.
+
+    The query parser turns bytes that are not UTF-8 into U+FFFD (or surrogates): such a cursor
+    was never handed out, and would silently page from an arbitrary place.
+    """
+    return len(text) <= _MAX_ID and not any(
+        ch == "\ufffd" or ch < " " or ch == "\x7f" or "\ud800" <= ch <= "\udfff" for ch in text
+    )
 
 
 def _command_id(request: web.Request) -> str:
@@ -107,10 +135,21 @@ async def list_accounts(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_query", "limit must be an integer", field="limit") from None
     if not 1 <= limit <= _MAX_PAGE:
         raise ApiError(400, "invalid_query", f"limit must be 1..{_MAX_PAGE}", field="limit")
+    state = q.get("state") or None
+    if state is not None and state not in STATES:
+        # An unknown state would silently match nothing: a typo looks like an empty funnel.
+        raise ApiError(
+            400, "invalid_query", f"state must be one of {', '.join(STATES)}", field="state"
+        )
+    cursor = q.get("cursor") or None
+    if cursor is not None and not _plausible_id(cursor):
+        raise ApiError(
+            400, "invalid_query", "cursor must be an account id as returned in next_cursor",
+            field="cursor",
+        )  # fmt: skip
     page = rt.live.projection.list_accounts(
-        state=q.get("state") or None, wave=q.get("wave") or None,
-        limit=limit, after=q.get("cursor") or None,
-    )  # fmt: skip
+        state=state, wave=q.get("wave") or None, limit=limit, after=cursor
+    )
     return web.json_response(
         {
             "accounts": [describe_account(a, a.account_id) for a in page.accounts],
@@ -122,7 +161,7 @@ async def list_accounts(request: web.Request) -> web.Response:
 @routes.get("/v1/accounts/{account_id}")
 async def get_account(request: web.Request) -> web.Response:
     rt = _runtime(request)
-    account_id = request.match_info["account_id"]
+    account_id = _account_id(request)
     state = rt.live.projection.account(account_id)
     if state is None:
         raise ApiError(404, "unknown_account", f"no account {account_id!r} in the log")
@@ -132,7 +171,7 @@ async def get_account(request: web.Request) -> web.Response:
 @routes.get("/v1/accounts/{account_id}/timeline")
 async def get_timeline(request: web.Request) -> web.Response:
     rt = _runtime(request)
-    account_id = request.match_info["account_id"]
+    account_id = _account_id(request)
     records = [r async for r in rt.store.read_stream(f"account-{account_id}")]
     if not records:
         raise ApiError(404, "unknown_account", f"no account {account_id!r} in the log")
@@ -180,14 +219,19 @@ _ACCOUNT_COMMANDS = {"reset": ResetAccount, "exclude": ExcludeAccount, "resolve"
 @routes.post("/v1/accounts/{account_id}/{command:reset|exclude|resolve}")
 async def account_command(request: web.Request) -> web.Response:
     rt = _runtime(request)
-    account_id = request.match_info["account_id"]
+    account_id = _account_id(request)
     body = await _body(request, rt, AccountCommandBody)
+    if rt.live.projection.account(account_id) is None:
+        # A command is not a way in: recording it would make up a `dynamic` account that the
+        # funnel and metrics would then count (enrolment is how accounts enter the migration).
+        raise ApiError(404, "unknown_account", f"no account {account_id!r} in the log")
     command = _ACCOUNT_COMMANDS[request.match_info["command"]]
     inp = command(
         input_id=_command_id(request), account_id=account_id,
         occurred_at=datetime.now(UTC), actor=body.actor, reason=body.reason,
     )  # fmt: skip
     duplicate = await _submit(request, rt, inp)
+    log.info("operator.account_command", command=request.match_info["command"], duplicate=duplicate)
     state = rt.live.projection.account(account_id)
     return web.json_response(
         {"duplicate": duplicate, "account": describe_account(state, account_id)}

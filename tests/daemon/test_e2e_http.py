@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import pytest
+import structlog
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
+from structlog.testing import LogCapture
 
 from daemon import standardwebhooks
 from eventstore import StorageUnavailable, WriterBusy
@@ -32,6 +35,20 @@ def iso(moment: datetime) -> str:
 
 def no_stack_trace(text: str) -> bool:
     return "Traceback" not in text and 'File "' not in text and ".py" not in text
+
+
+@contextmanager
+def captured_lines() -> Iterator[list[dict[str, Any]]]:
+    """Like structlog's `capture_logs`, with the request context merged as the daemon does."""
+    capture = LogCapture()
+    processors = structlog.get_config()["processors"]
+    saved = list(processors)
+    # Edited in place: loggers already handed out hold a reference to this very list.
+    processors[:] = [structlog.contextvars.merge_contextvars, capture]
+    try:
+        yield capture.entries
+    finally:
+        processors[:] = saved
 
 
 async def enable_and_enroll(d: Any, account_ids: list[str], policy: str = "notify") -> None:
@@ -101,6 +118,25 @@ async def test_auth_event_with_same_event_id_is_recorded_once(running) -> None:
     assert (first[0], second[0]) == (200, 200)
     assert (first[1]["duplicate"], second[1]["duplicate"]) == (False, True)
     assert len(running.setup.events_of("AuthRecorded", "account-acc-9")) == 1
+
+
+async def test_event_id_reused_for_another_account_is_409_and_records_nothing(running) -> None:
+    """Reusing an `event_id` for a different account is 409 naming `$.event_id`, not a duplicate."""
+    now = iso(datetime.now(UTC))
+    first = await running.auth_event({"account_id": "acc-x", "occurred_at": now, "event_id": "e"})
+    assert first[0] == 200
+    before = running.setup.events()
+    status, body = await running.auth_event(
+        {"account_id": "acc-y", "occurred_at": now, "event_id": "e"}
+    )
+    assert status == 409
+    assert body["error"]["code"] == "event_id_conflict"
+    assert body["error"]["field"] == "$.event_id"
+    assert "acc-x" not in json.dumps(body)  # another account's id is not disclosed
+    assert running.setup.events() == before
+    assert running.account("acc-y") is None
+    again = await running.auth_event({"account_id": "acc-x", "occurred_at": now, "event_id": "e"})
+    assert (again[0], again[1]["duplicate"]) == (200, True)
 
 
 # --- invariant 7: bad input gets a clear error and changes nothing -------------------------------
@@ -436,6 +472,71 @@ async def test_account_listing_pages_with_a_cursor_and_filters(running) -> None:
     assert page["accounts"] == []
     status, _ = await running.operator("GET", "/v1/accounts?limit=5000")
     assert status == 400
+
+
+@pytest.mark.parametrize("command", ["reset", "exclude", "resolve"])
+async def test_command_for_an_unknown_account_is_404_and_records_nothing(
+    running, command: str
+) -> None:
+    """A reset, exclude or resolve of an account not in the log is 404 and invents no account."""
+    status, body = await running.operator(
+        "POST", f"/v1/accounts/nope/{command}", {"reason": "typo"}
+    )
+    assert (status, body["error"]["code"]) == (404, "unknown_account")
+    assert running.setup.events() == []
+    assert running.account("nope") is None
+    _, summary = await running.operator("GET", "/v1/summary")
+    assert sum(summary["funnel"].values()) == 0
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("state=bogus", "state"),
+        ("state=STATIC", "state"),
+        ("cursor=%ff%fe", "cursor"),
+        ("cursor=a%00b", "cursor"),
+        ("cursor=" + "x" * 600, "cursor"),
+    ],
+)
+async def test_account_listing_refuses_an_unknown_state_or_garbage_cursor(
+    running, query: str, field: str
+) -> None:
+    """An unknown `state` or an undecodable cursor is a 400 naming it, not an empty page."""
+    await enable_and_enroll(running, ["acc-l"])
+    status, body = await running.operator("GET", f"/v1/accounts?{query}")
+    assert status == 400
+    assert body["error"]["field"] == field
+    status, body = await running.operator("GET", "/v1/accounts?state=dynamic&cursor=acc-a")
+    assert (status, [a["account_id"] for a in body["accounts"]]) == (200, ["acc-l"])
+
+
+async def test_log_lines_of_a_request_carry_its_account_and_delivery_ids(
+    running, v2: V2, v3
+) -> None:
+    """Lines logged for a webhook, auth event or command name its account and delivery."""
+    deltas = [json.loads(v2(a, "account.running"))["deltas"][0] for a in ("acc-l1", "acc-l2")]
+    with captured_lines() as logs:
+        assert (await running.post_webhook(json.dumps({"deltas": deltas}).encode())).status == 200
+        assert (await running.post_webhook(v3("evt-77", "grant-7"))).status == 200
+        await running.auth_event({"account_id": "acc-l3", "occurred_at": iso(datetime.now(UTC))})
+        await running.operator("POST", "/v1/accounts/ghost/reset", {"reason": "x"})
+        await running.operator("GET", "/v1/accounts/acc-l1")
+    by_event: dict[str, list[dict[str, Any]]] = {}
+    for line in logs:
+        by_event.setdefault(line["event"], []).append(line)
+    v2_line, v3_line = by_event["webhook.accepted"]
+    assert v2_line["account_id"] == "acc-l1"
+    assert v2_line["delivery_count"] == 2
+    assert v2_line["delivery_id"]
+    assert v2_line["request_id"]
+    assert (v3_line["account_id"], v3_line["delivery_count"]) == ("grant-7", 1)
+    assert "evt-77" in v3_line["delivery_id"]
+    [auth] = by_event["auth_event.accepted"]
+    assert auth["account_id"] == "acc-l3"
+    assert "delivery_id" not in auth  # a request's ids do not leak into the next one
+    [refused] = by_event["http.error"]
+    assert (refused["account_id"], refused["status"]) == ("ghost", 404)
 
 
 async def test_reset_exclude_and_resolve_commands_change_the_account(running) -> None:
