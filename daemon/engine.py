@@ -212,9 +212,16 @@ class Engine:
                 state = app
                 expected.setdefault(stream, app.version)
             events = decide(state, inp, now, self.settings, app)
-            metadata = msgspec.json.encode(
-                {"source": source, "input_id": inp.input_id, "correlation_id": correlation_id}
-            )
+            for event in events:
+                if stream_of(event) == "application":
+                    app = evolve_application(app, event)
+                else:
+                    account_id = event.account_id  # type: ignore[attr-defined]
+                    accounts[account_id] = evolve_account(
+                        accounts.get(account_id, projection.account(account_id)), event
+                    )
+            after = accounts.get(inp.account_id) if isinstance(inp, AccountInput) else app
+            first_metadata, rest_metadata = _metadata(inp, after, source, correlation_id)
             for index, event in enumerate(events):
                 encoded = encode_event(event)
                 event_stream = stream_of(event)
@@ -225,17 +232,10 @@ class Engine:
                         type=encoded.type,
                         data=encoded.data,
                         schema=encoded.schema,
-                        metadata=metadata,
+                        metadata=first_metadata if index == 0 else rest_metadata,
                         event_id=f"{inp.input_id}#{index}",
                     )
                 )
-                if event_stream == "application":
-                    app = evolve_application(app, event)
-                else:
-                    account_id = event.account_id  # type: ignore[attr-defined]
-                    accounts[account_id] = evolve_account(
-                        accounts.get(account_id, projection.account(account_id)), event
-                    )
             account_id = getattr(inp, "account_id", None)
             decisions.append(
                 Decision(
@@ -284,6 +284,27 @@ class Engine:
         )
         await self.live.wait_for(result.records[0].position)
         return result.created[0]
+
+
+def _metadata(
+    inp: Input, state: object, source: str, request_id: str | None
+) -> tuple[bytes, bytes]:
+    """Metadata of an input's first event (the input itself) and of the events it caused.
+
+    causation_id: what caused the event — for the recorded input, the outside message (the
+    webhook delivery, the auth event, the timer, the effect an outcome reports); for every other
+    event, the recorded input (`<input_id>#0`). correlation_id: the HTTP request, else the
+    account's migration cycle, so every step of one migration can be found together.
+    """
+    outside = getattr(inp, "effect_key", None) or getattr(inp, "timer_id", None) or inp.input_id
+    account_id = getattr(inp, "account_id", None)
+    if request_id is None and account_id is not None:
+        cycle = state.cycle if isinstance(state, AccountState) else 0
+        request_id = f"account-{account_id}/cycle-{cycle}"
+    common = {"source": source, "input_id": inp.input_id, "correlation_id": request_id}
+    first = msgspec.json.encode({**common, "causation_id": outside})
+    rest = msgspec.json.encode({**common, "causation_id": f"{inp.input_id}#0"})
+    return first, rest
 
 
 def _account_of(projection: Any, inp: Input) -> AccountState | None:
