@@ -104,6 +104,9 @@ class MigrationConfig(_Section):
     reminder_schedule_seconds: tuple[_Positive, ...] = (3600.0, 86400.0, 259200.0)
     stall_after_seconds: _Positive = 345600.0
     stop_grace_seconds: _Positive = 900.0
+    # Not running this long after the second step: check the provider, and ask again if the
+    # account is still stopped there (the provider's delay may be longer than ours).
+    running_grace_seconds: _Positive = 900.0
     default_policy: Literal["notify", "restart"] = "notify"
 
 

@@ -165,4 +165,8 @@ def _informative(state: str, sync_state: str | None, exists: bool) -> bool:
         return True
     if state == "first_auth":
         return sync_state == "stopped"
+    if state == "second_auth":
+        # Still stopped after the second step: the provider did not move it (the domain only
+        # acts once `running_grace` has passed, so an early round records a harmless note).
+        return sync_state in ("running", "stopped")
     return sync_state == "running"

@@ -59,6 +59,7 @@ def migration_settings(config: Config) -> MigrationSettings:
         reminder_schedule=tuple(timedelta(seconds=s) for s in m.reminder_schedule_seconds),
         stall_after=timedelta(seconds=m.stall_after_seconds),
         stop_grace=timedelta(seconds=m.stop_grace_seconds),
+        running_grace=timedelta(seconds=m.running_grace_seconds),
         default_policy=m.default_policy,
     )
 

@@ -10,25 +10,17 @@ enrolled. Times used in rules are the inputs' own times, never later than `now`.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from . import events as ev
 from . import inputs as inp
 from ._builder import Action
 from ._builder import Builder as _Builder
 from ._operator import on_operator as _on_operator
+from ._second_step import arrived, not_before, not_moved, request_step, second_step
 from .settings import MigrationSettings
 from .state import AccountState, ApplicationState
 from .triggers import meaning_of
-
-# Provider webhooks carry whole seconds (v2 `date`, v3 `time`), while the application reports
-# auths to the millisecond: a stop stamped in the same second as the auth may well follow it.
-PROVIDER_TIME_RESOLUTION = timedelta(seconds=1)
-
-
-def _not_before(provider_time: datetime, reference: datetime) -> bool:
-    """Whether a provider-stamped time can be at or after `reference`, given its resolution."""
-    return provider_time + PROVIDER_TIME_RESOLUTION > reference
 
 
 def decide_account(
@@ -82,6 +74,8 @@ def _classify_auth(s: AccountState, at: datetime, app: ApplicationState) -> tupl
     assert s.first_auth_at is not None
     if at <= s.first_auth_at:
         return "stale", "auth occurred at or before the recorded first auth (late delivery)"
+    if s.second_step_at is not None and at <= s.second_step_at:
+        return "stale", "auth at or before the second step the provider did not act on"
     if s.second_step_due_at is None:
         return "early_second_auth", "no stop observed yet, so the second step is not due"
     if at < s.second_step_due_at:
@@ -121,7 +115,7 @@ def _on_auth(
         case "first_auth":
             _start(b, at)
         case "second_auth":
-            _second_step(b, at, "second auth")
+            second_step(b, at, "second auth")
         case "early_second_auth":
             b.flag("early_second_auth", reason)
             b.emit(
@@ -148,7 +142,7 @@ def _start(b: _Builder, at: datetime) -> None:
         wave=enrollment.wave,
     )
     stop = b.state.last_stop_at
-    if stop is not None and _not_before(stop, at):
+    if stop is not None and not_before(stop, at):
         _stopped(b, max(stop, at), f"stop at {stop.isoformat()} was delivered before this auth")
     else:
         b.schedule("stop_grace", f"{b.id}:stop_grace:{cycle}", at + b.settings.stop_grace)
@@ -163,17 +157,6 @@ def _stopped(b: _Builder, stop_at: datetime, reason: str) -> None:
     b.cancel_timers("stop observed", ("stop_grace",))
     b.flag("stop_overdue", "stop observed", on=False)
     b.schedule("second_step", f"{b.id}:second_step:{s.cycle}", due)
-
-
-def _second_step(b: _Builder, at: datetime, how: str) -> None:
-    b.move("second_auth", at, f"{how} recorded")
-    b.cancel_timers("second step done")
-    b.abandon_effects("second step already done", (ev.ReauthRequested, ev.SyncRestartRequested))
-    running = b.state.last_running_at
-    if running is not None and _not_before(running, at):
-        b.move(
-            "static", max(running, at), f"running at {running.isoformat()} was delivered earlier"
-        )
 
 
 # --- provider notifications and reconciler observations --------------------------------------
@@ -248,7 +231,7 @@ def _react(b: _Builder, at: datetime, meaning: str) -> tuple[str, Action]:
         case "stopped":
             if s.state == "first_auth":
                 assert s.first_auth_at is not None
-                if not _not_before(at, s.first_auth_at):
+                if not not_before(at, s.first_auth_at):
                     return "stop occurred before the first auth; not this migration's stop", None
                 stop_at = max(at, s.first_auth_at)
                 return "the stop after the first auth", lambda b: _stopped(
@@ -259,6 +242,19 @@ def _react(b: _Builder, at: datetime, meaning: str) -> tuple[str, Action]:
                     "stop of an account without a first auth; remembered in case its auth "
                     "arrives late"
                 ), None
+            if s.state == "second_auth":
+                step_at = s.second_step_at
+                assert step_at is not None
+                # A restart stops the sync before starting it, and the provider may take a
+                # while to move the account: only a stop well after the step means no move.
+                if at < step_at + b.settings.running_grace:
+                    return (
+                        f"stop within {b.settings.running_grace} of the second step; the "
+                        "provider may still be moving the account"
+                    ), None
+                return "stopped long after the second step: the move did not happen", (
+                    lambda b: not_moved(b, at)
+                )
             return f"stop noted; no effect in state {s.state}", None
         case "running" | "connected":
             action = _healthy
@@ -266,11 +262,11 @@ def _react(b: _Builder, at: datetime, meaning: str) -> tuple[str, Action]:
                 step_at = s.second_step_at
                 assert step_at is not None
                 # Webhook dates are whole seconds: a running in the second of the step counts.
-                if _not_before(at, step_at):
+                if not_before(at, step_at):
 
                     def arrive(b: _Builder) -> None:
                         _healthy(b)
-                        b.move("static", max(at, step_at), f"{meaning} after the second step")
+                        arrived(b, max(at, step_at), f"{meaning} after the second step")
 
                     return f"{meaning} after the second step: the move is done", arrive
                 return f"{meaning} occurred before the second step; not the move", action
@@ -340,66 +336,25 @@ def _on_timer(b: _Builder, t: inp.TimerFired) -> None:
                 reason="no account.stopped received; check the account at the provider",
             )
         )
+    elif purpose == "running_grace" and state == "second_auth":
+        grace = b.settings.running_grace
+        b.flag("running_overdue", f"not running {grace} after the second step")
+        b.emit(
+            ev.ProviderCheckRequested(
+                account_id=b.id,
+                occurred_at=b.at,
+                idempotency_key=f"{b.id}:provider_check:{b.state.cycle}:step:{b.state.second_steps}",
+                reason=f"no account.running within {grace} of the second step; check whether "
+                "the provider moved the account",
+            )
+        )
     elif purpose == "second_step" and state == "stopped_waiting":
         b.move("second_step_due", due, "the delay since the first auth has passed")
-        _request_step(b, 0)
+        request_step(b, 0)
     elif purpose == "reminder" and state == "second_step_due":
-        _request_step(b, b.state.reminders)
+        request_step(b, b.state.reminders)
     elif purpose == "stall" and state == "second_step_due":
         b.move("stalled", due, "no second step after the last reminder")
-
-
-def _step_effect(b: _Builder, policy: str, reminder: int, due_at: datetime) -> ev.Event:
-    """The second step's side effect under the account's policy."""
-    cycle = b.state.cycle
-    if policy == "restart":
-        return ev.SyncRestartRequested(
-            account_id=b.id,
-            occurred_at=b.at,
-            idempotency_key=f"{b.id}:restart:{cycle}:{reminder}",
-            due_at=due_at,
-            reminder=reminder,
-            reason="second step by restarting the account's sync",
-        )
-    return ev.ReauthRequested(
-        account_id=b.id,
-        occurred_at=b.at,
-        idempotency_key=f"{b.id}:reauth:{cycle}:{reminder}",
-        stage="second_step" if reminder == 0 else "reminder",
-        due_at=due_at,
-        reminder=reminder,
-        email=b.state.email,
-    )
-
-
-def _request_step(b: _Builder, reminder: int) -> None:
-    s = b.state
-    assert s.second_step_due_at is not None
-    policy = s.policy or b.settings.default_policy
-    restarting = policy == "restart" and any(
-        isinstance(p.effect, ev.SyncRestartRequested) for p in s.pending_effects.values()
-    )
-    # A restart still being retried may already have happened at the provider: superseding it
-    # would restart the account twice and ignore the first one's success. Let it finish.
-    if not restarting:
-        b.abandon_effects(
-            f"superseded by reminder {reminder}", (ev.ReauthRequested, ev.SyncRestartRequested)
-        )
-        b.emit(_step_effect(b, policy, reminder, s.second_step_due_at))
-    schedule = b.settings.reminder_schedule
-    if reminder < len(schedule):
-        b.schedule(
-            "reminder",
-            f"{b.id}:reminder:{s.cycle}:{reminder + 1}",
-            s.second_step_due_at + schedule[reminder],
-        )
-    else:
-        last = schedule[-1] if schedule else timedelta(0)
-        b.schedule(
-            "stall",
-            f"{b.id}:stall:{s.cycle}",
-            s.second_step_due_at + last + b.settings.stall_after,
-        )
 
 
 def _on_outcome(b: _Builder, at: datetime, o: inp.EffectOutcome) -> None:
@@ -432,4 +387,4 @@ def _on_outcome(b: _Builder, at: datetime, o: inp.EffectOutcome) -> None:
             "stalled",
         ):
             # Requested once due, so it cannot have happened earlier than due (clock skew).
-            _second_step(b, max(at, effect.due_at), "sync restart")
+            second_step(b, max(at, effect.due_at), "sync restart")

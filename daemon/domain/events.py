@@ -103,7 +103,9 @@ class StateChanged(AccountEvent, frozen=True, kw_only=True):
     """The account moved between migration states; `at` is when the step really happened.
 
     Entering `first_auth` starts a new migration cycle (`cycle`, `policy`, `wave`);
-    entering `stopped_waiting` sets `due_at`, when the second step comes due.
+    entering `stopped_waiting` sets `due_at`, when the second step comes due. Going back from
+    `second_auth` to `second_step_due` (the provider did not move the account) sets `due_at`
+    to the time the remaining reminder schedule now counts from.
     """
 
     from_state: str

@@ -30,7 +30,15 @@ STATES = (
 
 _V = TypeVar("_V")
 
-FLAGS = ("invalid", "sync_error", "deleted", "early_second_auth", "stop_overdue", "effect_gave_up")
+FLAGS = (
+    "invalid",
+    "sync_error",
+    "deleted",
+    "early_second_auth",
+    "stop_overdue",
+    "running_overdue",
+    "effect_gave_up",
+)
 
 
 class PendingEffect(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,7 +68,14 @@ class AccountState(msgspec.Struct, frozen=True, kw_only=True):
     last_stop_at: UtcDatetime | None = None
     last_running_at: UtcDatetime | None = None
     email: str | None = None
+    # Number of the latest second-step request (0 the first, then reminders and retries).
     reminders: int = 0
+    # How many times this cycle entered `second_auth`: names each running-grace timer and check.
+    second_steps: int = 0
+    # Set when a second step the provider did not act on sends the account back to
+    # `second_step_due`: the remaining reminders and the stall count from here, not from
+    # `second_step_due_at` (which still decides whether an auth is early).
+    reminder_base: UtcDatetime | None = None
     early_auths: int = 0
     flags: frozenset[str] = frozenset()
     pending_timers: dict[str, UtcDatetime] = {}
@@ -116,6 +131,11 @@ def evolve_account(state: AccountState | None, event: ev.Event) -> AccountState:
             changes["closed_timers"] = {**state.closed_timers, event.timer_id: outcome}
             if isinstance(event, ev.TimerFired) and event.purpose == "reminder":
                 changes["reminders"] = state.reminders + 1
+        case ev.ReauthRequested() | ev.SyncRestartRequested():
+            # A retry after a second step that did not take is numbered after the last request.
+            changes["reminders"] = max(state.reminders, event.reminder)
+            pending = PendingEffect(effect=event)
+            changes["pending_effects"] = {**state.pending_effects, event.idempotency_key: pending}
         case ev.EffectRequested():
             pending = PendingEffect(effect=event)  # type: ignore[arg-type]
             changes["pending_effects"] = {**state.pending_effects, event.idempotency_key: pending}
@@ -148,6 +168,8 @@ def _enter(state: AccountState, e: ev.StateChanged) -> dict[str, object]:
                 static_at=None,
                 stalled_at=None,
                 reminders=0,
+                second_steps=0,
+                reminder_base=None,
                 early_auths=0,
                 policy=None,
                 wave=None,
@@ -163,12 +185,16 @@ def _enter(state: AccountState, e: ev.StateChanged) -> dict[str, object]:
                 static_at=None,
                 stalled_at=None,
                 reminders=0,
+                second_steps=0,
+                reminder_base=None,
                 early_auths=0,
             )
         case "stopped_waiting":
             changes.update(stopped_at=e.at, second_step_due_at=e.due_at)
+        case "second_step_due" if e.due_at is not None:
+            changes["reminder_base"] = e.due_at
         case "second_auth":
-            changes["second_step_at"] = e.at
+            changes.update(second_step_at=e.at, second_steps=state.second_steps + 1)
         case "static":
             changes["static_at"] = e.at
         case "stalled":

@@ -80,6 +80,9 @@ step = st.one_of(
     # A whole happy path with random gaps, so runs often get far amid the noise.
     st.tuples(st.just("journey"), account, st.lists(st.integers(0, 45), min_size=4, max_size=4)),
     st.tuples(st.just("neglect"), account),
+    # The provider ignores the second step: the running grace passes and it reports `stopped`.
+    st.tuples(st.just("ignored"), account),
+    st.tuples(st.just("retried"), account, st.lists(st.integers(0, 45), min_size=4, max_size=4)),
     st.tuples(st.just("auth"), account, st.integers(5, 25), st.just(0)),
 )
 
@@ -206,6 +209,19 @@ class Run:
             # Nobody takes the second step: reminders fire, then the account stalls.
             for _ in range(4):
                 self.step(("fire", s[1], 61, 0))
+        elif kind == "retried":
+            # A journey whose first second step the provider ignores, then asked again.
+            a, gaps = s[1], s[2]
+            self.step(("auth", a, gaps[0], 0))
+            self.step(("hook", a, gaps[1], 0, (2, "account.stopped")))
+            self.step(("fire", a, gaps[2], 0))
+            self.step(("second", a))
+            self.step(("ignored", a))
+            self.step(("second", a))
+            self.step(("hook", a, gaps[3], 0, (2, "account.running")))
+        elif kind == "ignored":
+            self.step(("fire", s[1], 16, 0))
+            self.step(("observe", s[1], 1, 0, "stopped"))
         elif kind == "second":
             # The second step the policy asked for: a re-auth, or the restart's success.
             state = self.state(s[1])
@@ -299,6 +315,12 @@ def test_any_input_sequence_keeps_the_invariants(policy, steps, cut):
     reached = {a.state for a in run.h.accounts.values()}
     note_case("reached static" if "static" in reached else "-")
     note_case("stalled" if "stalled" in reached else "-")
+    retried = any(
+        isinstance(e, StateChanged)
+        and (e.from_state, e.to_state) == ("second_auth", "second_step_due")
+        for e in events
+    )
+    note_case("second step retried" if retried else "-")
 
     # every input was recorded: each given input has its #0 event
     ids = {logged.event_id for logged in log}

@@ -84,11 +84,15 @@ def test_second_auth_then_running_makes_the_account_static(flow):
     flow.auth(35)
     s = flow.state()
     assert s.state == "second_auth"
-    assert s.pending_timers == {}
+    # Only the deadline for the account to run is left.
+    assert s.pending_timers == {"a:running_grace:1:1": flow.at(35) + flow.settings.running_grace}
     assert s.pending_effects == {}  # the reauth request is no longer needed
     flow.hook("account.running", 36)
-    assert flow.state().state == "static"
-    assert flow.state().static_at == flow.at(36)
+    s = flow.state()
+    assert s.state == "static"
+    assert s.static_at == flow.at(36)
+    assert s.pending_timers == {}
+    assert s.closed_timers["a:running_grace:1:1"] == "cancelled"
 
 
 def test_account_connected_also_completes_the_move(flow):
@@ -147,7 +151,7 @@ def test_auth_after_due_before_timer_fired_is_the_second_auth(flow):
     flow.auth(40)
     s = flow.state()
     assert s.state == "second_auth"
-    assert s.pending_timers == {}
+    assert list(s.timer_purposes.values()) == ["running_grace"]
     assert flow.fire_id("a:second_step:1")[0].__class__ is TimerFiringIgnored
 
 
@@ -410,3 +414,132 @@ def test_reminder_lets_a_restart_still_being_retried_finish(flow):
     assert list(flow.state().pending_effects) == [restart.idempotency_key]
     flow.outcome(restart.idempotency_key, "succeeded", attempt=2)
     assert flow.state().state == "second_auth"
+
+
+# --- a second step the provider did not act on -------------------------------------------------
+
+
+def _second_auth_then_grace(flow) -> list[Event]:
+    """Second auth at 35 min, then the running-grace deadline passes without account.running."""
+    flow.to_second_step_due()
+    flow.auth(35)
+    return flow.fire("running_grace")
+
+
+def test_no_running_after_the_second_step_asks_for_a_provider_check(flow):
+    """Not running `running_grace` after the second step: flagged, and the provider is asked."""
+    events = _second_auth_then_grace(flow)
+    assert names(events) == ["TimerFired", "FlagRaised", "ProviderCheckRequested"]
+    [check] = [e for e in events if isinstance(e, ProviderCheckRequested)]
+    assert check.idempotency_key == "a:provider_check:1:step:1"
+    assert "running_grace" in events[0].timer_id
+    s = flow.state()
+    assert s.state == "second_auth"
+    assert "running_overdue" in s.flags
+    assert check.idempotency_key in s.pending_effects
+
+
+def test_stopped_after_the_second_step_requests_it_again(flow):
+    """A check finding the account still stopped sends it back to second_step_due, asking again."""
+    _second_auth_then_grace(flow)
+    events = flow.observe(50, sync_state="stopped")
+    assert names(events)[:2] == ["AccountObservationRecorded", "FlagCleared"]
+    [back] = [e for e in events if isinstance(e, StateChanged)]
+    assert (back.from_state, back.to_state) == ("second_auth", "second_step_due")
+    assert "the move did not happen" in back.reason
+    [request] = [e for e in events if isinstance(e, ReauthRequested)]
+    # The numbering continues after request 0: a new key, never a reset of the cycle.
+    assert (request.idempotency_key, request.reminder, request.stage) == (
+        "a:reauth:1:1",
+        1,
+        "retry",
+    )
+    s = flow.state()
+    assert s.state == "second_step_due"
+    assert s.cycle == 1
+    assert s.reminders == 1
+    assert "running_overdue" not in s.flags
+    # The next reminder is the one after the retry, at its usual place in the schedule.
+    assert s.timer_purposes == {"a:reminder:1:2": "reminder"}
+    assert s.pending_timers["a:reminder:1:2"] == flow.at(31) + timedelta(hours=24)
+
+
+def test_second_auth_after_a_retry_then_running_makes_the_account_static(flow):
+    """After a retry the user's next auth is the second step and account.running ends the move."""
+    _second_auth_then_grace(flow)
+    flow.observe(50, sync_state="stopped")
+    flow.outcome("a:provider_check:1:step:1", "succeeded")
+    events = flow.auth(60)
+    assert events[0].classification == "second_auth"
+    s = flow.state()
+    assert s.state == "second_auth"
+    assert s.second_step_at == flow.at(60)
+    assert list(s.pending_timers) == ["a:running_grace:1:2"]
+    flow.hook("account.running", 61)
+    s = flow.state()
+    assert s.state == "static"
+    assert s.pending_timers == {}
+
+
+def test_stop_soon_after_the_second_step_is_not_a_failed_move(flow):
+    """A stop within running_grace of the step (a restart stops first) keeps second_auth."""
+    flow.setup(policy="restart")
+    flow.auth(1)
+    flow.hook("account.stopped", 2)
+    [restart] = [e for e in flow.fire("second_step") if isinstance(e, SyncRestartRequested)]
+    flow.outcome(restart.idempotency_key, "succeeded")
+    events = flow.hook("account.stopped", 32)
+    assert names(events) == ["ProviderNotificationRecorded"]
+    assert "may still be moving" in events[0].reason
+    assert flow.state().state == "second_auth"
+    flow.hook("account.running", 33)
+    assert flow.state().state == "static"
+
+
+def test_stopped_webhook_long_after_a_restart_requests_another_restart(flow):
+    """Under the restart policy a failed move restarts the sync again, with a new key."""
+    flow.setup(policy="restart")
+    flow.auth(1)
+    flow.hook("account.stopped", 2)
+    [first] = [e for e in flow.fire("second_step") if isinstance(e, SyncRestartRequested)]
+    flow.outcome(first.idempotency_key, "succeeded")
+    # The webhook comes before the running_grace timer fired (say, the daemon was down).
+    events = flow.hook("account.stopped", 31 + 20)
+    [again] = [e for e in events if isinstance(e, SyncRestartRequested)]
+    assert again.idempotency_key == "a:restart:1:1"
+    assert "did not move" in again.reason
+    s = flow.state()
+    assert s.state == "second_step_due"
+    assert s.closed_timers["a:running_grace:1:1"] == "cancelled"
+    flow.outcome(again.idempotency_key, "succeeded")
+    assert flow.state().state == "second_auth"
+    flow.hook("account.running", 52)
+    assert flow.state().state == "static"
+
+
+def test_retry_after_the_last_reminder_still_ends_in_a_stall(flow):
+    """A step that did not take after the last reminder gets a fresh stall deadline of its own."""
+    flow.to_second_step_due()
+    flow.fire("reminder")
+    flow.fire("reminder")
+    assert list(flow.state().timer_purposes) == ["a:stall:1"]
+    answered = 31 + 25 * 60
+    flow.auth(answered)
+    flow.fire("running_grace")
+    flow.observe(answered + 15, sync_state="stopped")
+    s = flow.state()
+    assert s.state == "second_step_due"
+    assert s.reminders == 3
+    # The user gets the whole stall_after to answer the retry.
+    assert s.pending_timers == {"a:stall:1:3": flow.at(answered + 15) + timedelta(hours=24)}
+    flow.fire("stall")
+    assert flow.state().state == "stalled"
+
+
+def test_auth_from_before_a_failed_step_is_stale(flow):
+    """A late-delivered auth from before the step the provider ignored does not count again."""
+    _second_auth_then_grace(flow)
+    flow.observe(50, sync_state="stopped")
+    events = flow.auth(34)
+    assert events[0].classification == "stale"
+    assert flow.state().state == "second_step_due"

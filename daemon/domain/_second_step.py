@@ -1,0 +1,134 @@
+"""The second step of the move: requesting it, recording it, and what follows.
+
+The request follows the account's policy (ask the user, or restart the sync) with reminders
+and then a stall; once the step is recorded the account waits for the provider to run it, and
+if the provider still has it stopped after `running_grace` the step is requested again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from . import events as ev
+from ._builder import Builder as _Builder
+
+# Provider webhooks carry whole seconds (v2 `date`, v3 `time`), while the application reports
+# auths to the millisecond: a stop stamped in the same second as the auth may well follow it.
+PROVIDER_TIME_RESOLUTION = timedelta(seconds=1)
+
+
+def not_before(provider_time: datetime, reference: datetime) -> bool:
+    """Whether a provider-stamped time can be at or after `reference`, given its resolution."""
+    return provider_time + PROVIDER_TIME_RESOLUTION > reference
+
+
+def second_step(b: _Builder, at: datetime, how: str) -> None:
+    """Record the second step; wait for the account to run, for `running_grace` at most."""
+    b.move("second_auth", at, f"{how} recorded")
+    b.cancel_timers("second step done")
+    b.abandon_effects("second step already done", (ev.ReauthRequested, ev.SyncRestartRequested))
+    running = b.state.last_running_at
+    if running is not None and not_before(running, at):
+        b.move(
+            "static", max(running, at), f"running at {running.isoformat()} was delivered earlier"
+        )
+        return
+    # The provider may not move the account (its delay longer than ours, clock skew, a step it
+    # ignored): without a deadline the account would wait in second_auth forever.
+    s = b.state
+    b.schedule(
+        "running_grace",
+        f"{b.id}:running_grace:{s.cycle}:{s.second_steps}",
+        at + b.settings.running_grace,
+    )
+
+
+def arrived(b: _Builder, at: datetime, reason: str) -> None:
+    """The account runs after its second step: the move is done."""
+    b.cancel_timers("the account runs after the second step", ("running_grace",))
+    b.flag("running_overdue", "the account runs", on=False)
+    b.move("static", at, reason)
+
+
+def not_moved(b: _Builder, at: datetime) -> None:
+    """The provider still has the account stopped well after the second step: ask again.
+
+    The retry continues the reminder numbering (never resetting the cycle) and shifts what is
+    left of the reminder schedule so the retry stands where its reminder would have, giving
+    the user the usual time before the next reminder and the stall.
+    """
+    s = b.state
+    assert s.second_step_due_at is not None
+    assert s.second_step_at is not None
+    retry = s.reminders + 1
+    schedule = b.settings.reminder_schedule
+    offset = schedule[min(retry, len(schedule)) - 1] if schedule else timedelta(0)
+    base = max(s.second_step_due_at, s.reminder_base or s.second_step_due_at, at - offset)
+    b.cancel_timers("the provider still reports the account stopped", ("running_grace",))
+    b.flag("running_overdue", "the second step is requested again", on=False)
+    b.move(
+        "second_step_due",
+        at,
+        f"the provider reports the account stopped at {at.isoformat()}, "
+        f"{at - s.second_step_at} after the second step: the move did not happen; "
+        f"requesting the second step again (request {retry})",
+        due_at=base,
+    )
+    request_step(b, retry, retry=True)
+
+
+def _step_effect(
+    b: _Builder, policy: str, reminder: int, due_at: datetime, *, retry: bool
+) -> ev.Event:
+    """The second step's side effect under the account's policy."""
+    cycle = b.state.cycle
+    if policy == "restart":
+        return ev.SyncRestartRequested(
+            account_id=b.id,
+            occurred_at=b.at,
+            idempotency_key=f"{b.id}:restart:{cycle}:{reminder}",
+            due_at=due_at,
+            reminder=reminder,
+            reason="second step by restarting the account's sync"
+            + ("; the last one did not move the account" if retry else ""),
+        )
+    return ev.ReauthRequested(
+        account_id=b.id,
+        occurred_at=b.at,
+        idempotency_key=f"{b.id}:reauth:{cycle}:{reminder}",
+        stage="retry" if retry else "second_step" if reminder == 0 else "reminder",
+        due_at=due_at,
+        reminder=reminder,
+        email=b.state.email,
+    )
+
+
+def request_step(b: _Builder, reminder: int, *, retry: bool = False) -> None:
+    """Request the second step (`reminder` 0 first) and arm the next reminder or the stall."""
+    s = b.state
+    assert s.second_step_due_at is not None
+    policy = s.policy or b.settings.default_policy
+    restarting = policy == "restart" and any(
+        isinstance(p.effect, ev.SyncRestartRequested) for p in s.pending_effects.values()
+    )
+    # A restart still being retried may already have happened at the provider: superseding it
+    # would restart the account twice and ignore the first one's success. Let it finish.
+    if not restarting:
+        b.abandon_effects(
+            f"superseded by reminder {reminder}", (ev.ReauthRequested, ev.SyncRestartRequested)
+        )
+        b.emit(_step_effect(b, policy, reminder, s.second_step_due_at, retry=retry))
+    schedule = b.settings.reminder_schedule
+    base = s.reminder_base or s.second_step_due_at
+    if reminder < len(schedule):
+        b.schedule(
+            "reminder",
+            f"{b.id}:reminder:{s.cycle}:{reminder + 1}",
+            base + schedule[reminder],
+        )
+    else:
+        last = schedule[-1] if schedule else timedelta(0)
+        stall_id = f"{b.id}:stall:{s.cycle}"
+        if stall_id in s.closed_timers or stall_id in s.pending_timers:
+            stall_id += f":{reminder}"  # a retry after the last reminder: a new stall timer
+        b.schedule("stall", stall_id, base + last + b.settings.stall_after)
