@@ -63,12 +63,15 @@ class IpListWatcher:
     async def poll_once(self) -> float | None:
         """Fetch and record each list; returns a Retry-After the provider asked for, if any."""
         inputs: list[Input] = []
+        retry_after: float | None = None
         for environment in self._environments:
             try:
                 ip_list = await self._provider.ip_addresses(environment)
             except RateLimited as exc:
+                # Lists already fetched in this poll are still recorded: that call was paid for.
                 log.warning("ip_list.rate_limited", retry_after=exc.retry_after)
-                return exc.retry_after
+                retry_after = exc.retry_after
+                break
             except ProviderError as exc:
                 log.warning("ip_list.poll_failed", environment=environment, error=str(exc))
                 continue
@@ -85,7 +88,7 @@ class IpListWatcher:
         if inputs:
             await self._submit(inputs)
         self.polls += 1
-        return None
+        return retry_after
 
     async def run(self) -> None:
         while True:
