@@ -12,7 +12,7 @@ from .errors import (
     WrongExpectedVersion,
 )
 from .records import ANY, NO_STREAM, AppendResult, NewEvent, RecordedEvent, new_event_id
-from .store import EventStore, SignedCheckpoint
+from .store import EventStore, ReadOnlyStore, SignedCheckpoint
 from .verify import Damage, VerifyReport
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "EventStoreError",
     "InvalidEvent",
     "NewEvent",
+    "ReadOnlyStore",
     "RecordedEvent",
     "SignedCheckpoint",
     "StorageUnavailable",

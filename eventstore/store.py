@@ -9,8 +9,6 @@ from collections.abc import (
     AsyncIterator,
     Callable,
     Collection,
-    Coroutine,
-    Generator,
     Mapping,
     Sequence,
 )
@@ -22,6 +20,13 @@ from typing import Any, Self
 import aiosqlite
 
 from .chain import GENESIS, format_time, sign_checkpoint
+from .connections import (
+    Opening,
+    check_log_schema,
+    close_quietly,
+    connect,
+    connect_readonly,
+)
 from .errors import (
     DatabaseMissing,
     EventStoreError,
@@ -34,7 +39,7 @@ from .schema import EVENT_COLUMNS, migrate
 from .verify import VerifyReport, verify_log
 from .writer import Writer, chunks, marks
 
-__all__ = ["EventStore", "SignedCheckpoint"]
+__all__ = ["EventStore", "ReadOnlyStore", "SignedCheckpoint"]
 
 _SELECT = "SELECT " + EVENT_COLUMNS + " FROM events WHERE "  # noqa: S608 — constant columns
 _READ_ALL = _SELECT + "position >= ? ORDER BY position LIMIT ?"
@@ -42,6 +47,10 @@ _READ_ALL_TO = _SELECT + "position >= ? AND position <= ? ORDER BY position LIMI
 _READ_STREAM = _SELECT + "stream = ? AND version >= ? ORDER BY version LIMIT ?"
 _GET_EVENT = _SELECT + "event_id = ?"
 _SYNC_MODES = ("NORMAL", "FULL", "EXTRA")
+
+
+class ReadOnlyStore(EventStoreError):
+    """The store was opened with readonly=True: it reads and verifies, and never writes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +67,9 @@ class SignedCheckpoint:
 class EventStore:
     """Append-only, hash-chained event log in one SQLite file; one instance per process and file."""
 
-    def __init__(self, path: str, writer: Writer, reader: aiosqlite.Connection) -> None:
+    def __init__(self, path: str, writer: Writer | None, reader: aiosqlite.Connection) -> None:
         self._path = path
-        self._writer = writer
+        self._writer = writer  # None: opened read-only
         self._reader = reader
         self._closed = False
 
@@ -73,18 +82,27 @@ class EventStore:
         *,
         synchronous: str = "FULL",
         create: bool = True,
+        readonly: bool = False,
         queue_size: int = 10_000,
         max_batch: int = 1_000,
         clock: Callable[[], datetime] | None = None,
         busy_timeout: float = 5.0,
-    ) -> _Opening:
+    ) -> Opening[EventStore]:
         """Open (and by default create) the log at `path`, applying pending migrations.
 
         Use as ``store = await EventStore.open(path)`` or ``async with EventStore.open(path) as
         store:`` (the latter closes it). `clock` returns aware datetimes for recorded_at;
         `busy_timeout` (seconds) bounds the wait for a lock held by another process.
+
+        ``readonly=True`` never writes to the file nor creates one: no pragma writes, no
+        migrations, no writer task. The file must exist (else DatabaseMissing) and be a
+        staticipd log at a schema version this build knows (else DatabaseCorrupt). Reads,
+        verify() and load_snapshot() work; writing calls, subscribe() and wait_for_position()
+        raise ReadOnlyStore.
         """
-        return _Opening(
+        if readonly:
+            return Opening(lambda: cls._open_readonly(path, busy_timeout=busy_timeout))
+        return Opening(
             lambda: cls._open(
                 path,
                 synchronous=synchronous,
@@ -116,7 +134,7 @@ class EventStore:
             raise DatabaseMissing(f"no event store at {path}")
         conns: list[aiosqlite.Connection] = []
         try:
-            wconn = await _connect(path, busy_timeout)
+            wconn = await connect(path, busy_timeout)
             conns.append(wconn)
             await wconn.execute("PRAGMA journal_mode = WAL")
             await wconn.execute(f"PRAGMA synchronous = {sync}")
@@ -126,12 +144,12 @@ class EventStore:
                     "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
                 )
             )
-            rconn = await _connect(path, busy_timeout)
+            rconn = await connect(path, busy_timeout)
             conns.append(rconn)
             await rconn.execute("PRAGMA query_only = 1")
         except BaseException as exc:
             for c in conns:
-                await _close_quietly(c)
+                await close_quietly(c)
             if isinstance(exc, Exception):
                 raise translate(exc) from exc
             raise
@@ -146,15 +164,31 @@ class EventStore:
         )
         return cls(path, writer, rconn)
 
+    @classmethod
+    async def _open_readonly(cls, path: str | os.PathLike[str], *, busy_timeout: float) -> Self:
+        path = os.fspath(path)
+        conn: aiosqlite.Connection | None = None
+        try:
+            conn = await connect_readonly(path, busy_timeout)
+            await check_log_schema(conn, path)
+        except BaseException as exc:
+            if conn is not None:
+                await close_quietly(conn)
+            if isinstance(exc, Exception):
+                raise translate(exc) from exc
+            raise
+        return cls(path, None, conn)
+
     async def close(self) -> None:
         """Write what is queued, stop the writer and close every connection; idempotent."""
         if self._closed:
             return
         self._closed = True
         try:
-            await self._writer.stop()
+            if self._writer is not None:
+                await self._writer.stop()
         finally:
-            await _close_quietly(self._reader)
+            await close_quietly(self._reader)
 
     async def __aenter__(self) -> Self:
         return self
@@ -172,13 +206,18 @@ class EventStore:
         return self._path
 
     @property
+    def readonly(self) -> bool:
+        """True when opened with readonly=True (no writer; nothing is ever written)."""
+        return self._writer is None
+
+    @property
     def healthy(self) -> bool:
         """False once closed or while the last write failed on storage (for /readyz)."""
-        return not self._closed and self._writer.last_error is None
+        return not self._closed and self.last_error is None
 
     @property
     def last_error(self) -> EventStoreError | None:
-        return self._writer.last_error
+        return self._writer.last_error if self._writer is not None else None
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -196,16 +235,16 @@ class EventStore:
         stays full longer than `enqueue_timeout`, StorageUnavailable/DatabaseCorrupt on storage
         failures, InvalidEvent for malformed input.
         """
-        self._check_open()
+        writer = self._require_writer("append")
         check_expectation(expected)
         pending = tuple(prepare_event(e) for e in events)
         if not pending:
             return AppendResult((), ())
-        return await self._writer.append(pending, expected, enqueue_timeout)
+        return await writer.append(pending, expected, enqueue_timeout)
 
     async def set_consumer_position(self, name: str, position: int) -> None:
         """Record `name`'s last processed position (overwrites)."""
-        self._check_open()
+        writer = self._require_writer("set_consumer_position")
         now = format_time(datetime.now(UTC))
 
         async def job(conn: aiosqlite.Connection) -> None:
@@ -216,11 +255,11 @@ class EventStore:
                 (name, position, now),
             )
 
-        await self._writer.run_job(job)
+        await writer.run_job(job)
 
     async def save_snapshot(self, name: str, position: int, blob: bytes) -> None:
         """Store `blob` as the snapshot `name` reflecting the log up to `position`, atomically."""
-        self._check_open()
+        writer = self._require_writer("save_snapshot")
         now = format_time(datetime.now(UTC))
 
         async def job(conn: aiosqlite.Connection) -> None:
@@ -231,11 +270,11 @@ class EventStore:
                 (name, position, bytes(blob), now),
             )
 
-        await self._writer.run_job(job)
+        await writer.run_job(job)
 
     async def checkpoint(self, key: bytes, key_id: str = "default") -> SignedCheckpoint:
         """Sign and record the current head; the key is used here and never stored."""
-        self._check_open()
+        writer = self._require_writer("checkpoint")
         created = datetime.now(UTC)
         created_text = format_time(created)
 
@@ -254,7 +293,7 @@ class EventStore:
             )
             return SignedCheckpoint(pos, hsh, datetime.fromisoformat(created_text), key_id, sig)
 
-        return await self._writer.run_job(job)
+        return await writer.run_job(job)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -332,16 +371,17 @@ class EventStore:
         repeated at the switch from catch-up to live.
         """
         nxt = max(from_position, 1)
+        writer = self._require_writer("subscribe")
         while True:
             self._check_open()
             # Take the signal before reading: a commit after our read still wakes us.
-            signal = self._writer.commit_signal()
+            signal = writer.commit_signal()
             got = False
             async for event in self.read_all(nxt):
                 got = True
                 nxt = event.position + 1
                 yield event
-            if not got and self._writer.head_position < nxt:
+            if not got and writer.head_position < nxt:
                 await signal.wait()
 
     def on_commit(self, listener: Callable[[list[RecordedEvent]], None]) -> Callable[[], None]:
@@ -352,19 +392,21 @@ class EventStore:
         batch returns, in the writer task. It must be quick and must not raise (a listener
         that raises is removed). Returns a function that removes the listener.
         """
-        self._writer.listeners.append(listener)
+        writer = self._require_writer("on_commit")
+        writer.listeners.append(listener)
 
         def remove() -> None:
             with contextlib.suppress(ValueError):
-                self._writer.listeners.remove(listener)
+                writer.listeners.remove(listener)
 
         return remove
 
     async def wait_for_position(self, position: int) -> None:
         """Return once this process has committed the log up to `position`."""
-        while self._writer.head_position < position:
+        writer = self._require_writer("wait_for_position")
+        while writer.head_position < position:
             self._check_open()
-            await self._writer.commit_signal().wait()
+            await writer.commit_signal().wait()
 
     async def get_consumer_position(self, name: str) -> int | None:
         rows = await self._fetch("SELECT position FROM consumer_positions WHERE name = ?", (name,))
@@ -393,22 +435,31 @@ class EventStore:
         self._check_open()
         try:
             # Its own connection, so a long audit does not hold up readers and subscribers.
-            conn = await _connect(self._path, 5.0)
+            if self._writer is None:
+                conn = await connect_readonly(self._path, 5.0)
+            else:
+                conn = await connect(self._path, 5.0)
+                await conn.execute("PRAGMA query_only = 1")
         except Exception as exc:
             raise translate(exc) from exc
         try:
-            await conn.execute("PRAGMA query_only = 1")
             return await verify_log(conn, checkpoint_key, progress=progress)
         except Exception as exc:
             raise translate(exc) from exc
         finally:
-            await _close_quietly(conn)
+            await close_quietly(conn)
 
     # -- internals ------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._closed or self._writer.closed:
+        if self._closed or (self._writer is not None and self._writer.closed):
             raise StoreClosed("the event store is closed")
+
+    def _require_writer(self, operation: str) -> Writer:
+        self._check_open()
+        if self._writer is None:
+            raise ReadOnlyStore(f"{operation}: the event store at {self._path} is open read-only")
+        return self._writer
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
         self._check_open()
@@ -416,39 +467,3 @@ class EventStore:
             return list(await self._reader.execute_fetchall(sql, params))
         except Exception as exc:
             raise translate(exc) from exc
-
-
-class _Opening:
-    """What EventStore.open() returns: await it for the store, or `async with` it."""
-
-    def __init__(self, factory: Callable[[], Coroutine[Any, Any, EventStore]]) -> None:
-        self._factory = factory
-        self._store: EventStore | None = None
-
-    def __await__(self) -> Generator[Any, None, EventStore]:
-        return self._factory().__await__()
-
-    async def __aenter__(self) -> EventStore:
-        self._store = await self._factory()
-        return self._store
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._store is not None:
-            await self._store.close()
-
-
-async def _connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
-    # isolation_level=None: autocommit, so BEGIN/COMMIT are issued explicitly by the writer.
-    conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
-    try:
-        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    except BaseException:
-        await _close_quietly(conn)
-        raise
-    return conn
-
-
-async def _close_quietly(conn: aiosqlite.Connection) -> None:
-    # Closing after a storage failure must not mask that failure.
-    with contextlib.suppress(Exception):
-        await conn.close()

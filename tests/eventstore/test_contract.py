@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 import pytest
@@ -14,6 +14,7 @@ from eventstore import (
     EventStore,
     InvalidEvent,
     NewEvent,
+    ReadOnlyStore,
     StoreClosed,
     WrongExpectedVersion,
 )
@@ -273,6 +274,103 @@ class EventStoreContract:
             await collect(store.read_all())
 
 
+Fill = Callable[[EventStore], Awaitable[None]]
+Reopen = Callable[[Fill], Awaitable[EventStore]]
+
+
+class ReadOnlyEventStoreContract:
+    """Promises of a store opened read-only. Subclass and provide `reopen`: given `fill`, it
+    writes with a writable store, closes it, and returns the same log opened read-only."""
+
+    @pytest.fixture
+    def reopen(self) -> Reopen:
+        raise NotImplementedError("a backend's test class writes a log and opens it read-only")
+
+    async def test_reads_give_what_was_written(self, reopen: Reopen) -> None:
+        """A read-only store reads back exactly the records, head, streams and events written."""
+        written: list = []
+
+        async def fill(store: EventStore) -> None:
+            written.extend((await store.append([ev("a", 1), ev("b", 2), ev("a", 3)])).records)
+
+        ro = await reopen(fill)
+        assert ro.readonly
+        assert await collect(ro.read_all()) == written
+        assert await collect(ro.read_all(2, 2, batch=1)) == written[1:2]
+        assert [x.version for x in await collect(ro.read_stream("a"))] == [1, 2]
+        assert await ro.get_event(written[1].event_id) == written[1]
+        assert await ro.stored_event_ids({written[0].event_id, "nope"}) == {written[0].event_id}
+        assert await ro.head() == (3, written[-1].hash)
+        assert ro.healthy
+
+    async def test_empty_log_reads_as_empty(self, reopen: Reopen) -> None:
+        """A log with no events opens read-only with head (0, GENESIS)."""
+
+        async def fill(store: EventStore) -> None:
+            return None
+
+        ro = await reopen(fill)
+        assert await ro.head() == (0, GENESIS)
+        assert await collect(ro.read_all()) == []
+
+    async def test_snapshots_positions_and_verify(self, reopen: Reopen) -> None:
+        """Snapshots, consumer positions, checkpoints and verify() work on a read-only store."""
+
+        async def fill(store: EventStore) -> None:
+            await store.append([ev("a", i) for i in range(10)])
+            await store.save_snapshot("proj", 10, b"state")
+            await store.set_consumer_position("proj", 10)
+            await store.checkpoint(b"secret", "k1")
+
+        ro = await reopen(fill)
+        assert await ro.load_snapshot("proj") == (10, b"state")
+        assert await ro.get_consumer_position("proj") == 10
+        assert [c.position for c in await ro.checkpoints()] == [10]
+        report = await ro.verify(b"secret")
+        assert report.ok, report.damage
+        assert (report.events_checked, report.checkpoints_checked) == (10, 1)
+        assert not (await ro.verify(b"wrong key")).ok
+
+    async def test_writing_calls_are_refused(self, reopen: Reopen) -> None:
+        """Every writing or waiting call raises ReadOnlyStore and the log is unchanged."""
+
+        async def fill(store: EventStore) -> None:
+            await store.append([ev("a")])
+
+        ro = await reopen(fill)
+        with pytest.raises(ReadOnlyStore):
+            await ro.append([ev("b")])
+        with pytest.raises(ReadOnlyStore):
+            await ro.checkpoint(b"secret")
+        with pytest.raises(ReadOnlyStore):
+            await ro.save_snapshot("proj", 1, b"x")
+        with pytest.raises(ReadOnlyStore):
+            await ro.set_consumer_position("proj", 1)
+        with pytest.raises(ReadOnlyStore):
+            ro.on_commit(lambda records: None)
+        with pytest.raises(ReadOnlyStore):
+            await collect(ro.subscribe())
+        with pytest.raises(ReadOnlyStore):
+            await ro.wait_for_position(5)
+        assert (await ro.head())[0] == 1
+        assert await ro.load_snapshot("proj") is None
+
+    async def test_closed_readonly_store_refuses_work(self, reopen: Reopen) -> None:
+        """After close(), a read-only store raises StoreClosed like a writable one."""
+
+        async def fill(store: EventStore) -> None:
+            await store.append([ev("a")])
+
+        ro = await reopen(fill)
+        await ro.close()
+        await ro.close()
+        assert not ro.healthy
+        with pytest.raises(StoreClosed):
+            await ro.head()
+        with pytest.raises(StoreClosed):
+            await ro.append([ev("a")])
+
+
 class TestSQLiteEventStore(EventStoreContract):
     """The SQLite store keeps the contract."""
 
@@ -283,3 +381,24 @@ class TestSQLiteEventStore(EventStoreContract):
             yield s
         finally:
             await s.close()
+
+
+class TestSQLiteReadOnlyEventStore(ReadOnlyEventStoreContract):
+    """The SQLite store opened with readonly=True keeps the read-only contract."""
+
+    @pytest.fixture
+    async def reopen(self, tmp_path) -> AsyncIterator[Reopen]:
+        opened: list[EventStore] = []
+
+        async def reopen(fill: Fill) -> EventStore:
+            async with EventStore.open(tmp_path / "log.db") as store:
+                await fill(store)
+            ro = await EventStore.open(tmp_path / "log.db", readonly=True)
+            opened.append(ro)
+            return ro
+
+        try:
+            yield reopen
+        finally:
+            for ro in opened:
+                await ro.close()
