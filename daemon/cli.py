@@ -2,7 +2,8 @@
 
 Exit status: 0 fine, 1 the check or operation found a problem, 2 usage or configuration error.
 Every command that touches a log takes `--database PATH` (environment `STATICIPD_DATABASE`;
-default `staticipd.db` in systemd's `$STATE_DIRECTORY`, else the current directory).
+default `staticipd.db` in systemd's `$STATE_DIRECTORY`, else the current directory). Only
+`serve` and `demo` write to it; the others open it read-only.
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     _json(p)
     until = p.add_mutually_exclusive_group()
     until.add_argument("--until", metavar="TIME", help="stop at this UTC time (ISO 8601)")
-    until.add_argument("--position", type=int, metavar="N", help="stop at this log position")
+    until.add_argument(
+        "--position", type=int, metavar="N", help="stop at this log position (0 or more)"
+    )
     p.set_defaults(handler=_run("daemon.logcommands", "replay_command"))
 
     p = sub.add_parser("audit", help="an account's full timeline: inputs, decisions, effects")
@@ -118,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint-key-file",
         type=Path,
         metavar="PATH",
-        help="key of the signed checkpoints (default: $CREDENTIALS_DIRECTORY/checkpoint_key)",
+        help="key of the signed checkpoints (default: checkpoint_key in $STATICIPD_SECRETS_DIR, "
+        "else in $CREDENTIALS_DIRECTORY; without a key the signatures are not checked)",
     )
     p.set_defaults(handler=_run("daemon.logcommands", "verify_command"))
 

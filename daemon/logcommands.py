@@ -1,12 +1,14 @@
 """Read-only commands over the log: replay, audit, verify, status, export, allowlist.
 
-None of them writes to the log or trusts a snapshot: each rebuilds what it shows from the
-events themselves, so what an auditor sees is what the log proves.
+None of them writes to the log or trusts a snapshot: each opens it read-only (a read-only
+copy works too; a file that is not a staticipd log is refused untouched) and rebuilds what it
+shows from the events themselves, so what an auditor sees is what the log proves.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -30,6 +32,8 @@ EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 
 class CommandError(Exception):
+    """What a command prints as one line on stderr before exiting with `status`."""
+
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
@@ -37,15 +41,17 @@ class CommandError(Exception):
 
 @asynccontextmanager
 async def open_log(path: Path) -> AsyncIterator[EventStore]:
-    """Open an existing log; a missing or damaged file is a clear error, never a new empty log."""
+    """Open an existing log read-only; a missing, damaged or foreign file is a clear error and
+    stays exactly as it was."""
     try:
-        store = await EventStore.open(path, create=False)
+        store = await EventStore.open(path, readonly=True)
     except DatabaseMissing as exc:
         raise CommandError(
             f"no event log at {path} (set --database or STATICIPD_DATABASE)", EXIT_USAGE
         ) from exc
     except DatabaseCorrupt as exc:
-        raise CommandError(f"{path} is damaged or not a staticipd log: {exc}", 1) from exc
+        text = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        raise CommandError(text, EXIT_PROBLEM) from exc
     except EventStoreError as exc:
         raise CommandError(f"cannot open {path}: {exc}", EXIT_PROBLEM) from exc
     try:
@@ -54,32 +60,55 @@ async def open_log(path: Path) -> AsyncIterator[EventStore]:
         await store.close()
 
 
+def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn a command's errors, from argument checks to the log's failures, into one line on
+    stderr and the documented exit status, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except CommandError as exc:
+            print(f"staticipd: {exc}", file=sys.stderr)
+            return exc.status
+        except BrokenPipeError:  # `staticipd export | head` is fine
+            return EXIT_OK
+        except EventStoreError as exc:
+            print(f"staticipd: the event log failed: {exc}", file=sys.stderr)
+            return EXIT_PROBLEM
+
+    return wrapper
+
+
 def run(main: Callable[[], Awaitable[int]]) -> int:
-    try:
-        return anyio.run(main)
-    except CommandError as exc:
-        print(f"staticipd: {exc}", file=sys.stderr)
-        return exc.status
-    except BrokenPipeError:  # `staticipd export | head` is fine
-        return EXIT_OK
-    except EventStoreError as exc:
-        print(f"staticipd: the event log failed: {exc}", file=sys.stderr)
-        return EXIT_PROBLEM
+    return anyio.run(main)
 
 
 def _checkpoint_key(args: argparse.Namespace) -> bytes | None:
+    """--checkpoint-key-file, else `checkpoint_key` in $STATICIPD_SECRETS_DIR, else in
+    $CREDENTIALS_DIRECTORY (the daemon's own order); None when there is none."""
     path = args.checkpoint_key_file
-    if path is None and (creds := os.environ.get("CREDENTIALS_DIRECTORY")):
-        candidate = Path(creds) / "checkpoint_key"
-        path = candidate if candidate.exists() else None
+    if path is None:
+        for env in ("STATICIPD_SECRETS_DIR", "CREDENTIALS_DIRECTORY"):
+            directory = os.environ.get(env)
+            if directory and (Path(directory) / "checkpoint_key").is_file():
+                path = Path(directory) / "checkpoint_key"
+                break
     if path is None:
         return None
     try:
         return Path(path).read_bytes().rstrip(b"\r\n")
     except OSError as exc:
-        raise CommandError(f"cannot read the checkpoint key {path}: {exc.strerror}", 2) from exc
+        reason = exc.strerror or str(exc)
+        raise CommandError(f"cannot read the checkpoint key {path}: {reason}", EXIT_USAGE) from exc
 
 
+def _at_least(value: int | None, least: int, option: str) -> None:
+    if value is not None and value < least:
+        raise CommandError(f"{option} must be {least} or more, not {value}", EXIT_USAGE)
+
+
+@command
 def verify_command(args: argparse.Namespace) -> int:
     key = _checkpoint_key(args)
 
@@ -124,9 +153,12 @@ def verify_command(args: argparse.Namespace) -> int:
     return run(main)
 
 
+@command
 def export_command(args: argparse.Namespace) -> int:
     """One JSON object per line with the exact stored fields, so the chain can be recomputed
     outside this program (see eventstore.chain for the canonical encoding)."""
+    _at_least(args.from_position, 1, "--from")
+    _at_least(args.to_position, 0, "--to")
 
     async def main() -> int:
         async with open_log(args.database) as store:
@@ -188,8 +220,10 @@ def _parse_time(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+@command
 def replay_command(args: argparse.Namespace) -> int:
     until_time = _parse_time(args.until) if args.until else None
+    _at_least(args.position, 0, "--position")
 
     async def main() -> int:
         async with open_log(args.database) as store:
@@ -241,6 +275,7 @@ async def _compare_with_snapshot(
     return {"position": position, "matches": matches, "differing_accounts": differing}
 
 
+@command
 def audit_command(args: argparse.Namespace) -> int:
     account_id = args.account_id
 
@@ -250,9 +285,10 @@ def audit_command(args: argparse.Namespace) -> int:
             enrolments = [
                 r async for r in store.read_stream("application") if r.type == "AccountsEnrolled"
             ]
-        if not own:
-            raise CommandError(f"no account {account_id!r} in the log", EXIT_PROBLEM)
+        # An enrolled account with no events of its own yet still has a timeline: its enrolment.
         entries = timeline(sorted([*own, *enrolments], key=lambda r: r.position), account_id)
+        if not entries:
+            raise CommandError(f"no account {account_id!r} in the log", EXIT_PROBLEM)
         if args.json:
             print(json.dumps({"account_id": account_id, "timeline": timeline_as_json(entries)},
                              indent=2, default=str))  # fmt: skip
@@ -264,6 +300,7 @@ def audit_command(args: argparse.Namespace) -> int:
     return run(main)
 
 
+@command
 def status_command(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with open_log(args.database) as store:
@@ -297,6 +334,7 @@ def status_command(args: argparse.Namespace) -> int:
     return run(main)
 
 
+@command
 def allowlist_command(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with open_log(args.database) as store:

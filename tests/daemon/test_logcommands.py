@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,9 +20,11 @@ from daemon.domain import (
     MigrationSettings,
     ProviderNotified,
     TimerFiredInput,
+    decode_event,
     encode_event,
 )
 from daemon.domain.harness import Harness
+from daemon.live import SNAPSHOT_NAME
 from daemon.projections import Projection
 from eventstore import EventStore, NewEvent
 from eventstore.chain import canonical_row
@@ -148,17 +151,22 @@ def migration_log(path: Path) -> None:
     assert h.accounts["good"].state == "static"
     assert h.accounts["gone"].state == "stalled"
 
+    write_harness_log(h, path)
+
+
+def write_harness_log(h: Harness, path: Path) -> None:
+    """Append the harness's events, each recorded at its own occurred_at (so --until has a past)."""
+    now = [T0]
+
     async def write() -> None:
-        store = await EventStore.open(path)
-        try:
+        async with EventStore.open(path, clock=lambda: now[0]) as store:
             for logged in h.log:
+                now[0] = getattr(logged.event, "occurred_at", None) or now[0]
                 encoded = encode_event(logged.event)
                 await store.append(
                     [NewEvent(stream=logged.stream, type=encoded.type, data=encoded.data,
                               schema=encoded.schema, event_id=logged.event_id)]
                 )  # fmt: skip
-        finally:
-            await store.close()
 
     anyio.run(write)
 
@@ -242,3 +250,190 @@ def test_allowlist_without_observed_lists_is_a_problem(
     """`allowlist` on a log that never saw an IP list exits 1 and says why."""
     assert main(["allowlist", "--database", str(migrated)]) == 1
     assert "no IP list" in capsys.readouterr().err
+
+
+def test_replay_until_a_time_shows_the_past_funnel(
+    migrated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`replay --until TIME` shows the funnel as the log held it then, state by state."""
+    until = (T0 + timedelta(minutes=45)).isoformat()
+    assert main(["replay", "--database", str(migrated), "--until", until, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["until"] == until
+    assert doc["funnel"] == {
+        "dynamic": 0,
+        "first_auth": 0,
+        "stopped_waiting": 0,
+        "second_step_due": 1,  # "gone": its grace period is over, no second sign-in yet
+        "second_auth": 0,
+        "static": 1,  # "good": signed in again at 09:40 and runs on static IPs since 09:41
+        "stalled": 0,
+        "excluded": 0,
+    }
+    assert main(["replay", "--database", str(migrated), "--until", "2026-03-01T09:20"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped_waiting  2" in out
+    assert "static           0" in out
+
+
+def test_replay_says_a_matching_snapshot_matches(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A snapshot equal to the replayed log is reported as matching, exit 0."""
+    path = tmp_path / "log.db"
+    migration_log(path)
+
+    async def snapshot() -> None:
+        async with EventStore.open(path) as store:
+            projection = Projection()
+            async for rec in store.read_all():
+                projection.apply(rec.position, decode_event(rec.type, rec.schema, rec.data))
+            await store.save_snapshot(SNAPSHOT_NAME, projection.position, projection.to_snapshot())
+
+    anyio.run(snapshot)
+    assert main(["replay", "--database", str(path)]) == 0
+    assert "snapshot at position 33: matches the log" in capsys.readouterr().out
+
+
+def fresh_log(path: Path) -> None:
+    """A log where "a" has signed in once (a timer pending) and "idle" is only enrolled."""
+    h = Harness(MigrationSettings(delay=timedelta(minutes=30)))
+    h.handle(EnableMigration(input_id="op:1", occurred_at=T0, actor="ops"), T0)
+    h.handle(Enroll(input_id="op:2", occurred_at=T0, account_ids=("a", "idle"), wave="w1",
+                    policy="notify", actor="ops"), T0)  # fmt: skip
+    later = T0 + timedelta(minutes=1)
+    h.handle(AuthReported(input_id="auth:a:1", account_id="a", occurred_at=later), later)
+    assert h.accounts["a"].pending_timers
+    write_harness_log(h, path)
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("log") / "fresh.db"
+    fresh_log(path)
+    return path
+
+
+def test_status_lists_the_account_due_next(fresh: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`status` names the account whose timer comes next, with its due time."""
+    assert main(["status", "--database", str(fresh), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [d["account_id"] for d in doc["due_next"]] == ["a"]
+    due = datetime.fromisoformat(doc["due_next"][0]["due_at"])
+    assert due > T0 + timedelta(minutes=1)
+    assert main(["status", "--database", str(fresh)]) == 0
+    out = capsys.readouterr().out
+    assert f"{due.isoformat(timespec='seconds')}  a  (" in out
+    assert "nothing pending" not in out
+
+
+def test_audit_of_an_enrolled_only_account_shows_its_enrolment(
+    fresh: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An account enrolled but with no events of its own yet shows its enrolment, exit 0."""
+    assert main(["audit", "idle", "--database", str(fresh), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(e["type"], e["state_after"]) for e in doc["timeline"]] == [
+        ("AccountsEnrolled", "dynamic")
+    ]
+    assert main(["audit", "idle", "--database", str(fresh)]) == 0
+    assert "account idle: 1 events" in capsys.readouterr().out
+
+
+def fingerprint(path: Path) -> tuple[bytes, int, list[str]]:
+    """The file's bytes and mtime, and every file in its directory."""
+    return path.read_bytes(), path.stat().st_mtime_ns, sorted(os.listdir(path.parent))
+
+
+@pytest.mark.parametrize("command", ["verify", "replay", "audit", "status", "export", "allowlist"])
+def test_an_empty_file_is_refused_and_left_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """Every log command on a 0-byte file exits 1 and leaves the file exactly as it was."""
+    db = tmp_path / "wiped.db"
+    db.write_bytes(b"")
+    before = fingerprint(db)
+    args = [command, *(["someone"] if command == "audit" else []), "--database", str(db)]
+    assert main(args) == 1
+    assert "not a staticipd log" in capsys.readouterr().err
+    assert fingerprint(db) == before
+
+
+def test_another_programs_database_is_refused_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status` on another program's SQLite file exits 1 and adds none of our tables."""
+    db = tmp_path / "app.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    con.execute("INSERT INTO users (name) VALUES ('ann')")
+    con.commit()
+    con.close()
+    before = fingerprint(db)
+    assert main(["status", "--database", str(db)]) == 1
+    err = capsys.readouterr().err
+    assert "not a staticipd log" in err
+    assert "Traceback" not in err
+    assert fingerprint(db) == before
+
+
+def test_a_read_only_copy_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A copy in a directory nobody may write to verifies (exit 0) and gains no -wal/-shm file."""
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    db = folder / "log.db"
+    build_log(db, n=7)
+    db.chmod(0o444)
+    folder.chmod(0o555)
+    try:
+        # As root the permissions do not bind; unchanged bytes/mtime and no new files still show
+        # that nothing was written.
+        before = fingerprint(db)
+        assert main(["verify", "--database", str(db)]) == 0
+        assert "ok: 7 events" in capsys.readouterr().out
+        assert main(["status", "--database", str(db)]) == 0
+        assert fingerprint(db) == before
+        assert before[2] == ["log.db"]
+    finally:
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["replay", "--until", "garbage"], "--until: not an ISO 8601 time: 'garbage'"),
+        (["replay", "--position", "-5"], "--position must be 0 or more, not -5"),
+        (["export", "--from", "0"], "--from must be 1 or more, not 0"),
+        (["verify", "--checkpoint-key-file", "/missing/key"], "cannot read the checkpoint key"),
+    ],
+    ids=["until", "position", "export-from", "key-file"],
+)
+def test_usage_errors_exit_2_with_one_line(
+    migrated: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    """A bad option value exits 2 with one line on stderr naming it, and no traceback."""
+    assert main([*args, "--database", str(migrated)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("staticipd: ")
+    assert message in captured.err
+    assert captured.err.count("\n") == 1
+
+
+def test_verify_finds_the_key_in_the_secrets_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`verify` checks signatures with checkpoint_key from $STATICIPD_SECRETS_DIR first."""
+    db, secrets, creds = tmp_path / "log.db", tmp_path / "secrets", tmp_path / "creds"
+    build_log(db, key=b"right-key")
+    secrets.mkdir()
+    creds.mkdir()
+    (creds / "checkpoint_key").write_bytes(b"wrong-key\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    monkeypatch.delenv("STATICIPD_SECRETS_DIR", raising=False)
+    assert main(["verify", "--database", str(db)]) == 1  # the credentials' key is wrong
+    assert "checkpoint_signature" in capsys.readouterr().out
+    (secrets / "checkpoint_key").write_bytes(b"right-key\n")
+    monkeypatch.setenv("STATICIPD_SECRETS_DIR", str(secrets))
+    assert main(["verify", "--database", str(db)]) == 0
+    assert "1 signed checkpoint(s) valid" in capsys.readouterr().out
