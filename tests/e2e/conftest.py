@@ -44,6 +44,8 @@ class Migration:
     policy: str = "mixed"
     seed: int = 11
     never_answer: float = 0.15
+    # More `STATICIPD_*` settings for every daemon of the run (on top of DAEMON_OVERRIDES).
+    daemon_overrides: dict[str, str] = field(default_factory=dict)
     world: SandboxWorld = field(init=False)
     daemon: Daemon | None = field(init=False, default=None)
     account_ids: list[str] = field(init=False, default_factory=list)
@@ -86,7 +88,7 @@ class Migration:
     async def start_daemon(self) -> Daemon:
         """A new Daemon on the same log and, after the first, on the same port."""
         assert self._tg is not None
-        daemon = self.world.daemon(self._port, **DAEMON_OVERRIDES)
+        daemon = self.world.daemon(self._port, **{**DAEMON_OVERRIDES, **self.daemon_overrides})
         done = anyio.Event()
 
         async def run() -> None:
