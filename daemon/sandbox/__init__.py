@@ -4,7 +4,7 @@ move) and simulated end users, for tests and ``staticipd demo``. Never used agai
 
 from .accounts import Account, AccountBook, Emission, IpLists
 from .provider import SandboxProvider
-from .settings import Faults, SandboxSettings
+from .settings import BreakKind, Faults, SandboxSettings
 from .users import SimulatedUsers, UserCounters, UsersSettings
 from .webhooks import Attempt, Destination, WebhookSender, nylas_signature
 
@@ -12,6 +12,7 @@ __all__ = [
     "Account",
     "AccountBook",
     "Attempt",
+    "BreakKind",
     "Destination",
     "Emission",
     "Faults",

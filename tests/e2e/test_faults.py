@@ -4,6 +4,7 @@ signed, management-API calls answered 429 and 5xx, and accounts going invalid mi
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from itertools import cycle
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,6 +14,7 @@ import pytest
 
 from daemon import audit
 from daemon.audit import TimelineEntry
+from daemon.sandbox import BreakKind
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -142,7 +144,7 @@ async def test_accounts_going_invalid_mid_way_end_static_after_the_next_auth(
     e2e: SimpleNamespace, tmp_path: Path
 ) -> None:
     """Accounts broken while waiting get flagged, and end static, unflagged, after a new auth."""
-    broken: dict[str, str] = {}
+    broken: dict[str, BreakKind] = {}
     async with e2e.running(tmp_path, accounts=40, policy="mixed", seed=31) as run:
         await run.enrol()
 
@@ -152,7 +154,7 @@ async def test_accounts_going_invalid_mid_way_end_static_after_the_next_auth(
             await run.users.authenticate(account_id)
 
         async def break_waiting_accounts(tg: anyio.abc.TaskGroup) -> None:
-            kinds = cycle(["invalid", "sync_error"])
+            kinds: Iterator[BreakKind] = cycle(["invalid", "sync_error"])
             per_policy: Counter[str] = Counter()
             while sum(per_policy.values()) < 8 and run.daemon is not None:
                 for account_id in sorted(run.daemon.live.projection.ids_in("stopped_waiting")):
@@ -162,7 +164,7 @@ async def test_accounts_going_invalid_mid_way_end_static_after_the_next_auth(
                     if per_policy[policy] >= 4:
                         continue
                     broken[account_id] = next(kinds)
-                    run.sandbox.break_account(account_id, broken[account_id])  # type: ignore[arg-type]
+                    run.sandbox.break_account(account_id, broken[account_id])
                     per_policy[policy] += 1
                     if policy == "restart":
                         tg.start_soon(reauth_soon, account_id)
