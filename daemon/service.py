@@ -164,6 +164,7 @@ class Daemon:
     def _jobs(self, live, timers, outbox, provider, submit):  # type: ignore[no-untyped-def]
         jobs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("projection", live.run),
+            ("store writer", self.store.writer_exited),
             ("timers", timers.run),
             ("outbox", outbox.run),
             ("snapshots", lambda: self._snapshots(self.store, live)),

@@ -179,6 +179,23 @@ class EventStore:
             raise
         return cls(path, None, conn)
 
+    async def writer_exited(self) -> None:
+        """Return (or raise the writer's error) when the writer task ends.
+
+        A long-running owner supervises the store with this: the writer ending while the store is
+        meant to be open means appends can no longer succeed, so the owner should stop too.
+        """
+        if self._writer is None:
+            raise ReadOnlyStore("a read-only store has no writer")
+        task = self._writer.task
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not (current is not None and current.cancelling()):
+                raise StoreClosed("the event store's writer was cancelled") from None
+            raise
+
     async def close(self) -> None:
         """Write what is queued, stop the writer and close every connection; idempotent."""
         if self._closed:

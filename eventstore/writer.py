@@ -137,6 +137,10 @@ class Writer:
                     f"append queue stayed full for {timeout} s ({self._queue.maxsize} waiting)"
                 ) from None
 
+    @property
+    def task(self) -> asyncio.Task[None]:
+        return self._task
+
     async def stop(self) -> None:
         """Write everything queued so far, end the writer task and close the write connection.
 
@@ -145,8 +149,10 @@ class Writer:
         """
         if not self._closing:
             self._closing = True
-            await self._queue.put(_STOP)
-        await asyncio.shield(self._task)
+            if not self._task.done():
+                await self._queue.put(_STOP)
+        # asyncio.wait neither cancels the writer nor raises what ended it (see last_error).
+        await asyncio.wait({self._task})
 
     # -- the writer task ------------------------------------------------------------------------
 
