@@ -17,7 +17,7 @@ from typing import Literal
 import anyio
 import structlog
 
-from daemon.domain import AccountObserved, Input, IpListObserved
+from daemon.domain import AccountObserved, AccountState, Input, IpListObserved
 from daemon.projections import Projection
 from daemon.provider import ProviderClient, ProviderError, RateLimited
 
@@ -133,7 +133,7 @@ class Reconciler:
         for account_id in sorted(waiting):
             sync_state, billing_state = seen.get(account_id, (None, None))
             state = projection.account(account_id)
-            if not _informative(state.state if state else "", sync_state, account_id in seen):
+            if not _informative(state, sync_state, account_id in seen):
                 continue
             inputs.append(
                 AccountObserved(
@@ -162,10 +162,18 @@ class Reconciler:
             await _pause(self._interval, self._rng, retry_after)
 
 
-def _informative(state: str, sync_state: str | None, exists: bool) -> bool:
+_BROKEN = {"invalid": "invalid", "invalid-credentials": "invalid", "sync-error": "sync_error",
+           "exception": "sync_error"}  # fmt: skip
+
+
+def _informative(account: AccountState | None, sync_state: str | None, exists: bool) -> bool:
     """Only observations that can move an account are recorded: the log is not a poll history."""
-    if not exists or sync_state in {"invalid", "invalid-credentials", "sync-error", "exception"}:
-        return True
+    state = account.state if account else ""
+    if not exists:
+        return "deleted" not in (account.flags if account else ())
+    if sync_state in _BROKEN:
+        # Once flagged, the same broken state every round would only repeat itself.
+        return _BROKEN[sync_state] not in (account.flags if account else ())
     if state == "first_auth":
         return sync_state == "stopped"
     if state == "second_auth":

@@ -100,8 +100,8 @@ class Daemon:
         self.runtime = runtime
         app = build_app(runtime)
 
-        async def submit(inputs: Sequence[Input]) -> object:
-            return await engine.submit(inputs, source="daemon")
+        async def reconciled(inputs: Sequence[Input]) -> object:
+            return await engine.submit(inputs, source="reconciler")
 
         timers = TimerDriver(
             self._fire_timer, overdue_rate=config.timers.overdue_stagger_per_second
@@ -138,7 +138,7 @@ class Daemon:
                 await site.start()
                 self.bound_port = _port_of(runner)
                 async with anyio.create_task_group() as tg:
-                    for name, job in self._jobs(live, timers, outbox, provider, submit):
+                    for name, job in self._jobs(live, timers, outbox, provider, reconciled):
                         tg.start_soon(_essential, name, job)
                     tg.start_soon(self._signals)
                     self._announce(store, live, provider)
@@ -161,7 +161,7 @@ class Daemon:
             await store.checkpoint(key)
         log.info("daemon.stopped", position=live.position)
 
-    def _jobs(self, live, timers, outbox, provider, submit):  # type: ignore[no-untyped-def]
+    def _jobs(self, live, timers, outbox, provider, reconciled):  # type: ignore[no-untyped-def]
         jobs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("projection", live.run),
             ("store writer", self.store.writer_exited),
@@ -179,7 +179,7 @@ class Daemon:
                 environments=environments,
             )  # fmt: skip
             reconciler = Reconciler(
-                provider, lambda: live.projection, submit,
+                provider, lambda: live.projection, reconciled,
                 interval=pollers.reconciler_interval_seconds,
             )  # fmt: skip
             jobs += [("ip-list-watcher", watcher.run), ("reconciler", reconciler.run)]

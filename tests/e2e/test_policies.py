@@ -32,7 +32,7 @@ async def test_every_account_ends_static_or_stalled(
         assert states.count("stalled") >= 1
     assert states.count("static") >= 20
     # Without faults the provider's running webhook ends each move (on arrival, or at the second
-    # auth it raced); the reconciler ("daemon", an hour apart by default) is never needed, even
+    # auth it raced); the reconciler (an hour apart by default) is never needed, even
     # though webhook dates have whole seconds only.
     static_sources = Counter(
         e.source

@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from daemon.demo import DELAY
+from daemon.domain import AccountState
 from daemon.pollers import _informative
 
 # 1.5 times the daemon's delay: every restart at the due time, and most quick answers, are early.
@@ -74,7 +75,23 @@ async def test_every_account_ends_static_when_the_provider_waits_longer(
 
 def test_reconciler_reports_stopped_for_accounts_waiting_after_the_second_step() -> None:
     """The reconciler records a stopped account in second_auth, so a failed move is noticed."""
-    assert _informative("second_auth", "stopped", True)
-    assert _informative("second_auth", "running", True)
-    assert not _informative("stopped_waiting", "stopped", True)
-    assert not _informative("static", "stopped", True)
+
+    def account(state: str, *flags: str) -> AccountState:
+        return AccountState(account_id="a", state=state, flags=frozenset(flags))
+
+    assert _informative(account("second_auth"), "stopped", True)
+    assert _informative(account("second_auth"), "running", True)
+    assert not _informative(account("stopped_waiting"), "stopped", True)
+    assert not _informative(account("static"), "stopped", True)
+
+
+def test_reconciler_does_not_repeat_what_is_already_flagged() -> None:
+    """A broken or vanished account is recorded once, not again at every reconciler round."""
+    fresh = AccountState(account_id="a", state="second_step_due")
+    flagged = AccountState(account_id="a", state="second_step_due", flags=frozenset({"invalid"}))
+    gone = AccountState(account_id="a", state="second_step_due", flags=frozenset({"deleted"}))
+    assert _informative(fresh, "invalid", True)
+    assert not _informative(flagged, "invalid", True)
+    assert _informative(flagged, "sync-error", True)
+    assert _informative(fresh, None, False)
+    assert not _informative(gone, None, False)
