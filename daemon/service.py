@@ -161,7 +161,15 @@ class Daemon:
             await store.checkpoint(key)
         log.info("daemon.stopped", position=live.position)
 
-    def _jobs(self, live, timers, outbox, provider, reconciled):  # type: ignore[no-untyped-def]
+    def _jobs(
+        self,
+        live: LiveProjection,
+        timers: TimerDriver,
+        outbox: Outbox,
+        provider: ProviderClient | None,
+        reconciled: Callable[[Sequence[Input]], Awaitable[object]],
+    ) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        """The parts that run for the daemon's whole life, each supervised by `_essential`."""
         jobs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("projection", live.run),
             ("store writer", self.store.writer_exited),
