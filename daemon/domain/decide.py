@@ -10,14 +10,24 @@ enrolled. Times used in rules are the inputs' own times, never later than `now`.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from . import events as ev
 from . import inputs as inp
 from ._builder import Action
 from ._builder import Builder as _Builder
 from ._operator import on_operator as _on_operator
-from ._second_step import arrived, not_before, not_moved, request_step, second_step
+from ._second_step import (
+    BROKEN,
+    arrived,
+    broken,
+    not_before,
+    not_moved,
+    not_repaired,
+    on_broken,
+    request_step,
+    second_step,
+)
 from .settings import MigrationSettings
 from .state import AccountState, ApplicationState
 from .triggers import meaning_of
@@ -106,7 +116,9 @@ def _on_auth(
     )
     if classification == "excluded":
         return
-    b.flag("invalid", "the user authenticated again", on=False)
+    # Both flags ask for a re-auth (facts §2.1): the user's auth is that re-auth.
+    for flag in BROKEN:
+        b.flag(flag, "the user authenticated again", on=False)
     if "deleted" in b.state.flags:
         b.flag("deleted", "an auth shows the account exists again", on=False)
         if b.state.state not in ("dynamic", "static") and classification != "first_auth":
@@ -154,7 +166,7 @@ def _stopped(b: _Builder, stop_at: datetime, reason: str) -> None:
     # The provider counts the delay from the first auth, but the account must have stopped.
     due = max(s.first_auth_at + b.settings.delay, stop_at)
     b.move("stopped_waiting", stop_at, reason, due_at=due)
-    b.cancel_timers("stop observed", ("stop_grace",))
+    b.cancel_timers("stop observed", ("stop_grace", "stall"))
     b.flag("stop_overdue", "stop observed", on=False)
     b.schedule("second_step", f"{b.id}:second_step:{s.cycle}", due)
 
@@ -276,7 +288,7 @@ def _react(b: _Builder, at: datetime, meaning: str) -> tuple[str, Action]:
         case "invalid" | "sync_error":
             if meaning in s.flags:
                 return f"already flagged {meaning}", None
-            return f"flagged {meaning}; the state is kept", lambda b: b.flag(meaning, meaning)
+            return on_broken(b, at, meaning)
         case "deleted":
             if "deleted" in s.flags:
                 return "already flagged deleted", None
@@ -336,6 +348,12 @@ def _on_timer(b: _Builder, t: inp.TimerFired) -> None:
                 reason="no account.stopped received; check the account at the provider",
             )
         )
+        # Without a stop nothing else is scheduled: stall where a neglected second step would.
+        s = b.state
+        assert s.first_auth_at is not None
+        b.schedule("stall", f"{b.id}:stall:{s.cycle}:stop", s.first_auth_at + _patience(b))
+    elif purpose == "running_grace" and state == "second_auth" and broken(b):
+        not_moved(b, due, not_repaired(b))
     elif purpose == "running_grace" and state == "second_auth":
         grace = b.settings.running_grace
         b.flag("running_overdue", f"not running {grace} after the second step")
@@ -348,6 +366,10 @@ def _on_timer(b: _Builder, t: inp.TimerFired) -> None:
                 "the provider moved the account",
             )
         )
+        s = b.state
+        b.schedule(
+            "stall", f"{b.id}:stall:{s.cycle}:step:{s.second_steps}", due + b.settings.stall_after
+        )
     elif purpose == "second_step" and state == "stopped_waiting":
         b.move("second_step_due", due, "the delay since the first auth has passed")
         request_step(b, 0)
@@ -355,6 +377,19 @@ def _on_timer(b: _Builder, t: inp.TimerFired) -> None:
         request_step(b, b.state.reminders)
     elif purpose == "stall" and state == "second_step_due":
         b.move("stalled", due, "no second step after the last reminder")
+    elif purpose == "stall" and state == "first_auth":
+        b.move(
+            "stalled", due, f"no stop observed {due - b.state.first_auth_at} after the first auth"
+        )
+    elif purpose == "stall" and state == "second_auth":
+        b.move("stalled", due, "the account never ran after the second step")
+
+
+def _patience(b: _Builder) -> timedelta:
+    """How long after the first auth a neglected migration stalls: delay, reminders, stall."""
+    schedule = b.settings.reminder_schedule
+    last = schedule[-1] if schedule else timedelta(0)
+    return b.settings.delay + last + b.settings.stall_after
 
 
 def _on_outcome(b: _Builder, at: datetime, o: inp.EffectOutcome) -> None:

@@ -168,12 +168,17 @@ class EffectRequested(AccountEvent, frozen=True, kw_only=True):
 
 
 class ReauthRequested(EffectRequested, frozen=True, kw_only=True):
-    """Ask the end user to authenticate again (through the application)."""
+    """Ask the end user to authenticate again (through the application).
+
+    `reason` says why a re-auth is asked for; under the `restart` policy it says the account is
+    flagged `invalid`/`sync_error`, which only the user's re-authentication can repair.
+    """
 
     stage: str
     due_at: UtcDatetime
     reminder: int
     email: str | None = None
+    reason: str = ""
 
 
 class SyncRestartRequested(EffectRequested, frozen=True, kw_only=True):

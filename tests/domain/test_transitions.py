@@ -429,7 +429,7 @@ def _second_auth_then_grace(flow) -> list[Event]:
 def test_no_running_after_the_second_step_asks_for_a_provider_check(flow):
     """Not running `running_grace` after the second step: flagged, and the provider is asked."""
     events = _second_auth_then_grace(flow)
-    assert names(events) == ["TimerFired", "FlagRaised", "ProviderCheckRequested"]
+    assert names(events) == ["TimerFired", "FlagRaised", "ProviderCheckRequested", "TimerScheduled"]
     [check] = [e for e in events if isinstance(e, ProviderCheckRequested)]
     assert check.idempotency_key == "a:provider_check:1:step:1"
     assert "running_grace" in events[0].timer_id
@@ -443,7 +443,8 @@ def test_stopped_after_the_second_step_requests_it_again(flow):
     """A check finding the account still stopped sends it back to second_step_due, asking again."""
     _second_auth_then_grace(flow)
     events = flow.observe(50, sync_state="stopped")
-    assert names(events)[:2] == ["AccountObservationRecorded", "FlagCleared"]
+    # The stall deadline armed when the grace passed gives way to the retry's own schedule.
+    assert names(events)[:3] == ["AccountObservationRecorded", "TimerCancelled", "FlagCleared"]
     [back] = [e for e in events if isinstance(e, StateChanged)]
     assert (back.from_state, back.to_state) == ("second_auth", "second_step_due")
     assert "the move did not happen" in back.reason
@@ -543,3 +544,171 @@ def test_auth_from_before_a_failed_step_is_stale(flow):
     events = flow.auth(34)
     assert events[0].classification == "stale"
     assert flow.state().state == "second_step_due"
+
+
+# --- accounts flagged invalid / sync_error: only the user's re-auth repairs them ---------------
+
+
+def test_auth_clears_both_invalid_and_sync_error(flow):
+    """Both flags ask for a re-auth, so the user's auth clears them without waiting for running."""
+    flow.setup()
+    flow.auth(1)
+    flow.hook("account.stopped", 2)
+    flow.hook("account.invalid", 3)
+    flow.hook("account.sync_error", 4)
+    assert {"invalid", "sync_error"} <= flow.state().flags
+    events = flow.auth(35)
+    cleared = {e.flag for e in events if type(e).__name__ == "FlagCleared"}
+    assert cleared == {"invalid", "sync_error"}
+    assert flow.state().state == "second_auth"
+    assert not ({"invalid", "sync_error"} & flow.state().flags)
+
+
+def test_restart_policy_asks_a_flagged_account_to_reauth_when_the_step_is_due(flow):
+    """A restart cannot mend credentials: a flagged account's due step is a re-auth request."""
+    flow.setup(policy="restart")
+    flow.auth(1, email="u@example.com")
+    flow.hook("account.stopped", 2)
+    flow.hook("account.sync_error", 3)
+    events = flow.fire("second_step")
+    assert not [e for e in events if isinstance(e, SyncRestartRequested)]
+    [request] = [e for e in events if isinstance(e, ReauthRequested)]
+    assert (request.idempotency_key, request.stage, request.email) == (
+        "a:reauth:1:0",
+        "second_step",
+        "u@example.com",
+    )
+    assert "flagged sync_error" in request.reason
+    assert "whatever the policy (restart)" in request.reason
+    # The reminders and the stall still follow the usual schedule.
+    assert list(flow.state().timer_purposes.values()) == ["reminder"]
+    flow.fire("reminder")
+    [reminder] = flow.state().pending_effects.values()
+    assert isinstance(reminder.effect, ReauthRequested)
+    assert reminder.effect.stage == "reminder"
+
+
+def test_flag_while_a_restart_is_due_asks_the_user_at_once(flow):
+    """An account flagged after its restart was requested gets a re-auth request straight away."""
+    flow.setup(policy="restart")
+    flow.auth(1)
+    flow.hook("account.stopped", 2)
+    [restart] = [e for e in flow.fire("second_step") if isinstance(e, SyncRestartRequested)]
+    retry_at = flow.now + timedelta(minutes=30)
+    flow.outcome(restart.idempotency_key, "failed_retrying", next_attempt_at=retry_at)
+    events = flow.hook("account.invalid", 40)
+    [request] = [e for e in events if isinstance(e, ReauthRequested)]
+    assert "flagged invalid" in request.reason
+    s = flow.state()
+    assert s.state == "second_step_due"
+    # The restart still retrying is left to finish; the reminder schedule is unchanged.
+    assert sorted(s.pending_effects) == sorted([restart.idempotency_key, request.idempotency_key])
+    assert list(s.timer_purposes.values()) == ["reminder"]
+    # A flag seen again adds nothing while the user is being asked.
+    assert names(flow.observe(41, sync_state="invalid")) == ["AccountObservationRecorded"]
+    # The restart's late success is the step, and the user is still asked to re-authenticate.
+    flow.outcome(restart.idempotency_key, "succeeded", attempt=2)
+    s = flow.state()
+    assert s.state == "second_auth"
+    assert list(s.pending_effects) == [request.idempotency_key]
+    flow.auth(42)
+    assert not ({"invalid", "sync_error"} & flow.state().flags)
+    flow.hook("account.running", 43)
+    assert flow.state().state == "static"
+
+
+def test_flagged_account_not_running_after_a_restart_is_asked_to_reauth(flow):
+    """A restart that left the account invalid sends it back to second_step_due with a re-auth."""
+    flow.setup(policy="restart")
+    flow.auth(1)
+    flow.hook("account.stopped", 2)
+    [restart] = [e for e in flow.fire("second_step") if isinstance(e, SyncRestartRequested)]
+    flow.outcome(restart.idempotency_key, "succeeded")
+    flow.hook("account.invalid", 35)
+    assert flow.state().state == "second_auth"
+    events = flow.fire("running_grace")
+    assert not [e for e in events if isinstance(e, ProviderCheckRequested | SyncRestartRequested)]
+    [back] = [e for e in events if isinstance(e, StateChanged)]
+    assert (back.from_state, back.to_state) == ("second_auth", "second_step_due")
+    assert "flagged invalid" in back.reason
+    [request] = [e for e in events if isinstance(e, ReauthRequested)]
+    assert (request.idempotency_key, request.stage) == ("a:reauth:1:1", "retry")
+    assert "whatever the policy (restart)" in request.reason
+    s = flow.state()
+    assert s.timer_purposes == {"a:reminder:1:2": "reminder"}
+    flow.auth(60)
+    assert flow.state().state == "second_auth"
+    assert "invalid" not in flow.state().flags
+    flow.hook("account.running", 61)
+    assert flow.state().state == "static"
+
+
+def test_flag_after_the_running_grace_asks_the_user_at_once(flow):
+    """An account found invalid after its running grace is asked to re-auth, not left waiting."""
+    flow.setup(policy="restart")
+    flow.auth(1)
+    flow.hook("account.stopped", 2)
+    [restart] = [e for e in flow.fire("second_step") if isinstance(e, SyncRestartRequested)]
+    flow.outcome(restart.idempotency_key, "succeeded")
+    flow.fire("running_grace")  # not running: a provider check is asked for
+    events = flow.observe(50, sync_state="invalid")  # what the check finds
+    [back] = [e for e in events if isinstance(e, StateChanged)]
+    assert (back.from_state, back.to_state) == ("second_auth", "second_step_due")
+    assert [e for e in events if isinstance(e, ReauthRequested)]
+    s = flow.state()
+    assert s.state == "second_step_due"
+    assert "running_overdue" not in s.flags
+    assert list(s.timer_purposes.values()) == ["reminder"]
+
+
+def test_notify_policy_flagged_account_keeps_its_reauth_reminders(flow):
+    """Under notify a flag changes nothing until the step is due; the request says why."""
+    flow.setup()
+    flow.auth(1)
+    flow.hook("account.stopped", 2)
+    assert names(flow.hook("account.invalid", 3)) == ["ProviderNotificationRecorded", "FlagRaised"]
+    [request] = [e for e in flow.fire("second_step") if isinstance(e, ReauthRequested)]
+    assert request.idempotency_key == "a:reauth:1:0"
+    assert "flagged invalid" in request.reason
+    assert "whatever the policy (notify)" in request.reason
+
+
+# --- no account waits forever -----------------------------------------------------------------
+
+
+def test_stop_that_never_comes_stalls_in_the_end(flow):
+    """Without a stop after the provider check, the account stalls where a neglected one would."""
+    flow.setup()
+    flow.auth(1)
+    flow.fire("stop_grace")
+    s = flow.state()
+    patience = flow.settings.delay + timedelta(hours=24) + flow.settings.stall_after
+    assert s.pending_timers == {"a:stall:1:stop": flow.at(1) + patience}
+    flow.outcome("a:provider_check:1", "succeeded")
+    flow.fire("stall")
+    assert flow.state().state == "stalled"
+
+
+def test_late_stop_after_the_grace_cancels_the_stall(flow):
+    """A stop seen after the stop grace still starts the wait, and the stall deadline goes."""
+    flow.setup()
+    flow.auth(1)
+    flow.fire("stop_grace")
+    flow.hook("account.stopped", 20)
+    s = flow.state()
+    assert s.state == "stopped_waiting"
+    assert list(s.timer_purposes.values()) == ["second_step"]
+    assert s.closed_timers["a:stall:1:stop"] == "cancelled"
+
+
+def test_account_never_running_after_the_second_step_stalls(flow):
+    """A check that does not settle it leaves a stall deadline: the account never waits forever."""
+    _second_auth_then_grace(flow)
+    flow.outcome("a:provider_check:1:step:1", "succeeded")
+    flow.observe(55, sync_state="initializing")  # neither running nor stopped
+    s = flow.state()
+    assert s.state == "second_auth"
+    grace_due = flow.at(35) + flow.settings.running_grace
+    assert s.pending_timers == {"a:stall:1:step:1": grace_due + flow.settings.stall_after}
+    flow.fire("stall")
+    assert flow.state().state == "stalled"
