@@ -79,6 +79,7 @@ class EffectPerformer:
                         "stage": effect.stage,
                         "due_at": effect.due_at.isoformat(),
                         "reminder": effect.reminder,
+                        "reason": effect.reason,
                     },
                 )
             case AppNotified():
