@@ -197,9 +197,12 @@ class Engine:
         decisions: list[Decision] = []
         seen_ids: set[str] = set()
         now = self._clock()
+        # One input (nearly every request): the writer checks for a redelivery in the commit's
+        # own transaction (`if_absent`). Several: each is looked up first, in shared queries.
+        guard = f"{inputs[0].input_id}#0" if len(inputs) == 1 else None
         for inp in inputs:
             first_id = f"{inp.input_id}#0"
-            if first_id in seen_ids or await self._recorded.contains(first_id):
+            if first_id in seen_ids or (guard is None and await self._recorded.contains(first_id)):
                 decisions.append(Decision(inp, True, (), _account_of(projection, inp)))
                 continue
             seen_ids.add(first_id)
@@ -243,7 +246,12 @@ class Engine:
                 )
             )
         if new:
-            result = await self.store.append(new, expected, enqueue_timeout=self._enqueue_timeout)
+            result = await self.store.append(
+                new, expected, enqueue_timeout=self._enqueue_timeout, if_absent=guard
+            )
+            if result.skipped:  # recorded before: the decision just made is dropped unwritten
+                (inp,) = inputs
+                return [Decision(inp, True, (), _account_of(projection, inp))]
             await self.live.wait_for(max(r.position for r in result.records))
             if self._on_appended is not None:
                 self._on_appended(source, len(result.new_records), len(result.duplicates))

@@ -95,7 +95,7 @@ def records_from_rows(rows: Sequence[Sequence]) -> list[RecordedEvent]:
 
 
 def plan_batch(
-    calls: Sequence[tuple[Sequence[PendingEvent], int | Mapping[str, int]]],
+    calls: Sequence[tuple[Sequence[PendingEvent], int | Mapping[str, int], str | None]],
     head_position: int,
     head_hash: str,
     versions: dict[str, int],
@@ -108,14 +108,20 @@ def plan_batch(
     the effect of earlier successful ones. An event_id already stored, or already written by an
     earlier event of this batch, resolves to that record and is not written again. Expectations
     are only checked for streams that receive a new event, so an all-duplicate retry always
-    succeeds with the stored records.
+    succeeds with the stored records. A call whose guard id (`if_absent`) is stored, or written by
+    an earlier call of this batch, is skipped whole.
     """
     rows: list[tuple] = []
     outcomes: list[AppendResult | EventStoreError] = []
     in_batch: dict[str, RecordedEvent] = {}
     position, prev = head_position, head_hash
     when = parse_time(recorded_at)
-    for events, expected in calls:
+    for events, expected, guard in calls:
+        if guard is not None and (guard in stored or guard in in_batch):
+            found = [stored.get(e.event_id) or in_batch.get(e.event_id) for e in events]
+            kept = tuple(r for r in found if r is not None)
+            outcomes.append(AppendResult(kept, (False,) * len(kept), skipped=True))
+            continue
         records: list[RecordedEvent | None] = [None] * len(events)
         new: list[int] = []
         first_index: dict[str, int] = {}

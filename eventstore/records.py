@@ -45,10 +45,15 @@ class RecordedEvent:
 
 @dataclass(frozen=True)
 class AppendResult:
-    """The outcome of one append() call: a record per input event, and whether it was new."""
+    """The outcome of one append() call: a record per input event, and whether it was new.
+
+    `skipped`: the call's `if_absent` id was already stored, so nothing of it was written;
+    `records` then holds the stored records of the call's ids that exist (possibly fewer).
+    """
 
     records: tuple[RecordedEvent, ...]
     created: tuple[bool, ...]
+    skipped: bool = False
 
     @property
     def new_records(self) -> tuple[RecordedEvent, ...]:

@@ -244,20 +244,23 @@ class EventStore:
         expected: int | Mapping[str, int] = ANY,
         *,
         enqueue_timeout: float | None = None,
+        if_absent: str | None = None,
     ) -> AppendResult:
         """Append `events` as one atomic call; returns only after COMMIT.
 
         `expected` is one version for every stream of the call or a per-stream mapping (absent
-        streams: ANY). Raises WrongExpectedVersion (nothing written), WriterBusy when the queue
-        stays full longer than `enqueue_timeout`, StorageUnavailable/DatabaseCorrupt on storage
-        failures, InvalidEvent for malformed input.
+        streams: ANY). `if_absent`: an event id that, if already stored, makes the whole call a
+        no-op (`result.skipped`) — checked in the same transaction, so a redelivered input is
+        recognised without a read of its own. Raises WrongExpectedVersion (nothing written),
+        WriterBusy when the queue stays full longer than `enqueue_timeout`,
+        StorageUnavailable/DatabaseCorrupt on storage failures, InvalidEvent for malformed input.
         """
         writer = self._require_writer("append")
         check_expectation(expected)
         pending = tuple(prepare_event(e) for e in events)
         if not pending:
             return AppendResult((), ())
-        return await writer.append(pending, expected, enqueue_timeout)
+        return await writer.append(pending, expected, enqueue_timeout, if_absent)
 
     async def set_consumer_position(self, name: str, position: int) -> None:
         """Record `name`'s last processed position (overwrites)."""

@@ -38,17 +38,19 @@ _INSERT = (
 
 
 class _AppendCall:
-    __slots__ = ("events", "expected", "future")
+    __slots__ = ("events", "expected", "future", "guard")
 
     def __init__(
         self,
         events: Sequence[PendingEvent],
         expected: int | Mapping[str, int],
         future: asyncio.Future,
+        guard: str | None = None,
     ) -> None:
         self.events = events
         self.expected = expected
         self.future = future
+        self.guard = guard
 
 
 class _Job:
@@ -104,9 +106,10 @@ class Writer:
         events: Sequence[PendingEvent],
         expected: int | Mapping[str, int],
         enqueue_timeout: float | None,
+        guard: str | None = None,
     ) -> AppendResult:
         fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        await self._enqueue(_AppendCall(events, expected, fut), enqueue_timeout)
+        await self._enqueue(_AppendCall(events, expected, fut, guard), enqueue_timeout)
         return await fut
 
     async def run_job(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
@@ -240,6 +243,7 @@ class Writer:
                 head_pos, head_hash = head[0] if head else (0, self.head_hash)
                 streams = {e.stream for c in batch for e in c.events}
                 ids = {e.event_id for c in batch for e in c.events}
+                ids.update(c.guard for c in batch if c.guard is not None)
                 versions: dict[str, int] = {}
                 for chunk in chunks(streams):
                     rows = await conn.execute_fetchall(
@@ -255,7 +259,7 @@ class Writer:
                     )
                     stored.update((r[7], record_from_row(r)) for r in rows)
                 plan = plan_batch(
-                    [(c.events, c.expected) for c in batch],
+                    [(c.events, c.expected, c.guard) for c in batch],
                     head_pos,
                     head_hash,
                     versions,

@@ -190,6 +190,36 @@ class EventStoreContract:
                 await store.append([ev("b"), ev("b")])
         assert seen == [2, 3, 4, 5, 6]
 
+    async def test_if_absent_skips_the_whole_call_when_its_guard_is_stored(
+        self, store: EventStore
+    ) -> None:
+        """A call guarded by a stored id writes nothing, even new events, and never conflicts."""
+        first = await store.append([ev("a", 1, event_id="in-1#0"), ev("a", 2, event_id="in-1#1")])
+        again = await store.append(
+            [ev("a", 1, event_id="in-1#0"), ev("b", 9, event_id="in-1#7")],
+            expected=0,  # stale: a guarded redelivery must not fail on it
+            if_absent="in-1#0",
+        )
+        assert again.skipped
+        assert again.records == (first.records[0],)
+        assert (await store.head())[0] == 2
+        fresh = await store.append([ev("a", 3, event_id="in-2#0")], if_absent="in-2#0")
+        assert not fresh.skipped
+        assert fresh.created == (True,)
+
+    async def test_if_absent_guards_within_one_batch(self, store: EventStore) -> None:
+        """Of two concurrent calls with the same guard, exactly one is written."""
+        results = []
+
+        async def put(n: int) -> None:
+            results.append(await store.append([ev("s", n, event_id="dup#0")], if_absent="dup#0"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(put, 1)
+            tg.start_soon(put, 2)
+        assert sorted(r.skipped for r in results) == [False, True]
+        assert (await store.head())[0] == 1
+
     async def test_commit_listener_sees_each_new_record_once_before_appenders_return(
         self, store: EventStore
     ) -> None:
