@@ -305,7 +305,7 @@ def status_command(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with open_log(args.database) as store:
             projection = await _replayed(store)
-        due = projection.pending_timers()[:10]
+        due = projection.due_soonest(10)
         stalled = sorted(projection.ids_in("stalled"))
         doc = {
             "position": projection.position,
