@@ -291,19 +291,27 @@ class Daemon:
         self.metrics.inc("staticipd_effects_total", outcome=report.outcome)
 
     async def _snapshots(self, store: EventStore, live: LiveProjection) -> None:
-        last_position, last_checkpoint = live.position, anyio.current_time()
+        """A snapshot every 10,000 events or 5 minutes, whichever comes first (when anything
+        changed); a signed checkpoint of the head every 10 minutes when a key is configured."""
+        snap_position = checkpoint_position = live.position
+        snap_at = checkpoint_at = anyio.current_time()
         while True:
             await anyio.sleep(5)
-            due = anyio.current_time() - last_checkpoint >= SNAPSHOT_EVERY_SECONDS
-            if live.position - last_position >= SNAPSHOT_EVERY_EVENTS or (
-                due and live.position != last_position
+            now, position = anyio.current_time(), live.position
+            if position != snap_position and (
+                position - snap_position >= SNAPSHOT_EVERY_EVENTS
+                or now - snap_at >= SNAPSHOT_EVERY_SECONDS
             ):
                 await self._snapshot(store, live)
-                last_position = live.position
-                key = self.runtime.secrets.checkpoint_key
-                if key and due:
-                    await store.checkpoint(key)
-                last_checkpoint = anyio.current_time()
+                snap_position, snap_at = position, now
+            key = self.runtime.secrets.checkpoint_key
+            if (
+                key
+                and position != checkpoint_position
+                and now - checkpoint_at >= (CHECKPOINT_EVERY_SECONDS)
+            ):
+                await store.checkpoint(key)
+                checkpoint_position, checkpoint_at = position, now
 
     async def _snapshot(self, store: EventStore, live: LiveProjection) -> None:
         position, blob = live.snapshot()
