@@ -156,39 +156,27 @@ def evolve_account(state: AccountState | None, event: ev.Event) -> AccountState:
     return replace(state, **changes)
 
 
+# What a migration cycle has learnt, forgotten when the account starts over or starts anew.
+_NO_CYCLE: dict[str, object] = {
+    "stopped_at": None,
+    "second_step_due_at": None,
+    "second_step_at": None,
+    "static_at": None,
+    "stalled_at": None,
+    "reminders": 0,
+    "second_steps": 0,
+    "reminder_base": None,
+    "early_auths": 0,
+}
+
+
 def _enter(state: AccountState, e: ev.StateChanged) -> dict[str, object]:
     changes: dict[str, object] = {"state": e.to_state, "cycle": e.cycle}
     match e.to_state:
         case "dynamic":
-            changes.update(
-                first_auth_at=None,
-                stopped_at=None,
-                second_step_due_at=None,
-                second_step_at=None,
-                static_at=None,
-                stalled_at=None,
-                reminders=0,
-                second_steps=0,
-                reminder_base=None,
-                early_auths=0,
-                policy=None,
-                wave=None,
-            )
+            changes.update(_NO_CYCLE, first_auth_at=None, policy=None, wave=None)
         case "first_auth":
-            changes.update(
-                first_auth_at=e.at,
-                policy=e.policy,
-                wave=e.wave,
-                stopped_at=None,
-                second_step_due_at=None,
-                second_step_at=None,
-                static_at=None,
-                stalled_at=None,
-                reminders=0,
-                second_steps=0,
-                reminder_base=None,
-                early_auths=0,
-            )
+            changes.update(_NO_CYCLE, first_auth_at=e.at, policy=e.policy, wave=e.wave)
         case "stopped_waiting":
             changes.update(stopped_at=e.at, second_step_due_at=e.due_at)
         case "second_step_due" if e.due_at is not None:
