@@ -13,12 +13,13 @@ import hashlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
 import structlog
 
+from daemon.clock import utc_now
 from daemon.domain import (
     AccountInput,
     AccountState,
@@ -40,10 +41,6 @@ from eventstore import EventStore, NewEvent, WrongExpectedVersion
 log = structlog.get_logger(__name__)
 
 _CONFLICT_RETRIES = 5
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)

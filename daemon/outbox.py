@@ -20,13 +20,11 @@ from typing import Any, Literal
 import anyio
 import structlog
 
+from daemon.clock import utc_now
+
 log = structlog.get_logger(__name__)
 
 Outcome = Literal["succeeded", "failed_retrying", "gave_up"]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class PermanentEffectError(Exception):

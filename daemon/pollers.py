@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 import anyio
 import structlog
 
+from daemon.clock import utc_now
 from daemon.domain import AccountObserved, AccountState, Input, IpListObserved
 from daemon.projections import Projection
 from daemon.provider import ProviderClient, ProviderError, RateLimited
@@ -27,10 +28,6 @@ Submit = Callable[[Sequence[Input]], Awaitable[object]]
 
 # States whose next step depends on something the provider reports.
 WAITING_ON_PROVIDER = ("first_auth", "stopped_waiting", "second_step_due", "second_auth", "stalled")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def _pause(interval: float, rng: random.Random, retry_after: float | None = None) -> None:

@@ -13,19 +13,17 @@ import itertools
 import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import anyio
 import structlog
+
+from daemon.clock import utc_now
 
 log = structlog.get_logger(__name__)
 
 # Re-check the wall clock at least this often, so a clock step is noticed within a minute.
 MAX_SLEEP_SECONDS = 60.0
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
