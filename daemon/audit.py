@@ -16,7 +16,10 @@ import msgspec
 from daemon.domain import (
     AccountsEnrolled,
     AccountState,
+    ReauthRequested,
     StateChanged,
+    TimerFired,
+    TimerScheduled,
     UnknownEvent,
     decode_event,
     evolve_account,
@@ -111,13 +114,21 @@ def _source(record: Record) -> str:
 
 
 def _reason(event: object) -> str:
-    if isinstance(event, UnknownEvent):
-        return f"unreadable event (type {event.event_type}, schema {event.schema})"
+    match event:
+        case UnknownEvent():
+            return f"unreadable event (type {event.event_type}, schema {event.schema})"
+        case TimerScheduled():
+            return f"{event.purpose} timer due {event.due_at.isoformat(timespec='seconds')}"
+        case TimerFired():
+            return f"{event.purpose} timer fired, {event.lateness} after its due time"
+        case ReauthRequested() if not event.reason:
+            return f"ask the user to re-authenticate ({event.stage}, request {event.reminder})"
     for field in ("reason", "detail"):
         value = getattr(event, field, None)
         if isinstance(value, str) and value:
             return value
-    return ""
+    key = getattr(event, "idempotency_key", None)
+    return f"effect {key}" if isinstance(key, str) else ""
 
 
 def render_timeline(entries: Iterable[TimelineEntry]) -> str:
