@@ -205,6 +205,23 @@ async def test_body_over_the_limit_is_413_and_appends_nothing(setup, start_daemo
         assert len(setup.events()) == 1
 
 
+async def test_auth_events_and_operator_bodies_over_the_limit_are_413(setup, start_daemon) -> None:
+    """The body limit holds on the auth-event and operator APIs too, and nothing is recorded."""
+    setup.env["STATICIPD_HTTP__MAX_BODY_BYTES"] = "2048"
+    async with start_daemon(setup) as d:
+        padding = "x" * 4096
+        status, body = await d.auth_event(
+            {"account_id": "a", "occurred_at": "2026-11-25T10:00:00Z", "email": padding}
+        )
+        assert status == 413
+        assert body["error"]["code"] == "payload_too_large"
+        status, body = await d.operator(
+            "POST", "/v1/enrollments", {"account_ids": ["a"], "wave": padding}
+        )
+        assert status == 413
+        assert setup.events() == []
+
+
 @pytest.mark.parametrize(("error", "retry_after"), [(StorageUnavailable, "10"), (WriterBusy, "2")])
 async def test_storage_trouble_is_503_with_retry_after_and_nothing_lost(
     running, v2: V2, monkeypatch: pytest.MonkeyPatch, error: type[Exception], retry_after: str
