@@ -19,7 +19,7 @@ from aiohttp import web
 
 from daemon import __version__
 from daemon.config import Config, Secrets
-from daemon.domain import STATES, AccountState
+from daemon.domain import FLAGS, STATES, AccountState
 from daemon.engine import Engine
 from daemon.http.errors import ApiError, ServiceUnavailable, error_middleware
 from daemon.live import LiveProjection
@@ -83,6 +83,15 @@ def funnel(live: LiveProjection) -> dict[str, int]:
     return {state: counts.get(state, 0) for state in (*STATES, *sorted(set(counts) - set(STATES)))}
 
 
+def flag_counts(live: LiveProjection) -> dict[str, int]:
+    """Accounts per flag (invalid, sync_error, running_overdue, ...): what needs a look."""
+    counts: dict[str, int] = dict.fromkeys(FLAGS, 0)
+    for account in live.projection:
+        for flag in account.flags:
+            counts[flag] = counts.get(flag, 0) + 1
+    return counts
+
+
 routes = web.RouteTableDef()
 
 
@@ -133,6 +142,9 @@ async def status_page(request: web.Request) -> web.Response:
         rows=rows,
         now=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         waves=html.escape(", ".join(f"{w} ({n})" for w, n in app_state.waves().items()) or "none"),
+        flags=html.escape(
+            ", ".join(f"{f} {n}" for f, n in flag_counts(rt.live).items() if n) or "none"
+        ),
     )
     return web.Response(text=page, content_type="text/html")
 
@@ -144,6 +156,7 @@ th{{text-align:left;padding-right:1em;font-weight:500}}td{{padding:.2em .6em}}
 .bar{{background:#3a7;height:.8em;min-width:1px}}table{{width:100%}}small{{color:#666}}</style>
 </head><body><h1>staticipd</h1>
 <p>Migration <b>{enabled}</b> · waves: {waves} · log position {position}</p>
+<p>Flagged accounts: {flags}</p>
 <table>{rows}</table>
 <p><small>staticipd {version} · {now} · refreshes every 5 s ·
 <a href="/metrics">metrics</a> · <a href="/readyz">readiness</a></small></p>
@@ -173,6 +186,10 @@ def build_app(runtime: Runtime) -> web.Application:
     runtime.metrics.gauge(
         "staticipd_accounts", "Accounts per migration state.",
         lambda: [({"state": s}, n) for s, n in funnel(runtime.live).items()],
+    )  # fmt: skip
+    runtime.metrics.gauge(
+        "staticipd_accounts_flagged", "Accounts per flag (invalid, sync_error, ...).",
+        lambda: [({"flag": f}, n) for f, n in flag_counts(runtime.live).items()],
     )  # fmt: skip
     runtime.metrics.gauge(
         "staticipd_log_position", "Last log position applied to the projection.",

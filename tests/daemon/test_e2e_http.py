@@ -641,6 +641,18 @@ async def test_metrics_expose_the_funnel_gauge(running, v2: V2) -> None:
     assert 'staticipd_webhooks_total{result="bad_signature"} 1' in text
 
 
+async def test_flagged_accounts_are_counted_on_metrics_and_the_status_page(running, v2: V2) -> None:
+    """An account.invalid webhook shows as a flagged account in /metrics and on the status page."""
+    await running.post_webhook(v2("acc-bad", "account.invalid"))
+    async with running.http.get("/metrics") as resp:
+        text = await resp.text()
+    assert 'staticipd_accounts_flagged{flag="invalid"} 1' in text
+    assert 'staticipd_accounts_flagged{flag="sync_error"} 0' in text
+    async with running.http.get("/") as resp:
+        page = await resp.text()
+    assert "Flagged accounts: invalid 1" in page
+
+
 async def test_status_page_shows_the_funnel_without_account_ids(running) -> None:
     """The status page is HTML with counts per state, and never an account id or email."""
     await enable_and_enroll(running, ["secret-account-42"])
