@@ -10,7 +10,7 @@ input is found by the existence of `f"{input_id}#0"`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
@@ -22,11 +22,13 @@ class Input(msgspec.Struct, frozen=True, kw_only=True, tag_field="input", tag=Tr
     """Base of every input."""
 
     input_id: str
+    # Which field holds the time the input occurred (the rules read it through `at`).
+    TIME_FIELD: ClassVar[str] = "occurred_at"
 
     @property
     def at(self) -> datetime:
         """When the input occurred."""
-        raise NotImplementedError
+        return getattr(self, self.TIME_FIELD)
 
 
 class AccountInput(Input, frozen=True, kw_only=True):
@@ -49,10 +51,6 @@ class EnableMigration(ApplicationInput, frozen=True, kw_only=True):
     actor: str
     reason: str = ""
 
-    @property
-    def at(self) -> datetime:
-        return self.occurred_at
-
 
 class Enroll(ApplicationInput, frozen=True, kw_only=True):
     """Enrol accounts in a wave; `policy` None means the settings' default policy."""
@@ -64,10 +62,6 @@ class Enroll(ApplicationInput, frozen=True, kw_only=True):
     actor: str
     reason: str = ""
 
-    @property
-    def at(self) -> datetime:
-        return self.occurred_at
-
 
 class ResetAccount(AccountInput, frozen=True, kw_only=True):
     """Forget the account's migration progress: back to `dynamic`, timers and effects dropped."""
@@ -75,10 +69,6 @@ class ResetAccount(AccountInput, frozen=True, kw_only=True):
     occurred_at: UtcDatetime
     actor: str
     reason: str
-
-    @property
-    def at(self) -> datetime:
-        return self.occurred_at
 
 
 class ExcludeAccount(AccountInput, frozen=True, kw_only=True):
@@ -88,10 +78,6 @@ class ExcludeAccount(AccountInput, frozen=True, kw_only=True):
     actor: str
     reason: str
 
-    @property
-    def at(self) -> datetime:
-        return self.occurred_at
-
 
 class MarkResolved(AccountInput, frozen=True, kw_only=True):
     """The operator states the account's problem is resolved (second step done out of band)."""
@@ -99,10 +85,6 @@ class MarkResolved(AccountInput, frozen=True, kw_only=True):
     occurred_at: UtcDatetime
     actor: str
     reason: str
-
-    @property
-    def at(self) -> datetime:
-        return self.occurred_at
 
 
 # --- the application, the provider, timers, the outbox, pollers --------------------------------
@@ -116,10 +98,6 @@ class AuthReported(AccountInput, frozen=True, kw_only=True):
     provider: str | None = None
     source: str = "app"
 
-    @property
-    def at(self) -> datetime:
-        return self.occurred_at
-
 
 class ProviderNotified(AccountInput, frozen=True, kw_only=True):
     """A provider webhook about the account (one v2 delta or one v3 notification)."""
@@ -129,21 +107,14 @@ class ProviderNotified(AccountInput, frozen=True, kw_only=True):
     api_version: Literal[2, 3] = 2
     details: dict[str, Any] = {}
 
-    @property
-    def at(self) -> datetime:
-        return self.occurred_at
-
 
 class TimerFired(AccountInput, frozen=True, kw_only=True):
     """The timer driver fired a timer (`input_id` is `timer:<timer_id>`)."""
 
     timer_id: str
+    TIME_FIELD: ClassVar[str] = "fired_at"
     due_at: UtcDatetime
     fired_at: UtcDatetime
-
-    @property
-    def at(self) -> datetime:
-        return self.fired_at
 
 
 class EffectOutcome(AccountInput, frozen=True, kw_only=True):
@@ -156,10 +127,6 @@ class EffectOutcome(AccountInput, frozen=True, kw_only=True):
     occurred_at: UtcDatetime
     next_attempt_at: UtcDatetime | None = None
 
-    @property
-    def at(self) -> datetime:
-        return self.occurred_at
-
 
 class AccountObserved(AccountInput, frozen=True, kw_only=True):
     """The reconciler's view of the account at the provider."""
@@ -167,11 +134,8 @@ class AccountObserved(AccountInput, frozen=True, kw_only=True):
     sync_state: str | None = None
     billing_state: str | None = None
     exists: bool = True
+    TIME_FIELD: ClassVar[str] = "observed_at"
     observed_at: UtcDatetime
-
-    @property
-    def at(self) -> datetime:
-        return self.observed_at
 
 
 class IpListObserved(ApplicationInput, frozen=True, kw_only=True):
@@ -180,11 +144,8 @@ class IpListObserved(ApplicationInput, frozen=True, kw_only=True):
     kind: Literal["static", "dynamic"]
     addresses: tuple[str, ...]
     provider_updated_at: UtcDatetime | None = None
+    TIME_FIELD: ClassVar[str] = "observed_at"
     observed_at: UtcDatetime
-
-    @property
-    def at(self) -> datetime:
-        return self.observed_at
 
 
 def stream_for(inp: Input) -> str:
