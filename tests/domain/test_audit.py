@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from daemon.audit import funnel_at, render_timeline, replay, timeline, timeline_as_json, transitions
 from daemon.domain import encode_event
+from eventstore import RecordedEvent
 
 
-@dataclass(frozen=True)
-class Rec:
-    position: int
-    stream: str
-    version: int
-    type: str
-    schema: int
-    data: bytes
-    metadata: bytes
-    event_id: str
-    recorded_at: datetime
-    hash: str = ""
-
-
-def records(flow, metadata: bytes = b"{}") -> list[Rec]:
+def records(flow, metadata: bytes = b"{}") -> list[RecordedEvent]:
     out = []
     for logged in flow.h.log:
         encoded = encode_event(logged.event)
         out.append(
-            Rec(
+            RecordedEvent(
                 logged.position,
                 logged.stream,
                 logged.version,
@@ -39,6 +25,7 @@ def records(flow, metadata: bytes = b"{}") -> list[Rec]:
                 metadata,
                 logged.event_id,
                 logged.event.occurred_at or flow.now,
+                "",
             )
         )
     return out
