@@ -18,7 +18,13 @@ import anyio
 import structlog
 
 from daemon.clock import utc_now
-from daemon.domain import AccountObserved, AccountState, Input, IpListObserved
+from daemon.domain import (
+    AccountObserved,
+    AccountState,
+    Input,
+    IpListObserved,
+    sync_state_meaning,
+)
 from daemon.projections import Projection
 from daemon.provider import ProviderClient, ProviderError, RateLimited
 
@@ -159,22 +165,18 @@ class Reconciler:
             await _pause(self._interval, self._rng, retry_after)
 
 
-_BROKEN = {"invalid": "invalid", "invalid-credentials": "invalid", "sync-error": "sync_error",
-           "exception": "sync_error"}  # fmt: skip
-
-
 def _informative(account: AccountState | None, sync_state: str | None, exists: bool) -> bool:
     """Only observations that can move an account are recorded: the log is not a poll history."""
     state = account.state if account else ""
-    if not exists:
-        return "deleted" not in (account.flags if account else ())
-    if sync_state in _BROKEN:
-        # Once flagged, the same broken state every round would only repeat itself.
-        return _BROKEN[sync_state] not in (account.flags if account else ())
+    flags = account.flags if account else frozenset()
+    meaning = sync_state_meaning(sync_state, exists=exists)
+    if meaning in ("deleted", "invalid", "sync_error"):
+        # Once flagged, the same state every round would only repeat itself.
+        return meaning not in flags
     if state == "first_auth":
-        return sync_state == "stopped"
+        return meaning == "stopped"
     if state == "second_auth":
         # Still stopped after the second step: the provider did not move it (the domain only
         # acts once `running_grace` has passed, so an early round records a harmless note).
-        return sync_state in ("running", "stopped")
-    return sync_state == "running"
+        return meaning in ("running", "stopped")
+    return meaning == "running"

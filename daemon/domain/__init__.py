@@ -82,7 +82,7 @@ from .state import (
     evolve_account,
     evolve_application,
 )
-from .triggers import TRIGGERS, meaning_of
+from .triggers import TRIGGERS, meaning_of, sync_state_meaning
 
 __all__ = [
     "EVENT_TYPES",
@@ -157,4 +157,5 @@ __all__ = [
     "meaning_of",
     "stream_for",
     "stream_of",
+    "sync_state_meaning",
 ]

@@ -30,7 +30,7 @@ from ._second_step import (
 )
 from .settings import MigrationSettings
 from .state import AccountState, ApplicationState
-from .triggers import meaning_of
+from .triggers import meaning_of, sync_state_meaning
 
 
 def decide_account(
@@ -206,17 +206,7 @@ def _on_notification(b: _Builder, at: datetime, n: inp.ProviderNotified) -> None
 
 
 def _on_observation(b: _Builder, at: datetime, o: inp.AccountObserved) -> None:
-    sync = (o.sync_state or "").replace("-", "_")
-    if not o.exists or o.billing_state == "deleted":
-        meaning = "deleted"
-    elif sync in ("stopped", "running"):
-        meaning = sync
-    elif sync in ("invalid", "invalid_credentials"):
-        meaning = "invalid"
-    elif sync in ("sync_error", "exception"):
-        meaning = "sync_error"
-    else:
-        meaning = "unrecognised"
+    meaning = sync_state_meaning(o.sync_state, exists=o.exists, billing_state=o.billing_state)
     reason, action = _react(b, at, meaning)
     b.emit(
         ev.AccountObservationRecorded(

@@ -43,3 +43,19 @@ def meaning_of(api_version: int, trigger: str, details: Mapping[str, Any]) -> st
     if entry is None:
         return "unrecognised"
     return entry if isinstance(entry, str) else entry(details)
+
+
+def sync_state_meaning(
+    sync_state: str | None, *, exists: bool = True, billing_state: str | None = None
+) -> str:
+    """The domain meaning of an account's state at the provider (API `sync_state`, an open set)."""
+    sync = (sync_state or "").replace("-", "_")
+    if not exists or billing_state == "deleted":
+        return "deleted"
+    if sync in ("stopped", "running"):
+        return sync
+    if sync in ("invalid", "invalid_credentials"):
+        return "invalid"
+    if sync in ("sync_error", "exception"):
+        return "sync_error"
+    return "unrecognised"
