@@ -1,9 +1,10 @@
 """The engine: every input becomes durable events before anyone is told it was accepted.
 
-decide (pure, on the projection's state) -> append (one transaction per call, expected stream
-versions) -> wait until the projection has applied the new events -> answer. Inputs about the
-same stream are serialised by a per-stream lock, so a decision always sees the state it is
-appended on; a version conflict (another writer) is retried on fresh state.
+Callers queue inputs; one pass decides everything queued (pure, on the projection's state plus
+the pass's own earlier decisions) -> appends one call per submit, all in one transaction, with
+expected stream versions -> waits until the projection has applied the new events -> answers.
+Passes run one after another, so a decision always sees the state it is appended on; a version
+conflict (another writer, or an earlier call of the pass that was dropped) is decided again.
 """
 
 from __future__ import annotations
@@ -32,15 +33,22 @@ from daemon.domain import (
     encode_event,
     evolve_account,
     evolve_application,
-    stream_for,
     stream_of,
 )
 from daemon.live import LiveProjection
-from eventstore import EventStore, NewEvent, WrongExpectedVersion
+from eventstore import (
+    AppendCall,
+    AppendResult,
+    EventStore,
+    NewEvent,
+    StoreClosed,
+    WrongExpectedVersion,
+)
 
 log = structlog.get_logger(__name__)
 
 _CONFLICT_RETRIES = 5
+_MAX_PASS = 512  # submits decided (and appended in one transaction) per engine pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,53 +59,6 @@ class Decision:
     duplicate: bool
     events: tuple[Event, ...]
     account: AccountState | None
-
-
-class _StreamLocks:
-    """One lock per stream, held only while someone uses it.
-
-    On the ingest hot path nearly every stream is free: taking it costs a dict insert and no
-    suspension; waiters queue in arrival order and the lock is handed to the next directly.
-    """
-
-    def __init__(self) -> None:
-        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
-
-    async def acquire(self, streams: Sequence[str]) -> None:
-        taken: list[str] = []
-        try:
-            for stream in sorted(set(streams)):  # one global order: no deadlocks
-                waiters = self._waiters.get(stream)
-                if waiters is None:
-                    self._waiters[stream] = deque()
-                else:
-                    future = asyncio.get_running_loop().create_future()
-                    waiters.append(future)
-                    try:
-                        await future
-                    except BaseException:
-                        if future.done() and not future.cancelled():
-                            self._release_one(stream)  # handed to us as we were cancelled
-                        else:
-                            waiters.remove(future)
-                        raise
-                taken.append(stream)
-        except BaseException:
-            self.release(taken)
-            raise
-
-    def release(self, streams: Sequence[str]) -> None:
-        for stream in sorted(set(streams)):
-            self._release_one(stream)
-
-    def _release_one(self, stream: str) -> None:
-        waiters = self._waiters[stream]
-        while waiters:
-            future = waiters.popleft()
-            if not future.done():
-                future.set_result(None)  # ownership passes straight to the next waiter
-                return
-        del self._waiters[stream]
 
 
 class _Batch:
@@ -143,8 +104,50 @@ class _RecordedInputs:
         return event_id in batch.found
 
 
+class _Request:
+    """One `submit` call waiting in the engine's inbox."""
+
+    __slots__ = ("attempt", "correlation_id", "future", "inputs", "known", "source")
+
+    def __init__(
+        self,
+        inputs: Sequence[Input],
+        source: str,
+        correlation_id: str | None,
+        known: set[str],
+        future: asyncio.Future[list[Decision]],
+    ) -> None:
+        self.inputs = inputs
+        self.source = source
+        self.correlation_id = correlation_id
+        self.known = known  # first event ids of these inputs found in the log before queueing
+        self.future = future
+        self.attempt = 0
+
+
+class _Decided:
+    """A request's decisions and the append call that records them."""
+
+    __slots__ = ("call", "decisions", "request")
+
+    def __init__(
+        self, request: _Request, decisions: list[Decision], call: AppendCall | None
+    ) -> None:
+        self.request = request
+        self.decisions = decisions
+        self.call = call
+
+
 class Engine:
-    """Decides inputs against the live projection and appends the resulting events durably."""
+    """Decides inputs against the live projection and appends the resulting events durably.
+
+    Callers queue their inputs (`submit`); one engine task takes everything queued, decides it
+    in arrival order (each decision sees the events of the ones before it, written or not yet),
+    appends one call per submit in a single transaction, waits for the commit, and answers.
+    While it waits, new inputs queue up for the next pass: the engine's own group commit. So no
+    input is decided on state another in-flight decision is about to change, without a lock per
+    stream, and the per-input cost is the decision itself.
+    """
 
     def __init__(
         self,
@@ -155,80 +158,169 @@ class Engine:
         clock: Callable[[], datetime] = utc_now,
         enqueue_timeout: float | None = 5.0,
         on_appended: Callable[[str, int, int], None] | None = None,
+        max_pass: int = _MAX_PASS,
     ) -> None:
         self.store = store
         self.live = live
         self.settings = settings
         self._clock = clock
         self._enqueue_timeout = enqueue_timeout
-        self._locks = _StreamLocks()
         self._recorded = _RecordedInputs(store)
         self._on_appended = on_appended
+        self._max_pass = max_pass
+        self._inbox: deque[_Request] = deque()
+        self._task: asyncio.Task[None] | None = None
 
     async def submit(
         self, inputs: Sequence[Input], *, source: str, correlation_id: str | None = None
     ) -> list[Decision]:
         """Record `inputs` (one delivery, one transaction) and return what each became."""
-        streams = [stream_for(i) for i in inputs]
-        await self._locks.acquire(streams)
-        try:
-            for attempt in range(_CONFLICT_RETRIES):
-                try:
-                    return await self._submit_locked(inputs, source, correlation_id)
-                except WrongExpectedVersion:
-                    if attempt == _CONFLICT_RETRIES - 1:
-                        raise
-                    log.info("engine.version_conflict_retry", attempt=attempt + 1)
-            raise AssertionError("unreachable")
-        finally:
-            self._locks.release(streams)
+        known: set[str] = set()
+        if len(inputs) > 1:
+            # One input (nearly every request): the writer checks for a redelivery in the
+            # commit's own transaction (`if_absent`). Several: each is looked up first, in
+            # queries shared with concurrent callers, before the engine decides.
+            for inp in inputs:
+                if await self._recorded.contains(f"{inp.input_id}#0"):
+                    known.add(f"{inp.input_id}#0")
+        future: asyncio.Future[list[Decision]] = asyncio.get_running_loop().create_future()
+        self._inbox.append(_Request(inputs, source, correlation_id, known, future))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._drain(), name="staticipd-engine"
+            )
+        return await future
 
-    async def _submit_locked(
-        self, inputs: Sequence[Input], source: str, correlation_id: str | None
-    ) -> list[Decision]:
+    async def _drain(self) -> None:
+        """Run passes while inputs are queued; the next `submit` starts a new drain."""
+        batch: list[_Request] = []
+        try:
+            while self._inbox:
+                batch = []
+                ids: set[str] = set()
+                while self._inbox and len(batch) < self._max_pass:
+                    request = self._inbox[0]
+                    mine = {i.input_id for i in request.inputs}
+                    if not mine.isdisjoint(ids):
+                        break  # the same input twice: the second waits for the first's answer
+                    ids |= mine
+                    batch.append(self._inbox.popleft())
+                await self._pass([r for r in batch if not r.future.done()])
+        except BaseException as exc:
+            # Nobody is left waiting for an answer that will not come.
+            for request in (*batch, *self._inbox):
+                if not request.future.done():
+                    request.future.set_exception(
+                        StoreClosed("the engine stopped; retry")
+                        if isinstance(exc, Exception)
+                        else asyncio.CancelledError()
+                    )
+            self._inbox.clear()
+            raise
+        finally:
+            self._task = None
+
+    async def _pass(self, batch: list[_Request]) -> None:
+        if not batch:
+            return
         projection = self.live.projection
-        accounts: dict[str, AccountState | None] = {}
-        app: ApplicationState = projection.application
-        expected: dict[str, int] = {}
+        overlay = _Overlay(projection)
+        now = self._clock()
+        decided: list[_Decided] = []
+        for request in batch:
+            try:
+                decided.append(self._decide(request, overlay, now))
+            except Exception as exc:  # a bug in one decision must not fail the others
+                overlay.forget()
+                request.future.set_exception(exc)
+        calls = [d.call for d in decided if d.call is not None]
+        try:
+            outcomes = (
+                await self.store.append_many(calls, enqueue_timeout=self._enqueue_timeout)
+                if calls
+                else []
+            )
+        except Exception as exc:
+            for d in decided:
+                if not d.request.future.done():
+                    d.request.future.set_exception(exc)
+            return
+        last = max(
+            (o.records[-1].position for o in outcomes if isinstance(o, AppendResult) and o.records),
+            default=0,
+        )
+        await self.live.wait_for(last)  # at once: the writer hands each commit to it first
+        results = iter(outcomes)
+        retry: list[_Request] = []
+        for d in decided:
+            request = d.request
+            if d.call is None:
+                _answer(request, d.decisions)
+                continue
+            outcome = next(results)
+            if isinstance(outcome, WrongExpectedVersion):
+                # Decided on state another writer (or a dropped redelivery) changed: decide again.
+                request.attempt += 1
+                if request.attempt < _CONFLICT_RETRIES:
+                    log.info("engine.version_conflict_retry", attempt=request.attempt)
+                    retry.append(request)
+                elif not request.future.done():
+                    request.future.set_exception(outcome)
+                continue
+            if isinstance(outcome, Exception):
+                if not request.future.done():
+                    request.future.set_exception(outcome)
+                continue
+            if outcome.skipped:  # recorded before: the decision just made is dropped unwritten
+                (inp,) = request.inputs
+                _answer(request, [Decision(inp, True, (), _account_of(projection, inp))])
+                continue
+            if self._on_appended is not None:
+                new = sum(outcome.created)
+                self._on_appended(request.source, new, len(outcome.created) - new)
+            _answer(request, d.decisions)
+        self._inbox.extendleft(reversed(retry))
+
+    def _decide(self, request: _Request, overlay: _Overlay, now: datetime) -> _Decided:
         new: list[NewEvent] = []
         decisions: list[Decision] = []
+        expected: dict[str, int] = {}
         seen_ids: set[str] = set()
-        now = self._clock()
-        # One input (nearly every request): the writer checks for a redelivery in the commit's
-        # own transaction (`if_absent`). Several: each is looked up first, in shared queries.
-        guard = f"{inputs[0].input_id}#0" if len(inputs) == 1 else None
-        for inp in inputs:
+        app = overlay.application
+        for inp in request.inputs:
             first_id = f"{inp.input_id}#0"
-            if first_id in seen_ids or (guard is None and await self._recorded.contains(first_id)):
-                decisions.append(Decision(inp, True, (), _account_of(projection, inp)))
+            if first_id in seen_ids or first_id in request.known:
+                decisions.append(Decision(inp, True, (), overlay.account_of(inp)))
                 continue
             seen_ids.add(first_id)
-            stream = stream_for(inp)
-            state: AccountState | ApplicationState | None
             if isinstance(inp, AccountInput):
-                state = accounts.get(inp.account_id, projection.account(inp.account_id))
-                expected.setdefault(stream, state.version if state else 0)
+                state: AccountState | ApplicationState | None = overlay.account(inp.account_id)
+                stream = f"account-{inp.account_id}"
+                expected.setdefault(stream, overlay.version(stream))
             else:
                 state = app
-                expected.setdefault(stream, app.version)
+                expected.setdefault("application", app.version)
             events = decide(state, inp, now, self.settings, app)
+            streams = []
             for event in events:
-                if stream_of(event) == "application":
+                stream = stream_of(event)
+                expected.setdefault(stream, overlay.version(stream))
+                streams.append(stream)
+                if stream == "application":
                     app = evolve_application(app, event)
+                    overlay.put_application(app)
                 else:
                     account_id = event.account_id  # type: ignore[attr-defined]
-                    accounts[account_id] = evolve_account(
-                        accounts.get(account_id, projection.account(account_id)), event
-                    )
-            after = accounts.get(inp.account_id) if isinstance(inp, AccountInput) else app
-            first_metadata, rest_metadata = _metadata(inp, after, source, correlation_id)
-            for index, event in enumerate(events):
+                    overlay.put(account_id, evolve_account(overlay.account(account_id), event))
+            after = overlay.account_of(inp) if isinstance(inp, AccountInput) else app
+            first_metadata, rest_metadata = _metadata(
+                inp, after, request.source, request.correlation_id
+            )
+            for index, (event, stream) in enumerate(zip(events, streams, strict=True)):
                 encoded = encode_event(event)
-                event_stream = stream_of(event)
-                expected.setdefault(event_stream, _version_of(projection, event_stream))
                 new.append(
                     NewEvent(
-                        stream=event_stream,
+                        stream=stream,
                         type=encoded.type,
                         data=encoded.data,
                         schema=encoded.schema,
@@ -236,23 +328,11 @@ class Engine:
                         event_id=f"{inp.input_id}#{index}",
                     )
                 )
-            account_id = getattr(inp, "account_id", None)
-            decisions.append(
-                Decision(
-                    inp, False, tuple(events), accounts.get(account_id) if account_id else None
-                )
-            )
-        if new:
-            result = await self.store.append(
-                new, expected, enqueue_timeout=self._enqueue_timeout, if_absent=guard
-            )
-            if result.skipped:  # recorded before: the decision just made is dropped unwritten
-                (inp,) = inputs
-                return [Decision(inp, True, (), _account_of(projection, inp))]
-            await self.live.wait_for(max(r.position for r in result.records))
-            if self._on_appended is not None:
-                self._on_appended(source, len(result.new_records), len(result.duplicates))
-        return decisions
+            decisions.append(Decision(inp, False, tuple(events), overlay.account_of(inp)))
+        if not new:
+            return _Decided(request, decisions, None)
+        guard = f"{request.inputs[0].input_id}#0" if len(request.inputs) == 1 else None
+        return _Decided(request, decisions, AppendCall(new, expected, if_absent=guard))
 
     async def quarantine(self, body: bytes, *, source: str, field: str, reason: str) -> bool:
         """Keep a signed but unreadable body in the log once, however often it is redelivered.
@@ -317,8 +397,44 @@ def _account_of(projection: Any, inp: Input) -> AccountState | None:
     return projection.account(account_id) if account_id else None
 
 
-def _version_of(projection: Any, stream: str) -> int:
-    if stream == "application":
-        return projection.application.version
-    state = projection.account(stream.removeprefix("account-"))
-    return state.version if state else 0
+class _Overlay:
+    """The projection as this pass's decisions left it: their events, written or not yet."""
+
+    __slots__ = ("_accounts", "_app", "_projection", "_versions", "application")
+
+    def __init__(self, projection: Any) -> None:
+        self._projection = projection
+        self._accounts: dict[str, AccountState | None] = {}
+        self.application: ApplicationState = projection.application
+
+    def account(self, account_id: str) -> AccountState | None:
+        try:
+            return self._accounts[account_id]
+        except KeyError:
+            return self._projection.account(account_id)
+
+    def account_of(self, inp: Input) -> AccountState | None:
+        account_id = getattr(inp, "account_id", None)
+        return self.account(account_id) if account_id else None
+
+    def put(self, account_id: str, state: AccountState) -> None:
+        self._accounts[account_id] = state
+
+    def put_application(self, state: ApplicationState) -> None:
+        self.application = state
+
+    def version(self, stream: str) -> int:
+        if stream == "application":
+            return self.application.version
+        state = self.account(stream.removeprefix("account-"))
+        return state.version if state else 0
+
+    def forget(self) -> None:
+        """Drop what a failed decision may have left half-applied: start from the projection."""
+        self._accounts.clear()
+        self.application = self._projection.application
+
+
+def _answer(request: _Request, decisions: list[Decision]) -> None:
+    if not request.future.done():
+        request.future.set_result(decisions)

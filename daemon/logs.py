@@ -23,6 +23,8 @@ __all__ = [
     "ScrubRendered",
     "SecretRedactor",
     "configure_logging",
+    "current_level",
+    "enabled",
     "register_secrets",
     "set_level",
 ]
@@ -58,6 +60,20 @@ def set_level(level: str | int) -> None:
     number = _level_number(level)
     _state["level"] = number
     logging.getLogger().setLevel(number)
+
+
+def current_level() -> int:
+    """The minimum level (a `logging` number) lines are kept at now."""
+    return int(_state["level"])
+
+
+def enabled(level: str) -> bool:
+    """Whether lines at `level` are kept now: lets a hot path skip building a line nobody keeps.
+
+    structlog builds a logger (and runs the level filter) on every call, which costs a few µs
+    even for a line that is dropped; per-request debug lines ask first.
+    """
+    return _LEVELS[level] >= _state["level"]
 
 
 def register_secrets(values: Iterable[str | bytes], *, replace: bool = False) -> None:

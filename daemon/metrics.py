@@ -25,7 +25,8 @@ class Metrics:
         self._counters.setdefault(name, defaultdict(float))
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
-        self._counters[name][tuple(sorted(labels.items()))] += amount
+        key = tuple(labels.items()) if len(labels) < 2 else tuple(sorted(labels.items()))
+        self._counters[name][key] += amount
 
     def gauge(
         self,

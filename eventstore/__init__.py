@@ -11,7 +11,15 @@ from .errors import (
     WriterBusy,
     WrongExpectedVersion,
 )
-from .records import ANY, NO_STREAM, AppendResult, NewEvent, RecordedEvent, new_event_id
+from .records import (
+    ANY,
+    NO_STREAM,
+    AppendCall,
+    AppendResult,
+    NewEvent,
+    RecordedEvent,
+    new_event_id,
+)
 from .store import EventStore, ReadOnlyStore, SignedCheckpoint
 from .verify import Damage, VerifyReport
 
@@ -19,6 +27,7 @@ __all__ = [
     "ANY",
     "GENESIS",
     "NO_STREAM",
+    "AppendCall",
     "AppendResult",
     "Damage",
     "DatabaseCorrupt",

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-__all__ = ["ANY", "NO_STREAM", "AppendResult", "NewEvent", "RecordedEvent", "new_event_id"]
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "AppendCall",
+    "AppendResult",
+    "NewEvent",
+    "RecordedEvent",
+    "new_event_id",
+]
 
 ANY = -1
 """Expected version: append whatever the stream's current version is."""
@@ -25,6 +34,15 @@ class NewEvent:
     schema: int = 1
     metadata: bytes = b"{}"
     event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendCall:
+    """One call of `EventStore.append_many`: what `append(events, expected, if_absent=)` takes."""
+
+    events: Sequence[NewEvent]
+    expected: int | Mapping[str, int] = ANY
+    if_absent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

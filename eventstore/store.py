@@ -34,7 +34,7 @@ from .errors import (
     translate,
 )
 from .planner import check_expectation, prepare_event, record_from_row, records_from_rows
-from .records import ANY, AppendResult, NewEvent, RecordedEvent
+from .records import ANY, AppendCall, AppendResult, NewEvent, RecordedEvent
 from .schema import EVENT_COLUMNS, migrate
 from .verify import VerifyReport, verify_log
 from .writer import Writer, chunks, marks
@@ -261,6 +261,32 @@ class EventStore:
         if not pending:
             return AppendResult((), ())
         return await writer.append(pending, expected, enqueue_timeout, if_absent)
+
+    async def append_many(
+        self,
+        calls: Sequence[AppendCall],
+        *,
+        enqueue_timeout: float | None = None,
+    ) -> list[AppendResult | EventStoreError]:
+        """Append several independent calls in one transaction; one outcome per call, in order.
+
+        Each call behaves as its own `append` would, in the order given (a later call sees the
+        earlier ones' events), except that its failure is returned, not raised: a call whose
+        expectation fails gets WrongExpectedVersion and writes nothing while the others are
+        written. Storage failures and WriterBusy raise for all; an invalid event (InvalidEvent)
+        raises before anything is queued. One queue entry and one future for many calls: the
+        cheap way for a caller that batches its own work.
+        """
+        writer = self._require_writer("append_many")
+        prepared = []
+        for call in calls:
+            check_expectation(call.expected)
+            prepared.append(
+                (tuple(prepare_event(e) for e in call.events), call.expected, call.if_absent)
+            )
+        if not prepared:
+            return []
+        return await writer.append_many(prepared, enqueue_timeout)
 
     async def set_consumer_position(self, name: str, position: int) -> None:
         """Record `name`'s last processed position (overwrites)."""

@@ -28,6 +28,8 @@ _CHUNK = 900  # bound parameters per IN list; SQLite builds before 3.32 allow 99
 # Planning (hashing) runs on the event loop: cap a batch's events so one batch never stalls it.
 _MAX_BATCH_EVENTS = 20_000
 _STOP = object()
+# What one append call asks for: its events, expected versions, and its `if_absent` guard id.
+_Call = tuple[Sequence[PendingEvent], "int | Mapping[str, int]", "str | None"]
 # Only constant column lists and "?" marks are ever formatted into these statements.
 _VERSIONS_SQL = "SELECT stream, MAX(version) FROM events WHERE stream IN ({}) GROUP BY stream"
 _STORED_SQL = "SELECT " + EVENT_COLUMNS + " FROM events WHERE event_id IN ({})"  # noqa: S608
@@ -38,19 +40,18 @@ _INSERT = (
 
 
 class _AppendCall:
-    __slots__ = ("events", "expected", "future", "guard")
+    """Queued append calls with one future: a single call (`append`) or a group (`append_many`).
 
-    def __init__(
-        self,
-        events: Sequence[PendingEvent],
-        expected: int | Mapping[str, int],
-        future: asyncio.Future,
-        guard: str | None = None,
-    ) -> None:
-        self.events = events
-        self.expected = expected
+    A single call's future gets its AppendResult or its error; a group's future gets the list of
+    outcomes, one per call, where a call's own error (a failed expectation) is a value.
+    """
+
+    __slots__ = ("calls", "future", "single")
+
+    def __init__(self, calls: list[_Call], future: asyncio.Future, *, single: bool) -> None:
+        self.calls = calls
         self.future = future
-        self.guard = guard
+        self.single = single
 
 
 class _Job:
@@ -109,7 +110,17 @@ class Writer:
         guard: str | None = None,
     ) -> AppendResult:
         fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        await self._enqueue(_AppendCall(events, expected, fut, guard), enqueue_timeout)
+        await self._enqueue(
+            _AppendCall([(events, expected, guard)], fut, single=True), enqueue_timeout
+        )
+        return await fut
+
+    async def append_many(
+        self, calls: list[_Call], enqueue_timeout: float | None
+    ) -> list[AppendResult | EventStoreError]:
+        fut: asyncio.Future[list[AppendResult | EventStoreError]]
+        fut = asyncio.get_running_loop().create_future()
+        await self._enqueue(_AppendCall(calls, fut, single=False), enqueue_timeout)
         return await fut
 
     async def run_job(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
@@ -172,7 +183,7 @@ class Writer:
                     await self._do_job(item)
                     continue
                 batch = [item]
-                n_events = len(item.events)
+                n_events = sum(len(c[0]) for c in item.calls)
                 while len(batch) < self._max_batch and n_events < _MAX_BATCH_EVENTS:
                     try:
                         nxt = self._queue.get_nowait()
@@ -182,7 +193,7 @@ class Writer:
                         pending = nxt
                         break
                     batch.append(nxt)
-                    n_events += len(nxt.events)
+                    n_events += sum(len(c[0]) for c in nxt.calls)
                 # A caller cancelled before its call was taken: nothing of it is written.
                 live = [c for c in batch if not c.future.done()]
                 if live:
@@ -241,9 +252,10 @@ class Writer:
                     )
                 )
                 head_pos, head_hash = head[0] if head else (0, self.head_hash)
-                streams = {e.stream for c in batch for e in c.events}
-                ids = {e.event_id for c in batch for e in c.events}
-                ids.update(c.guard for c in batch if c.guard is not None)
+                calls = [call for item in batch for call in item.calls]
+                streams = {e.stream for c in calls for e in c[0]}
+                ids = {e.event_id for c in calls for e in c[0]}
+                ids.update(c[2] for c in calls if c[2] is not None)
                 versions: dict[str, int] = {}
                 for chunk in chunks(streams):
                     rows = await conn.execute_fetchall(
@@ -259,7 +271,7 @@ class Writer:
                     )
                     stored.update((r[7], record_from_row(r)) for r in rows)
                 plan = plan_batch(
-                    [(c.events, c.expected, c.guard) for c in batch],
+                    calls,
                     head_pos,
                     head_hash,
                     versions,
@@ -283,13 +295,17 @@ class Writer:
         self.head_position, self.head_hash = plan.head_position, plan.head_hash
         if plan.rows and self.listeners:
             self._publish(plan.outcomes)
-        for call, outcome in zip(batch, plan.outcomes, strict=True):
-            if call.future.done():
+        outcomes = iter(plan.outcomes)
+        for item in batch:
+            mine = [next(outcomes) for _ in item.calls]
+            if item.future.done():
                 continue  # cancelled after being taken: its events are committed whole
-            if isinstance(outcome, EventStoreError):
-                call.future.set_exception(outcome)
+            if not item.single:
+                item.future.set_result(mine)
+            elif isinstance(mine[0], EventStoreError):
+                item.future.set_exception(mine[0])
             else:
-                call.future.set_result(outcome)
+                item.future.set_result(mine[0])
         if plan.rows:
             self._signal()
 

@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import msgspec
 import structlog
 from aiohttp import web
 
@@ -29,6 +30,7 @@ __all__ = [
     "bind_log_context",
     "error_middleware",
     "error_response",
+    "json_answer",
     "read_limited_body",
     "request_id",
     "require_bearer",
@@ -152,7 +154,19 @@ def error_response(
 ) -> web.Response:
     """The one JSON error shape every route and the middleware answer with."""
     body = {"error": {"code": code, "message": message, "field": field}}
-    return web.json_response(body, status=status, headers=headers)
+    return json_answer(body, status=status, headers=headers)
+
+
+def json_answer(
+    doc: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """`doc` as a JSON response, encoded by msgspec (several times faster than json.dumps)."""
+    return web.Response(
+        body=_encode(doc), status=status, headers=headers, content_type="application/json"
+    )
+
+
+_encode = msgspec.json.Encoder().encode
 
 
 def request_id(request: web.Request) -> str:

@@ -16,10 +16,12 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from daemon import logs
 from daemon.domain import AuthReported, ProviderNotified
 from daemon.http.errors import (
     ApiError,
     bind_log_context,
+    json_answer,
     read_limited_body,
     request_id,
     require_bearer,
@@ -104,8 +106,9 @@ async def receive_webhook(request: web.Request) -> web.Response:
     rt.metrics.inc("staticipd_webhooks_total", result="accepted")
     rt.metrics.inc("staticipd_webhook_deltas_total", len(inputs) - duplicates, result="recorded")
     rt.metrics.inc("staticipd_webhook_deltas_total", duplicates, result="duplicate")
-    log.debug("webhook.accepted", recorded=len(inputs) - duplicates, duplicates=duplicates)
-    return web.json_response({"recorded": len(inputs) - duplicates, "duplicates": duplicates})
+    if logs.enabled("debug"):
+        log.debug("webhook.accepted", recorded=len(inputs) - duplicates, duplicates=duplicates)
+    return json_answer({"recorded": len(inputs) - duplicates, "duplicates": duplicates})
 
 
 @routes.post("/v1/auth-events")
@@ -139,9 +142,10 @@ async def receive_auth_event(request: web.Request) -> web.Response:
     rt.metrics.inc(
         "staticipd_auth_events_total", result="duplicate" if decision.duplicate else "recorded"
     )
-    log.debug("auth_event.accepted", duplicate=decision.duplicate)
+    if logs.enabled("debug"):
+        log.debug("auth_event.accepted", duplicate=decision.duplicate)
     account = rt.live.projection.account(event.account_id)
-    return web.json_response(
+    return json_answer(
         {"duplicate": decision.duplicate, "account": describe_account(account, event.account_id)}
     )
 

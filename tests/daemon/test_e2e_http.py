@@ -21,7 +21,7 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 from structlog.testing import LogCapture
 
-from daemon import standardwebhooks
+from daemon import logs, standardwebhooks
 from eventstore import StorageUnavailable, WriterBusy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -45,10 +45,13 @@ def captured_lines() -> Iterator[list[dict[str, Any]]]:
     saved = list(processors)
     # Edited in place: loggers already handed out hold a reference to this very list.
     processors[:] = [structlog.contextvars.merge_contextvars, capture]
+    level = logs.current_level()
+    logs.set_level("debug")  # per-request lines are debug lines, built only when kept
     try:
         yield capture.entries
     finally:
         processors[:] = saved
+        logs.set_level(level)
 
 
 async def enable_and_enroll(d: Any, account_ids: list[str], policy: str = "notify") -> None:
@@ -232,7 +235,8 @@ async def test_storage_trouble_is_503_with_retry_after_and_nothing_lost(
     async def unavailable(*args: Any, **kwargs: Any) -> Any:
         raise error("disk I/O error (simulated)")
 
-    monkeypatch.setattr(running.daemon.store, "append", unavailable)
+    for write in ("append", "append_many"):
+        monkeypatch.setattr(running.daemon.store, write, unavailable)
     resp = await running.post_webhook(body)
     assert resp.status == 503
     assert resp.headers["Retry-After"] == retry_after
@@ -258,7 +262,8 @@ async def test_unexpected_failure_is_a_bare_500_without_stack_trace(
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret internal detail /srv/app/x.py line 3")
 
-    monkeypatch.setattr(running.daemon.store, "append", broken)
+    for write in ("append", "append_many"):
+        monkeypatch.setattr(running.daemon.store, write, broken)
     resp = await running.post_webhook(v2("acc-500", "account.running"))
     assert resp.status == 500
     text = await resp.text()

@@ -1,0 +1,136 @@
+"""The engine's passes: many submits decided in one pass, appended in one transaction, in order.
+
+Every test runs the real write path on a SQLite file: store, live projection, engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import daemon.engine
+from daemon.domain import MigrationSettings, ProviderNotified
+from daemon.engine import Engine
+from daemon.live import LiveProjection
+from eventstore import EventStore
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def running(n: int, account: str = "acc-1") -> ProviderNotified:
+    return ProviderNotified(
+        input_id=f"v2:{account}:{n}",
+        account_id=account,
+        trigger="account.running",
+        occurred_at=T0 + timedelta(seconds=n),
+    )
+
+
+class WritePath:
+    def __init__(self, store: EventStore, live: LiveProjection, engine: Engine) -> None:
+        self.store, self.live, self.engine = store, live, engine
+
+    async def submit(self, *inputs: ProviderNotified) -> list[daemon.engine.Decision]:
+        return await asyncio.wait_for(self.engine.submit(list(inputs), source="test"), 10)
+
+    async def stream(self, account: str) -> list[str]:
+        return [r.event_id async for r in self.store.read_stream(f"account-{account}")]
+
+
+@pytest.fixture
+async def path(tmp_path: Path) -> AsyncIterator[WritePath]:
+    store = await EventStore.open(tmp_path / "log.db", synchronous="NORMAL")
+    live = await LiveProjection.load(store)
+    try:
+        yield WritePath(store, live, Engine(store, live, MigrationSettings(), clock=lambda: T0))
+    finally:
+        await store.close()
+
+
+async def test_concurrent_inputs_for_one_account_are_all_recorded_in_arrival_order(
+    path: WritePath,
+) -> None:
+    """Decided in one pass, each input sees the ones before it: versions follow arrival order."""
+    answers = await asyncio.gather(*(path.submit(running(n)) for n in range(40)))
+    assert [d.duplicate for [d] in answers] == [False] * 40
+    assert await path.stream("acc-1") == [f"v2:acc-1:{n}#0" for n in range(40)]
+    assert [d.account.version for [d] in answers] == list(range(1, 41))
+    assert path.live.projection.account("acc-1").version == 40
+
+
+async def test_a_redelivery_queued_before_a_new_input_does_not_lose_the_new_one(
+    path: WritePath,
+) -> None:
+    """The redelivery's decision is dropped unwritten; the input decided after it is decided
+    again on the state without it, not lost."""
+    await path.submit(running(1))
+    [again], [new] = await asyncio.gather(path.submit(running(1)), path.submit(running(2)))
+    assert again.duplicate
+    assert not new.duplicate
+    assert await path.stream("acc-1") == ["v2:acc-1:1#0", "v2:acc-1:2#0"]
+    assert new.account.version == 2
+
+
+async def test_the_same_input_twice_in_flight_is_recorded_once(path: WritePath) -> None:
+    first, second = await asyncio.gather(path.submit(running(7)), path.submit(running(7)))
+    assert sorted(d.duplicate for [d] in (first, second)) == [False, True]
+    assert await path.stream("acc-1") == ["v2:acc-1:7#0"]
+
+
+async def test_a_failing_decision_fails_only_its_own_submit(
+    path: WritePath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_decide = daemon.engine.decide
+
+    def decide(state: Any, inp: Any, *args: Any) -> Any:
+        if inp.input_id == "v2:acc-2:0":
+            raise RuntimeError("a bug in one decision")
+        return real_decide(state, inp, *args)
+
+    monkeypatch.setattr(daemon.engine, "decide", decide)
+    results = await asyncio.gather(
+        path.submit(running(0, "acc-1")),
+        path.submit(running(0, "acc-2")),
+        path.submit(running(1, "acc-1")),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], RuntimeError)
+    assert await path.stream("acc-1") == ["v2:acc-1:0#0", "v2:acc-1:1#0"]
+    assert await path.stream("acc-2") == []
+
+
+async def test_a_storage_failure_answers_every_submit_of_the_pass(
+    path: WritePath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody waits for ever: the pass's callers all get the error, and the next pass works."""
+    from eventstore import StorageUnavailable
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise StorageUnavailable("disk I/O error (simulated)")
+
+    monkeypatch.setattr(path.store, "append_many", broken)
+    results = await asyncio.gather(
+        *(path.submit(running(n)) for n in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(r, StorageUnavailable) for r in results)
+    monkeypatch.undo()
+    [decision] = await path.submit(running(9))
+    assert not decision.duplicate
+    assert await path.stream("acc-1") == ["v2:acc-1:9#0"]
+
+
+async def test_a_delivery_of_several_inputs_is_one_call_and_skips_known_ones(
+    path: WritePath,
+) -> None:
+    await path.submit(running(1))
+    decisions = await path.submit(running(1), running(2), running(3, "acc-2"))
+    assert [d.duplicate for d in decisions] == [True, False, False]
+    assert await path.stream("acc-1") == ["v2:acc-1:1#0", "v2:acc-1:2#0"]
+    assert await path.stream("acc-2") == ["v2:acc-2:3#0"]

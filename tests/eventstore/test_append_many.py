@@ -1,0 +1,81 @@
+"""append_many: several independent append calls in one transaction, one outcome each."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from eventstore import (
+    AppendCall,
+    AppendResult,
+    EventStore,
+    InvalidEvent,
+    NewEvent,
+    WrongExpectedVersion,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def ev(stream: str, event_id: str) -> NewEvent:
+    return NewEvent(stream, "T", b'{"n": 1}', event_id=event_id)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[EventStore]:
+    s = await EventStore.open(tmp_path / "log.db")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_each_call_gets_its_own_outcome_and_the_others_are_written(
+    store: EventStore,
+) -> None:
+    outcomes = await store.append_many(
+        [
+            AppendCall([ev("a", "a1")], expected=0),
+            AppendCall([ev("b", "b1")], expected=5),  # wrong: b has no events
+            AppendCall([ev("a", "a2"), ev("c", "c1")], expected={"a": 1}),  # sees a1
+        ]
+    )
+    assert isinstance(outcomes[0], AppendResult)
+    assert isinstance(outcomes[1], WrongExpectedVersion)
+    assert isinstance(outcomes[2], AppendResult)
+    stored = [r async for r in store.read_all()]
+    assert [(r.event_id, r.stream, r.version) for r in stored] == [
+        ("a1", "a", 1),
+        ("a2", "a", 2),
+        ("c1", "c", 1),
+    ]
+    assert len({r.recorded_at for r in stored}) == 1  # one transaction, one commit time
+    assert outcomes[2].records == tuple(stored[1:])
+
+
+async def test_a_call_whose_guard_is_stored_is_skipped_whole(store: EventStore) -> None:
+    await store.append([ev("a", "x#0")])
+    skipped, written = await store.append_many(
+        [
+            AppendCall([ev("a", "x#0"), ev("a", "x#1")], if_absent="x#0"),
+            AppendCall([ev("a", "y#0")], if_absent="y#0"),
+        ]
+    )
+    assert isinstance(skipped, AppendResult)
+    assert skipped.skipped
+    assert isinstance(written, AppendResult)
+    assert written.created == (True,)
+    assert [r.event_id async for r in store.read_all()] == ["x#0", "y#0"]
+
+
+async def test_an_invalid_event_refuses_the_whole_group_before_writing(
+    store: EventStore,
+) -> None:
+    with pytest.raises(InvalidEvent):
+        await store.append_many(
+            [AppendCall([ev("a", "a1")]), AppendCall([NewEvent("b", "T", b"not json")])]
+        )
+    assert [r async for r in store.read_all()] == []
+    assert await store.append_many([]) == []
