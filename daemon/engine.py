@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,6 +33,7 @@ from daemon.domain import (
     encode_event,
     evolve_account,
     evolve_application,
+    stream_for,
     stream_of,
 )
 from daemon.live import LiveProjection
@@ -49,6 +50,7 @@ log = structlog.get_logger(__name__)
 
 _CONFLICT_RETRIES = 5
 _MAX_PASS = 512  # submits decided (and appended in one transaction) per engine pass
+_MAX_IN_FLIGHT = 8  # passes appended and not yet committed; a ninth waits for the oldest
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,12 +143,14 @@ class _Decided:
 class Engine:
     """Decides inputs against the live projection and appends the resulting events durably.
 
-    Callers queue their inputs (`submit`); one engine task takes everything queued, decides it
-    in arrival order (each decision sees the events of the ones before it, written or not yet),
-    appends one call per submit in a single transaction, waits for the commit, and answers.
-    While it waits, new inputs queue up for the next pass: the engine's own group commit. So no
-    input is decided on state another in-flight decision is about to change, without a lock per
-    stream, and the per-input cost is the decision itself.
+    Callers queue their inputs (`submit`). A pass takes what is queued, decides it in arrival
+    order (each decision sees the events of the ones before it in the pass), appends one call
+    per submit (`EventStore.append_many`: one transaction for the pass, or shared with passes
+    queued beside it) and, once committed, answers. Passes do not wait for each other's commits,
+    but an input whose stream has events still in flight waits for them: every decision is made
+    on committed state plus its own pass, without a lock per stream. A call whose basis was
+    dropped (a redelivery recognised at commit, a conflict) fails its expected versions, and its
+    submit is decided again in a later pass.
     """
 
     def __init__(
@@ -159,6 +163,7 @@ class Engine:
         enqueue_timeout: float | None = 5.0,
         on_appended: Callable[[str, int, int], None] | None = None,
         max_pass: int = _MAX_PASS,
+        max_in_flight: int = _MAX_IN_FLIGHT,
     ) -> None:
         self.store = store
         self.live = live
@@ -168,8 +173,11 @@ class Engine:
         self._recorded = _RecordedInputs(store)
         self._on_appended = on_appended
         self._max_pass = max_pass
+        self._max_in_flight = max_in_flight
         self._inbox: deque[_Request] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: deque[asyncio.Task[None]] = deque()
+        self._busy: dict[str, int] = {}  # stream -> in-flight calls writing to it
 
     async def submit(
         self, inputs: Sequence[Input], *, source: str, correlation_id: str | None = None
@@ -185,46 +193,67 @@ class Engine:
                     known.add(f"{inp.input_id}#0")
         future: asyncio.Future[list[Decision]] = asyncio.get_running_loop().create_future()
         self._inbox.append(_Request(inputs, source, correlation_id, known, future))
-        if self._task is None:
+        self._start()
+        return await future
+
+    def _start(self) -> None:
+        if self._task is None and self._inbox:
             self._task = asyncio.get_running_loop().create_task(
                 self._drain(), name="staticipd-engine"
             )
-        return await future
 
     async def _drain(self) -> None:
-        """Run passes while inputs are queued; the next `submit` starts a new drain."""
+        """Start passes while inputs can be decided; a submit or a settled pass starts the next."""
         batch: list[_Request] = []
         try:
             while self._inbox:
+                while len(self._in_flight) >= self._max_in_flight:
+                    await asyncio.wait({self._in_flight[0]})
+                batch = self._take()
+                if not batch:
+                    break  # what is queued waits for streams in flight; settling restarts us
+                self._begin_pass(batch)
                 batch = []
-                ids: set[str] = set()
-                while self._inbox and len(batch) < self._max_pass:
-                    request = self._inbox[0]
-                    mine = {i.input_id for i in request.inputs}
-                    if not mine.isdisjoint(ids):
-                        break  # the same input twice: the second waits for the first's answer
-                    ids |= mine
-                    batch.append(self._inbox.popleft())
-                await self._pass([r for r in batch if not r.future.done()])
         except BaseException as exc:
             # Nobody is left waiting for an answer that will not come.
-            for request in (*batch, *self._inbox):
-                if not request.future.done():
-                    request.future.set_exception(
-                        StoreClosed("the engine stopped; retry")
-                        if isinstance(exc, Exception)
-                        else asyncio.CancelledError()
-                    )
+            _fail((*batch, *self._inbox), exc)
             self._inbox.clear()
             raise
         finally:
             self._task = None
 
-    async def _pass(self, batch: list[_Request]) -> None:
-        if not batch:
-            return
-        projection = self.live.projection
-        overlay = _Overlay(projection)
+    def _take(self) -> list[_Request]:
+        """The next pass: queued requests in order, skipping (for now) those that must wait.
+
+        A request waits while a stream it is about has events in flight, or while an earlier
+        request of this pass carries one of its inputs (the second gets the first's answer).
+        """
+        batch: list[_Request] = []
+        held: list[_Request] = []
+        ids: set[str] = set()
+        streams: set[str] = set()
+        scanned = 0
+        while self._inbox and len(batch) < self._max_pass and scanned < 4 * self._max_pass:
+            request = self._inbox.popleft()
+            scanned += 1
+            if request.future.done():
+                continue  # its caller gave up before it was decided: nothing of it is written
+            mine = {i.input_id for i in request.inputs}
+            about = {stream_for(i) for i in request.inputs}
+            if not mine.isdisjoint(ids) or any(s in self._busy for s in about):
+                held.append(request)
+                streams |= about  # later requests about these streams keep their order
+                continue
+            if not about.isdisjoint(streams):
+                held.append(request)
+                continue
+            ids |= mine
+            batch.append(request)
+        self._inbox.extendleft(reversed(held))
+        return batch
+
+    def _begin_pass(self, batch: list[_Request]) -> None:
+        overlay = _Overlay(self.live.projection)
         now = self._clock()
         decided: list[_Decided] = []
         for request in batch:
@@ -233,6 +262,15 @@ class Engine:
             except Exception as exc:  # a bug in one decision must not fail the others
                 overlay.forget()
                 request.future.set_exception(exc)
+        streams = [s for d in decided if d.call is not None for s in d.call.expected]
+        for stream in streams:
+            self._busy[stream] = self._busy.get(stream, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._finish_pass(decided, streams))
+        self._in_flight.append(task)
+        task.add_done_callback(self._in_flight.remove)
+
+    async def _finish_pass(self, decided: list[_Decided], streams: list[str]) -> None:
+        """Append the pass, then answer each of its submits (or queue it to be decided again)."""
         calls = [d.call for d in decided if d.call is not None]
         try:
             outcomes = (
@@ -240,16 +278,23 @@ class Engine:
                 if calls
                 else []
             )
-        except Exception as exc:
-            for d in decided:
-                if not d.request.future.done():
-                    d.request.future.set_exception(exc)
+            last = max(
+                (r.position for o in outcomes if isinstance(o, AppendResult) for r in o.records),
+                default=0,
+            )
+            await self.live.wait_for(last)  # at once: the writer hands each commit to it first
+        except BaseException as exc:
+            _fail([d.request for d in decided], exc)
+            if not isinstance(exc, Exception):
+                raise
             return
-        last = max(
-            (o.records[-1].position for o in outcomes if isinstance(o, AppendResult) and o.records),
-            default=0,
-        )
-        await self.live.wait_for(last)  # at once: the writer hands each commit to it first
+        finally:
+            for stream in streams:  # the projection now holds whatever this pass wrote
+                if self._busy[stream] == 1:
+                    del self._busy[stream]
+                else:
+                    self._busy[stream] -= 1
+            self._start()  # requests held for these streams can be decided now
         results = iter(outcomes)
         retry: list[_Request] = []
         for d in decided:
@@ -259,7 +304,8 @@ class Engine:
                 continue
             outcome = next(results)
             if isinstance(outcome, WrongExpectedVersion):
-                # Decided on state another writer (or a dropped redelivery) changed: decide again.
+                # Decided on state that changed (another writer, or an earlier call of the pass
+                # that was dropped): decide again, on the state as it is now.
                 request.attempt += 1
                 if request.attempt < _CONFLICT_RETRIES:
                     log.info("engine.version_conflict_retry", attempt=request.attempt)
@@ -273,13 +319,16 @@ class Engine:
                 continue
             if outcome.skipped:  # recorded before: the decision just made is dropped unwritten
                 (inp,) = request.inputs
-                _answer(request, [Decision(inp, True, (), _account_of(projection, inp))])
+                account = _account_of(self.live.projection, inp)
+                _answer(request, [Decision(inp, True, (), account)])
                 continue
             if self._on_appended is not None:
                 new = sum(outcome.created)
                 self._on_appended(request.source, new, len(outcome.created) - new)
             _answer(request, d.decisions)
-        self._inbox.extendleft(reversed(retry))
+        if retry:
+            self._inbox.extendleft(reversed(retry))
+            self._start()
 
     def _decide(self, request: _Request, overlay: _Overlay, now: datetime) -> _Decided:
         new: list[NewEvent] = []
@@ -400,7 +449,7 @@ def _account_of(projection: Any, inp: Input) -> AccountState | None:
 class _Overlay:
     """The projection as this pass's decisions left it: their events, written or not yet."""
 
-    __slots__ = ("_accounts", "_app", "_projection", "_versions", "application")
+    __slots__ = ("_accounts", "_projection", "application")
 
     def __init__(self, projection: Any) -> None:
         self._projection = projection
@@ -433,6 +482,15 @@ class _Overlay:
         """Drop what a failed decision may have left half-applied: start from the projection."""
         self._accounts.clear()
         self.application = self._projection.application
+
+
+def _fail(requests: Iterable[_Request], exc: BaseException) -> None:
+    error: BaseException = (
+        exc if isinstance(exc, Exception) else StoreClosed("the engine stopped; retry")
+    )
+    for request in requests:
+        if not request.future.done():
+            request.future.set_exception(error)
 
 
 def _answer(request: _Request, decisions: list[Decision]) -> None:

@@ -48,6 +48,7 @@ class BatchPlan:
 
     rows: list[tuple]
     outcomes: list[AppendResult | EventStoreError]
+    records: list[RecordedEvent]  # the rows as records, in position order
     head_position: int
     head_hash: str
 
@@ -112,6 +113,7 @@ def plan_batch(
     an earlier call of this batch, is skipped whole.
     """
     rows: list[tuple] = []
+    written: list[RecordedEvent] = []
     outcomes: list[AppendResult | EventStoreError] = []
     in_batch: dict[str, RecordedEvent] = {}
     position, prev = head_position, head_hash
@@ -181,6 +183,7 @@ def plan_batch(
                 digest,
             )
             records[i] = rec
+            written.append(rec)
             created[i] = True
             in_batch[ev.event_id] = rec
             prev = digest
@@ -188,7 +191,7 @@ def plan_batch(
             if records[i] is None:  # repeated id within the call: the first occurrence wins
                 records[i] = records[first_index[ev.event_id]]
         outcomes.append(AppendResult(tuple(records), tuple(created)))  # type: ignore[arg-type]
-    return BatchPlan(rows, outcomes, position, prev)
+    return BatchPlan(rows, outcomes, written, position, prev)
 
 
 def _check_expected(

@@ -293,8 +293,8 @@ class Writer:
             return
         self.last_error = None
         self.head_position, self.head_hash = plan.head_position, plan.head_hash
-        if plan.rows and self.listeners:
-            self._publish(plan.outcomes)
+        if plan.records and self.listeners:
+            self._publish(plan.records)
         outcomes = iter(plan.outcomes)
         for item in batch:
             mine = [next(outcomes) for _ in item.calls]
@@ -309,18 +309,8 @@ class Writer:
         if plan.rows:
             self._signal()
 
-    def _publish(self, outcomes: list[AppendResult | EventStoreError]) -> None:
+    def _publish(self, new: list[RecordedEvent]) -> None:
         """Hand the batch's new records, in position order, to the in-process listeners."""
-        new = sorted(
-            (
-                record
-                for outcome in outcomes
-                if isinstance(outcome, AppendResult)
-                for record, created in zip(outcome.records, outcome.created, strict=True)
-                if created
-            ),
-            key=lambda r: r.position,
-        )
         for listener in list(self.listeners):
             try:
                 listener(new)

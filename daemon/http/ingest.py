@@ -71,7 +71,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     try:
         notifications = parse_notifications(body)
     except MalformedWebhook as exc:
-        async with storage_guard():
+        with storage_guard():
             new = await rt.engine.quarantine(
                 body, source="webhook", field=exc.field, reason=exc.reason
             )
@@ -98,7 +98,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
         )
         for n in notifications
     ]
-    async with storage_guard():
+    with storage_guard():
         decisions = await rt.engine.submit(
             inputs, source="webhook", correlation_id=request_id(request)
         )
@@ -133,7 +133,7 @@ async def receive_auth_event(request: web.Request) -> web.Response:
         provider=event.provider,
         source="app",
     )
-    async with storage_guard():
+    with storage_guard():
         (decision,) = await rt.engine.submit(
             [inp], source="auth-event", correlation_id=request_id(request)
         )
@@ -156,7 +156,7 @@ async def _refuse_reused_event_id(rt: Runtime, input_id: str, account_id: str) -
     A true retry names the same account and is a duplicate; another account means the client
     reuses ids, and answering "duplicate" would hide that its event was never recorded.
     """
-    async with storage_guard():
+    with storage_guard():
         original = await rt.store.get_event(f"{input_id}#0")
     if original is None:
         return

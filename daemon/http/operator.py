@@ -103,7 +103,7 @@ def _command_id(request: web.Request) -> str:
 
 
 async def _submit(request: web.Request, rt: Runtime, inp: Input) -> bool:
-    async with storage_guard():
+    with storage_guard():
         (decision,) = await rt.engine.submit(
             [inp], source="operator", correlation_id=request_id(request)
         )

@@ -8,8 +8,7 @@ the projection caught up; `/metrics` is Prometheus text; `/` is a status page wi
 from __future__ import annotations
 
 import html
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -52,17 +51,33 @@ class Runtime:
         }[name]
 
 
-@asynccontextmanager
-async def storage_guard() -> AsyncIterator[None]:
-    """Storage trouble becomes 503 with Retry-After: the sender retries and nothing is lost."""
-    try:
-        yield
-    except WriterBusy as exc:
-        raise ServiceUnavailable("the event log is busy; retry shortly", retry_after=2) from exc
-    except StorageUnavailable as exc:
-        raise ServiceUnavailable(
-            "the event log is unavailable; retry later", retry_after=10
-        ) from exc
+class _StorageGuard:
+    """Storage trouble becomes 503 with Retry-After: the sender retries and nothing is lost.
+
+    A plain (synchronous) context manager: it only translates what the awaits inside it raise,
+    and costs a fraction of a generator-based one on the ingest hot path.
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if isinstance(exc, WriterBusy):
+            raise ServiceUnavailable("the event log is busy; retry shortly", retry_after=2) from exc
+        if isinstance(exc, StorageUnavailable):
+            raise ServiceUnavailable(
+                "the event log is unavailable; retry later", retry_after=10
+            ) from exc
+
+
+_GUARD = _StorageGuard()
+
+
+def storage_guard() -> _StorageGuard:
+    """`with storage_guard():` around appends and reads: storage trouble answers 503."""
+    return _GUARD
 
 
 def describe_account(state: AccountState | None, account_id: str) -> dict[str, Any]:

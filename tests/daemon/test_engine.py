@@ -134,3 +134,20 @@ async def test_a_delivery_of_several_inputs_is_one_call_and_skips_known_ones(
     assert [d.duplicate for d in decisions] == [True, False, False]
     assert await path.stream("acc-1") == ["v2:acc-1:1#0", "v2:acc-1:2#0"]
     assert await path.stream("acc-2") == ["v2:acc-2:3#0"]
+
+
+async def test_an_input_waits_for_its_streams_events_in_flight_not_for_a_conflict(
+    path: WritePath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Passes overlap; an input about a stream with events still in flight is held until they
+    commit, then decided on them: no conflict (one would fail at once here), nothing lost."""
+    monkeypatch.setattr(daemon.engine, "_CONFLICT_RETRIES", 1)
+    first = asyncio.ensure_future(path.submit(running(1)))
+    while not path.engine._in_flight:  # the first pass is appended, not yet committed
+        await asyncio.sleep(0)
+    other = asyncio.ensure_future(path.submit(running(1, "acc-2")))
+    second = asyncio.ensure_future(path.submit(running(2)))
+    [a], [b], [c] = await asyncio.gather(first, other, second)
+    assert [a.duplicate, b.duplicate, c.duplicate] == [False, False, False]
+    assert await path.stream("acc-1") == ["v2:acc-1:1#0", "v2:acc-1:2#0"]
+    assert c.account.version == 2
