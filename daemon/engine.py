@@ -1,10 +1,11 @@
 """The engine: every input becomes durable events before anyone is told it was accepted.
 
-Callers queue inputs; one pass decides everything queued (pure, on the projection's state plus
-the pass's own earlier decisions) -> appends one call per submit, all in one transaction, with
-expected stream versions -> waits until the projection has applied the new events -> answers.
-Passes run one after another, so a decision always sees the state it is appended on; a version
-conflict (another writer, or an earlier call of the pass that was dropped) is decided again.
+Callers queue inputs; a pass decides everything queued (pure, on the projection's state plus
+the pass's own earlier decisions) -> appends one call per submit, with expected stream versions
+-> once committed and applied to the projection, answers. Passes overlap (the next is decided
+while the previous commits), but an input whose stream has events in flight waits for them, so
+a decision always sees the committed state it is appended on; a version conflict (another
+writer, or an earlier call of the pass that was dropped) is decided again.
 """
 
 from __future__ import annotations
