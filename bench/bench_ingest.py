@@ -132,7 +132,7 @@ async def serve_daemon(workdir: Path, port_file: Path, synchronous: str) -> None
 
     from daemon import logs
     from daemon.config import load_config, load_secrets
-    from daemon.service import Daemon
+    from daemon.service import Daemon, tune_gc
 
     env = daemon_env(workdir / f"{synchronous}.db", workdir / "credentials")
     env["STATICIPD_DATABASE__SYNCHRONOUS"] = synchronous
@@ -140,6 +140,7 @@ async def serve_daemon(workdir: Path, port_file: Path, synchronous: str) -> None
     logs.configure_logging("warning", "json")
     secrets = load_secrets(config, env)
     daemon = Daemon(config, secrets, reload=lambda: (config, secrets))
+    tune_gc()  # as `staticipd serve` does
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.run)
         await daemon.ready.wait()
