@@ -11,6 +11,7 @@ writer, or an earlier call of the pass that was dropped) is decided again.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -51,6 +52,7 @@ log = structlog.get_logger(__name__)
 
 _CONFLICT_RETRIES = 5
 _MAX_PASS = 512  # submits decided (and appended in one transaction) per engine pass
+_APPLICATION = "application"
 _MAX_IN_FLIGHT = 8  # passes appended and not yet committed; a ninth waits for the oldest
 
 
@@ -148,10 +150,12 @@ class Engine:
     order (each decision sees the events of the ones before it in the pass), appends one call
     per submit (`EventStore.append_many`: one transaction for the pass, or shared with passes
     queued beside it) and, once committed, answers. Passes do not wait for each other's commits,
-    but an input whose stream has events still in flight waits for them: every decision is made
-    on committed state plus its own pass, without a lock per stream. A call whose basis was
-    dropped (a redelivery recognised at commit, a conflict) fails its expected versions, and its
-    submit is decided again in a later pass.
+    but an input whose stream has events still in flight waits for them, and everything waits
+    while application events (enrolments, commands) are in flight, since every decision reads
+    the application's state: each decision is made on committed state plus its own pass, without
+    a lock per stream. A call whose basis was dropped (a conflict, or an earlier call of the pass
+    that failed) fails its expected versions, and a delivery of several inputs some of which
+    were recorded meanwhile is skipped whole (`if_absent`); either is decided again later.
     """
 
     def __init__(
@@ -198,9 +202,11 @@ class Engine:
         return await future
 
     def _start(self) -> None:
-        if self._task is None and self._inbox:
+        if (self._task is None or self._task.done()) and self._inbox:
+            # A fresh context: the engine's log lines must not carry the request id (or account)
+            # of whichever request happened to start it.
             self._task = asyncio.get_running_loop().create_task(
-                self._drain(), name="staticipd-engine"
+                self._drain(), name="staticipd-engine", context=contextvars.Context()
             )
 
     async def _drain(self) -> None:
@@ -227,8 +233,12 @@ class Engine:
         """The next pass: queued requests in order, skipping (for now) those that must wait.
 
         A request waits while a stream it is about has events in flight, or while an earlier
-        request of this pass carries one of its inputs (the second gets the first's answer).
+        request of this pass carries one of its inputs (the second is decided after the first
+        committed). Everything waits while application events (enrolments, commands) are in
+        flight: every decision reads the application's state.
         """
+        if _APPLICATION in self._busy:
+            return []
         batch: list[_Request] = []
         held: list[_Request] = []
         ids: set[str] = set()
@@ -241,12 +251,13 @@ class Engine:
                 continue  # its caller gave up before it was decided: nothing of it is written
             mine = {i.input_id for i in request.inputs}
             about = {stream_for(i) for i in request.inputs}
-            if not mine.isdisjoint(ids) or any(s in self._busy for s in about):
+            if (
+                not mine.isdisjoint(ids)
+                or not about.isdisjoint(streams)
+                or any(s in self._busy for s in about)
+            ):
                 held.append(request)
                 streams |= about  # later requests about these streams keep their order
-                continue
-            if not about.isdisjoint(streams):
-                held.append(request)
                 continue
             ids |= mine
             batch.append(request)
@@ -257,21 +268,48 @@ class Engine:
         overlay = _Overlay(self.live.projection)
         now = self._clock()
         decided: list[_Decided] = []
-        for request in batch:
+        for index, request in enumerate(batch):
             try:
-                decided.append(self._decide(request, overlay, now))
+                d = self._decide(request, overlay, now)
             except Exception as exc:  # a bug in one decision must not fail the others
                 overlay.forget()
                 request.future.set_exception(exc)
+                continue
+            decided.append(d)
+            if d.call is not None and _APPLICATION in d.call.expected:
+                # Later requests would read application state not yet committed: they wait.
+                self._inbox.extendleft(reversed(batch[index + 1 :]))
+                break
         streams = [s for d in decided if d.call is not None for s in d.call.expected]
         for stream in streams:
             self._busy[stream] = self._busy.get(stream, 0) + 1
-        task = asyncio.get_running_loop().create_task(self._finish_pass(decided, streams))
+        task = asyncio.get_running_loop().create_task(
+            self._finish_pass(decided), context=contextvars.Context()
+        )
         self._in_flight.append(task)
-        task.add_done_callback(self._in_flight.remove)
+        task.add_done_callback(lambda t: self._settle(t, decided, streams))
 
-    async def _finish_pass(self, decided: list[_Decided], streams: list[str]) -> None:
-        """Append the pass, then answer each of its submits (or queue it to be decided again)."""
+    def _settle(
+        self, task: asyncio.Task[None], decided: list[_Decided], streams: list[str]
+    ) -> None:
+        """A pass ended, however: free its streams, answer anyone it left waiting, go on."""
+        self._in_flight.remove(task)
+        for stream in streams:  # the projection now holds whatever the pass wrote
+            if self._busy[stream] == 1:
+                del self._busy[stream]
+            else:
+                self._busy[stream] -= 1
+        if task.cancelled() or task.exception() is not None:
+            if not task.cancelled():
+                log.error("engine.pass_failed", error=repr(task.exception()))
+            _fail([d.request for d in decided], StoreClosed("the engine stopped; retry"))
+        self._start()  # requests held for these streams can be decided now
+
+    async def _finish_pass(self, decided: list[_Decided]) -> None:
+        """Append the pass, then answer each of its submits (or queue it to be decided again).
+
+        Whatever this leaves unanswered (it was cancelled, or failed) `_settle` answers.
+        """
         calls = [d.call for d in decided if d.call is not None]
         try:
             outcomes = (
@@ -284,52 +322,54 @@ class Engine:
                 default=0,
             )
             await self.live.wait_for(last)  # at once: the writer hands each commit to it first
-        except BaseException as exc:
+        except Exception as exc:
             _fail([d.request for d in decided], exc)
-            if not isinstance(exc, Exception):
-                raise
             return
-        finally:
-            for stream in streams:  # the projection now holds whatever this pass wrote
-                if self._busy[stream] == 1:
-                    del self._busy[stream]
-                else:
-                    self._busy[stream] -= 1
-            self._start()  # requests held for these streams can be decided now
         results = iter(outcomes)
         retry: list[_Request] = []
-        for d in decided:
-            request = d.request
-            if d.call is None:
-                _answer(request, d.decisions)
-                continue
-            outcome = next(results)
-            if isinstance(outcome, WrongExpectedVersion):
-                # Decided on state that changed (another writer, or an earlier call of the pass
-                # that was dropped): decide again, on the state as it is now.
-                request.attempt += 1
-                if request.attempt < _CONFLICT_RETRIES:
-                    log.info("engine.version_conflict_retry", attempt=request.attempt)
+        try:
+            for d in decided:
+                request = d.request
+                if d.call is None:
+                    _answer(request, d.decisions)
+                    continue
+                outcome = next(results)
+                if (
+                    isinstance(outcome, AppendResult)
+                    and outcome.skipped
+                    and len(request.inputs) > 1
+                    and _learn_recorded(request, outcome)
+                ):
+                    # Some of its inputs were recorded meanwhile (a redelivery in flight): the
+                    # records say which; decide the others again, on the state as it is now.
                     retry.append(request)
-                elif not request.future.done():
-                    request.future.set_exception(outcome)
-                continue
-            if isinstance(outcome, Exception):
-                if not request.future.done():
-                    request.future.set_exception(outcome)
-                continue
-            if outcome.skipped:  # recorded before: the decision just made is dropped unwritten
-                (inp,) = request.inputs
-                account = _account_of(self.live.projection, inp)
-                _answer(request, [Decision(inp, True, (), account)])
-                continue
-            if self._on_appended is not None:
-                new = sum(outcome.created)
-                self._on_appended(request.source, new, len(outcome.created) - new)
-            _answer(request, d.decisions)
-        if retry:
-            self._inbox.extendleft(reversed(retry))
-            self._start()
+                    continue
+                if isinstance(outcome, WrongExpectedVersion):
+                    # Decided on state that changed (another writer, or an earlier call of the
+                    # pass that was dropped): decide again, on the state as it is now.
+                    request.attempt += 1
+                    if request.attempt < _CONFLICT_RETRIES:
+                        log.info("engine.version_conflict_retry", attempt=request.attempt)
+                        retry.append(request)
+                    elif not request.future.done():
+                        request.future.set_exception(outcome)
+                    continue
+                if isinstance(outcome, Exception):
+                    if not request.future.done():
+                        request.future.set_exception(outcome)
+                    continue
+                if outcome.skipped:  # recorded before: the decision just made is dropped
+                    (inp,) = request.inputs
+                    account = _account_of(self.live.projection, inp)
+                    _answer(request, [Decision(inp, True, (), account)])
+                    continue
+                if self._on_appended is not None:
+                    new = sum(outcome.created)
+                    self._on_appended(request.source, new, len(outcome.created) - new)
+                _answer(request, d.decisions)
+        finally:
+            if retry:
+                self._inbox.extendleft(reversed(retry))
 
     def _decide(self, request: _Request, overlay: _Overlay, now: datetime) -> _Decided:
         new: list[NewEvent] = []
@@ -381,8 +421,10 @@ class Engine:
             decisions.append(Decision(inp, False, tuple(events), overlay.account_of(inp)))
         if not new:
             return _Decided(request, decisions, None)
-        guard = f"{request.inputs[0].input_id}#0" if len(request.inputs) == 1 else None
-        return _Decided(request, decisions, AppendCall(new, expected, if_absent=guard))
+        # Each input recorded here is written under its own id, `<input_id>#0`: if any of them
+        # was recorded meanwhile (a redelivery in flight), nothing of the call is written.
+        guards = [f"{d.input.input_id}#0" for d in decisions if not d.duplicate]
+        return _Decided(request, decisions, AppendCall(new, expected, if_absent=guards))
 
     async def quarantine(self, body: bytes, *, source: str, field: str, reason: str) -> bool:
         """Keep a signed but unreadable body in the log once, however often it is redelivered.
@@ -486,12 +528,19 @@ class _Overlay:
 
 
 def _fail(requests: Iterable[_Request], exc: BaseException) -> None:
-    error: BaseException = (
-        exc if isinstance(exc, Exception) else StoreClosed("the engine stopped; retry")
-    )
+    """Answer every request still waiting with `exc` (a fresh StoreClosed if it is not an error)."""
     for request in requests:
         if not request.future.done():
-            request.future.set_exception(error)
+            request.future.set_exception(
+                exc if isinstance(exc, Exception) else StoreClosed("the engine stopped; retry")
+            )
+
+
+def _learn_recorded(request: _Request, outcome: AppendResult) -> bool:
+    """Add the inputs a skipped call found recorded to `request.known`; whether any were new."""
+    before = len(request.known)
+    request.known.update(r.event_id for r in outcome.records if r.event_id.endswith("#0"))
+    return len(request.known) > before
 
 
 def _answer(request: _Request, decisions: list[Decision]) -> None:

@@ -96,7 +96,7 @@ def records_from_rows(rows: Sequence[Sequence]) -> list[RecordedEvent]:
 
 
 def plan_batch(
-    calls: Sequence[tuple[Sequence[PendingEvent], int | Mapping[str, int], str | None]],
+    calls: Sequence[tuple[Sequence[PendingEvent], int | Mapping[str, int], tuple[str, ...]]],
     head_position: int,
     head_hash: str,
     versions: dict[str, int],
@@ -109,8 +109,8 @@ def plan_batch(
     the effect of earlier successful ones. An event_id already stored, or already written by an
     earlier event of this batch, resolves to that record and is not written again. Expectations
     are only checked for streams that receive a new event, so an all-duplicate retry always
-    succeeds with the stored records. A call whose guard id (`if_absent`) is stored, or written by
-    an earlier call of this batch, is skipped whole.
+    succeeds with the stored records. A call one of whose guard ids (`if_absent`) is stored, or
+    written by an earlier call of this batch, is skipped whole.
     """
     rows: list[tuple] = []
     written: list[RecordedEvent] = []
@@ -118,8 +118,8 @@ def plan_batch(
     in_batch: dict[str, RecordedEvent] = {}
     position, prev = head_position, head_hash
     when = parse_time(recorded_at)
-    for events, expected, guard in calls:
-        if guard is not None and (guard in stored or guard in in_batch):
+    for events, expected, guards in calls:
+        if any(g in stored or g in in_batch for g in guards):
             found = [stored.get(e.event_id) or in_batch.get(e.event_id) for e in events]
             kept = tuple(r for r in found if r is not None)
             outcomes.append(AppendResult(kept, (False,) * len(kept), skipped=True))

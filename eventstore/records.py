@@ -42,7 +42,7 @@ class AppendCall:
 
     events: Sequence[NewEvent]
     expected: int | Mapping[str, int] = ANY
-    if_absent: str | None = None
+    if_absent: str | Sequence[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ class RecordedEvent:
 class AppendResult:
     """The outcome of one append() call: a record per input event, and whether it was new.
 
-    `skipped`: the call's `if_absent` id was already stored, so nothing of it was written;
+    `skipped`: an `if_absent` id of the call was already stored, so nothing of it was written;
     `records` then holds the stored records of the call's ids that exist (possibly fewer).
     """
 

@@ -30,6 +30,7 @@ from .connections import (
 from .errors import (
     DatabaseMissing,
     EventStoreError,
+    InvalidEvent,
     StoreClosed,
     translate,
 )
@@ -244,15 +245,15 @@ class EventStore:
         expected: int | Mapping[str, int] = ANY,
         *,
         enqueue_timeout: float | None = None,
-        if_absent: str | None = None,
+        if_absent: str | Sequence[str] | None = None,
     ) -> AppendResult:
         """Append `events` as one atomic call; returns only after COMMIT.
 
         `expected` is one version for every stream of the call or a per-stream mapping (absent
-        streams: ANY). `if_absent`: an event id that, if already stored, makes the whole call a
-        no-op (`result.skipped`) — checked in the same transaction, so a redelivered input is
-        recognised without a read of its own. Raises WrongExpectedVersion (nothing written),
-        WriterBusy when the queue stays full longer than `enqueue_timeout`,
+        streams: ANY). `if_absent`: an event id (or several) that, if already stored, makes the
+        whole call a no-op (`result.skipped`) — checked in the same transaction, so a redelivered
+        input is recognised without a read of its own. Raises WrongExpectedVersion (nothing
+        written), WriterBusy when the queue stays full longer than `enqueue_timeout`,
         StorageUnavailable/DatabaseCorrupt on storage failures, InvalidEvent for malformed input.
         """
         writer = self._require_writer("append")
@@ -260,7 +261,7 @@ class EventStore:
         pending = tuple(prepare_event(e) for e in events)
         if not pending:
             return AppendResult((), ())
-        return await writer.append(pending, expected, enqueue_timeout, if_absent)
+        return await writer.append(pending, expected, enqueue_timeout, _guards(if_absent))
 
     async def append_many(
         self,
@@ -272,21 +273,25 @@ class EventStore:
 
         Each call behaves as its own `append` would, in the order given (a later call sees the
         earlier ones' events), except that its failure is returned, not raised: a call whose
-        expectation fails gets WrongExpectedVersion and writes nothing while the others are
-        written. Storage failures and WriterBusy raise for all; an invalid event (InvalidEvent)
-        raises before anything is queued. One queue entry and one future for many calls: the
-        cheap way for a caller that batches its own work.
+        expectation fails gets WrongExpectedVersion, and a call with an invalid event gets
+        InvalidEvent; neither writes anything, and the others are written. Storage failures and
+        WriterBusy raise for all. One queue entry and one future for many calls: the cheap way for
+        a caller that batches its own work.
         """
         writer = self._require_writer("append_many")
+        outcomes: list[AppendResult | EventStoreError | None] = []
         prepared = []
         for call in calls:
-            check_expectation(call.expected)
-            prepared.append(
-                (tuple(prepare_event(e) for e in call.events), call.expected, call.if_absent)
-            )
-        if not prepared:
-            return []
-        return await writer.append_many(prepared, enqueue_timeout)
+            try:
+                check_expectation(call.expected)
+                events = tuple(prepare_event(e) for e in call.events)
+            except InvalidEvent as exc:
+                outcomes.append(exc)
+                continue
+            outcomes.append(None)  # filled from the writer's answer, in order
+            prepared.append((events, call.expected, _guards(call.if_absent)))
+        written = iter(await writer.append_many(prepared, enqueue_timeout) if prepared else [])
+        return [next(written) if o is None else o for o in outcomes]
 
     async def set_consumer_position(self, name: str, position: int) -> None:
         """Record `name`'s last processed position (overwrites)."""
@@ -513,3 +518,11 @@ class EventStore:
             return list(await self._reader.execute_fetchall(sql, params))
         except Exception as exc:
             raise translate(exc) from exc
+
+
+def _guards(if_absent: str | Sequence[str] | None) -> tuple[str, ...]:
+    if if_absent is None:
+        return ()
+    if isinstance(if_absent, str):
+        return (if_absent,)
+    return tuple(if_absent)

@@ -28,8 +28,8 @@ _CHUNK = 900  # bound parameters per IN list; SQLite builds before 3.32 allow 99
 # Planning (hashing) runs on the event loop: cap a batch's events so one batch never stalls it.
 _MAX_BATCH_EVENTS = 20_000
 _STOP = object()
-# What one append call asks for: its events, expected versions, and its `if_absent` guard id.
-_Call = tuple[Sequence[PendingEvent], "int | Mapping[str, int]", "str | None"]
+# What one append call asks for: its events, expected versions, and its `if_absent` guard ids.
+_Call = tuple[Sequence[PendingEvent], "int | Mapping[str, int]", tuple[str, ...]]
 # Only constant column lists and "?" marks are ever formatted into these statements.
 _VERSIONS_SQL = "SELECT stream, MAX(version) FROM events WHERE stream IN ({}) GROUP BY stream"
 _STORED_SQL = "SELECT " + EVENT_COLUMNS + " FROM events WHERE event_id IN ({})"  # noqa: S608
@@ -107,11 +107,11 @@ class Writer:
         events: Sequence[PendingEvent],
         expected: int | Mapping[str, int],
         enqueue_timeout: float | None,
-        guard: str | None = None,
+        guards: tuple[str, ...] = (),
     ) -> AppendResult:
         fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         await self._enqueue(
-            _AppendCall([(events, expected, guard)], fut, single=True), enqueue_timeout
+            _AppendCall([(events, expected, guards)], fut, single=True), enqueue_timeout
         )
         return await fut
 
@@ -255,7 +255,7 @@ class Writer:
                 calls = [call for item in batch for call in item.calls]
                 streams = {e.stream for c in calls for e in c[0]}
                 ids = {e.event_id for c in calls for e in c[0]}
-                ids.update(c[2] for c in calls if c[2] is not None)
+                ids.update(g for c in calls for g in c[2])
                 versions: dict[str, int] = {}
                 for chunk in chunks(streams):
                     rows = await conn.execute_fetchall(

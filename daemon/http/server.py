@@ -23,7 +23,7 @@ from daemon.engine import Engine
 from daemon.http.errors import ApiError, ServiceUnavailable, error_middleware
 from daemon.live import LiveProjection
 from daemon.metrics import Metrics
-from eventstore import EventStore, StorageUnavailable, WriterBusy
+from eventstore import EventStore, StorageUnavailable, StoreClosed, WriterBusy
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 
@@ -66,6 +66,10 @@ class _StorageGuard:
     ) -> None:
         if isinstance(exc, WriterBusy):
             raise ServiceUnavailable("the event log is busy; retry shortly", retry_after=2) from exc
+        if isinstance(exc, StoreClosed):
+            raise ServiceUnavailable(
+                "the daemon is stopping; retry shortly", retry_after=5
+            ) from exc
         if isinstance(exc, StorageUnavailable):
             raise ServiceUnavailable(
                 "the event log is unavailable; retry later", retry_after=10

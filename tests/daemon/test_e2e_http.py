@@ -22,7 +22,7 @@ from standardwebhooks.webhooks import Webhook
 from structlog.testing import LogCapture
 
 from daemon import logs, standardwebhooks
-from eventstore import StorageUnavailable, WriterBusy
+from eventstore import StorageUnavailable, StoreClosed, WriterBusy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -225,7 +225,9 @@ async def test_auth_events_and_operator_bodies_over_the_limit_are_413(setup, sta
         assert setup.events() == []
 
 
-@pytest.mark.parametrize(("error", "retry_after"), [(StorageUnavailable, "10"), (WriterBusy, "2")])
+@pytest.mark.parametrize(
+    ("error", "retry_after"), [(StorageUnavailable, "10"), (WriterBusy, "2"), (StoreClosed, "5")]
+)
 async def test_storage_trouble_is_503_with_retry_after_and_nothing_lost(
     running, v2: V2, monkeypatch: pytest.MonkeyPatch, error: type[Exception], retry_after: str
 ) -> None:

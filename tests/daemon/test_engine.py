@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import daemon.engine
-from daemon.domain import MigrationSettings, ProviderNotified
+from daemon.domain import AuthReported, EnableMigration, Enroll, MigrationSettings, ProviderNotified
 from daemon.engine import Engine
 from daemon.live import LiveProjection
 from eventstore import EventStore
@@ -151,3 +151,124 @@ async def test_an_input_waits_for_its_streams_events_in_flight_not_for_a_conflic
     assert [a.duplicate, b.duplicate, c.duplicate] == [False, False, False]
     assert await path.stream("acc-1") == ["v2:acc-1:1#0", "v2:acc-1:2#0"]
     assert c.account.version == 2
+
+
+def hold_commits(path: WritePath, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Passes are appended only once the returned event is set: they stay in flight till then."""
+    gate = asyncio.Event()
+    real = path.store.append_many
+
+    async def gated(*args: Any, **kwargs: Any) -> Any:
+        await gate.wait()
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(path.store, "append_many", gated)
+    return gate
+
+
+async def until(condition: Any) -> None:
+    for _ in range(2_000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition never met")
+
+
+async def test_a_redelivery_inside_a_delivery_of_several_is_recognised_when_it_raced(
+    path: WritePath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[x] is in flight when [x, y] arrives (its lookup cannot see x yet): x is answered as a
+    duplicate once x commits, y is recorded, and nothing of x is written twice."""
+    gate = hold_commits(path, monkeypatch)
+    first = asyncio.ensure_future(path.submit(running(1)))
+    await until(lambda: path.engine._in_flight)
+    both = asyncio.ensure_future(path.submit(running(1), running(2)))
+    await until(lambda: len(path.engine._inbox) == 1)  # looked up, queued, held
+    gate.set()
+    [a] = await first
+    x, y = await both
+    assert not a.duplicate
+    assert x.duplicate
+    assert not y.duplicate
+    assert await path.stream("acc-1") == ["v2:acc-1:1#0", "v2:acc-1:2#0"]
+
+
+async def test_inputs_about_one_account_are_written_in_arrival_order_when_held(
+    path: WritePath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A held delivery about acc-1 and acc-3 holds the later one about acc-3 and acc-2, which
+    holds the still later one about acc-2: acc-2's inputs are written in arrival order."""
+    gate = hold_commits(path, monkeypatch)
+    busy = asyncio.ensure_future(path.submit(running(1, "acc-1")))
+    await until(lambda: path.engine._in_flight)
+    first = asyncio.ensure_future(path.submit(running(2, "acc-1"), running(1, "acc-3")))
+    await until(lambda: len(path.engine._inbox) == 1)
+    second = asyncio.ensure_future(path.submit(running(2, "acc-3"), running(1, "acc-2")))
+    await until(lambda: len(path.engine._inbox) == 2)
+    third = asyncio.ensure_future(path.submit(running(2, "acc-2")))
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(busy, first, second, third)
+    assert await path.stream("acc-2") == ["v2:acc-2:1#0", "v2:acc-2:2#0"]
+    assert await path.stream("acc-3") == ["v2:acc-3:1#0", "v2:acc-3:2#0"]
+
+
+async def test_no_account_decision_reads_application_state_that_was_not_committed(
+    path: WritePath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An enable and an auth queued together: the enable is dropped (a quarantined body took the
+    application's next version first, and no retry is allowed here). The auth, decided after
+    it, must not start a migration that was never enabled."""
+    monkeypatch.setattr(daemon.engine, "_CONFLICT_RETRIES", 1)
+    await path.submit(
+        Enroll(input_id="enrol", occurred_at=T0, account_ids=("acc-1",), wave="w1", actor="op")
+    )
+    real = path.store.append_many
+    interfered = False
+
+    async def quarantine_first(*args: Any, **kwargs: Any) -> Any:
+        nonlocal interfered
+        if not interfered:
+            interfered = True
+            await path.engine.quarantine(b"{junk", source="webhook", field="$", reason="bad")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(path.store, "append_many", quarantine_first)
+    enable = path.submit(EnableMigration(input_id="enable", occurred_at=T0, actor="op"))
+    auth = path.submit(
+        AuthReported(input_id="auth", account_id="acc-1", occurred_at=T0 + timedelta(seconds=5))
+    )
+    results = await asyncio.gather(enable, auth, return_exceptions=True)
+    assert isinstance(results[0], daemon.engine.WrongExpectedVersion)
+    assert not path.live.projection.application.migration_enabled
+    assert path.live.projection.account("acc-1").state == "dynamic"
+
+
+async def test_a_failure_while_answering_a_pass_answers_everyone(path: WritePath) -> None:
+    """A bug after the commit (here in the metrics callback) leaves nobody waiting."""
+    calls = 0
+
+    def on_appended(source: str, new: int, duplicates: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in the metrics")
+
+    path.engine._on_appended = on_appended
+    results = await asyncio.gather(
+        path.submit(running(1)), path.submit(running(2)), return_exceptions=True
+    )
+    assert not any(isinstance(r, TimeoutError) for r in results)
+    assert await path.stream("acc-1") == ["v2:acc-1:1#0", "v2:acc-1:2#0"]
+
+
+async def test_the_engine_survives_its_task_being_cancelled_before_it_ran(
+    path: WritePath,
+) -> None:
+    waiting = asyncio.ensure_future(path.engine.submit([running(1)], source="test"))
+    await asyncio.sleep(0)  # the submit queued its input and created the engine's task
+    assert path.engine._task is not None
+    path.engine._task.cancel()
+    await asyncio.gather(asyncio.wait_for(waiting, 5), return_exceptions=True)
+    [decision] = await path.submit(running(2))
+    assert not decision.duplicate

@@ -70,12 +70,24 @@ async def test_a_call_whose_guard_is_stored_is_skipped_whole(store: EventStore) 
     assert [r.event_id async for r in store.read_all()] == ["x#0", "y#0"]
 
 
-async def test_an_invalid_event_refuses_the_whole_group_before_writing(
+async def test_an_invalid_call_gets_invalid_event_and_the_others_are_written(
     store: EventStore,
 ) -> None:
-    with pytest.raises(InvalidEvent):
-        await store.append_many(
-            [AppendCall([ev("a", "a1")]), AppendCall([NewEvent("b", "T", b"not json")])]
-        )
-    assert [r async for r in store.read_all()] == []
+    bad, good = await store.append_many(
+        [AppendCall([NewEvent("b", "T", b"not json")]), AppendCall([ev("a", "a1")])]
+    )
+    assert isinstance(bad, InvalidEvent)
+    assert isinstance(good, AppendResult)
+    assert [r.event_id async for r in store.read_all()] == ["a1"]
     assert await store.append_many([]) == []
+
+
+async def test_a_call_is_skipped_when_any_of_its_guards_is_stored(store: EventStore) -> None:
+    """Several inputs in one call: if any of them was recorded before, nothing of it is written."""
+    await store.append([ev("a", "in-2#0")])
+    (skipped,) = await store.append_many(
+        [AppendCall([ev("a", "in-1#0"), ev("a", "in-3#0")], if_absent=["in-1#0", "in-2#0"])]
+    )
+    assert isinstance(skipped, AppendResult)
+    assert skipped.skipped
+    assert [r.event_id async for r in store.read_all()] == ["in-2#0"]
