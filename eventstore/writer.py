@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -244,8 +244,7 @@ class Writer:
     async def _write_batch(self, batch: list[_AppendCall]) -> None:
         conn = self._conn
         try:
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
+            async with self._transaction():
                 head = list(
                     await conn.execute_fetchall(
                         "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
@@ -280,10 +279,6 @@ class Writer:
                 )
                 if plan.rows:
                     await conn.executemany(_INSERT, plan.rows)
-                await conn.execute("COMMIT")
-            except BaseException:
-                await self._rollback()
-                raise
         except Exception as exc:
             err = translate(exc)
             self.last_error = err
@@ -321,15 +316,9 @@ class Writer:
     async def _do_job(self, job: _Job) -> None:
         if job.future.done():
             return
-        conn = self._conn
         try:
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = await job.fn(conn)
-                await conn.execute("COMMIT")
-            except BaseException:
-                await self._rollback()
-                raise
+            async with self._transaction():
+                result = await job.fn(self._conn)
         except Exception as exc:
             err = translate(exc)
             if not isinstance(err, StoreClosed) and err.__class__ is not EventStoreError:
@@ -340,6 +329,17 @@ class Writer:
         self.last_error = None
         if not job.future.done():
             job.future.set_result(result)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back if the body (or the COMMIT) fails."""
+        await self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            await self._conn.execute("COMMIT")
+        except BaseException:
+            await self._rollback()
+            raise
 
     async def _rollback(self) -> None:
         # The failure may have ended the transaction already (or the connection is gone).

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from eventstore import (
@@ -21,15 +18,6 @@ pytestmark = pytest.mark.anyio
 
 def ev(stream: str, event_id: str) -> NewEvent:
     return NewEvent(stream, "T", b'{"n": 1}', event_id=event_id)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[EventStore]:
-    s = await EventStore.open(tmp_path / "log.db")
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def test_each_call_gets_its_own_outcome_and_the_others_are_written(

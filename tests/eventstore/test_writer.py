@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -25,15 +24,6 @@ pytestmark = pytest.mark.anyio
 
 def ev(stream: str = "s", event_id: str | None = None, size: int = 0) -> NewEvent:
     return NewEvent(stream, "T", b'{"pad": "%s"}' % (b"x" * size), event_id=event_id)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[EventStore]:
-    s = await EventStore.open(tmp_path / "log.db")
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 class WriteLock:
