@@ -142,7 +142,7 @@ class EventStore:
             await migrate(wconn)
             head = list(
                 await wconn.execute_fetchall(
-                    "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+                    "SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1"
                 )
             )
             rconn = await connect(path, busy_timeout)
@@ -154,7 +154,7 @@ class EventStore:
             if isinstance(exc, Exception):
                 raise translate(exc) from exc
             raise
-        pos, hsh = head[0] if head else (0, GENESIS)
+        pos, hsh, last_time = head[0] if head else (0, GENESIS, "")
         writer = Writer(
             wconn,
             queue_size=queue_size,
@@ -162,6 +162,7 @@ class EventStore:
             clock=clock,
             head_position=pos,
             head_hash=hsh,
+            last_recorded_at=last_time,
         )
         return cls(path, writer, rconn)
 

@@ -113,7 +113,8 @@ async def verify_log(
                 damage.append(
                     Damage(expected_pos, "missing", f"positions {expected_pos}..{pos - 1} absent")
                 )
-            elif own != stored:
+                quiet_until = max(quiet_until, pos)  # the link into this row broke with the gap
+            if own != stored:
                 nxt = list(
                     await conn.execute_fetchall(
                         "SELECT prev_hash FROM events WHERE position > ? ORDER BY position LIMIT 1",

@@ -76,6 +76,7 @@ class Writer:
         clock: Callable[[], datetime] | None,
         head_position: int,
         head_hash: str,
+        last_recorded_at: str = "",
     ) -> None:
         self._conn = conn
         self.listeners: list[Callable[[list[RecordedEvent]], None]] = []
@@ -83,7 +84,7 @@ class Writer:
         self._queue: asyncio.Queue[Any] = asyncio.Queue(queue_size)
         self._max_batch = max_batch
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._last_time = ""
+        self._last_time = last_recorded_at  # the log's last, so a restart cannot go back
         self.head_position = head_position
         self.head_hash = head_hash
         self.last_error: EventStoreError | None = None
@@ -234,7 +235,8 @@ class Writer:
         event.set()
 
     def _now_text(self) -> str:
-        # recorded_at never goes backwards in the log, even if the wall clock does.
+        # recorded_at never goes backwards in the log, even if the wall clock does (also across
+        # restarts: the writer starts from the log's last recorded_at).
         text = format_time(self._clock())
         if text < self._last_time:
             text = self._last_time

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from eventstore import GENESIS, EventStore, NewEvent
-from eventstore.chain import format_time
 
 pytestmark = pytest.mark.anyio
+
+DOCUMENTED_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"  # README: recorded_at as written into the hash (UTC)
 
 
 def field(b: bytes) -> bytes:
@@ -26,7 +27,7 @@ def auditor_hash(prev: str, e) -> str:
         e.type.encode(),
         str(e.schema).encode(),
         e.event_id.encode(),
-        format_time(e.recorded_at).encode(),
+        e.recorded_at.strftime(DOCUMENTED_TIME).encode(),
         e.data,
         e.metadata,
     ]
@@ -57,7 +58,7 @@ async def test_checkpoint_signature_follows_the_documented_encoding(tmp_path: Pa
             b"staticipd-checkpoint-v1",
             str(cp.position).encode(),
             cp.head_hash.encode(),
-            format_time(cp.created_at).encode(),
+            cp.created_at.strftime(DOCUMENTED_TIME).encode(),
             b"ops-2026",
         )
     )

@@ -114,6 +114,16 @@ async def test_deleted_row_leaves_a_gap(log: Path) -> None:
     assert [(d.position, d.kind) for d in report.damage] == [(6, "missing")]
 
 
+async def test_an_edit_right_after_a_gap_is_reported_too(log: Path) -> None:
+    tamper(
+        log,
+        "DELETE FROM events WHERE position = 5",
+        "UPDATE events SET data = '{\"n\": 999}' WHERE position = 6",
+    )
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(5, "missing"), (6, "edited")]
+
+
 async def test_deleted_and_renumbered(log: Path) -> None:
     """Deleting a row and renumbering the rest is reported as missing at that position."""
     tamper(

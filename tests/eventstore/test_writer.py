@@ -247,3 +247,20 @@ async def test_open_as_context_manager(tmp_path: Path) -> None:
     assert not store.healthy
     with pytest.raises(StoreClosed):
         await store.head()
+
+
+async def test_recorded_at_never_goes_back_even_when_the_clock_does_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    """`replay --until` stops at the first later record: the log's times must not go back."""
+    from datetime import UTC, datetime
+
+    noon = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    earlier = datetime(2026, 11, 25, 11, 55, tzinfo=UTC)
+    async with EventStore.open(tmp_path / "log.db", clock=lambda: noon) as store:
+        await store.append([ev()])
+    async with EventStore.open(tmp_path / "log.db", clock=lambda: earlier) as store:
+        await store.append([ev()])
+        await store.append([ev()])
+        times = [r.recorded_at async for r in store.read_all()]
+    assert times == [noon, noon, noon]
