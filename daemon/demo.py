@@ -25,7 +25,6 @@ import structlog
 
 from daemon import logs
 from daemon.config import load_config, load_secrets
-from daemon.http.server import funnel
 from daemon.sandbox import SandboxProvider, SandboxSettings
 from daemon.sandbox.users import SimulatedUsers, UsersSettings
 from daemon.service import Daemon
@@ -204,7 +203,7 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
             users_scope.cancel()  # users still waiting to authenticate stop with the demo
             # The daemon handles SIGINT/SIGTERM itself: if it stopped, the user asked us to.
             interrupted = daemon.stopped.is_set()
-            counts = funnel(daemon.live)
+            counts = daemon.live.projection.funnel()
             projection = daemon.live.projection
             static = sorted(projection.ids_in("static"))
             stalled = sorted(projection.ids_in("stalled"))
@@ -262,7 +261,7 @@ async def _watch(
     started = time.monotonic()
     last_line = 0.0
     while True:
-        counts = funnel(daemon.live)
+        counts = daemon.live.projection.funnel()
         # Count this run's accounts only: a named database may hold an earlier demo's too.
         states = (daemon.live.projection.account(i) for i in ids)
         done = sum(1 for a in states if a is not None and a.state in DONE_STATES)

@@ -36,8 +36,8 @@ class MigrationSettings(msgspec.Struct, frozen=True, kw_only=True):
         timedelta(hours=24),
         timedelta(hours=72),
     )
-    stall_after: timedelta = timedelta(hours=24)
-    stop_grace: timedelta = timedelta(minutes=10)
+    stall_after: timedelta = timedelta(hours=96)
+    stop_grace: timedelta = timedelta(minutes=15)
     running_grace: timedelta = timedelta(minutes=15)
     default_policy: Policy = "notify"
 

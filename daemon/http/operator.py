@@ -32,7 +32,7 @@ from daemon.http.errors import (
     require_bearer,
 )
 from daemon.http.ingest import split_validation
-from daemon.http.server import RUNTIME, Runtime, describe_account, funnel, storage_guard
+from daemon.http.server import RUNTIME, Runtime, describe_account, storage_guard
 from eventstore import new_event_id
 
 log = structlog.get_logger(__name__)
@@ -118,7 +118,7 @@ async def summary(request: web.Request) -> web.Response:
         {
             "migration_enabled": app_state.migration_enabled,
             "enabled_at": app_state.enabled_at.isoformat() if app_state.enabled_at else None,
-            "funnel": funnel(rt.live),
+            "funnel": rt.live.projection.funnel(),
             "waves": app_state.waves(),
             "position": rt.live.position,
         }

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from daemon import __version__
 from daemon.config import Config, Secrets
-from daemon.domain import FLAGS, STATES, AccountState
+from daemon.domain import FLAGS, AccountState
 from daemon.engine import Engine
 from daemon.http.errors import ApiError, ServiceUnavailable, error_middleware
 from daemon.live import LiveProjection
@@ -87,19 +87,13 @@ def storage_guard() -> _StorageGuard:
 def describe_account(state: AccountState | None, account_id: str) -> dict[str, Any]:
     if state is None:
         return {"account_id": account_id, "state": "unknown"}
-    doc = msgspec.to_builtins(state)
-    doc["flags"] = sorted(state.flags)
-    doc["pending_timers"] = {k: v.isoformat() for k, v in state.pending_timers.items()}
+    # One encoder for every field, so every time reads the same way ("...Z").
+    doc = msgspec.to_builtins(state, order="deterministic")  # flags sorted too
     doc["pending_effects"] = sorted(state.pending_effects)
-    doc["next_due"] = state.next_due.isoformat() if state.next_due else None
+    doc["next_due"] = msgspec.to_builtins(state.next_due)
     for key in ("closed_timers", "timer_purposes"):
         doc.pop(key, None)
     return doc
-
-
-def funnel(live: LiveProjection) -> dict[str, int]:
-    counts = live.projection.funnel()
-    return {state: counts.get(state, 0) for state in (*STATES, *sorted(set(counts) - set(STATES)))}
 
 
 def flag_counts(live: LiveProjection) -> dict[str, int]:
@@ -146,7 +140,7 @@ async def metrics(request: web.Request) -> web.Response:
 @routes.get("/")
 async def status_page(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
-    counts = funnel(rt.live)
+    counts = rt.live.projection.funnel()
     total = sum(counts.values()) or 1
     rows = "".join(
         f"<tr><th>{html.escape(state)}</th><td>{n}</td>"
@@ -204,7 +198,7 @@ def build_app(runtime: Runtime) -> web.Application:
         runtime.metrics.counter(name, text)
     runtime.metrics.gauge(
         "staticipd_accounts", "Accounts per migration state.",
-        lambda: [({"state": s}, n) for s, n in funnel(runtime.live).items()],
+        lambda: [({"state": s}, n) for s, n in runtime.live.projection.funnel().items()],
     )  # fmt: skip
     runtime.metrics.gauge(
         "staticipd_accounts_flagged", "Accounts per flag (invalid, sync_error, ...).",

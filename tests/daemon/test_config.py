@@ -288,3 +288,11 @@ def test_render_effective_round_trips_through_the_loader(tmp_path: Path) -> None
     document.pop("secrets")
     document.pop("secrets_dir")
     assert msgspec.convert(document, Config, dec_hook=lambda t, o: t(o)) == config
+
+
+def test_the_domains_default_settings_are_the_configurations_defaults() -> None:
+    """Code that builds MigrationSettings() (the harness, the benchmarks) runs on what users get."""
+    from daemon.domain import MigrationSettings
+    from daemon.service import migration_settings
+
+    assert migration_settings(load_config(None, {})) == MigrationSettings()

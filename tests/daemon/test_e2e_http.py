@@ -462,6 +462,8 @@ async def test_account_and_timeline_of_a_migrating_account(running) -> None:
     status, account = await running.operator("GET", "/v1/accounts/acc-t")
     assert (status, account["state"], account["wave"]) == (200, "first_auth", "w1")
     assert len(account["pending_timers"]) == 1  # the stop-grace timer
+    times = [account["first_auth_at"], account["next_due"], *account["pending_timers"].values()]
+    assert all(t.endswith("Z") for t in times), times  # one format for every time
     status, body = await running.operator("GET", "/v1/accounts/acc-t/timeline")
     assert status == 200
     assert body["account_id"] == "acc-t"
