@@ -66,49 +66,6 @@ class Decision:
     account: AccountState | None
 
 
-class _Batch:
-    def __init__(self) -> None:
-        self.ids: set[str] = set()
-        self.done = asyncio.Event()
-        self.found: set[str] = set()
-        self.error: BaseException | None = None
-
-
-class _RecordedInputs:
-    """Answers "was this input recorded already?" for many concurrent requests in one query.
-
-    The store's reads share one connection (a thread hop each), so checks that arrive while a
-    query is in flight wait in the next batch instead of queueing a query each: the read-side
-    twin of the writer's group commit.
-    """
-
-    def __init__(self, store: EventStore) -> None:
-        self._store = store
-        self._open: _Batch | None = None
-        self._lock = asyncio.Lock()
-
-    async def contains(self, event_id: str) -> bool:
-        batch = self._open
-        if batch is None:
-            batch = self._open = _Batch()
-            batch.ids.add(event_id)
-            async with self._lock:  # while the previous batch's query runs, this one fills
-                self._open = None
-                try:
-                    batch.found = await self._store.stored_event_ids(batch.ids)
-                except BaseException as exc:
-                    batch.error = exc
-                    raise
-                finally:
-                    batch.done.set()
-        else:
-            batch.ids.add(event_id)
-            await batch.done.wait()
-            if batch.error is not None:
-                raise batch.error
-        return event_id in batch.found
-
-
 class _Request:
     """One `submit` call waiting in the engine's inbox."""
 
@@ -175,7 +132,6 @@ class Engine:
         self.settings = settings
         self._clock = clock
         self._enqueue_timeout = enqueue_timeout
-        self._recorded = _RecordedInputs(store)
         self._on_appended = on_appended
         self._max_pass = max_pass
         self._max_in_flight = max_in_flight
@@ -190,12 +146,10 @@ class Engine:
         """Record `inputs` (one delivery, one transaction) and return what each became."""
         known: set[str] = set()
         if len(inputs) > 1:
-            # One input (nearly every request): the writer checks for a redelivery in the
-            # commit's own transaction (`if_absent`). Several: each is looked up first, in
-            # queries shared with concurrent callers, before the engine decides.
-            for inp in inputs:
-                if await self._recorded.contains(f"{inp.input_id}#0"):
-                    known.add(f"{inp.input_id}#0")
+            # Several inputs: those recorded before are looked up first (one query), so the
+            # others are decided without them. Any recorded meanwhile are caught at commit by
+            # the call's `if_absent` guards, as a single input's redelivery always is.
+            known = await self.store.stored_event_ids({f"{i.input_id}#0" for i in inputs})
         future: asyncio.Future[list[Decision]] = asyncio.get_running_loop().create_future()
         self._inbox.append(_Request(inputs, source, correlation_id, known, future))
         self._start()

@@ -40,18 +40,16 @@ _INSERT = (
 
 
 class _AppendCall:
-    """Queued append calls with one future: a single call (`append`) or a group (`append_many`).
+    """Queued append calls with one future, which gets their outcomes, one per call, in order.
 
-    A single call's future gets its AppendResult or its error; a group's future gets the list of
-    outcomes, one per call, where a call's own error (a failed expectation) is a value.
+    A call's own error (a failed expectation) is an outcome; storage errors fail the future.
     """
 
-    __slots__ = ("calls", "future", "single")
+    __slots__ = ("calls", "future")
 
-    def __init__(self, calls: list[_Call], future: asyncio.Future, *, single: bool) -> None:
+    def __init__(self, calls: list[_Call], future: asyncio.Future) -> None:
         self.calls = calls
         self.future = future
-        self.single = single
 
 
 class _Job:
@@ -110,18 +108,17 @@ class Writer:
         enqueue_timeout: float | None,
         guards: tuple[str, ...] = (),
     ) -> AppendResult:
-        fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        await self._enqueue(
-            _AppendCall([(events, expected, guards)], fut, single=True), enqueue_timeout
-        )
-        return await fut
+        (outcome,) = await self.append_many([(events, expected, guards)], enqueue_timeout)
+        if isinstance(outcome, EventStoreError):
+            raise outcome
+        return outcome
 
     async def append_many(
         self, calls: list[_Call], enqueue_timeout: float | None
     ) -> list[AppendResult | EventStoreError]:
         fut: asyncio.Future[list[AppendResult | EventStoreError]]
         fut = asyncio.get_running_loop().create_future()
-        await self._enqueue(_AppendCall(calls, fut, single=False), enqueue_timeout)
+        await self._enqueue(_AppendCall(calls, fut), enqueue_timeout)
         return await fut
 
     async def run_job(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
@@ -297,12 +294,7 @@ class Writer:
             mine = [next(outcomes) for _ in item.calls]
             if item.future.done():
                 continue  # cancelled after being taken: its events are committed whole
-            if not item.single:
-                item.future.set_result(mine)
-            elif isinstance(mine[0], EventStoreError):
-                item.future.set_exception(mine[0])
-            else:
-                item.future.set_result(mine[0])
+            item.future.set_result(mine)
         if plan.rows:
             self._signal()
 
