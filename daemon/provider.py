@@ -183,13 +183,19 @@ class ProviderClient:
         return self._rng.uniform(0, min(self._backoff_max, self._backoff_base * 2**attempt))
 
     async def _request(
-        self, method: str, path: str, *, params: dict[str, int] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, int] | None = None,
+        attempts: int | None = None,
     ) -> tuple[int, bytes]:
         """One logical call with retries; returns (status, body) of a 2xx or 404 answer."""
         url = self._base + path
         reason = "no attempt made"
-        for attempt in range(self._max_attempts):
-            last = attempt + 1 == self._max_attempts
+        attempts = attempts or self._max_attempts
+        for attempt in range(attempts):
+            last = attempt + 1 == attempts
             try:
                 async with self._session.request(
                     method, url, params=params, headers=self._headers, timeout=self._timeout
@@ -220,9 +226,7 @@ class ProviderClient:
                 break
             log.info("provider.retry", method=method, path=path, reason=reason, attempt=attempt + 1)
             await self._sleep(delay)
-        raise ProviderUnavailable(
-            f"{method} {path} failed after {self._max_attempts} attempts: {reason}"
-        )
+        raise ProviderUnavailable(f"{method} {path} failed after {attempts} attempts: {reason}")
 
     async def list_accounts(self) -> AsyncIterator[ProviderAccount]:
         """Every account of the application, page by page (limit/offset)."""
@@ -280,7 +284,9 @@ class ProviderClient:
             path = self._static_ip_path.format(client_id=self._client_id)
         else:
             raise ProviderError("the static IP list path is not configured")
-        status, body = await self._request("GET", path)
+        # One attempt: the endpoint allows about 10 calls an hour, and the watcher's next poll
+        # is the retry (retrying here would spend the hour's budget on one outage).
+        status, body = await self._request("GET", path, attempts=1)
         if status == 404:
             raise NotFound(f"{environment} IP list not found at {path}", status=404)
         decoded = _decode(_decode_ips, body)

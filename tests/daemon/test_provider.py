@@ -211,6 +211,17 @@ async def test_static_ip_list_without_configured_path_is_an_error(fake, session)
     assert provider.requests == []
 
 
+async def test_an_ip_list_fetch_is_tried_once(fake, session) -> None:
+    """The IP endpoint allows about 10 calls an hour: a failed poll is not retried at once."""
+    provider, url = fake
+    path = f"/a/{CID}/ip_addresses"
+    provider.script[path] = [web.Response(status=503)]
+    provider.default[path] = {"ip_addresses": ["1.2.3.4"], "updated_at": 10}
+    with pytest.raises(ProviderUnavailable):
+        await client(url, session).ip_addresses("dynamic")
+    assert len(provider.requests) == 1
+
+
 async def test_server_errors_are_retried_then_succeed(fake, session) -> None:
     """Transient 5xx answers are retried with backoff until the call succeeds."""
     provider, url = fake
