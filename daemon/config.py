@@ -395,7 +395,9 @@ def _secret_dirs(config: Config, env: Mapping[str, str]) -> list[Path]:
 def _check_whsec(value: str) -> None:
     prefix, _, encoded = value.partition("_")
     try:
-        ok = prefix == "whsec" and bool(base64.b64decode(encoded, validate=True))
+        # Unpadded base64 is accepted, as the signer (standardwebhooks.decode_secret) does.
+        padded = encoded + "=" * (-len(encoded) % 4)
+        ok = prefix == "whsec" and bool(base64.b64decode(padded, validate=True))
     except binascii.Error:
         ok = False
     if not ok:

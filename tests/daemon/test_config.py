@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from daemon import standardwebhooks
 from daemon.config import (
     Config,
     ConfigError,
@@ -252,6 +254,14 @@ def test_malformed_notify_secret_is_an_error_without_its_value(tmp_path: Path) -
         load_secrets(load_config(None, {}), {"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert "notify_secret" in str(info.value)
     assert "plain-text-secret-value" not in str(info.value)
+
+
+def test_an_unpadded_notify_secret_is_accepted_as_the_signer_accepts_it(tmp_path: Path) -> None:
+    unpadded = "whsec_" + base64.b64encode(b"k" * 20).decode().rstrip("=")
+    assert not unpadded.endswith("=")
+    (tmp_path / "notify_secret").write_text(unpadded + "\n")
+    secrets = load_secrets(load_config(None, {}), {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert standardwebhooks.decode_secret(secrets.notify_secrets[0]) == b"k" * 20
 
 
 def test_secret_values_never_appear_in_repr(tmp_path: Path) -> None:
