@@ -80,7 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config", help="validate the configuration, print it with secrets masked"
     )
     _config(p)
-    _json(p)
     p.set_defaults(handler=_run("daemon.service", "check_config_command"))
 
     p = sub.add_parser("demo", help="the daemon on a sandbox provider with simulated users")

@@ -92,7 +92,6 @@ class Outbox:
         self._heap: list[tuple[datetime, int, str]] = []
         self._seq = itertools.count()
         self._wake = anyio.Event()
-        self.outcomes: dict[str, int] = {"succeeded": 0, "failed_retrying": 0, "gave_up": 0}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -167,7 +166,6 @@ class Outbox:
                     next_at = self._clock() + timedelta(seconds=delay)
             report = OutcomeReport(effect, outcome, attempt, detail, self._clock(), next_at)
             await self._record_with_retry(report)
-            self.outcomes[outcome] += 1
             log.info(
                 "effect.outcome",
                 key=effect.key,

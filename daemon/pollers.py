@@ -61,7 +61,6 @@ class IpListWatcher:
         self._environments = tuple(environments)
         self._rng = rng or random.Random()
         self._clock = clock
-        self.polls = 0
 
     async def poll_once(self) -> float | None:
         """Fetch and record each list; returns a Retry-After the provider asked for, if any."""
@@ -90,7 +89,6 @@ class IpListWatcher:
             )
         if inputs:
             await self._submit(inputs)
-        self.polls += 1
         return retry_after
 
     async def run(self) -> None:

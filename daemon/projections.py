@@ -86,10 +86,6 @@ class Projection:
         self.position = position
         return True
 
-    def apply_all(self, events: Iterable[tuple[int, Event]]) -> None:
-        for position, event in events:
-            self.apply(position, event)
-
     def _put(self, state: AccountState) -> None:
         old = self._accounts.get(state.account_id)
         if old is not None and old.state != state.state:

@@ -85,11 +85,6 @@ class IpList(msgspec.Struct, frozen=True):
     addresses: tuple[str, ...]
     updated_at: datetime | None
 
-    @property
-    def ip_addresses(self) -> tuple[str, ...]:
-        """The provider's own name for `addresses`."""
-        return self.addresses
-
 
 class _IpAddresses(msgspec.Struct):
     ip_addresses: list[str]

@@ -98,8 +98,7 @@ class EventStore:
         ``readonly=True`` never writes to the file nor creates one: no pragma writes, no
         migrations, no writer task. The file must exist (else DatabaseMissing) and be a
         staticipd log at a schema version this build knows (else DatabaseCorrupt). Reads,
-        verify() and load_snapshot() work; writing calls, subscribe() and wait_for_position()
-        raise ReadOnlyStore.
+        verify() and load_snapshot() work; writing calls and subscribe() raise ReadOnlyStore.
         """
         if readonly:
             return Opening(lambda: cls._open_readonly(path, busy_timeout=busy_timeout))
@@ -452,13 +451,6 @@ class EventStore:
                 writer.listeners.remove(listener)
 
         return remove
-
-    async def wait_for_position(self, position: int) -> None:
-        """Return once this process has committed the log up to `position`."""
-        writer = self._require_writer("wait_for_position")
-        while writer.head_position < position:
-            self._check_open()
-            await writer.commit_signal().wait()
 
     async def get_consumer_position(self, name: str) -> int | None:
         rows = await self._fetch("SELECT position FROM consumer_positions WHERE name = ?", (name,))

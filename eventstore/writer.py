@@ -78,7 +78,6 @@ class Writer:
     ) -> None:
         self._conn = conn
         self.listeners: list[Callable[[list[RecordedEvent]], None]] = []
-        self.last_listener_error: Exception | None = None
         self._queue: asyncio.Queue[Any] = asyncio.Queue(queue_size)
         self._max_batch = max_batch
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -303,9 +302,8 @@ class Writer:
         for listener in list(self.listeners):
             try:
                 listener(new)
-            except Exception as exc:  # a listener's bug must not stop the log
+            except Exception:  # a listener's bug must not stop the log
                 self.listeners.remove(listener)
-                self.last_listener_error = exc
 
     async def _do_job(self, job: _Job) -> None:
         if job.future.done():

@@ -298,9 +298,6 @@ class UnknownEvent(Event, frozen=True, kw_only=True):
     account_id: str | None = None
 
 
-DomainEvent = Event
-"""Any domain event (the base class; use `isinstance` to narrow)."""
-
 EffectEvent = ReauthRequested | SyncRestartRequested | ProviderCheckRequested | AppNotified
 
 EVENT_CLASSES: tuple[type[Event], ...] = (

@@ -7,7 +7,6 @@ the log it would write. Appends are what the daemon does: the events of one inpu
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
 
 import msgspec
@@ -58,10 +57,6 @@ class Harness:
                 raise AssertionError(f"{type(event).__name__} is not for stream {stream}")
             self._append(f"{command.input_id}#{i}", event)
         return new
-
-    def handle_all(self, commands: Iterable[tuple[Input, datetime]]) -> None:
-        for command, now in commands:
-            self.handle(command, now)
 
     def _append(self, event_id: str, event: Event) -> None:
         stream = stream_of(event)

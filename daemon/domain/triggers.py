@@ -32,10 +32,6 @@ TRIGGERS: dict[tuple[int, str], str | Callable[[Mapping[str, Any]], str]] = {
 }
 """(api_version, trigger) -> meaning, or a function of the notification's details."""
 
-MEANINGS = frozenset(
-    {"connected", "running", "stopped", "invalid", "sync_error", "deleted", "auth", "updated"}
-)
-
 
 def meaning_of(api_version: int, trigger: str, details: Mapping[str, Any]) -> str:
     """The domain meaning of a notification, or `unrecognised`."""

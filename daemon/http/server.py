@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +38,6 @@ class Runtime:
     engine: Engine
     metrics: Metrics
     secrets: Secrets
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     stopping: bool = False
 
     def webhook_secrets(self) -> Sequence[bytes]:

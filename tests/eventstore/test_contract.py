@@ -254,15 +254,6 @@ class EventStoreContract:
         assert calls == [1]
         assert (await store.head())[0] == 2
 
-    async def test_wait_for_position(self, store: EventStore) -> None:
-        """wait_for_position returns once the head reaches the position."""
-        with anyio.fail_after(5):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(store.wait_for_position, 2)
-                await anyio.wait_all_tasks_blocked()
-                await store.append([ev("a"), ev("a")])
-            await store.wait_for_position(1)
-
     async def test_consumer_positions(self, store: EventStore) -> None:
         """A consumer's position is None until set, then the last value set."""
         assert await store.get_consumer_position("proj") is None
@@ -380,8 +371,6 @@ class ReadOnlyEventStoreContract:
             ro.on_commit(lambda records: None)
         with pytest.raises(ReadOnlyStore):
             await collect(ro.subscribe())
-        with pytest.raises(ReadOnlyStore):
-            await ro.wait_for_position(5)
         assert (await ro.head())[0] == 1
         assert await ro.load_snapshot("proj") is None
 
