@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from daemon.cli import build_parser
@@ -35,6 +37,21 @@ def test_configuration_example_loads(tmp_path: Path) -> None:
     assert config.listen == "127.0.0.1:8750"
     assert config.database.synchronous == "FULL"
     assert config.migration.delay_seconds == 1800
+
+
+def test_configuration_example_shows_every_key() -> None:
+    """Each section of the example lists every key the daemon reads in that section."""
+    (toml,) = blocks("toml")
+    example = tomllib.loads(toml)
+    defaults = load_config(None, {})
+    for name in defaults.__struct_fields__:
+        section = getattr(defaults, name)
+        if isinstance(section, msgspec.Struct):
+            shown = set(example.get(name, {}))
+            assert shown == set(section.__struct_fields__), (
+                name,
+                shown ^ set(section.__struct_fields__),
+            )
 
 
 def test_every_documented_command_exists() -> None:
@@ -70,4 +87,4 @@ async def test_every_documented_route_exists() -> None:
         )
         for m, p in served
     }
-    assert documented <= normalised, documented - normalised
+    assert documented == normalised, documented ^ normalised
