@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
+
+from daemon.http.errors import validation_field
 
 __all__ = [
     "MalformedWebhook",
@@ -116,20 +117,8 @@ class _V3Body(msgspec.Struct):
     webhook_delivery_attempt: int | None = None
 
 
-_ERROR_AT = re.compile(r"^(?P<reason>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)
-_FIELD_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`")
-
-
 def _malformed(error: msgspec.ValidationError, prefix: str = "$") -> MalformedWebhook:
-    """Turn msgspec's "reason - at `$.path`" message into a field path and a reason."""
-    match = _ERROR_AT.match(str(error))
-    assert match is not None  # the pattern matches any string
-    reason = match["reason"]
-    path = match["path"] or "$"
-    if named := _FIELD_NAMED.match(reason):
-        path = f"{path}.{named['name']}"
-        reason = "missing required field" if "missing" in reason else "unknown field"
-    return MalformedWebhook(prefix + path[1:], reason)
+    return MalformedWebhook(*validation_field(error, prefix))
 
 
 def _utc(seconds: int) -> datetime:

@@ -12,7 +12,7 @@ import itertools
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -28,15 +28,19 @@ __all__ = [
     "ServiceUnavailable",
     "Unauthorized",
     "bind_log_context",
+    "decode_body",
     "error_middleware",
     "error_response",
     "json_answer",
     "read_limited_body",
     "request_id",
     "require_bearer",
+    "validation_field",
 ]
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 REQUEST_ID_HEADER = "X-Request-Id"
 # aiohttp >= 3.12 wants typed request keys; older versions (pyproject allows 3.9) take strings.
@@ -167,6 +171,37 @@ def json_answer(
 
 
 _encode = msgspec.json.Encoder().encode
+
+
+def validation_field(error: msgspec.ValidationError, prefix: str = "$") -> tuple[str, str]:
+    """msgspec's "reason - at `$.path`" as (field, reason), the field under `prefix`.
+
+    A missing or unknown field is reported at its parent ("Object missing required field
+    `account_id`"), so its name is joined to the path: the client learns which one.
+    """
+    match = _ERROR_AT.match(str(error))
+    assert match is not None  # the pattern matches any string
+    reason = match["reason"]
+    path = match["path"] or "$"
+    if named := _FIELD_NAMED.match(reason):
+        path = f"{path}.{named['name']}"
+        reason = "missing required field" if "missing" in reason else "unknown field"
+    return prefix + path[1:], reason
+
+
+def decode_body(raw: bytes, decoder: msgspec.json.Decoder[T]) -> T:
+    """A JSON body decoded into its type, or 400 naming the field (or saying it is not JSON)."""
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        field, reason = validation_field(exc)
+        raise ApiError(400, "invalid_body", reason, field=field) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+
+_ERROR_AT = re.compile(r"^(?P<reason>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)
+_FIELD_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`")
 
 
 def request_id(request: web.Request) -> str:

@@ -8,7 +8,6 @@ and answered 400 naming the field.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated
 
@@ -21,6 +20,7 @@ from daemon.domain import AuthReported, ProviderNotified
 from daemon.http.errors import (
     ApiError,
     bind_log_context,
+    decode_body,
     json_answer,
     read_limited_body,
     request_id,
@@ -116,13 +116,7 @@ async def receive_auth_event(request: web.Request) -> web.Response:
     rt: Runtime = request.app[RUNTIME]
     require_bearer(request, rt.tokens("auth_events_token"))
     body = await read_limited_body(request, rt.config.http.max_body_bytes)
-    try:
-        event = _auth_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        field, reason = split_validation(str(exc))
-        raise ApiError(400, "invalid_body", reason, field=field) from None
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    event = decode_body(body, _auth_decoder)
     bind_log_context(request, account_id=event.account_id)
     input_id = f"auth:{event.event_id}" if event.event_id else f"auth:{new_event_id()}"
     inp = AuthReported(
@@ -176,21 +170,3 @@ async def _refuse_reused_event_id(rt: Runtime, input_id: str, account_id: str) -
 
 class _RecordedAccount(msgspec.Struct):
     account_id: str | None = None
-
-
-def split_validation(message: str) -> tuple[str | None, str]:
-    """msgspec says "Expected `str`, got `int` - at `$.account_id`": split out the field.
-
-    A missing field is reported at its parent ("Object missing required field `account_id`",
-    no path at the top level), so its name is joined to the path: the client learns which one.
-    """
-    reason, sep, where = message.rpartition(" - at ")
-    if not sep:
-        reason, where = message, "$"
-    path = where.strip("`")
-    if named := _FIELD_NAMED.match(reason):
-        return f"{path}.{named['name']}", "missing required field"
-    return path, reason
-
-
-_FIELD_NAMED = re.compile(r"^Object missing required field `(?P<name>[^`]+)`")

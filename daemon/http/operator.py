@@ -6,6 +6,7 @@ Commands are inputs like any other: recorded in the log before they are answered
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Annotated, Literal, TypeVar
 
@@ -27,11 +28,11 @@ from daemon.domain import (
 from daemon.http.errors import (
     ApiError,
     bind_log_context,
+    decode_body,
     read_limited_body,
     request_id,
     require_bearer,
 )
-from daemon.http.ingest import split_validation
 from daemon.http.server import RUNTIME, Runtime, describe_account, storage_guard
 from eventstore import new_event_id
 
@@ -70,13 +71,12 @@ def _runtime(request: web.Request) -> Runtime:
 
 async def _body(request: web.Request, rt: Runtime, kind: type[_T]) -> _T:
     raw = await read_limited_body(request, rt.config.http.max_body_bytes)
-    try:
-        return msgspec.json.decode(raw or b"{}", type=kind)
-    except msgspec.ValidationError as exc:
-        field, reason = split_validation(str(exc))
-        raise ApiError(400, "invalid_body", reason, field=field) from None
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    return decode_body(raw or b"{}", _decoder(kind))
+
+
+@functools.cache
+def _decoder(kind: type[_T]) -> msgspec.json.Decoder[_T]:
+    return msgspec.json.Decoder(kind)
 
 
 def _account_id(request: web.Request) -> str:
