@@ -21,9 +21,7 @@ from aiohttp import web
 __all__ = [
     "REQUEST_ID_HEADER",
     "ApiError",
-    "BadRequest",
     "HttpError",
-    "NotFound",
     "PayloadTooLarge",
     "ServiceUnavailable",
     "Unauthorized",
@@ -114,22 +112,10 @@ class ApiError(HttpError):
         self.status = status
 
 
-class BadRequest(HttpError):
-    """400: the body or a parameter is wrong; `field` says which (e.g. `$.deltas[0].date`)."""
-
-    status, code = 400, "bad_request"
-
-
 class Unauthorized(HttpError):
     """401: missing or wrong signature or token."""
 
     status, code = 401, "unauthorized"
-
-
-class NotFound(HttpError):
-    """404: no such resource."""
-
-    status, code = 404, "not_found"
 
 
 class PayloadTooLarge(HttpError):

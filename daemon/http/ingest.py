@@ -65,7 +65,9 @@ async def webhook_challenge(request: web.Request) -> web.Response:
 async def receive_webhook(request: web.Request) -> web.Response:
     rt: Runtime = request.app[RUNTIME]
     body = await read_limited_body(request, rt.config.http.max_body_bytes)
-    if not verify_signature(body, request.headers.get("X-Nylas-Signature"), rt.webhook_secrets()):
+    if not verify_signature(
+        body, request.headers.get("X-Nylas-Signature"), rt.secrets.webhook_secrets
+    ):
         rt.metrics.inc("staticipd_webhooks_total", result="bad_signature")
         raise ApiError(401, "bad_signature", "missing or wrong X-Nylas-Signature")
     try:
@@ -114,7 +116,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
 @routes.post("/v1/auth-events")
 async def receive_auth_event(request: web.Request) -> web.Response:
     rt: Runtime = request.app[RUNTIME]
-    require_bearer(request, rt.tokens("auth_events_token"))
+    require_bearer(request, rt.secrets.auth_events_tokens)
     body = await read_limited_body(request, rt.config.http.max_body_bytes)
     event = decode_body(body, _auth_decoder)
     bind_log_context(request, account_id=event.account_id)

@@ -65,7 +65,7 @@ class AccountCommandBody(msgspec.Struct):
 
 def _runtime(request: web.Request) -> Runtime:
     rt = request.app[RUNTIME]
-    require_bearer(request, rt.tokens("operator_token"))
+    require_bearer(request, rt.secrets.operator_tokens)
     return rt
 
 

@@ -8,7 +8,6 @@ the projection caught up; `/metrics` is Prometheus text; `/` is a status page wi
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,15 +38,6 @@ class Runtime:
     metrics: Metrics
     secrets: Secrets
     stopping: bool = False
-
-    def webhook_secrets(self) -> Sequence[bytes]:
-        return self.secrets.webhook_secrets
-
-    def tokens(self, name: str) -> Sequence[str]:
-        return {
-            "auth_events_token": self.secrets.auth_events_tokens,
-            "operator_token": self.secrets.operator_tokens,
-        }[name]
 
 
 class _StorageGuard:

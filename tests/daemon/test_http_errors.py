@@ -12,9 +12,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
-from daemon.http import (
+from daemon.http.errors import (
     ApiError,
-    BadRequest,
     ServiceUnavailable,
     error_middleware,
     read_limited_body,
@@ -35,7 +34,7 @@ async def echo(request: web.Request) -> web.Response:
 
 
 async def bad(request: web.Request) -> web.Response:
-    raise BadRequest("expected an integer", field="$.deltas[0].date")
+    raise ApiError(400, "bad_request", "expected an integer", field="$.deltas[0].date")
 
 
 async def signature(request: web.Request) -> web.Response:
