@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 import msgspec
 
 from daemon import standardwebhooks
+from daemon.clock import utc_now
 from daemon.domain import (
     AccountObserved,
     AppNotified,
@@ -27,7 +28,7 @@ from daemon.domain import (
     SyncRestartRequested,
 )
 from daemon.outbox import PendingEffect, PermanentEffectError
-from daemon.provider import AuthRejected, NotFound, ProviderClient
+from daemon.provider import AuthRejected, NotFound, ProviderClient, retry_after_seconds
 
 REAUTH_MESSAGE = "staticipd.reauth_requested"
 
@@ -56,7 +57,7 @@ class EffectPerformer:
         provider: ProviderClient | None,
         observe: Observe,
         notify_timeout: float = 10.0,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._session = session
         self._notify_url = notify_url
@@ -124,6 +125,7 @@ class EffectPerformer:
         if not secrets:
             raise PermanentEffectError("no notify_secret configured to sign the message")
         body = msgspec.json.encode({"type": msg_type, "data": data})
+        # Signed now, with the real time: receivers refuse timestamps 5 minutes off.
         headers = standardwebhooks.sign(secrets, msg_id, int(time.time()), body)
         headers["Content-Type"] = "application/json"
         try:
@@ -131,7 +133,7 @@ class EffectPerformer:
                 self._notify_url, data=body, headers=headers, timeout=self._timeout
             ) as resp:
                 status = resp.status
-                retry_after = _seconds(resp.headers.get("Retry-After"))
+                retry_after = retry_after_seconds(resp.headers, time.time())
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise NotifyFailed(f"application unreachable: {type(exc).__name__}") from exc
         if 200 <= status < 300:
@@ -139,10 +141,3 @@ class EffectPerformer:
         if 400 <= status < 500 and status not in _RETRYABLE_4XX:
             raise PermanentEffectError(f"application refused the message ({status})")
         raise NotifyFailed(f"application answered {status}", retry_after)
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None

@@ -29,6 +29,7 @@ __all__ = [
     "ProviderError",
     "ProviderUnavailable",
     "RateLimited",
+    "retry_after_seconds",
 ]
 
 log = structlog.get_logger(__name__)
@@ -106,7 +107,7 @@ _decode_account = msgspec.json.Decoder(ProviderAccount)
 _decode_ips = msgspec.json.Decoder(_IpAddresses)
 
 
-def _retry_after(headers: Any, now: float) -> float | None:
+def retry_after_seconds(headers: Any, now: float) -> float | None:
     """Seconds to wait from `Retry-After` (seconds or HTTP date), else `X-RateLimit-Reset`."""
     if value := headers.get("Retry-After"):
         try:
@@ -205,7 +206,7 @@ class ProviderClient:
                 if status < 300 or status == 404:
                     return status, body
                 if status == 429:
-                    wait = _retry_after(headers, self._clock())
+                    wait = retry_after_seconds(headers, self._clock())
                     if wait is None:
                         wait = self._backoff(attempt)
                     elif wait > self._backoff_max:
