@@ -16,7 +16,7 @@ from collections.abc import Callable
 import anyio
 import structlog
 
-from daemon.domain import AccountState, decode_event
+from daemon.domain import AccountState
 from daemon.projections import Projection
 from eventstore import EventStore, RecordedEvent
 
@@ -76,8 +76,7 @@ class LiveProjection:
         """Fold `records` (in position order), then tell the hooks once per changed account."""
         changed: set[str] = set()
         for record in records:
-            event = decode_event(record.type, record.schema, record.data)
-            self.projection.apply(record.position, event)
+            event = self.projection.apply_record(record)
             if account_id := getattr(event, "account_id", None):
                 changed.add(account_id)
         for account_id in changed:
@@ -89,8 +88,7 @@ class LiveProjection:
         """Apply everything already in the log (used at start, before serving)."""
         head, _ = await self.store.head()
         async for record in self.store.read_all(self.position + 1, head):
-            event = decode_event(record.type, record.schema, record.data)
-            self.projection.apply(record.position, event)
+            self.projection.apply_record(record)
 
     def _on_commit(self, records: list[RecordedEvent]) -> None:
         # Called by the store's writer right after each commit, so the projection is current

@@ -21,7 +21,7 @@ import anyio
 
 from daemon import allowlist
 from daemon.audit import render_timeline, timeline, timeline_as_json
-from daemon.domain import STATES, decode_event
+from daemon.domain import STATES
 from daemon.live import SNAPSHOT_NAME
 from daemon.progress import Progress
 from daemon.projections import Projection
@@ -199,7 +199,7 @@ async def _replayed(
     async for rec in store.read_all(1, last):
         if until_time is not None and rec.recorded_at > until_time:
             break
-        projection.apply(rec.position, decode_event(rec.type, rec.schema, rec.data))
+        projection.apply_record(rec)
         if rec.position % 4096 == 0:
             progress(rec.position, last)
     progress(projection.position, last)

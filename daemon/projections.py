@@ -24,10 +24,12 @@ from daemon.domain import (
     ApplicationState,
     Event,
     PendingEffect,
+    decode_event,
     evolve_account,
     evolve_application,
     stream_of,
 )
+from eventstore import RecordedEvent
 
 SNAPSHOT_FORMAT = 1
 
@@ -67,6 +69,12 @@ class Projection:
         self._due_heap: list[tuple[datetime, str]] = []
 
     # --- folding ---------------------------------------------------------------------------
+
+    def apply_record(self, record: RecordedEvent) -> Event:
+        """Decode a stored record (upcast to the current schema) and fold it; the event."""
+        event = decode_event(record.type, record.schema, record.data)
+        self.apply(record.position, event)
+        return event
 
     def apply(self, position: int, event: Event) -> bool:
         """Fold the event at `position`; False (and no change) if that position was applied."""

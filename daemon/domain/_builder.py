@@ -44,6 +44,10 @@ class Builder:
             )
         )
 
+    def clear_flags(self, reason: str) -> None:
+        for flag in sorted(self.state.flags):
+            self.flag(flag, reason, on=False)
+
     def flag(self, flag: str, reason: str, *, on: bool = True) -> None:
         if (flag in self.state.flags) == on:
             return

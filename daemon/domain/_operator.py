@@ -49,8 +49,7 @@ def on_operator(
 def _reset(b: _Builder) -> None:
     b.cancel_timers("reset by the operator")
     b.abandon_effects("reset by the operator")
-    for flag in sorted(b.state.flags):
-        b.flag(flag, "reset by the operator", on=False)
+    b.clear_flags("reset by the operator")
     if b.state.state != "dynamic":
         b.move("dynamic", b.at, "reset by the operator")
 
@@ -71,16 +70,14 @@ def _resolution(b: _Builder, at: datetime) -> tuple[str, Action]:
         def resolve(b: _Builder) -> None:
             b.cancel_timers("resolved by the operator")
             b.abandon_effects("resolved by the operator")
-            for flag in sorted(b.state.flags):
-                b.flag(flag, "resolved by the operator", on=False)
+            b.clear_flags("resolved by the operator")
             b.move("static", at, "second step confirmed by the operator")
 
         return "second step confirmed by the operator; account static", resolve
     if s.flags:
 
         def clear(b: _Builder) -> None:
-            for flag in sorted(b.state.flags):
-                b.flag(flag, "resolved by the operator", on=False)
+            b.clear_flags("resolved by the operator")
 
         return "flags cleared by the operator", clear
     return f"nothing to resolve in state {s.state}", None
