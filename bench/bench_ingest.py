@@ -3,8 +3,11 @@
 Run with ``python -m bench.bench_ingest`` (``--help`` for sizes). Each server runs in its own
 process on 127.0.0.1 and receives the same pre-signed, unique v2 webhook bodies (so every daemon
 request is a real durable append, never a duplicate); the trivial app only reads the body and
-answers 200, which is the HTTP stack's ceiling. The load generator is `wrk` when installed (a
-Lua script cycles through the body file), else an aiohttp client in this process.
+answers 200, which is the HTTP stack's ceiling. Between the HMAC+JSON handler and the daemon, two
+servers locate the cost: the same handler plus one group-committed SQLite row (`sqlite`, the floor
+of any SQLite log) and plus one `EventStore.append` (`store`, no domain). The load generator is
+`wrk` when installed (a Lua script cycles through the body file), else an aiohttp client in this
+process.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import daemon_env, print_table, write_secrets
 
@@ -162,6 +166,13 @@ async def serve_trivial(port_file: Path, secret: bytes | None = None) -> None:
             json.loads(body)
         return web.json_response({"recorded": 1, "duplicates": 0})
 
+    await _serve_app(receive, port_file)
+
+
+async def _serve_app(receive: Any, port_file: Path) -> None:
+    """Serve `receive` at PATH on a free loopback port until SIGTERM."""
+    from aiohttp import web
+
     app = web.Application()
     app.router.add_post(PATH, receive)
     runner = web.AppRunner(app, access_log=None)
@@ -174,6 +185,105 @@ async def serve_trivial(port_file: Path, secret: bytes | None = None) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     await runner.cleanup()
+
+
+async def serve_sqlite(workdir: Path, port_file: Path) -> None:
+    """The floor of any durable receiver here: HMAC, JSON, one group-committed SQLite row.
+
+    No event store: one table (digest, body) in WAL mode with synchronous=FULL, one thread that
+    runs BEGIN, one executemany and COMMIT per batch, requests answered after COMMIT. No hash
+    chain, versions, duplicate answers or domain: whatever real log sits on SQLite here costs
+    at least this much.
+    """
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    from aiohttp import web
+
+    from daemon.service import tune_gc
+
+    secret = (workdir / "credentials" / "webhook_secret").read_text().strip().encode()
+    tune_gc()
+    db = sqlite3.connect(workdir / "sqlite.db", isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE IF NOT EXISTS bodies (digest TEXT PRIMARY KEY, body BLOB)")
+    thread = ThreadPoolExecutor(1)
+    loop = asyncio.get_running_loop()
+    queue: list[tuple[tuple[str, bytes], asyncio.Future[None]]] = []
+    busy = False
+
+    def commit(rows: list[tuple[str, bytes]]) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT OR IGNORE INTO bodies VALUES (?, ?)", rows)
+        db.execute("COMMIT")
+
+    def flush() -> None:
+        nonlocal busy, queue
+        batch, queue = queue, []
+        busy = bool(batch)
+        if batch:
+            done = loop.run_in_executor(thread, commit, [row for row, _ in batch])
+            done.add_done_callback(lambda d: answer(batch, d.exception()))
+
+    def answer(batch: list[tuple[Any, asyncio.Future[None]]], error: BaseException | None) -> None:
+        for _, future in batch:
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+        flush()
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        digest = hmac.new(secret, body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(digest, request.headers.get("X-Nylas-Signature", "")):
+            return web.json_response({"error": "bad signature"}, status=401)
+        json.loads(body)
+        future = loop.create_future()
+        queue.append(((digest, body), future))
+        if not busy:
+            flush()
+        await future
+        return web.json_response({"recorded": 1, "duplicates": 0})
+
+    await _serve_app(receive, port_file)
+    thread.shutdown()
+    db.close()
+
+
+async def serve_store(workdir: Path, port_file: Path) -> None:
+    """The event store alone: HMAC, JSON, then one durable `EventStore.append` per request.
+
+    No domain, engine or projection: each body is stored as one event keyed by its digest,
+    with the daemon's store settings (WAL, FULL, group commit, hash chain). Between this and
+    the HMAC+JSON handler is the cost of durable storage; between this and the daemon, the cost
+    of deciding and projecting.
+    """
+    from aiohttp import web
+
+    from daemon.service import tune_gc
+    from eventstore import EventStore, NewEvent
+
+    secret = (workdir / "credentials" / "webhook_secret").read_text().strip().encode()
+    tune_gc()
+    async with EventStore.open(workdir / "store.db", synchronous="FULL") as store:
+
+        async def receive(request: web.Request) -> web.Response:
+            body = await request.read()
+            digest = hmac.new(secret, body, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(digest, request.headers.get("X-Nylas-Signature", "")):
+                return web.json_response({"error": "bad signature"}, status=401)
+            delta = json.loads(body)["deltas"][0]
+            account = delta["object_data"]["id"]
+            key = hashlib.sha256(body).hexdigest()
+            event = NewEvent(f"account-{account}", "Received", body, event_id=key)
+            result = await store.append([event], if_absent=key)
+            return web.json_response(
+                {"recorded": sum(result.created), "duplicates": int(result.skipped)}
+            )
+
+        await _serve_app(receive, port_file)
 
 
 def start_server(
@@ -268,9 +378,12 @@ def count_appended(database: Path) -> int:
     return int(n)
 
 
+BASELINES = ("trivial", "hmac-json")
 TARGETS = {
     "trivial": "aiohttp: read body, answer 200 (ceiling)",
     "hmac-json": "aiohttp: check HMAC, parse JSON, answer 200",
+    "sqlite": "aiohttp: HMAC, JSON, SQLite row, group commit, FULL",
+    "store": "aiohttp: HMAC, JSON, EventStore.append, FULL",
     "daemon-FULL": "daemon: verify, decide, append, FULL",
     "daemon-NORMAL": "daemon, NORMAL (WAL: no fsync per commit)",
 }
@@ -308,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve == "hmac-json":
         secret = (args.dir / "credentials" / "webhook_secret").read_text().strip().encode()
         asyncio.run(serve_trivial(args.dir / "hmac-json.port", secret))
+        return 0
+    if args.serve == "sqlite":
+        asyncio.run(serve_sqlite(args.dir, args.dir / "sqlite.port"))
+        return 0
+    if args.serve == "store":
+        asyncio.run(serve_store(args.dir, args.dir / "store.port"))
         return 0
     if args.serve:
         sync = args.serve.removeprefix("daemon-")
@@ -369,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for r in results:
         base = by.get(("hmac-json", r.connections))
-        ratio = f"{r.rate / base.rate:.2f}x" if base and r.target.startswith("daemon-") else ""
+        ratio = f"{r.rate / base.rate:.2f}x" if base and r.target not in BASELINES else ""
         rows.append(
             (TARGETS[r.target], r.connections, f"{r.requests:,}", f"{r.rate:,.0f}",
              f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}", r.errors, r.non_2xx, ratio)
