@@ -1,9 +1,10 @@
 """The `staticipd` command line: one subcommand per operator task.
 
 Exit status: 0 fine, 1 the check or operation found a problem, 2 usage or configuration error.
-Every command that touches a log takes `--database PATH` (environment `STATICIPD_DATABASE`;
-default `staticipd.db` in systemd's `$STATE_DIRECTORY`, else the current directory). Only
-`serve` and `demo` write to it; the others open it read-only.
+The log commands take `--database PATH`, else use the log the configuration names (`--config`,
+default `$STATICIPD_CONFIG`; then `STATICIPD_DATABASE`; then `staticipd.db` in systemd's
+`$STATE_DIRECTORY` or the current directory), as `serve` does. Only `serve` and `demo` write to
+a log; the others open it read-only.
 """
 
 from __future__ import annotations
@@ -19,23 +20,16 @@ from daemon import __version__
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 
-def default_database() -> Path:
-    """`$STATICIPD_DATABASE`, else `staticipd.db` in systemd's `$STATE_DIRECTORY`, else here."""
-    if env := os.environ.get("STATICIPD_DATABASE"):
-        return Path(env)
-    state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    return Path(state_dir or ".") / "staticipd.db"
-
-
-def _database(p: argparse.ArgumentParser) -> None:
+def _log(p: argparse.ArgumentParser) -> None:
+    """The options of a command that reads the log: which log, and where to find the config."""
     p.add_argument(
         "--database",
         type=Path,
         default=None,
         metavar="PATH",
-        help="the event log (default: $STATICIPD_DATABASE, else staticipd.db in "
-        "$STATE_DIRECTORY or the current directory)",
+        help="the event log (default: the configuration's, as `serve` would open it)",
     )
+    _config(p)
 
 
 def _json(p: argparse.ArgumentParser) -> None:
@@ -84,7 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the daemon on a sandbox provider with simulated users")
     p.add_argument("--accounts", type=int, default=200, help="simulated accounts (default 200)")
-    _database(p)
+    p.add_argument(
+        "--database",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="keep the demo's log here (default: in a new temporary directory)",
+    )
     p.add_argument(
         "--time-scale",
         type=float,
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_run("daemon.demo", "demo_command"))
 
     p = sub.add_parser("replay", help="rebuild every projection from the log and print the funnel")
-    _database(p)
+    _log(p)
     _json(p)
     until = p.add_mutually_exclusive_group()
     until.add_argument("--until", metavar="TIME", help="stop at this UTC time (ISO 8601)")
@@ -109,36 +109,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("audit", help="an account's full timeline: inputs, decisions, effects")
     p.add_argument("account_id", metavar="ACCOUNT_ID")
-    _database(p)
+    _log(p)
     _json(p)
     p.set_defaults(handler=_run("daemon.logcommands", "audit_command"))
 
     p = sub.add_parser("verify", help="check the hash chain and the signed checkpoints")
-    _database(p)
+    _log(p)
     _json(p)
     p.add_argument(
         "--checkpoint-key-file",
         type=Path,
         metavar="PATH",
-        help="key of the signed checkpoints (default: checkpoint_key in $STATICIPD_SECRETS_DIR, "
-        "else in $CREDENTIALS_DIRECTORY; without a key the signatures are not checked)",
+        help="key of the signed checkpoints (default: checkpoint_key in the configuration's "
+        "secrets_dir, else in $CREDENTIALS_DIRECTORY; without a key the signatures are not "
+        "checked)",
     )
     p.set_defaults(handler=_run("daemon.logcommands", "verify_command"))
 
     p = sub.add_parser("status", help="the funnel per state, accounts due next, stalled accounts")
-    _database(p)
+    _log(p)
     _json(p)
     p.set_defaults(handler=_run("daemon.logcommands", "status_command"))
 
     p = sub.add_parser("export", help="the log as JSON lines, each with its hash")
-    _database(p)
+    _log(p)
     p.add_argument("--from", dest="from_position", type=int, default=1, metavar="POS")
     p.add_argument("--to", dest="to_position", type=int, default=None, metavar="POS")
     p.add_argument("--format", choices=("jsonl",), default="jsonl")
     p.set_defaults(handler=_run("daemon.logcommands", "export_command"))
 
     p = sub.add_parser("allowlist", help="the provider's IP lists as a firewall allowlist")
-    _database(p)
+    _log(p)
     p.add_argument("--format", choices=("plain", "json", "nftables", "iptables"), default="plain")
     p.set_defaults(handler=_run("daemon.logcommands", "allowlist_command"))
     return parser
@@ -150,9 +151,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    args.database_given = getattr(args, "database", None) is not None
-    if getattr(args, "database", "absent") is None:
-        args.database = default_database()
     try:
         return args.handler(args)
     except KeyboardInterrupt:

@@ -385,7 +385,8 @@ class Secrets:
         return described
 
 
-def _secret_dirs(config: Config, env: Mapping[str, str]) -> list[Path]:
+def secret_dirs(config: Config, env: Mapping[str, str]) -> list[Path]:
+    """Where secret files are looked for, first match wins: `secrets_dir`, then systemd's."""
     dirs = [config.secrets_dir] if config.secrets_dir is not None else []
     if credentials := env.get("CREDENTIALS_DIRECTORY"):
         dirs.append(Path(credentials))
@@ -415,7 +416,7 @@ def load_secrets(config: Config, env: Mapping[str, str]) -> Secrets:
     sources: dict[str, Path] = {}
     warnings: list[str] = []
     for name in SECRET_NAMES:
-        for directory in _secret_dirs(config, env):
+        for directory in secret_dirs(config, env):
             file = directory / name
             try:
                 raw[name] = file.read_bytes()

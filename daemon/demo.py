@@ -287,7 +287,7 @@ def demo_command(args: argparse.Namespace) -> int:
     logs.configure_logging("warning", "console")
     opts = DemoOptions(
         accounts=args.accounts,
-        database=args.database if args.database_given else None,
+        database=args.database,
         time_scale=args.time_scale,
         policy=args.policy,
         seed=args.seed,

@@ -2,7 +2,8 @@
 
 None of them writes to the log or trusts a snapshot: each opens it read-only (a read-only
 copy works too; a file that is not a staticipd log is refused untouched) and rebuilds what it
-shows from the events themselves, so what an auditor sees is what the log proves.
+shows from the events themselves, so what an auditor sees is what the log proves. Without
+`--database` they read the log the configuration names, as `serve` would.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import anyio
 
 from daemon import allowlist
 from daemon.audit import render_timeline, timeline, timeline_as_json
+from daemon.config import ConfigError, load_config, secret_dirs
 from daemon.domain import STATES
 from daemon.live import SNAPSHOT_NAME
 from daemon.progress import Progress
@@ -47,7 +49,7 @@ async def open_log(path: Path) -> AsyncIterator[EventStore]:
         store = await EventStore.open(path, readonly=True)
     except DatabaseMissing as exc:
         raise CommandError(
-            f"no event log at {path} (set --database or STATICIPD_DATABASE)", EXIT_USAGE
+            f"no event log at {path} (set --database, --config or STATICIPD_DATABASE)", EXIT_USAGE
         ) from exc
     except DatabaseCorrupt as exc:
         text = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
@@ -67,6 +69,7 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
     @functools.wraps(fn)
     def wrapper(args: argparse.Namespace) -> int:
         try:
+            _use_config(args)
             return fn(args)
         except CommandError as exc:
             print(f"staticipd: {exc}", file=sys.stderr)
@@ -84,16 +87,25 @@ def run(main: Callable[[], Awaitable[int]]) -> int:
     return anyio.run(main)
 
 
+def _use_config(args: argparse.Namespace) -> None:
+    """Complete `args` from the effective configuration, read as `serve` reads it: the log's
+    path when `--database` is not given, and the directories that hold secret files."""
+    try:
+        config = load_config(args.config, os.environ)
+    except ConfigError as exc:
+        raise CommandError(f"configuration error: {exc}", EXIT_USAGE) from exc
+    if args.database is None:
+        args.database = config.database.path
+    args.secret_dirs = secret_dirs(config, os.environ)
+
+
 def _checkpoint_key(args: argparse.Namespace) -> bytes | None:
-    """--checkpoint-key-file, else `checkpoint_key` in $STATICIPD_SECRETS_DIR, else in
+    """--checkpoint-key-file, else `checkpoint_key` in the configuration's secrets_dir, else in
     $CREDENTIALS_DIRECTORY (the daemon's own order); None when there is none."""
     path = args.checkpoint_key_file
     if path is None:
-        for env in ("STATICIPD_SECRETS_DIR", "CREDENTIALS_DIRECTORY"):
-            directory = os.environ.get(env)
-            if directory and (Path(directory) / "checkpoint_key").is_file():
-                path = Path(directory) / "checkpoint_key"
-                break
+        found = (d / "checkpoint_key" for d in args.secret_dirs)
+        path = next((f for f in found if f.is_file()), None)
     if path is None:
         return None
     try:

@@ -437,3 +437,43 @@ def test_verify_finds_the_key_in_the_secrets_dir(
     monkeypatch.setenv("STATICIPD_SECRETS_DIR", str(secrets))
     assert main(["verify", "--database", str(db)]) == 0
     assert "1 signed checkpoint(s) valid" in capsys.readouterr().out
+
+
+def test_commands_read_the_log_and_key_the_config_names(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without --database, a command reads the log of the daemon's configuration file, and
+    verify finds the checkpoint key in that configuration's secrets_dir, as `serve` would."""
+    db, secrets = tmp_path / "state" / "log.db", tmp_path / "secrets"
+    db.parent.mkdir()
+    secrets.mkdir()
+    build_log(db, key=b"right-key")
+    (secrets / "checkpoint_key").write_bytes(b"right-key\n")
+    config = tmp_path / "staticipd.toml"
+    config.write_text(f'secrets_dir = "{secrets}"\n\n[database]\npath = "{db}"\n')
+    for name in ("STATICIPD_DATABASE", "STATICIPD_SECRETS_DIR", "STATICIPD_CONFIG",
+                 "CREDENTIALS_DIRECTORY", "STATE_DIRECTORY"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no staticipd.db here: only the config can name the log
+
+    assert main(["verify", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "ok: 20 events, chain intact" in out
+    assert "1 signed checkpoint(s) valid" in out
+    monkeypatch.setenv("STATICIPD_CONFIG", str(config))  # the same, named by the environment
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["position"] == 20
+    assert main(["status", "--json", "--database", str(tmp_path / "other.db")]) == 2
+    assert "no event log at" in capsys.readouterr().err  # --database still wins
+
+
+def test_a_bad_config_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A configuration the daemon would refuse makes a log command exit 2, naming the problem."""
+    config = tmp_path / "staticipd.toml"
+    config.write_text("[database]\npaht = 'x.db'\n")
+    assert main(["status", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("staticipd: configuration error:")
+    assert "paht" in err
