@@ -11,6 +11,8 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
+from daemon.domain.state import IpList
+
 FORMATS = ("json", "plain", "nftables", "iptables")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -29,6 +31,14 @@ def parse_networks(addresses: Iterable[str]) -> list[Network]:
         except ValueError as exc:
             raise AllowlistError(f"not an IP address or network: {text!r}") from exc
     return sorted(networks, key=lambda n: (n.version, n))
+
+
+def render_observed(ip_lists: Mapping[str, IpList], fmt: str) -> str:
+    """The allowlist of the lists the log has observed (`ApplicationState.ip_lists`), dated by
+    the latest change."""
+    changed = max((ip.changed_at for ip in ip_lists.values()), default=None)
+    lists = {kind: ip.addresses for kind, ip in ip_lists.items()}
+    return render(lists, fmt, updated_at=changed)
 
 
 def render(

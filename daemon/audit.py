@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import msgspec
 
 from daemon.domain import (
+    APPLICATION_STREAM,
     AccountsEnrolled,
     AccountState,
     ReauthRequested,
@@ -73,7 +74,7 @@ def timeline(records: Iterable[Record], account_id: str) -> list[TimelineEntry]:
     entries: list[TimelineEntry] = []
     for record in records:
         if record.stream != stream and not (
-            record.stream == "application" and record.type == "AccountsEnrolled"
+            record.stream == APPLICATION_STREAM and record.type == "AccountsEnrolled"
         ):
             continue
         event = decode_event(record.type, record.schema, record.data)

@@ -24,6 +24,7 @@ import structlog
 
 from daemon.clock import utc_now
 from daemon.domain import (
+    APPLICATION_STREAM,
     AccountInput,
     AccountState,
     ApplicationState,
@@ -52,7 +53,6 @@ log = structlog.get_logger(__name__)
 
 _CONFLICT_RETRIES = 5
 _MAX_PASS = 512  # submits decided (and appended in one transaction) per engine pass
-_APPLICATION = "application"
 _MAX_IN_FLIGHT = 8  # passes appended and not yet committed; a ninth waits for the oldest
 
 
@@ -191,7 +191,7 @@ class Engine:
         committed). Everything waits while application events (enrolments, commands) are in
         flight: every decision reads the application's state.
         """
-        if _APPLICATION in self._busy:
+        if APPLICATION_STREAM in self._busy:
             return []
         batch: list[_Request] = []
         held: list[_Request] = []
@@ -230,7 +230,7 @@ class Engine:
                 request.future.set_exception(exc)
                 continue
             decided.append(d)
-            if d.call is not None and _APPLICATION in d.call.expected:
+            if d.call is not None and APPLICATION_STREAM in d.call.expected:
                 # Later requests would read application state not yet committed: they wait.
                 self._inbox.extendleft(reversed(batch[index + 1 :]))
                 break
@@ -343,14 +343,14 @@ class Engine:
                 expected.setdefault(stream, overlay.version(stream))
             else:
                 state = app
-                expected.setdefault("application", app.version)
+                expected.setdefault(APPLICATION_STREAM, app.version)
             events = decide(state, inp, now, self.settings, app)
             streams = []
             for event in events:
                 stream = stream_of(event)
                 expected.setdefault(stream, overlay.version(stream))
                 streams.append(stream)
-                if stream == "application":
+                if stream == APPLICATION_STREAM:
                     app = evolve_application(app, event)
                     overlay.put_application(app)
                 else:
@@ -470,7 +470,7 @@ class _Overlay:
         self.application = state
 
     def version(self, stream: str) -> int:
-        if stream == "application":
+        if stream == APPLICATION_STREAM:
             return self.application.version
         state = self.account(stream.removeprefix("account-"))
         return state.version if state else 0

@@ -23,7 +23,7 @@ import anyio
 from daemon import allowlist
 from daemon.audit import render_timeline, timeline, timeline_as_json
 from daemon.config import ConfigError, load_config, secret_dirs
-from daemon.domain import STATES
+from daemon.domain import APPLICATION_STREAM, STATES
 from daemon.live import SNAPSHOT_NAME
 from daemon.progress import Progress
 from daemon.projections import Projection
@@ -295,7 +295,9 @@ def audit_command(args: argparse.Namespace) -> int:
         async with open_log(args.database) as store:
             own = [r async for r in store.read_stream(f"account-{account_id}")]
             enrolments = [
-                r async for r in store.read_stream("application") if r.type == "AccountsEnrolled"
+                r
+                async for r in store.read_stream(APPLICATION_STREAM)
+                if r.type == "AccountsEnrolled"
             ]
         # An enrolled account with no events of its own yet still has a timeline: its enrolment.
         entries = timeline(sorted([*own, *enrolments], key=lambda r: r.position), account_id)
@@ -349,14 +351,16 @@ def status_command(args: argparse.Namespace) -> int:
 @command
 def allowlist_command(args: argparse.Namespace) -> int:
     async def main() -> int:
+        projection = Projection()  # IP lists live in the application's stream: read only that
         async with open_log(args.database) as store:
-            application = (await _replayed(store)).application
-        if not application.ip_lists:
+            async for rec in store.read_stream(APPLICATION_STREAM):
+                projection.apply_record(rec)
+        if not projection.application.ip_lists:
             raise CommandError("no IP list has been observed in this log yet", EXIT_PROBLEM)
-        lists = {kind: ip.addresses for kind, ip in application.ip_lists.items()}
-        changed = max(ip.changed_at for ip in application.ip_lists.values())
         try:
-            sys.stdout.write(allowlist.render(lists, args.format, updated_at=changed))
+            sys.stdout.write(
+                allowlist.render_observed(projection.application.ip_lists, args.format)
+            )
         except allowlist.AllowlistError as exc:
             raise CommandError(str(exc), EXIT_PROBLEM) from exc
         return EXIT_OK

@@ -18,6 +18,7 @@ from datetime import datetime
 import msgspec
 
 from daemon.domain import (
+    APPLICATION_STREAM,
     STATES,
     AccountsEnrolled,
     AccountState,
@@ -81,7 +82,7 @@ class Projection:
         if position <= self.position:
             return False
         stream = stream_of(event)
-        if stream == "application":
+        if stream == APPLICATION_STREAM:
             self.application = evolve_application(self.application, event)
             if isinstance(event, AccountsEnrolled):
                 # Enrolment is the first sight of an account for the funnel.

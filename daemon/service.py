@@ -253,9 +253,8 @@ class Daemon:
     async def _run_ip_change_command(self) -> None:
         """Hand the new allowlist (plain, one network a line) to the operator's command on stdin."""
         argv = list(self.config.pollers.ip_change_command)
-        lists = {k: ip.addresses for k, ip in self.live.projection.application.ip_lists.items()}
         try:
-            text = allowlist.render(lists, "plain")
+            text = allowlist.render_observed(self.live.projection.application.ip_lists, "plain")
             with anyio.fail_after(60):
                 result = await anyio.run_process(argv, input=text.encode(), check=False)
         except (OSError, TimeoutError, allowlist.AllowlistError) as exc:

@@ -17,9 +17,17 @@ is always an argument. The contract with the daemon:
 
 from . import events, inputs
 from .application import decide, decide_application, evolve
-from .codec import EVENT_TYPES, UPCASTERS, EncodedEvent, decode_event, encode_event, stream_of
+from .codec import (
+    EVENT_TYPES,
+    UPCASTERS,
+    EncodedEvent,
+    decode_event,
+    encode_event,
+    stream_of,
+)
 from .decide import decide_account
 from .events import (
+    APPLICATION_STREAM,
     AccountEvent,
     AccountObservationRecorded,
     AccountsEnrolled,
@@ -84,6 +92,7 @@ from .state import (
 from .triggers import TRIGGERS, meaning_of, sync_state_meaning
 
 __all__ = [
+    "APPLICATION_STREAM",
     "EVENT_TYPES",
     "FLAGS",
     "STATES",

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from .events import EVENT_CLASSES, AccountEvent, Event, UnknownEvent
+from .events import APPLICATION_STREAM, EVENT_CLASSES, AccountEvent, Event, UnknownEvent
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.__name__: cls for cls in EVENT_CLASSES}
 """The one registry: type name -> class."""
@@ -106,4 +106,4 @@ def stream_of(event: Event) -> str:
         return f"account-{event.account_id}"
     if isinstance(event, UnknownEvent) and event.account_id is not None:
         return f"account-{event.account_id}"
-    return "application"
+    return APPLICATION_STREAM

@@ -13,7 +13,7 @@ import msgspec
 
 from .application import decide
 from .codec import stream_of
-from .events import Event
+from .events import APPLICATION_STREAM, Event
 from .inputs import AccountInput, Input, stream_for
 from .settings import MigrationSettings
 from .state import AccountState, ApplicationState, evolve_account, evolve_application
@@ -60,7 +60,7 @@ class Harness:
 
     def _append(self, event_id: str, event: Event) -> None:
         stream = stream_of(event)
-        if stream == "application":
+        if stream == APPLICATION_STREAM:
             self.application = evolve_application(self.application, event)
             version = self.application.version
         else:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from .events import UtcDatetime
+from .events import APPLICATION_STREAM, UtcDatetime
 from .settings import Policy
 
 
@@ -152,4 +152,4 @@ def stream_for(inp: Input) -> str:
     """The stream whose state decides `inp` and receives its events."""
     if isinstance(inp, AccountInput):
         return f"account-{inp.account_id}"
-    return "application"
+    return APPLICATION_STREAM

@@ -249,10 +249,6 @@ async def ip_addresses(request: web.Request) -> web.Response:
             f"format must be one of {', '.join(allowlist.FORMATS)}",
             field="format",
         )
-    lists = rt.live.projection.application.ip_lists
-    changed = max((ip.changed_at for ip in lists.values()), default=None)
-    text = allowlist.render(
-        {kind: ip.addresses for kind, ip in lists.items()}, fmt, updated_at=changed
-    )
+    text = allowlist.render_observed(rt.live.projection.application.ip_lists, fmt)
     content_type = "application/json" if fmt == "json" else "text/plain"
     return web.Response(text=text, content_type=content_type)

@@ -17,6 +17,7 @@ from daemon.domain import (
     AuthReported,
     EnableMigration,
     Enroll,
+    IpListObserved,
     MigrationSettings,
     ProviderNotified,
     TimerFiredInput,
@@ -477,3 +478,35 @@ def test_a_bad_config_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert err.startswith("staticipd: configuration error:")
     assert "paht" in err
+
+
+def test_allowlist_renders_the_latest_lists_the_log_observed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`allowlist` shows each list as its last observation left it, dated by the last change."""
+    h = Harness(MigrationSettings())
+    seen = [
+        ("static", ("198.51.100.0/24", "203.0.113.7"), 1),
+        ("dynamic", ("192.0.2.1", "2001:db8::1"), 2),
+        ("static", ("203.0.113.7", "203.0.113.8"), 3),  # the /24 is gone, .8 is new
+        ("dynamic", ("2001:db8::1", "192.0.2.1"), 4),  # the same list: no change
+    ]
+    for n, (kind, addresses, minute) in enumerate(seen):
+        at = T0 + timedelta(minutes=minute)
+        h.handle(IpListObserved(input_id=f"ip:{n}", kind=kind, addresses=addresses,
+                                observed_at=at), at)  # fmt: skip
+    h.handle(AuthReported(input_id="auth:a:1", account_id="a", occurred_at=T0), T0)
+    path = tmp_path / "log.db"
+    write_harness_log(h, path)
+
+    assert main(["allowlist", "--database", str(path), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["lists"] == {
+        "dynamic": ["192.0.2.1/32", "2001:db8::1/128"],
+        "static": ["203.0.113.7/32", "203.0.113.8/32"],
+    }
+    assert doc["updated_at"] == (T0 + timedelta(minutes=3)).isoformat()
+    assert main(["allowlist", "--database", str(path)]) == 0
+    assert capsys.readouterr().out.split() == [
+        "192.0.2.1/32", "203.0.113.7/32", "203.0.113.8/32", "2001:db8::1/128"
+    ]  # fmt: skip
