@@ -1,8 +1,9 @@
 """Audit views over the log: an account's timeline and the funnel at a past moment.
 
 Pure functions over records as the event store returns them (anything with the fields of
-`Record`), decoded with `decode_event`. The CLI's `audit`, `replay` and `status` commands are
-thin wrappers around `timeline`, `render_timeline`/`timeline_as_json` and `replay`/`funnel_at`.
+`Record`), decoded with `decode_event`. The CLI's `audit` command and the operator API's
+timeline are thin wrappers around `timeline` and `render_timeline`/`timeline_as_json`; `replay`
+folds records into a fresh projection (`replay(...).funnel()` is the funnel at that moment).
 """
 
 from __future__ import annotations
@@ -167,16 +168,6 @@ def replay(
             break
         projection.apply_record(record)
     return projection
-
-
-def funnel_at(
-    records: Iterable[Record],
-    *,
-    until_time: datetime | None = None,
-    until_position: int | None = None,
-) -> dict[str, int]:
-    """Accounts per state as the log knew them at that time (`recorded_at`) or position."""
-    return replay(records, until_time=until_time, until_position=until_position).funnel()
 
 
 def transitions(entries: Iterable[TimelineEntry]) -> list[TimelineEntry]:

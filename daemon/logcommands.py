@@ -200,21 +200,29 @@ def export_command(args: argparse.Namespace) -> int:
     return run(main)
 
 
-async def _replayed(
-    store: EventStore, *, until_time: datetime | None = None, until_position: int | None = None
-) -> Projection:
-    """A fresh projection of the log (snapshots ignored), with a progress line on a terminal."""
-    head, _ = await store.head()
-    last = min(head, until_position) if until_position is not None else head
-    progress = Progress("replay")
-    projection = Projection()
-    async for rec in store.read_all(1, last):
+async def _fold(
+    store: EventStore,
+    projection: Projection,
+    last: int,
+    progress: Progress,
+    until_time: datetime | None = None,
+) -> None:
+    """Apply the log's records after `projection.position`, up to `last` and `until_time`."""
+    async for rec in store.read_all(projection.position + 1, last):
         if until_time is not None and rec.recorded_at > until_time:
             break
         projection.apply_record(rec)
         if rec.position % 4096 == 0:
             progress(rec.position, last)
     progress(projection.position, last)
+
+
+async def _replayed(store: EventStore) -> Projection:
+    """A fresh projection of the whole log (snapshots ignored), with a progress line on a
+    terminal."""
+    head, _ = await store.head()
+    projection, progress = Projection(), Progress("replay")
+    await _fold(store, projection, head, progress)
     progress.close()
     return projection
 
@@ -238,12 +246,20 @@ def replay_command(args: argparse.Namespace) -> int:
     _at_least(args.position, 0, "--position")
 
     async def main() -> int:
+        projection, divergence = Projection(), None
         async with open_log(args.database) as store:
-            projection = await _replayed(store, until_time=until_time, until_position=args.position)
-            snapshot = await store.load_snapshot(SNAPSHOT_NAME)
-            divergence = None
-            if snapshot is not None and until_time is None and args.position is None:
-                divergence = await _compare_with_snapshot(store, projection, *snapshot)
+            head, _ = await store.head()
+            last = head if args.position is None else min(head, args.position)
+            progress = Progress("replay")
+            # The whole log is compared with the snapshot in one pass: stop at the snapshot's
+            # position to compare, then go on to the head.
+            whole = until_time is None and args.position is None
+            if whole and (snapshot := await store.load_snapshot(SNAPSHOT_NAME)):
+                position, blob = snapshot
+                await _fold(store, projection, min(position, last), progress)
+                divergence = _compare_with_snapshot(projection, position, blob)
+            await _fold(store, projection, last, progress, until_time)
+            progress.close()
         funnel = _ordered(projection.funnel())
         doc = {
             "position": projection.position,
@@ -264,6 +280,8 @@ def replay_command(args: argparse.Namespace) -> int:
                 print(f"snapshot at position {divergence['position']}: matches the log")
             else:
                 print(f"snapshot at position {divergence['position']}: DIVERGES from the log")
+                if "error" in divergence:
+                    print(f"  {divergence['error']}")
                 for account_id in divergence["differing_accounts"][:20]:
                     print(f"  differs: {account_id}")
         return EXIT_OK if divergence is None or divergence["matches"] else EXIT_PROBLEM
@@ -271,16 +289,17 @@ def replay_command(args: argparse.Namespace) -> int:
     return run(main)
 
 
-async def _compare_with_snapshot(
-    store: EventStore, full: Projection, position: int, blob: bytes
-) -> dict[str, object]:
-    """Replay to the snapshot's position and compare account by account."""
+def _compare_with_snapshot(at: Projection, position: int, blob: bytes) -> dict[str, object]:
+    """Compare the log replayed up to the snapshot's position with the snapshot."""
     try:
         snap = Projection.from_snapshot(blob)
     except Exception as exc:
         return {"position": position, "matches": False, "error": f"unreadable: {exc}",
                 "differing_accounts": []}  # fmt: skip
-    at = full if full.position == position else await _replayed(store, until_position=position)
+    if at.position != position:
+        return {"position": position, "matches": False,
+                "error": f"the log ends at position {at.position}, before the snapshot",
+                "differing_accounts": []}  # fmt: skip
     ids = {a.account_id for a in at} | {a.account_id for a in snap}
     differing = sorted(i for i in ids if at.account(i) != snap.account(i))
     matches = not differing and at.application == snap.application

@@ -510,3 +510,49 @@ def test_allowlist_renders_the_latest_lists_the_log_observed(
     assert capsys.readouterr().out.split() == [
         "192.0.2.1/32", "203.0.113.7/32", "203.0.113.8/32", "2001:db8::1/128"
     ]  # fmt: skip
+
+
+def save_snapshot_at(path: Path, position: int) -> None:
+    """What the daemon saves at a clean stop: the projection of the log up to `position`."""
+
+    async def save() -> None:
+        async with EventStore.open(path) as store:
+            projection = Projection()
+            async for rec in store.read_all(1, position):
+                projection.apply_record(rec)
+            await store.save_snapshot(SNAPSHOT_NAME, position, projection.to_snapshot())
+
+    anyio.run(save)
+
+
+def test_replay_compares_an_older_snapshot_and_still_shows_the_head(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A snapshot saved before the last events matches the log at its own position, and the
+    funnel is still the one at the head."""
+    path = tmp_path / "log.db"
+    migration_log(path)
+    save_snapshot_at(path, 12)
+    assert main(["replay", "--database", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["snapshot"] == {"position": 12, "matches": True, "differing_accounts": []}
+    assert doc["position"] == 33
+    assert (doc["funnel"]["static"], doc["funnel"]["stalled"]) == (1, 1)
+
+
+def test_replay_says_a_snapshot_past_the_log_diverges(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A snapshot of positions the log does not have (a truncated log) is reported, exit 1."""
+    path = tmp_path / "log.db"
+    migration_log(path)
+
+    async def forge() -> None:
+        async with EventStore.open(path) as store:
+            await store.save_snapshot(SNAPSHOT_NAME, 40, Projection().to_snapshot())
+
+    anyio.run(forge)
+    assert main(["replay", "--database", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "snapshot at position 40: DIVERGES from the log" in out
+    assert "the log ends at position 33, before the snapshot" in out

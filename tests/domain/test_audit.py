@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-from daemon.audit import funnel_at, render_timeline, replay, timeline, timeline_as_json, transitions
+from daemon.audit import render_timeline, replay, timeline, timeline_as_json, transitions
 from daemon.domain import encode_event
 from eventstore import RecordedEvent
 
@@ -79,7 +79,7 @@ def test_funnel_at_a_position_and_a_time(flow):
     cut = len(flow.h.log)
     flow.auth(5, account="b")
     recs = records(flow)
-    assert funnel_at(recs, until_position=cut)["first_auth"] == 1
-    assert funnel_at(recs)["first_auth"] == 2
-    assert funnel_at(recs, until_time=flow.at(1) + timedelta(seconds=1))["first_auth"] == 1
+    assert replay(recs, until_position=cut).funnel()["first_auth"] == 1
+    assert replay(recs).funnel()["first_auth"] == 2
+    assert replay(recs, until_time=flow.at(1) + timedelta(seconds=1)).funnel()["first_auth"] == 1
     assert replay(recs).position == len(recs)
