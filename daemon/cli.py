@@ -124,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
         "secrets_dir, else in $CREDENTIALS_DIRECTORY; without a key the signatures are not "
         "checked)",
     )
+    p.add_argument(
+        "--expect",
+        action="append",
+        default=[],
+        metavar="POS:HASH",
+        help="a head written down earlier (this command's output, or the daemon's "
+        "checkpoint.written log line): the row at POS must still have HASH; repeatable, no key "
+        "needed",
+    )
     p.set_defaults(handler=_run("daemon.logcommands", "verify_command"))
 
     p = sub.add_parser("status", help="the funnel per state, accounts due next, stalled accounts")

@@ -12,9 +12,11 @@ import argparse
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from daemon.progress import Progress
 from daemon.projections import Projection
 from eventstore import DatabaseCorrupt, DatabaseMissing, EventStore, EventStoreError
 from eventstore.chain import GENESIS, format_time
+from eventstore.verify import Damage
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -120,15 +123,49 @@ def _at_least(value: int | None, least: int, option: str) -> None:
         raise CommandError(f"{option} must be {least} or more, not {value}", EXIT_USAGE)
 
 
+def _anchors(texts: list[str]) -> dict[int, str]:
+    """`--expect POS:HASH` values, checked for shape."""
+    anchors = {}
+    for text in texts:
+        position, _, digest = text.partition(":")
+        if not (position.isdigit() and int(position) > 0 and re.fullmatch("[0-9a-f]{64}", digest)):
+            want = "POSITION:HASH (a position of 1 or more, 64 hex digits)"
+            raise CommandError(f"--expect: want {want}, not {text!r}", EXIT_USAGE)
+        anchors[int(position)] = digest
+    return anchors
+
+
+async def _check_anchors(store: EventStore, anchors: dict[int, str], head: int) -> list[Damage]:
+    """Each anchor's row must still be there with the hash written down earlier."""
+    damage = []
+    for position, digest in sorted(anchors.items()):
+        found = [rec.hash async for rec in store.read_all(position, position)]
+        if not found:
+            damage.append(
+                Damage(position, "truncated", f"expected {digest}; the log ends at {head}")
+            )
+        elif found[0] != digest:
+            damage.append(
+                Damage(position, "anchor_mismatch", f"expected {digest}, found {found[0]}")
+            )
+    return damage
+
+
 @command
 def verify_command(args: argparse.Namespace) -> int:
     key = _checkpoint_key(args)
+    anchors = _anchors(args.expect)
 
     async def main() -> int:
         async with open_log(args.database) as store:
             progress = Progress("verify")
             report = await store.verify(key, progress=progress)
             progress.close()
+            if anchors:
+                missed = await _check_anchors(store, anchors, report.head_position)
+                report = replace(
+                    report, ok=report.ok and not missed, damage=[*report.damage, *missed]
+                )
         if args.json:
             print(
                 json.dumps(
@@ -139,6 +176,7 @@ def verify_command(args: argparse.Namespace) -> int:
                         "head_hash": report.head_hash,
                         "checkpoints_checked": report.checkpoints_checked,
                         "checkpoint_key": key is not None,
+                        "anchors_checked": len(anchors),
                         "damage": [
                             {"position": d.position, "kind": d.kind, "detail": d.detail}
                             for d in report.damage
@@ -153,6 +191,8 @@ def verify_command(args: argparse.Namespace) -> int:
                 if key is not None
                 else " (signed checkpoints not checked: no key given)"
             )
+            if anchors:
+                signed += f", {len(anchors)} expected hash(es) found"
             print(
                 f"ok: {report.events_checked:,} events, chain intact up to position "
                 f"{report.head_position} ({report.head_hash}){signed}"

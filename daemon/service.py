@@ -159,7 +159,7 @@ class Daemon:
         await self._snapshot(store, live)
         key = runtime.secrets.checkpoint_key
         if key:
-            await store.checkpoint(key)
+            await self._checkpoint(store, key)
         log.info("daemon.stopped", position=live.position)
 
     def _jobs(
@@ -310,8 +310,14 @@ class Daemon:
                 and position != checkpoint_position
                 and now - checkpoint_at >= (CHECKPOINT_EVERY_SECONDS)
             ):
-                await store.checkpoint(key)
+                await self._checkpoint(store, key)
                 checkpoint_position, checkpoint_at = position, now
+
+    async def _checkpoint(self, store: EventStore, key: bytes) -> None:
+        """Sign the head; its position and hash also go to the log lines (the journal), a record
+        outside the database that `staticipd verify --expect POS:HASH` can check it against."""
+        signed = await store.checkpoint(key)
+        log.info("checkpoint.written", position=signed.position, head_hash=signed.head_hash)
 
     async def _snapshot(self, store: EventStore, live: LiveProjection) -> None:
         position, blob = live.snapshot()

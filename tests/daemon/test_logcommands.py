@@ -28,7 +28,7 @@ from daemon.domain.harness import Harness
 from daemon.live import SNAPSHOT_NAME
 from daemon.projections import Projection
 from eventstore import EventStore, NewEvent
-from eventstore.chain import canonical_row
+from eventstore.chain import canonical_row, row_hash
 
 
 def build_log(path: Path, n: int = 20, key: bytes | None = None) -> None:
@@ -556,3 +556,50 @@ def test_replay_says_a_snapshot_past_the_log_diverges(
     out = capsys.readouterr().out
     assert "snapshot at position 40: DIVERGES from the log" in out
     assert "the log ends at position 33, before the snapshot" in out
+
+
+def test_verify_checks_heads_written_down_earlier(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`verify --expect POS:HASH` catches a rewrite that recomputed the whole chain (which the
+    chain alone cannot see), and a log cut short before POS; no key is needed."""
+    db = tmp_path / "log.db"
+    build_log(db, n=10)
+    assert main(["verify", "--database", str(db), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    anchor = f"{report['head_position']}:{report['head_hash']}"
+    assert main(["verify", "--database", str(db), "--expect", anchor]) == 0
+    assert "1 expected hash(es) found" in capsys.readouterr().out
+
+    # Someone with write access edits event 3, recomputes every hash after it and puts the
+    # append-only triggers back.
+    con = sqlite3.connect(db)
+    triggers = con.execute("SELECT name, sql FROM sqlite_master WHERE type='trigger'").fetchall()
+    for name, _ in triggers:
+        con.execute(f"DROP TRIGGER {name}")
+    con.execute("""UPDATE events SET data='{"i":999}' WHERE position=3""")
+    prev = con.execute("SELECT hash FROM events WHERE position=2").fetchone()[0]
+    rows = con.execute(
+        "SELECT position, stream, version, type, schema, event_id, recorded_at, data, metadata"
+        " FROM events WHERE position >= 3 ORDER BY position"
+    ).fetchall()
+    for position, *fields, data, metadata in rows:
+        digest = row_hash(prev, canonical_row(*fields, data.encode(), metadata.encode()))
+        con.execute(
+            "UPDATE events SET prev_hash=?, hash=? WHERE position=?", (prev, digest, position)
+        )
+        prev = digest
+    for _, sql in triggers:
+        con.execute(sql)
+    con.commit()
+    con.close()
+    assert main(["verify", "--database", str(db)]) == 0  # the chain alone is consistent again
+    capsys.readouterr()
+    assert main(["verify", "--database", str(db), "--expect", anchor, "--json"]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert [(d["position"], d["kind"]) for d in found["damage"]] == [(10, "anchor_mismatch")]
+
+    assert main(["verify", "--database", str(db), "--expect", f"11:{'0' * 64}"]) == 1
+    assert "DAMAGE at position 11: truncated" in capsys.readouterr().out
+    assert main(["verify", "--database", str(db), "--expect", "10:abc"]) == 2
+    assert "--expect: want POSITION:HASH" in capsys.readouterr().err

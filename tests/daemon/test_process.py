@@ -287,6 +287,31 @@ def test_no_secret_or_signature_ever_reaches_the_log(served: tuple[Any, int]) ->
         assert value.lower() not in text.lower()
 
 
+def test_the_journal_keeps_the_checkpoints_verify_can_check(served: tuple[Any, int]) -> None:
+    """A signed checkpoint at shutdown is also a log line with its position and hash, and
+    `staticipd verify --expect POS:HASH` confirms the log against it."""
+    setup, port = served
+    setup.write_secret("checkpoint_key", "checkpoint-key-value")
+    with spawn(setup.env, setup.workdir, port) as child:
+        body, sig = signed_webhook(setup, "acc-1")
+        assert child.request("POST", "/webhooks/nylas", body, {"X-Nylas-Signature": sig})[0] == 200
+        assert child.stop() == 0
+    (line,) = [e for e in child.log_events() if e.get("event") == "checkpoint.written"]
+    assert line["position"] >= 1
+    assert "checkpoint-key-value" not in child.log_text()
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon", "verify", "--expect",
+         f"{line['position']}:{line['head_hash']}"],
+        env=clean_env(setup.env),
+        cwd=setup.workdir,
+        capture_output=True,
+        timeout=EXIT_TIMEOUT,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert b"1 signed checkpoint(s) valid, 1 expected hash(es) found" in result.stdout
+
+
 def test_check_config_prints_the_effective_config_with_secrets_masked(
     served: tuple[Any, int],
 ) -> None:
