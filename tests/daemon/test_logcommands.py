@@ -21,7 +21,6 @@ from daemon.domain import (
     MigrationSettings,
     ProviderNotified,
     TimerFiredInput,
-    decode_event,
     encode_event,
 )
 from daemon.domain.harness import Harness
@@ -198,22 +197,29 @@ def test_replay_until_a_position_shows_the_past(
     assert doc["funnel"]["static"] == 0
 
 
+def save_snapshot(path: Path, position: int, projection: Projection | None = None) -> None:
+    """Save `projection` as the daemon's snapshot at `position`; by default, what the daemon
+    would save there: the projection of the log up to `position`."""
+
+    async def save() -> None:
+        async with EventStore.open(path) as store:
+            snap = projection
+            if snap is None:
+                snap = Projection()
+                async for rec in store.read_all(1, position):
+                    snap.apply_record(rec)
+            await store.save_snapshot(SNAPSHOT_NAME, position, snap.to_snapshot())
+
+    anyio.run(save)
+
+
 def test_replay_reports_a_diverging_snapshot(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A snapshot that disagrees with the log is reported and the exit status is 1."""
     path = tmp_path / "log.db"
     migration_log(path)
-
-    async def forge() -> None:
-        store = await EventStore.open(path)
-        try:
-            head, _ = await store.head()
-            await store.save_snapshot("projection", head, Projection().to_snapshot())
-        finally:
-            await store.close()
-
-    anyio.run(forge)
+    save_snapshot(path, 33, Projection())  # an empty projection where the log has two accounts
     assert main(["replay", "--database", str(path)]) == 1
     assert "DIVERGES" in capsys.readouterr().out
 
@@ -283,15 +289,7 @@ def test_replay_says_a_matching_snapshot_matches(
     """A snapshot equal to the replayed log is reported as matching, exit 0."""
     path = tmp_path / "log.db"
     migration_log(path)
-
-    async def snapshot() -> None:
-        async with EventStore.open(path) as store:
-            projection = Projection()
-            async for rec in store.read_all():
-                projection.apply(rec.position, decode_event(rec.type, rec.schema, rec.data))
-            await store.save_snapshot(SNAPSHOT_NAME, projection.position, projection.to_snapshot())
-
-    anyio.run(snapshot)
+    save_snapshot(path, 33)
     assert main(["replay", "--database", str(path)]) == 0
     assert "snapshot at position 33: matches the log" in capsys.readouterr().out
 
@@ -512,19 +510,6 @@ def test_allowlist_renders_the_latest_lists_the_log_observed(
     ]  # fmt: skip
 
 
-def save_snapshot_at(path: Path, position: int) -> None:
-    """What the daemon saves at a clean stop: the projection of the log up to `position`."""
-
-    async def save() -> None:
-        async with EventStore.open(path) as store:
-            projection = Projection()
-            async for rec in store.read_all(1, position):
-                projection.apply_record(rec)
-            await store.save_snapshot(SNAPSHOT_NAME, position, projection.to_snapshot())
-
-    anyio.run(save)
-
-
 def test_replay_compares_an_older_snapshot_and_still_shows_the_head(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -532,7 +517,7 @@ def test_replay_compares_an_older_snapshot_and_still_shows_the_head(
     funnel is still the one at the head."""
     path = tmp_path / "log.db"
     migration_log(path)
-    save_snapshot_at(path, 12)
+    save_snapshot(path, 12)
     assert main(["replay", "--database", str(path), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["snapshot"] == {"position": 12, "matches": True, "differing_accounts": []}
@@ -546,12 +531,7 @@ def test_replay_says_a_snapshot_past_the_log_diverges(
     """A snapshot of positions the log does not have (a truncated log) is reported, exit 1."""
     path = tmp_path / "log.db"
     migration_log(path)
-
-    async def forge() -> None:
-        async with EventStore.open(path) as store:
-            await store.save_snapshot(SNAPSHOT_NAME, 40, Projection().to_snapshot())
-
-    anyio.run(forge)
+    save_snapshot(path, 40, Projection())
     assert main(["replay", "--database", str(path)]) == 1
     out = capsys.readouterr().out
     assert "snapshot at position 40: DIVERGES from the log" in out
