@@ -98,6 +98,20 @@ async def test_early_restart_is_ignored_or_moves(
         assert (acct.env, acct.sync_state, acct.billing_state) == (env, sync_state, "paid")
 
 
+async def test_early_restart_with_restart_clock_starts_the_wait_over() -> None:
+    """With restart_clock an early restart counts the delay again from the restart."""
+    clock = Clock()
+    async with SandboxProvider(fast(early_second_auth="restart_clock"), clock=clock) as sandbox:
+        (acct,) = sandbox.create_accounts(1)
+        sandbox.authenticate(acct.id)
+        clock.now += MOVE_DELAY / 2
+        assert await restart_over_http(sandbox, acct) == "early_restarted"
+        clock.now += MOVE_DELAY * 0.9  # past the first auth's delay, not the restart's
+        assert sandbox.authenticate(acct.id) == "early_restarted"
+        clock.now += MOVE_DELAY + 0.01
+        assert sandbox.authenticate(acct.id) == "moved"
+
+
 @pytest.mark.parametrize(
     ("connected_on_move", "after_move"),
     [(False, ["account.running"]), (True, ["account.running", "account.connected"])],
