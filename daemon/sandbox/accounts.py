@@ -160,6 +160,8 @@ class AccountBook:
     def _move(self, acct: Account, now: float) -> list[Emission]:
         acct.env = "static"
         self.moves += 1
+        if acct.downgraded:
+            return []  # on a static server now, but cancelled: it syncs after the upgrade
         if acct.broken:
             # The admin's move places the account on a static server, but its sync cannot run
             # until the user re-authenticates; that auth then sends account.running.

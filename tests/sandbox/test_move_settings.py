@@ -155,3 +155,20 @@ async def test_stopped_on_downgrade_decides_the_webhook_only(
         assert (body["sync_state"], body["billing_state"]) == ("stopped", "cancelled")
         await sandbox.sender.wait_idle()
     assert hook.types() == sent
+
+
+async def test_a_cancelled_account_moves_but_syncs_only_after_the_upgrade(hook: Any) -> None:
+    """A second auth moves a downgraded account; it stays stopped until the upgrade restarts it."""
+    clock = Clock()
+    async with SandboxProvider(fast(), clock=clock) as sandbox:
+        await sandbox.register_webhook(hook.url)
+        (acct,) = sandbox.create_accounts(1)
+        sandbox.authenticate(acct.id)
+        sandbox.downgrade(acct.id)
+        clock.now += MOVE_DELAY + 0.01
+        assert sandbox.authenticate(acct.id) == "moved"
+        assert (acct.env, acct.sync_state, acct.billing_state) == ("static", "stopped", "cancelled")
+        assert await restart_over_http(sandbox, acct) == "running"
+        assert (acct.sync_state, acct.billing_state) == ("running", "paid")
+        await sandbox.sender.wait_idle()
+    assert hook.types() == ["account.stopped", "account.running"]
