@@ -3,8 +3,9 @@
 The watcher fetches the provider's IP lists (no more often than the provider's ~10 calls an
 hour allow) and records each result; the domain turns a change into an `IpListChanged` event.
 The reconciler compares the provider's account list with the projection and records an
-observation for every account whose migration waits on a webhook, so a webhook that never came
-(a lost `account.stopped`, say) cannot leave an account stuck.
+observation for each account whose migration waits on a webhook, when what the provider shows
+can move the account, so a webhook that never came (a lost `account.stopped`, say) cannot leave
+an account stuck.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class Reconciler:
         for account_id in sorted(waiting):
             sync_state, billing_state = seen.get(account_id, (None, None))
             state = projection.account(account_id)
-            if not _informative(state, sync_state, account_id in seen):
+            if not _informative(state, sync_state, account_id in seen, billing_state):
                 continue
             inputs.append(
                 AccountObserved(
@@ -163,18 +164,27 @@ class Reconciler:
             await _pause(self._interval, self._rng, retry_after)
 
 
-def _informative(account: AccountState | None, sync_state: str | None, exists: bool) -> bool:
+def _informative(
+    account: AccountState | None,
+    sync_state: str | None,
+    exists: bool,
+    billing_state: str | None = None,
+) -> bool:
     """Only observations that can move an account are recorded: the log is not a poll history."""
-    state = account.state if account else ""
     flags = account.flags if account else frozenset()
-    meaning = sync_state_meaning(sync_state, exists=exists)
+    if "deleted" in flags:
+        # Only an auth brings a deleted account back; the domain merely notes anything else.
+        return False
+    meaning = sync_state_meaning(sync_state, exists=exists, billing_state=billing_state)
     if meaning in ("deleted", "invalid", "sync_error"):
         # Once flagged, the same state every round would only repeat itself.
         return meaning not in flags
-    if state == "first_auth":
-        return meaning == "stopped"
-    if state == "second_auth":
-        # Still stopped after the second step: the provider did not move it (the domain only
-        # acts once `running_grace` has passed, so an early round records a harmless note).
-        return meaning in ("running", "stopped")
-    return meaning == "running"
+    state = account.state if account else ""
+    if meaning == "stopped":
+        # The stop first_auth waits for; after the second step, the provider did not move the
+        # account (the domain acts once `running_grace` has passed: an early round is a note).
+        return state in ("first_auth", "second_auth")
+    if meaning == "running":
+        # The move is done after the second step; elsewhere a running only clears the flags.
+        return state == "second_auth" or any(flag in flags for flag in ("invalid", "sync_error"))
+    return False

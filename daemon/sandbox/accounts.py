@@ -109,8 +109,8 @@ class AccountBook:
     def authenticate(self, account_id: str, now: float) -> tuple[str, list[Emission]]:
         """An end user completed the OAuth flow; returns an outcome word and the webhooks owed.
 
-        Outcomes: ``normal``, ``staged`` (first auth: parked stopped), ``moved`` (second auth at
-        least ``move_delay`` after the first), ``early_ignored``, ``early_restarted``.
+        Outcomes: ``normal``, ``staged`` (first auth: parked stopped), or a second step's
+        (``moved``, ``early_ignored``, ``early_restarted``: see ``_second_step``).
         """
         acct = self.accounts[account_id]
         acct.auth_count += 1
@@ -121,15 +121,7 @@ class AccountBook:
             assert acct.first_auth_at is not None
             if was_broken and not acct.downgraded:
                 acct.sync_state = "stopped"  # repaired, but still parked until the move
-            if now - acct.first_auth_at >= self.settings.scaled(self.settings.move_delay):
-                return "moved", self._move(acct, now)
-            policy = self.settings.early_second_auth
-            if policy == "move":
-                return "moved", self._move(acct, now)
-            if policy == "restart_clock":
-                acct.first_auth_at = now
-                return "early_restarted", []
-            return "early_ignored", []
+            return self._second_step(acct, now, now)
         if acct.env == "legacy" and self.settings.static_ips_enabled:
             acct.env = "staging"
             acct.first_auth_at = now
@@ -148,9 +140,28 @@ class AccountBook:
         acct.sync_state = BROKEN_SYNC_STATES[acct.broken]
         return [self._emit(BROKEN_TRIGGERS[acct.broken], acct, now)]
 
+    def _second_step(self, acct: Account, at: float, now: float) -> tuple[str, list[Emission]]:
+        """A second step at ``at`` of a staged account: the user's auth or the admin's stop/start.
+
+        ``moved`` once ``move_delay`` has passed since the first auth; an earlier step is
+        answered per ``early_second_auth`` (facts §7: undocumented): ``early_ignored``,
+        ``moved``, or ``early_restarted`` (the delay counts again from ``at``).
+        """
+        assert acct.first_auth_at is not None
+        early = at - acct.first_auth_at < self.settings.scaled(self.settings.move_delay)
+        policy = self.settings.early_second_auth
+        if not early or policy == "move":
+            return "moved", self._move(acct, now)
+        if policy == "restart_clock":
+            acct.first_auth_at = at
+            return "early_restarted", []
+        return "early_ignored", []
+
     def _move(self, acct: Account, now: float) -> list[Emission]:
         acct.env = "static"
         self.moves += 1
+        if acct.downgraded:
+            return []  # on a static server now, but cancelled: it syncs after the upgrade
         if acct.broken:
             # The admin's move places the account on a static server, but its sync cannot run
             # until the user re-authenticates; that auth then sends account.running.
@@ -197,23 +208,17 @@ class AccountBook:
         """The queued sync restart after an upgrade runs (= the dashboard's stop/start).
 
         ``started_at`` is when the upgrade was asked for: that instant counts against the move
-        delay, as the admin's "start" would.
+        delay, as the admin's "start" would. Outcomes: ``gone`` (deleted or downgraded again),
+        a staged account's second step (see ``_second_step``), else ``running`` or ``broken``.
         """
         acct = self.accounts.get(account_id)
         if acct is None or acct.downgraded:
             return "gone", []
         if acct.env == "staging":
-            assert acct.first_auth_at is not None
-            delay = self.settings.scaled(self.settings.move_delay)
-            if started_at - acct.first_auth_at >= delay:
-                return "moved", self._move(acct, now)
-            if self.settings.early_second_auth == "move":
-                return "moved", self._move(acct, now)
-            if self.settings.early_second_auth == "restart_clock":
-                acct.first_auth_at = started_at
-            if acct.broken:
-                return "early_ignored", self._fail_again(acct, now)
-            return "early_ignored", []
+            outcome, out = self._second_step(acct, started_at, now)
+            if outcome != "moved" and acct.broken:
+                out = self._fail_again(acct, now)  # still parked, and the restart fails again
+            return outcome, out
         if acct.broken:
             return "broken", self._fail_again(acct, now)
         if acct.sync_state != "running":

@@ -7,7 +7,6 @@ It is a sandbox: nothing here ever talks to the real provider.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import random
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ._tasks import BackgroundTasks
 from .accounts import Account, AccountBook, Emission, IpLists
 from .api import build_app
 from .settings import BreakKind, SandboxSettings
@@ -40,7 +40,7 @@ class SandboxProvider:
         # One budget for the endpoint, whichever list is asked for: the limit is 10 calls an
         # hour per application (facts §4, §5), and the static list is served on the same path.
         self._ip_calls: deque[float] = deque()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks()
         self._runner: web.AppRunner | None = None
         self.base_url = ""
         self.api_requests = 0
@@ -66,11 +66,7 @@ class SandboxProvider:
         return self.base_url
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.cancel_all()
         await self.sender.stop()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -127,7 +123,7 @@ class SandboxProvider:
             return
         kind: BreakKind = "invalid" if self.rng.random() < 0.5 else "sync_error"
         low, high = faults.account_break_delay_range
-        self._spawn(
+        self._tasks.spawn(
             self._break_later(account_id, kind, self.settings.scaled(self.rng.uniform(low, high)))
         )
 
@@ -146,7 +142,7 @@ class SandboxProvider:
     def upgrade(self, account_id: str) -> None:
         started_at = self._clock()
         if self.book.upgrade(account_id, started_at):
-            self._spawn(self._restart_later(account_id, started_at))
+            self._tasks.spawn(self._restart_later(account_id, started_at))
 
     async def _restart_later(self, account_id: str, started_at: float) -> None:
         await asyncio.sleep(self.settings.scaled(self.settings.upgrade_delay))
@@ -169,11 +165,6 @@ class SandboxProvider:
 
     def set_faults(self, **changes: Any) -> None:
         self.settings.faults.update(changes)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # -- API helpers ---------------------------------------------------------------------------
 

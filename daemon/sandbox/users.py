@@ -14,7 +14,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +23,8 @@ import aiohttp
 from aiohttp import web
 
 from daemon.standardwebhooks import WebhookVerificationError, verify
+
+from ._tasks import BackgroundTasks
 
 
 @dataclass
@@ -87,7 +89,7 @@ class SimulatedUsers:
         self.silent: set[str] = set()
         self._seen_ids: set[str] = set()
         self._answering: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.notify_url = ""
@@ -106,23 +108,13 @@ class SimulatedUsers:
         return self.notify_url
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.cancel_all()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     # -- population ----------------------------------------------------------------------------
 
@@ -148,7 +140,9 @@ class SimulatedUsers:
         """Each user authenticates once at a random time within the window; returns when done."""
         window = self.settings.scaled(self.settings.auth_window)
         plan = [(self._rng.uniform(0, window), acct_id) for acct_id in self.accounts]
-        tasks = [self._spawn(self._auth_at(delay, acct_id)) for delay, acct_id in sorted(plan)]
+        tasks = [
+            self._tasks.spawn(self._auth_at(delay, acct_id)) for delay, acct_id in sorted(plan)
+        ]
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _auth_at(self, delay: float, account_id: str) -> None:
@@ -229,7 +223,7 @@ class SimulatedUsers:
         elif account_id not in self._answering:
             self._answering.add(account_id)
             low, high = self.settings.human_delay
-            self._spawn(
+            self._tasks.spawn(
                 self._answer(account_id, self.settings.scaled(self._rng.uniform(low, high)))
             )
         return web.json_response({"ok": True})

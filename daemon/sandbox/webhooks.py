@@ -8,7 +8,6 @@ but a 200 within ``delivery_timeout`` is a failed attempt and is retried per §1
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import itertools
@@ -17,12 +16,13 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
+from ._tasks import BackgroundTasks
 from .accounts import Emission
 from .settings import SandboxSettings
 
@@ -134,7 +134,7 @@ class WebhookSender:
         self.attempts: list[Attempt] = []
         self.stats = SenderStats()
         self._queue: asyncio.Queue[Emission] = asyncio.Queue()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks()
         self._held: list[tuple[Destination, _Delivery]] = []
         self._ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
@@ -149,22 +149,13 @@ class WebhookSender:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
-        self._spawn(self._dispatch_loop())
+        self._tasks.spawn(self._dispatch_loop())
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.cancel_all()
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     @property
     def pending(self) -> int:
@@ -255,16 +246,16 @@ class WebhookSender:
             if self._rng.random() < faults.webhook_reorder:
                 self.stats.reordered += 1
                 self._held.append((dest, delivery))
-                self._spawn(self._release_later(delivery))
+                self._tasks.spawn(self._release_later(delivery))
                 copies -= 1
             elif self._rng.random() < faults.webhook_delay:
                 self.stats.delayed += 1
                 low, high = faults.webhook_delay_range
                 wait = self.settings.scaled(self._rng.uniform(low, high))
-                self._spawn(self._deliver(dest, delivery, wait))
+                self._tasks.spawn(self._deliver(dest, delivery, wait))
                 copies -= 1
             for _ in range(copies):
-                self._spawn(self._deliver(dest, delivery, 0.0))
+                self._tasks.spawn(self._deliver(dest, delivery, 0.0))
             self._release_held(except_for=delivery)
 
     def _release_held(self, except_for: _Delivery | None = None) -> None:
@@ -274,7 +265,7 @@ class WebhookSender:
             if held is except_for:
                 keep.append((dest, held))
             else:
-                self._spawn(self._deliver(dest, held, 0.0))
+                self._tasks.spawn(self._deliver(dest, held, 0.0))
         self._held = keep
 
     async def _release_later(self, delivery: _Delivery) -> None:
@@ -283,7 +274,7 @@ class WebhookSender:
         for dest, held in list(self._held):
             if held is delivery:
                 self._held.remove((dest, held))
-                self._spawn(self._deliver(dest, held, 0.0))
+                self._tasks.spawn(self._deliver(dest, held, 0.0))
 
     # -- bodies --------------------------------------------------------------------------------
 

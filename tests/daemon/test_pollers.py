@@ -21,7 +21,7 @@ from daemon.domain import AccountObserved, AccountState, Input
 from daemon.pollers import IpListWatcher, Reconciler
 from daemon.projections import Projection
 from daemon.provider import ProviderClient
-from daemon.sandbox import SandboxProvider, SandboxSettings
+from daemon.sandbox import Account, SandboxProvider, SandboxSettings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -160,13 +160,13 @@ async def test_change_command_receives_the_plain_allowlist(
 # --- the reconciler ----------------------------------------------------------------------------
 
 
-def projection_with(**states: str) -> Projection:
-    """A projection holding these accounts in these states (account id -> state)."""
+def projection_with(flags: Sequence[str] = (), **states: str) -> Projection:
+    """A projection holding these accounts in these states (account id -> state), flagged."""
     projection = Projection()
     for account_id, state in states.items():
-        # Placed directly: the reconciler only reads states, and building `static` through
-        # the domain would take the whole two-step flow.
-        projection._put(AccountState(account_id=account_id, state=state))
+        # Placed directly: the reconciler only reads states and flags, and building `static`
+        # through the domain would take the whole two-step flow.
+        projection._put(AccountState(account_id=account_id, state=state, flags=frozenset(flags)))
     return projection
 
 
@@ -204,3 +204,121 @@ async def test_reconciler_leaves_a_static_account_alone(sandbox, client) -> None
     assert await reconciler.reconcile_once() == 0
     assert recorded == []
     assert reconciler.rounds == 1
+
+
+# What the provider shows of one account, set up through the sandbox's own operations.
+
+
+def _stopped(sandbox: SandboxProvider, account: Account) -> None:
+    assert sandbox.authenticate(account.id) == "staged"  # parked stopped by the provider
+
+
+def _running(sandbox: SandboxProvider, account: Account) -> None:
+    assert account.sync_state == "running"  # a new account syncs
+
+
+def _invalid(sandbox: SandboxProvider, account: Account) -> None:
+    sandbox.break_account(account.id, "invalid")
+
+
+def _sync_error(sandbox: SandboxProvider, account: Account) -> None:
+    sandbox.break_account(account.id, "sync_error")
+
+
+def _gone(sandbox: SandboxProvider, account: Account) -> None:
+    sandbox.delete(account.id)
+
+
+def _billing_deleted(sandbox: SandboxProvider, account: Account) -> None:
+    # Facts §3.1: `billing_state` may say `deleted` while the account is still listed (here a
+    # parked, stopped one); the sandbox itself deletes outright, so the test sets the field.
+    _stopped(sandbox, account)
+    account.billing_state = "deleted"
+
+
+def _unrecognised(sandbox: SandboxProvider, account: Account) -> None:
+    account.sync_state = "initializing"  # facts §3.1: the set of sync states is open
+
+
+PROVIDER_SIDE = {
+    "stopped": _stopped,
+    "running": _running,
+    "invalid": _invalid,
+    "sync_error": _sync_error,
+    "gone": _gone,
+    "billing_deleted": _billing_deleted,
+    "unrecognised": _unrecognised,
+}
+
+# (state, flags, provider side, recorded (sync_state, billing_state, exists) or None)
+RULES = [
+    # A stop moves first_auth on; in the later waiting states it changes nothing.
+    ("first_auth", (), "stopped", ("stopped", "paid", True)),
+    ("stopped_waiting", (), "stopped", None),
+    ("second_step_due", (), "stopped", None),
+    ("stalled", (), "stopped", None),
+    # After the second step a stop is the provider not moving the account (recorded even
+    # within `running_grace`, where the domain only notes it: the reconciler has no settings).
+    ("second_auth", (), "stopped", ("stopped", "paid", True)),
+    # Running is the move done after the second step...
+    ("second_auth", (), "running", ("running", "paid", True)),
+    # ...and elsewhere changes nothing, unless it clears a flag only a running or auth clears.
+    ("first_auth", (), "running", None),
+    ("stopped_waiting", (), "running", None),
+    ("second_step_due", (), "running", None),
+    ("stalled", (), "running", None),
+    ("first_auth", ("invalid",), "running", ("running", "paid", True)),
+    ("stopped_waiting", ("sync_error",), "running", ("running", "paid", True)),
+    ("stalled", ("running_overdue",), "running", None),
+    # Broken accounts are flagged once; the other kind of break is new.
+    ("first_auth", (), "invalid", ("invalid", "paid", True)),
+    ("second_step_due", (), "sync_error", ("sync-error", "paid", True)),
+    ("stalled", (), "invalid", ("invalid", "paid", True)),
+    ("second_auth", ("invalid",), "invalid", None),
+    ("second_auth", ("invalid",), "sync_error", ("sync-error", "paid", True)),
+    # A vanished account, or one billed as deleted, is deleted; flagged once.
+    ("first_auth", (), "gone", (None, None, False)),
+    ("stopped_waiting", (), "gone", (None, None, False)),
+    ("stopped_waiting", ("deleted",), "gone", None),
+    ("stopped_waiting", (), "billing_deleted", ("stopped", "deleted", True)),
+    ("first_auth", ("deleted",), "billing_deleted", None),
+    # A deleted account comes back only by an auth: what the provider shows meanwhile is moot.
+    ("second_auth", ("deleted",), "running", None),
+    ("first_auth", ("deleted",), "stopped", None),
+    ("stalled", ("deleted",), "invalid", None),
+    # A sync state the domain does not know moves nothing.
+    ("first_auth", (), "unrecognised", None),
+    ("second_auth", (), "unrecognised", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("state", "flags", "provider_side", "expected"),
+    RULES,
+    ids=[f"{r[0]}-{'+'.join(r[1]) or 'unflagged'}-{r[2]}" for r in RULES],
+)
+async def test_reconciler_records_only_what_can_move_the_account(
+    sandbox: SandboxProvider,
+    client: ProviderClient,
+    state: str,
+    flags: tuple[str, ...],
+    provider_side: str,
+    expected: tuple[str | None, str | None, bool] | None,
+) -> None:
+    """Each disagreement is recorded exactly when the domain would act on it, with what was seen."""
+    (account,) = sandbox.create_accounts(1)
+    PROVIDER_SIDE[provider_side](sandbox, account)
+    projection = projection_with(flags, **{account.id: state})
+    recorded: list[Input] = []
+
+    async def submit(inputs: Sequence[Input]) -> None:
+        recorded.extend(inputs)
+
+    reconciler = Reconciler(client, lambda: projection, submit, interval=3600)
+    assert await reconciler.reconcile_once() == len(recorded)
+    seen = [
+        (o.sync_state, o.billing_state, o.exists)
+        for o in recorded
+        if isinstance(o, AccountObserved) and o.account_id == account.id
+    ]
+    assert seen == ([] if expected is None else [expected])
