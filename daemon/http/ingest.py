@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 
 from daemon import logs
-from daemon.domain import AuthReported, ProviderNotified
+from daemon.domain import AuthReported
 from daemon.http.errors import (
     ApiError,
     bind_log_context,
@@ -71,7 +71,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
         rt.metrics.inc("staticipd_webhooks_total", result="bad_signature")
         raise ApiError(401, "bad_signature", "missing or wrong X-Nylas-Signature")
     try:
-        notifications = parse_notifications(body)
+        inputs = parse_notifications(body)
     except MalformedWebhook as exc:
         with storage_guard():
             new = await rt.engine.quarantine(
@@ -80,26 +80,15 @@ async def receive_webhook(request: web.Request) -> web.Response:
         rt.metrics.inc("staticipd_webhooks_total", result="malformed")
         log.warning("webhook.quarantined", field=exc.field, reason=exc.reason, new=new)
         raise ApiError(400, "malformed_body", exc.reason, field=exc.field) from None
-    if notifications:
+    if inputs:
         # The first delivery's ids (and how many came with it) go on every line of this request.
-        first = notifications[0]
+        first = inputs[0]
         bind_log_context(
             request,
             account_id=first.account_id,
-            delivery_id=first.dedupe_key,
-            delivery_count=len(notifications),
+            delivery_id=first.input_id,
+            delivery_count=len(inputs),
         )
-    inputs = [
-        ProviderNotified(
-            input_id=n.dedupe_key,
-            account_id=n.account_id,
-            trigger=n.trigger,
-            occurred_at=n.occurred_at,
-            api_version=n.api_version,
-            details={**n.details, "object": n.object_type},
-        )
-        for n in notifications
-    ]
     with storage_guard():
         decisions = await rt.engine.submit(
             inputs, source="webhook", correlation_id=request_id(request)
