@@ -123,7 +123,7 @@ class Engine:
         *,
         clock: Callable[[], datetime] = utc_now,
         enqueue_timeout: float | None = 5.0,
-        on_appended: Callable[[str, int, int], None] | None = None,
+        on_appended: Callable[[str, int], None] | None = None,
         max_pass: int = _MAX_PASS,
         max_in_flight: int = _MAX_IN_FLIGHT,
     ) -> None:
@@ -318,8 +318,7 @@ class Engine:
                     _answer(request, [Decision(inp, True, (), account)])
                     continue
                 if self._on_appended is not None:
-                    new = sum(outcome.created)
-                    self._on_appended(request.source, new, len(outcome.created) - new)
+                    self._on_appended(request.source, sum(outcome.created))
                 _answer(request, d.decisions)
         finally:
             if retry:

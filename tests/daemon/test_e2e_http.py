@@ -696,6 +696,25 @@ async def test_metrics_expose_the_funnel_gauge(running, v2: V2) -> None:
     assert 'staticipd_webhooks_total{result="bad_signature"} 1' in text
 
 
+async def test_metrics_count_the_events_appended_by_source_not_the_duplicates(
+    running, v2: V2
+) -> None:
+    """`staticipd_events_appended_total` counts the events written, not redeliveries."""
+    body = v2("acc-n", "account.running")
+    for _ in range(2):
+        assert (await running.post_webhook(body)).status == 200
+    await running.auth_event({"account_id": "acc-n", "occurred_at": iso(datetime.now(UTC))})
+    by_source: dict[str, int] = {}
+    for event in running.setup.events():
+        source = json.loads(event["metadata"])["source"]
+        by_source[source] = by_source.get(source, 0) + 1
+    async with running.http.get("/metrics") as resp:
+        text = await resp.text()
+    assert by_source["webhook"] >= 1
+    for source, count in by_source.items():
+        assert f'staticipd_events_appended_total{{source="{source}"}} {count}' in text
+
+
 async def test_flagged_accounts_are_counted_on_metrics_and_the_status_page(running, v2: V2) -> None:
     """An account.invalid webhook shows as a flagged account in /metrics and on the status page."""
     await running.post_webhook(v2("acc-bad", "account.invalid"))

@@ -248,7 +248,7 @@ async def test_a_failure_while_answering_a_pass_answers_everyone(path: WritePath
     """A bug after the commit (here in the metrics callback) leaves nobody waiting."""
     calls = 0
 
-    def on_appended(source: str, new: int, duplicates: int) -> None:
+    def on_appended(source: str, new: int) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
