@@ -6,6 +6,7 @@ Every test runs the real write path on a SQLite file: store, live projection, en
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -272,3 +273,31 @@ async def test_the_engine_survives_its_task_being_cancelled_before_it_ran(
     await asyncio.gather(asyncio.wait_for(waiting, 5), return_exceptions=True)
     [decision] = await path.submit(running(2))
     assert not decision.duplicate
+
+
+async def test_inputs_without_a_request_are_correlated_by_the_accounts_migration_cycle(
+    path: WritePath,
+) -> None:
+    """With no request id, an input's events carry `account-<id>/cycle-<n>` of the cycle it
+    leaves the account in: a first auth opens cycle 1, a later stop belongs to the same one."""
+    await path.submit(EnableMigration(input_id="enable", occurred_at=T0, actor="op"))
+    await path.submit(
+        Enroll(input_id="enrol", occurred_at=T0, account_ids=("acc-1",), wave="w1", actor="op")
+    )
+    await path.submit(
+        AuthReported(input_id="auth", account_id="acc-1", occurred_at=T0 + timedelta(seconds=5))
+    )
+    stopped = ProviderNotified(
+        input_id="v2:stop",
+        account_id="acc-1",
+        trigger="account.stopped",
+        occurred_at=T0 + timedelta(seconds=9),
+    )
+    await path.submit(stopped)
+    correlations = {
+        r.event_id: json.loads(r.metadata)["correlation_id"]
+        async for r in path.store.read_stream("account-acc-1")
+    }
+    assert correlations["auth#0"] == "account-acc-1/cycle-1"
+    assert correlations["v2:stop#0"] == "account-acc-1/cycle-1"
+    assert set(correlations.values()) == {"account-acc-1/cycle-1"}
