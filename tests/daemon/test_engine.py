@@ -62,7 +62,6 @@ async def test_concurrent_inputs_for_one_account_are_all_recorded_in_arrival_ord
     answers = await asyncio.gather(*(path.submit(running(n)) for n in range(40)))
     assert [d.duplicate for [d] in answers] == [False] * 40
     assert await path.stream("acc-1") == [f"v2:acc-1:{n}#0" for n in range(40)]
-    assert [d.account.version for [d] in answers] == list(range(1, 41))
     assert path.live.projection.account("acc-1").version == 40
 
 
@@ -76,7 +75,7 @@ async def test_a_redelivery_queued_before_a_new_input_does_not_lose_the_new_one(
     assert again.duplicate
     assert not new.duplicate
     assert await path.stream("acc-1") == ["v2:acc-1:1#0", "v2:acc-1:2#0"]
-    assert new.account.version == 2
+    assert path.live.projection.account("acc-1").version == 2
 
 
 async def test_the_same_input_twice_in_flight_is_recorded_once(path: WritePath) -> None:
@@ -151,7 +150,7 @@ async def test_an_input_waits_for_its_streams_events_in_flight_not_for_a_conflic
     [a], [b], [c] = await asyncio.gather(first, other, second)
     assert [a.duplicate, b.duplicate, c.duplicate] == [False, False, False]
     assert await path.stream("acc-1") == ["v2:acc-1:1#0", "v2:acc-1:2#0"]
-    assert c.account.version == 2
+    assert path.live.projection.account("acc-1").version == 2
 
 
 def hold_commits(path: WritePath, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
