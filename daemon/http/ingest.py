@@ -94,12 +94,13 @@ async def receive_webhook(request: web.Request) -> web.Response:
             inputs, source="webhook", correlation_id=request_id(request)
         )
     duplicates = sum(d.duplicate for d in decisions)
+    recorded = len(decisions) - duplicates
     rt.metrics.inc("staticipd_webhooks_total", result="accepted")
-    rt.metrics.inc("staticipd_webhook_deltas_total", len(inputs) - duplicates, result="recorded")
+    rt.metrics.inc("staticipd_webhook_deltas_total", recorded, result="recorded")
     rt.metrics.inc("staticipd_webhook_deltas_total", duplicates, result="duplicate")
     if logs.enabled("debug"):
-        log.debug("webhook.accepted", recorded=len(inputs) - duplicates, duplicates=duplicates)
-    return json_answer({"recorded": len(inputs) - duplicates, "duplicates": duplicates})
+        log.debug("webhook.accepted", recorded=recorded, duplicates=duplicates)
+    return json_answer({"recorded": recorded, "duplicates": duplicates})
 
 
 @routes.post("/v1/auth-events")
