@@ -304,12 +304,9 @@ class Engine:
                     if request.attempt < _CONFLICT_RETRIES:
                         log.info("engine.version_conflict_retry", attempt=request.attempt)
                         retry.append(request)
-                    elif not request.future.done():
-                        request.future.set_exception(outcome)
-                    continue
-                if isinstance(outcome, Exception):
-                    if not request.future.done():
-                        request.future.set_exception(outcome)
+                        continue
+                if isinstance(outcome, Exception):  # including a conflict retried too often
+                    _fail((request,), outcome)
                     continue
                 if outcome.skipped:  # recorded before: the decision just made is dropped
                     (inp,) = request.inputs
