@@ -63,7 +63,6 @@ class Decision:
     input: Input
     duplicate: bool
     events: tuple[Event, ...]
-    account: AccountState | None
 
 
 class _Request:
@@ -123,7 +122,7 @@ class Engine:
         *,
         clock: Callable[[], datetime] = utc_now,
         enqueue_timeout: float | None = 5.0,
-        on_appended: Callable[[str, int, int], None] | None = None,
+        on_appended: Callable[[str, int], None] | None = None,
         max_pass: int = _MAX_PASS,
         max_in_flight: int = _MAX_IN_FLIGHT,
     ) -> None:
@@ -305,21 +304,16 @@ class Engine:
                     if request.attempt < _CONFLICT_RETRIES:
                         log.info("engine.version_conflict_retry", attempt=request.attempt)
                         retry.append(request)
-                    elif not request.future.done():
-                        request.future.set_exception(outcome)
-                    continue
-                if isinstance(outcome, Exception):
-                    if not request.future.done():
-                        request.future.set_exception(outcome)
+                        continue
+                if isinstance(outcome, Exception):  # including a conflict retried too often
+                    _fail((request,), outcome)
                     continue
                 if outcome.skipped:  # recorded before: the decision just made is dropped
                     (inp,) = request.inputs
-                    account = _account_of(self.live.projection, inp)
-                    _answer(request, [Decision(inp, True, (), account)])
+                    _answer(request, [Decision(inp, True, ())])
                     continue
                 if self._on_appended is not None:
-                    new = sum(outcome.created)
-                    self._on_appended(request.source, new, len(outcome.created) - new)
+                    self._on_appended(request.source, sum(outcome.created))
                 _answer(request, d.decisions)
         finally:
             if retry:
@@ -330,20 +324,16 @@ class Engine:
         decisions: list[Decision] = []
         expected: dict[str, int] = {}
         seen_ids: set[str] = set()
-        app = overlay.application
         for inp in request.inputs:
             first_id = f"{inp.input_id}#0"
             if first_id in seen_ids or first_id in request.known:
-                decisions.append(Decision(inp, True, (), overlay.account_of(inp)))
+                decisions.append(Decision(inp, True, ()))
                 continue
             seen_ids.add(first_id)
-            if isinstance(inp, AccountInput):
-                state: AccountState | ApplicationState | None = overlay.account(inp.account_id)
-                stream = f"account-{inp.account_id}"
-                expected.setdefault(stream, overlay.version(stream))
-            else:
-                state = app
-                expected.setdefault(APPLICATION_STREAM, app.version)
+            stream = stream_for(inp)
+            expected.setdefault(stream, overlay.version(stream))
+            app = overlay.application
+            state = overlay.account(inp.account_id) if isinstance(inp, AccountInput) else app
             events = decide(state, inp, now, self.settings, app)
             streams = []
             for event in events:
@@ -351,14 +341,12 @@ class Engine:
                 expected.setdefault(stream, overlay.version(stream))
                 streams.append(stream)
                 if stream == APPLICATION_STREAM:
-                    app = evolve_application(app, event)
-                    overlay.put_application(app)
+                    overlay.application = evolve_application(overlay.application, event)
                 else:
                     account_id = event.account_id  # type: ignore[attr-defined]
                     overlay.put(account_id, evolve_account(overlay.account(account_id), event))
-            after = overlay.account_of(inp) if isinstance(inp, AccountInput) else app
             first_metadata, rest_metadata = _metadata(
-                inp, after, request.source, request.correlation_id
+                inp, overlay.account_of(inp), request.source, request.correlation_id
             )
             for index, (event, stream) in enumerate(zip(events, streams, strict=True)):
                 encoded = encode_event(event)
@@ -372,7 +360,7 @@ class Engine:
                         event_id=f"{inp.input_id}#{index}",
                     )
                 )
-            decisions.append(Decision(inp, False, tuple(events), overlay.account_of(inp)))
+            decisions.append(Decision(inp, False, tuple(events)))
         if not new:
             return _Decided(request, decisions, None)
         # Each input recorded here is written under its own id, `<input_id>#0`: if any of them
@@ -418,7 +406,7 @@ class Engine:
 
 
 def _metadata(
-    inp: Input, state: object, source: str, request_id: str | None
+    inp: Input, account: AccountState | None, source: str, request_id: str | None
 ) -> tuple[bytes, bytes]:
     """Metadata of an input's first event (the input itself) and of the events it caused.
 
@@ -430,17 +418,12 @@ def _metadata(
     outside = getattr(inp, "effect_key", None) or getattr(inp, "timer_id", None) or inp.input_id
     account_id = getattr(inp, "account_id", None)
     if request_id is None and account_id is not None:
-        cycle = state.cycle if isinstance(state, AccountState) else 0
+        cycle = account.cycle if account is not None else 0
         request_id = f"account-{account_id}/cycle-{cycle}"
     common = {"source": source, "input_id": inp.input_id, "correlation_id": request_id}
     first = msgspec.json.encode({**common, "causation_id": outside})
     rest = msgspec.json.encode({**common, "causation_id": f"{inp.input_id}#0"})
     return first, rest
-
-
-def _account_of(projection: Any, inp: Input) -> AccountState | None:
-    account_id = getattr(inp, "account_id", None)
-    return projection.account(account_id) if account_id else None
 
 
 class _Overlay:
@@ -465,9 +448,6 @@ class _Overlay:
 
     def put(self, account_id: str, state: AccountState) -> None:
         self._accounts[account_id] = state
-
-    def put_application(self, state: ApplicationState) -> None:
-        self.application = state
 
     def version(self, stream: str) -> int:
         if stream == APPLICATION_STREAM:

@@ -92,7 +92,7 @@ class Daemon:
         live = await LiveProjection.load(store)
         engine = Engine(
             store, live, migration_settings(config),
-            on_appended=lambda src, new, dup: self.metrics.inc(
+            on_appended=lambda src, new: self.metrics.inc(
                 "staticipd_events_appended_total", new, source=src
             ),
         )  # fmt: skip

@@ -1,7 +1,8 @@
 """Provider webhooks without I/O: verify the signature of raw bytes, then parse v2/v3 bodies.
 
-Sans-I/O on purpose: the HTTP listener hands bytes in and gets `Notification`s (or a
-`MalformedWebhook` naming the field) back, so the same code serves tests, replay and benchmarks.
+Sans-I/O on purpose: the HTTP listener hands bytes in and gets the engine's `ProviderNotified`
+inputs (or a `MalformedWebhook` naming the field) back, so the same code serves tests, replay
+and benchmarks, and a delta is described in this one place.
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 
+from daemon.domain import ProviderNotified
 from daemon.http.errors import validation_field
 
 __all__ = [
     "MalformedWebhook",
-    "Notification",
     "parse_notifications",
     "verify_signature",
 ]
@@ -58,18 +59,6 @@ class MalformedWebhook(ValueError):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
-
-
-class Notification(msgspec.Struct, frozen=True, kw_only=True):
-    """One provider notification (a v2 delta or a v3 event), in the daemon's own terms."""
-
-    api_version: Literal[2, 3]
-    trigger: str
-    account_id: str  # v2 account_id, v3 grant_id
-    occurred_at: datetime  # UTC, from v2 `date` / v3 `time`
-    dedupe_key: str  # "v3:<id>" or "v2:<sha256 of the delta's canonical JSON>"
-    object_type: str
-    details: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 # --- wire shapes (provider-facts §2); unknown keys are ignored, the provider adds fields ---
@@ -125,9 +114,11 @@ def _utc(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def parse_notifications(body: bytes) -> list[Notification]:
-    """Decode a v2 (`deltas`) or v3 (`specversion`) webhook body into notifications.
+def parse_notifications(body: bytes) -> list[ProviderNotified]:
+    """Decode a v2 (`deltas`) or v3 (`specversion`) webhook body into the engine's inputs.
 
+    Each input's id is its dedupe key (`v3:<id>`, `v2:<sha256 of the delta's canonical JSON>`),
+    its time is UTC and its details keep the provider's fields, the object type under `object`.
     Raises `MalformedWebhook` naming the field (e.g. `$.deltas[0].date`) for invalid UTF-8,
     bytes that are not JSON, or a body of the wrong shape. Unknown triggers parse fine.
     """
@@ -148,7 +139,7 @@ def parse_notifications(body: bytes) -> list[Notification]:
     raise MalformedWebhook("$", "expected a v2 body with `deltas` or a v3 body with `specversion`")
 
 
-def _parse_v2(raw: dict[str, Any]) -> list[Notification]:
+def _parse_v2(raw: dict[str, Any]) -> list[ProviderNotified]:
     try:
         decoded = msgspec.convert(raw, _V2Body)
     except msgspec.ValidationError as exc:
@@ -166,21 +157,21 @@ def _parse_v2(raw: dict[str, Any]) -> list[Notification]:
             details["attributes"] = data.attributes
         if data.metadata is not None:
             details["metadata"] = data.metadata
+        details["object"] = delta.object
         notifications.append(
-            Notification(
-                api_version=2,
-                trigger=delta.type,
+            ProviderNotified(
+                input_id=f"v2:{digest}",
                 account_id=data.account_id,
+                trigger=delta.type,
                 occurred_at=_utc(delta.date),
-                dedupe_key=f"v2:{digest}",
-                object_type=delta.object,
+                api_version=2,
                 details=details,
             )
         )
     return notifications
 
 
-def _parse_v3(raw: dict[str, Any]) -> Notification:
+def _parse_v3(raw: dict[str, Any]) -> ProviderNotified:
     try:
         decoded = msgspec.convert(raw, _V3Body)
     except msgspec.ValidationError as exc:
@@ -195,13 +186,12 @@ def _parse_v3(raw: dict[str, Any]) -> Notification:
     if decoded.data.application_id is not None:
         details["application_id"] = decoded.data.application_id
     # v3 nests the object type in the trigger ("grant.updated" -> "grant").
-    object_type = str(decoded.data.object.get("object") or decoded.type.split(".", 1)[0])
-    return Notification(
-        api_version=3,
-        trigger=decoded.type,
+    details["object"] = str(details.get("object") or decoded.type.split(".", 1)[0])
+    return ProviderNotified(
+        input_id=f"v3:{decoded.id}",
         account_id=grant.grant_id,
+        trigger=decoded.type,
         occurred_at=_utc(decoded.time),
-        dedupe_key=f"v3:{decoded.id}",
-        object_type=object_type,
+        api_version=3,
         details=details,
     )

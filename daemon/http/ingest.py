@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 
 from daemon import logs
-from daemon.domain import AuthReported, ProviderNotified
+from daemon.domain import AuthReported
 from daemon.http.errors import (
     ApiError,
     bind_log_context,
@@ -71,7 +71,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
         rt.metrics.inc("staticipd_webhooks_total", result="bad_signature")
         raise ApiError(401, "bad_signature", "missing or wrong X-Nylas-Signature")
     try:
-        notifications = parse_notifications(body)
+        inputs = parse_notifications(body)
     except MalformedWebhook as exc:
         with storage_guard():
             new = await rt.engine.quarantine(
@@ -80,37 +80,27 @@ async def receive_webhook(request: web.Request) -> web.Response:
         rt.metrics.inc("staticipd_webhooks_total", result="malformed")
         log.warning("webhook.quarantined", field=exc.field, reason=exc.reason, new=new)
         raise ApiError(400, "malformed_body", exc.reason, field=exc.field) from None
-    if notifications:
+    if inputs:
         # The first delivery's ids (and how many came with it) go on every line of this request.
-        first = notifications[0]
+        first = inputs[0]
         bind_log_context(
             request,
             account_id=first.account_id,
-            delivery_id=first.dedupe_key,
-            delivery_count=len(notifications),
+            delivery_id=first.input_id,
+            delivery_count=len(inputs),
         )
-    inputs = [
-        ProviderNotified(
-            input_id=n.dedupe_key,
-            account_id=n.account_id,
-            trigger=n.trigger,
-            occurred_at=n.occurred_at,
-            api_version=n.api_version,
-            details={**n.details, "object": n.object_type},
-        )
-        for n in notifications
-    ]
     with storage_guard():
         decisions = await rt.engine.submit(
             inputs, source="webhook", correlation_id=request_id(request)
         )
     duplicates = sum(d.duplicate for d in decisions)
+    recorded = len(decisions) - duplicates
     rt.metrics.inc("staticipd_webhooks_total", result="accepted")
-    rt.metrics.inc("staticipd_webhook_deltas_total", len(inputs) - duplicates, result="recorded")
+    rt.metrics.inc("staticipd_webhook_deltas_total", recorded, result="recorded")
     rt.metrics.inc("staticipd_webhook_deltas_total", duplicates, result="duplicate")
     if logs.enabled("debug"):
-        log.debug("webhook.accepted", recorded=len(inputs) - duplicates, duplicates=duplicates)
-    return json_answer({"recorded": len(inputs) - duplicates, "duplicates": duplicates})
+        log.debug("webhook.accepted", recorded=recorded, duplicates=duplicates)
+    return json_answer({"recorded": recorded, "duplicates": duplicates})
 
 
 @routes.post("/v1/auth-events")

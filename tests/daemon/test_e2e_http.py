@@ -6,6 +6,7 @@ sees (status, body, headers) and what the log holds afterwards, read with a fres
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -281,6 +282,51 @@ async def test_unknown_trigger_is_acknowledged_and_recorded_as_unrecognised(runn
     (recorded,) = running.setup.events_of("ProviderNotificationRecorded", "account-acc-u")
     assert recorded["data"]["meaning"] == "unrecognised"
     assert recorded["data"]["trigger"] == "account.teleported"
+
+
+async def test_each_notification_is_recorded_with_its_delivery_id_object_and_details(
+    running, v3
+) -> None:
+    """v2 deltas are kept under their digest, v3 under its id, each with its object and details."""
+    message = {
+        "date": 1_717_430_400,
+        "object": "message",
+        "type": "message.created",
+        "object_data": {
+            "account_id": "acc-d",
+            "id": "msg-9",
+            "object": "message",
+            "attributes": {"thread_id": "t"},
+            "metadata": None,
+        },
+    }
+    assert (await running.post_webhook(json.dumps({"deltas": [message]}).encode())).status == 200
+    reauth = v3("evt-d", "grant-d", code=25027, email="user@example.com")
+    assert (await running.post_webhook(reauth)).status == 200
+
+    digest = hashlib.sha256(json.dumps(message, sort_keys=True, separators=(",", ":")).encode())
+    (v2_event,) = running.setup.events_of("ProviderNotificationRecorded", "account-acc-d")
+    assert v2_event["event_id"] == f"v2:{digest.hexdigest()}#0"
+    assert v2_event["data"]["trigger"] == "message.created"
+    assert v2_event["data"]["api_version"] == 2
+    assert v2_event["data"]["meaning"] == "unrecognised"
+    assert v2_event["data"]["occurred_at"].startswith("2024-06-03T16:00:00")
+    assert v2_event["data"]["details"] == {
+        "object_id": "msg-9",
+        "attributes": {"thread_id": "t"},
+        "object": "message",
+    }
+    (v3_event,) = running.setup.events_of("ProviderNotificationRecorded", "account-grant-d")
+    assert v3_event["event_id"] == "v3:evt-d#0"
+    assert (v3_event["data"]["api_version"], v3_event["data"]["meaning"]) == (3, "auth")
+    assert v3_event["data"]["details"] == {
+        "object": "grant",
+        "code": 25027,
+        "email": "user@example.com",
+        "delivery_attempt": 1,
+        "application_id": "app-1",
+    }
+    assert running.setup.events_of("AuthRecorded", "account-grant-d")
 
 
 async def test_error_bodies_never_contain_a_stack_trace(running) -> None:
@@ -648,6 +694,25 @@ async def test_metrics_expose_the_funnel_gauge(running, v2: V2) -> None:
     assert 'staticipd_accounts{state="static"} 0' in text
     assert 'staticipd_webhooks_total{result="accepted"} 1' in text
     assert 'staticipd_webhooks_total{result="bad_signature"} 1' in text
+
+
+async def test_metrics_count_the_events_appended_by_source_not_the_duplicates(
+    running, v2: V2
+) -> None:
+    """`staticipd_events_appended_total` counts the events written, not redeliveries."""
+    body = v2("acc-n", "account.running")
+    for _ in range(2):
+        assert (await running.post_webhook(body)).status == 200
+    await running.auth_event({"account_id": "acc-n", "occurred_at": iso(datetime.now(UTC))})
+    by_source: dict[str, int] = {}
+    for event in running.setup.events():
+        source = json.loads(event["metadata"])["source"]
+        by_source[source] = by_source.get(source, 0) + 1
+    async with running.http.get("/metrics") as resp:
+        text = await resp.text()
+    assert by_source["webhook"] >= 1
+    for source, count in by_source.items():
+        assert f'staticipd_events_appended_total{{source="{source}"}} {count}' in text
 
 
 async def test_flagged_accounts_are_counted_on_metrics_and_the_status_page(running, v2: V2) -> None:

@@ -123,10 +123,9 @@ def test_v2_account_stopped_parses_to_one_notification() -> None:
     assert n.trigger == "account.stopped"
     assert n.account_id == "5x8d2qkq0h7m1w3n9r4t6y2ab"
     assert n.occurred_at == datetime(2024, 6, 3, 16, 0, tzinfo=UTC)
-    assert n.object_type == "account"
-    assert n.dedupe_key.startswith("v2:")
-    assert len(n.dedupe_key) == 3 + 64
-    assert n.details == {}
+    assert n.input_id.startswith("v2:")
+    assert len(n.input_id) == 3 + 64
+    assert n.details == {"object": "account"}
 
 
 def test_v2_several_deltas_become_several_notifications() -> None:
@@ -137,7 +136,7 @@ def test_v2_several_deltas_become_several_notifications() -> None:
         ("a1", "account.stopped"),
         ("a2", "account.running"),
     ]
-    assert ns[0].dedupe_key != ns[1].dedupe_key
+    assert ns[0].input_id != ns[1].input_id
 
 
 def test_v2_redelivery_with_other_key_order_has_the_same_dedupe_key() -> None:
@@ -146,14 +145,14 @@ def test_v2_redelivery_with_other_key_order_has_the_same_dedupe_key() -> None:
     reordered = json.dumps(
         {"deltas": [dict(reversed(list(V2_STOPPED["deltas"][0].items())))]}, indent=2
     ).encode()
-    assert parse_notifications(one)[0].dedupe_key == parse_notifications(reordered)[0].dedupe_key
+    assert parse_notifications(one)[0].input_id == parse_notifications(reordered)[0].input_id
 
 
 def test_v2_same_account_different_date_is_a_different_delivery() -> None:
     """Two stops of one account at different times are not mistaken for a duplicate."""
     a = parse_notifications(json.dumps({"deltas": [delta("a", date=1)]}).encode())[0]
     b = parse_notifications(json.dumps({"deltas": [delta("a", date=2)]}).encode())[0]
-    assert a.dedupe_key != b.dedupe_key
+    assert a.input_id != b.input_id
 
 
 def test_v2_unknown_trigger_and_message_object_parse() -> None:
@@ -177,8 +176,11 @@ def test_v2_unknown_trigger_and_message_object_parse() -> None:
     }
     unknown, message = parse_notifications(json.dumps(body).encode())
     assert unknown.trigger == "account.teleported"
-    assert message.object_type == "message"
-    assert message.details == {"object_id": "msg-9", "attributes": {"thread_id": "t"}}
+    assert message.details == {
+        "object_id": "msg-9",
+        "attributes": {"thread_id": "t"},
+        "object": "message",
+    }
 
 
 def test_v2_empty_deltas_is_no_notification() -> None:
@@ -195,9 +197,9 @@ def test_v3_grant_updated_parses_with_details() -> None:
     assert n.api_version == 3
     assert n.trigger == "grant.updated"
     assert n.account_id == "grant-1"
-    assert n.dedupe_key == "v3:d6a1b2c3-0f4e-4b7a-9c1d-2e3f4a5b6c7d"
+    assert n.input_id == "v3:d6a1b2c3-0f4e-4b7a-9c1d-2e3f4a5b6c7d"
     assert n.occurred_at == datetime.fromtimestamp(1739223251, UTC)
-    assert n.object_type == "grant"
+    assert n.details["object"] == "grant"
     assert n.details["code"] == 25027
     assert n.details["reauthentication_flag"] is True
     assert n.details["email"] == "user@example.com"
@@ -210,7 +212,7 @@ def test_v3_redelivery_keeps_the_dedupe_key() -> None:
     retry = {**V3_UPDATED, "webhook_delivery_attempt": 3}
     first = parse_notifications(json.dumps(V3_UPDATED).encode())[0]
     again = parse_notifications(json.dumps(retry).encode())[0]
-    assert first.dedupe_key == again.dedupe_key
+    assert first.input_id == again.input_id
 
 
 # --- malformed bodies ---
