@@ -68,10 +68,17 @@ class SignedCheckpoint:
 class EventStore:
     """Append-only, hash-chained event log in one SQLite file; one instance per process and file."""
 
-    def __init__(self, path: str, writer: Writer | None, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self,
+        path: str,
+        writer: Writer | None,
+        reader: aiosqlite.Connection,
+        busy_timeout: float,
+    ) -> None:
         self._path = path
         self._writer = writer  # None: opened read-only
         self._reader = reader
+        self._busy_timeout = busy_timeout
         self._closed = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -163,7 +170,7 @@ class EventStore:
             head_hash=hsh,
             last_recorded_at=last_time,
         )
-        return cls(path, writer, rconn)
+        return cls(path, writer, rconn, busy_timeout)
 
     @classmethod
     async def _open_readonly(cls, path: str | os.PathLike[str], *, busy_timeout: float) -> Self:
@@ -178,7 +185,7 @@ class EventStore:
             if isinstance(exc, Exception):
                 raise translate(exc) from exc
             raise
-        return cls(path, None, conn)
+        return cls(path, None, conn, busy_timeout)
 
     async def writer_exited(self) -> None:
         """Return (or raise the writer's error) when the writer task ends.
@@ -478,12 +485,10 @@ class EventStore:
         """Recompute the whole chain and check checkpoints (signatures too when given the key)."""
         self._check_open()
         try:
-            # Its own connection, so a long audit does not hold up readers and subscribers.
-            if self._writer is None:
-                conn = await connect_readonly(self._path, 5.0)
-            else:
-                conn = await connect(self._path, 5.0)
-                await conn.execute("PRAGMA query_only = 1")
+            # Its own connection, so a long audit does not hold up readers and subscribers. A
+            # read-only one whether or not this store writes: while the writer is open the -wal
+            # file exists, so the connection reads the committed log through it, not immutable.
+            conn = await connect_readonly(self._path, self._busy_timeout)
         except Exception as exc:
             raise translate(exc) from exc
         try:

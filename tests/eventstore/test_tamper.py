@@ -195,6 +195,16 @@ async def test_swapped_rows(log: Path) -> None:
     assert len(report.damage) == 1
 
 
+async def test_verify_while_writing_covers_every_commit(log: Path) -> None:
+    """verify() on a store that is appending covers every event committed before the call."""
+    async with await EventStore.open(log) as store:
+        await store.append([NewEvent("late", "T", b"{}") for _ in range(3)])
+        report = await store.verify()
+        assert report.ok
+        assert (report.events_checked, report.head_position) == (N + 3, N + 3)
+        assert report.head_hash == (await store.head())[1]
+
+
 async def test_full_chain_rewrite_caught_by_checkpoint(log: Path) -> None:
     """An edit with every later hash recomputed passes the chain but fails the signed checkpoint."""
     async with await EventStore.open(log) as store:
