@@ -43,8 +43,8 @@ from .writer import Writer, chunks, marks
 __all__ = ["EventStore", "ReadOnlyStore", "SignedCheckpoint"]
 
 _SELECT = "SELECT " + EVENT_COLUMNS + " FROM events WHERE "  # noqa: S608 — constant columns
-_READ_ALL = _SELECT + "position >= ? ORDER BY position LIMIT ?"
-_READ_ALL_TO = _SELECT + "position >= ? AND position <= ? ORDER BY position LIMIT ?"
+_READ_ALL = _SELECT + "position BETWEEN ? AND ? ORDER BY position LIMIT ?"
+_LAST_POSITION = 2**63 - 1  # SQLite's largest integer: read_all without an upper bound
 _READ_STREAM = _SELECT + "stream = ? AND version >= ? ORDER BY version LIMIT ?"
 _GET_EVENT = _SELECT + "event_id = ?"
 _SYNC_MODES = ("NORMAL", "FULL", "EXTRA")
@@ -359,29 +359,20 @@ class EventStore:
         self, from_position: int = 1, to_position: int | None = None, *, batch: int = 5_000
     ) -> AsyncIterator[RecordedEvent]:
         """Yield events in position order from `from_position` to `to_position` (inclusive)."""
-        last = to_position if to_position is not None else -1
-        sql = _READ_ALL_TO if to_position is not None else _READ_ALL
-
-        def params(start: int) -> tuple[int, ...]:
-            return (start, last, batch) if to_position is not None else (start, batch)
-
         start = max(from_position, 1)
-        if to_position is not None and to_position < start:
-            return
+        last = _LAST_POSITION if to_position is None else to_position
         # Fetch the next batch on the reader's thread while the caller handles this one.
-        fetch = asyncio.ensure_future(self._fetch(sql, params(start)))
+        fetch = asyncio.ensure_future(self._fetch(_READ_ALL, (start, last, batch)))
         try:
             while True:
                 rows = await fetch
-                if not rows:
-                    return
-                full = len(rows) == batch
-                nxt = rows[-1][0] + 1
-                if full and (to_position is None or nxt <= to_position):
-                    fetch = asyncio.ensure_future(self._fetch(sql, params(nxt)))
+                more = len(rows) == batch and rows[-1][0] < last
+                if more:
+                    nxt = rows[-1][0] + 1
+                    fetch = asyncio.ensure_future(self._fetch(_READ_ALL, (nxt, last, batch)))
                 for event in records_from_rows(rows):
                     yield event
-                if not full or (to_position is not None and nxt > to_position):
+                if not more:
                     return
         finally:
             if not fetch.done():
