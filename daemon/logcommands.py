@@ -163,9 +163,8 @@ def verify_command(args: argparse.Namespace) -> int:
             progress.close()
             if anchors:
                 missed = await _check_anchors(store, anchors, report.head_position)
-                report = replace(
-                    report, ok=report.ok and not missed, damage=[*report.damage, *missed]
-                )
+                damage = sorted([*report.damage, *missed], key=lambda d: d.position)
+                report = replace(report, ok=report.ok and not missed, damage=damage)
         if args.json:
             print(
                 json.dumps(

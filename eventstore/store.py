@@ -43,8 +43,8 @@ from .writer import Writer, chunks, marks
 __all__ = ["EventStore", "ReadOnlyStore", "SignedCheckpoint"]
 
 _SELECT = "SELECT " + EVENT_COLUMNS + " FROM events WHERE "  # noqa: S608 — constant columns
-_READ_ALL = _SELECT + "position >= ? ORDER BY position LIMIT ?"
-_READ_ALL_TO = _SELECT + "position >= ? AND position <= ? ORDER BY position LIMIT ?"
+_READ_ALL = _SELECT + "position BETWEEN ? AND ? ORDER BY position LIMIT ?"
+_LAST_POSITION = 2**63 - 1  # SQLite's largest integer: read_all without an upper bound
 _READ_STREAM = _SELECT + "stream = ? AND version >= ? ORDER BY version LIMIT ?"
 _GET_EVENT = _SELECT + "event_id = ?"
 _SYNC_MODES = ("NORMAL", "FULL", "EXTRA")
@@ -68,10 +68,17 @@ class SignedCheckpoint:
 class EventStore:
     """Append-only, hash-chained event log in one SQLite file; one instance per process and file."""
 
-    def __init__(self, path: str, writer: Writer | None, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self,
+        path: str,
+        writer: Writer | None,
+        reader: aiosqlite.Connection,
+        busy_timeout: float,
+    ) -> None:
         self._path = path
         self._writer = writer  # None: opened read-only
         self._reader = reader
+        self._busy_timeout = busy_timeout
         self._closed = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -163,7 +170,7 @@ class EventStore:
             head_hash=hsh,
             last_recorded_at=last_time,
         )
-        return cls(path, writer, rconn)
+        return cls(path, writer, rconn, busy_timeout)
 
     @classmethod
     async def _open_readonly(cls, path: str | os.PathLike[str], *, busy_timeout: float) -> Self:
@@ -178,7 +185,7 @@ class EventStore:
             if isinstance(exc, Exception):
                 raise translate(exc) from exc
             raise
-        return cls(path, None, conn)
+        return cls(path, None, conn, busy_timeout)
 
     async def writer_exited(self) -> None:
         """Return (or raise the writer's error) when the writer task ends.
@@ -352,29 +359,20 @@ class EventStore:
         self, from_position: int = 1, to_position: int | None = None, *, batch: int = 5_000
     ) -> AsyncIterator[RecordedEvent]:
         """Yield events in position order from `from_position` to `to_position` (inclusive)."""
-        last = to_position if to_position is not None else -1
-        sql = _READ_ALL_TO if to_position is not None else _READ_ALL
-
-        def params(start: int) -> tuple[int, ...]:
-            return (start, last, batch) if to_position is not None else (start, batch)
-
         start = max(from_position, 1)
-        if to_position is not None and to_position < start:
-            return
+        last = _LAST_POSITION if to_position is None else to_position
         # Fetch the next batch on the reader's thread while the caller handles this one.
-        fetch = asyncio.ensure_future(self._fetch(sql, params(start)))
+        fetch = asyncio.ensure_future(self._fetch(_READ_ALL, (start, last, batch)))
         try:
             while True:
                 rows = await fetch
-                if not rows:
-                    return
-                full = len(rows) == batch
-                nxt = rows[-1][0] + 1
-                if full and (to_position is None or nxt <= to_position):
-                    fetch = asyncio.ensure_future(self._fetch(sql, params(nxt)))
+                more = len(rows) == batch and rows[-1][0] < last
+                if more:
+                    nxt = rows[-1][0] + 1
+                    fetch = asyncio.ensure_future(self._fetch(_READ_ALL, (nxt, last, batch)))
                 for event in records_from_rows(rows):
                     yield event
-                if not full or (to_position is not None and nxt > to_position):
+                if not more:
                     return
         finally:
             if not fetch.done():
@@ -478,12 +476,10 @@ class EventStore:
         """Recompute the whole chain and check checkpoints (signatures too when given the key)."""
         self._check_open()
         try:
-            # Its own connection, so a long audit does not hold up readers and subscribers.
-            if self._writer is None:
-                conn = await connect_readonly(self._path, 5.0)
-            else:
-                conn = await connect(self._path, 5.0)
-                await conn.execute("PRAGMA query_only = 1")
+            # Its own connection, so a long audit does not hold up readers and subscribers. A
+            # read-only one whether or not this store writes: while the writer is open the -wal
+            # file exists, so the connection reads the committed log through it, not immutable.
+            conn = await connect_readonly(self._path, self._busy_timeout)
         except Exception as exc:
             raise translate(exc) from exc
         try:

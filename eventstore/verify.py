@@ -9,20 +9,29 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiosqlite
 
 from .chain import GENESIS, canonical_row, row_hash, sign_checkpoint
-from .schema import TRIGGERS
+from .schema import EVENT_COLUMNS, TRIGGERS
 
 __all__ = ["Damage", "VerifyReport", "verify_log"]
 
 _MAX_DAMAGE = 100
+_ROWS = (
+    f"SELECT {EVENT_COLUMNS}, prev_hash FROM events"  # noqa: S608 — constant columns
+    " WHERE position > ? ORDER BY position LIMIT ?"
+)
+_POSITION_OF_HASH = "SELECT position FROM events WHERE hash = ? LIMIT 1"
+_PREV_AFTER = "SELECT prev_hash FROM events WHERE position > ? ORDER BY position LIMIT 1"
+_SKIPPED = "the next row chains past this row"
 
 
 @dataclass(frozen=True, slots=True)
 class Damage:
-    """One finding: where (position; 0 for the database as a whole), what kind, and details.
+    """One finding: where (position; 0 for the database as a whole, unless a row is stored
+    there), what kind, and details.
 
     Kinds: edited, missing, inserted, reordered, broken_link, checkpoint_mismatch,
     checkpoint_signature, truncated, triggers_missing.
@@ -35,7 +44,10 @@ class Damage:
 
 @dataclass
 class VerifyReport:
-    """What verify() found; ok only when chain, positions, checkpoints and triggers are intact."""
+    """What verify() found; ok only when chain, positions, checkpoints and triggers are intact.
+
+    `damage` is in position order, so the first finding names the first damaged position.
+    """
 
     ok: bool
     events_checked: int
@@ -58,6 +70,7 @@ async def verify_log(
 ) -> VerifyReport:
     """Verify the whole log readable through `conn` (see VerifyReport)."""
     damage: list[Damage] = []
+    cp_damage: list[Damage] = []  # listed after the chain's findings at the same position
     names = {
         r[0]
         for r in await conn.execute_fetchall(
@@ -78,71 +91,60 @@ async def verify_log(
         if checkpoint_key is not None:
             want = sign_checkpoint(checkpoint_key, pos, head_hash, created_at, key_id)
             if not hmac.compare_digest(want, signature):
-                damage.append(
+                cp_damage.append(
                     Damage(pos, "checkpoint_signature", f"checkpoint {cp_id} (key {key_id!r})")
                 )
     head_row = list(await conn.execute_fetchall("SELECT MAX(position) FROM events"))
     max_pos = head_row[0][0] or 0
 
     expected_pos = 1
-    link, link2 = GENESIS, GENESIS  # stored hashes of the previous row and the one before
+    link = GENESIS  # stored hash of the last row in the chain: the next row should chain onto it
     chain = GENESIS  # hash recomputed from genesis, ignoring stored hashes
     quiet_until = 0  # links up to here are fallout of a damage already reported
     checked = 0
     last_pos, last_hash = 0, GENESIS
+    cursor: float = float("-inf")  # rows below position 1 are read too: each one is an intruder
     cps_checked = 0
     while len(damage) < _MAX_DAMAGE:
-        rows = list(
-            await conn.execute_fetchall(
-                "SELECT position, stream, version, type, schema, data, metadata, event_id,"
-                " recorded_at, prev_hash, hash FROM events WHERE position >= ?"
-                " ORDER BY position LIMIT ?",
-                (expected_pos if checked == 0 else last_pos + 1, batch),
-            )
-        )
+        rows = list(await conn.execute_fetchall(_ROWS, (cursor, batch)))
         if not rows:
             break
-        for pos, stream, version, type_, schema, data, meta, eid, rec_at, prev, stored in rows:
-            canon = canonical_row(
-                stream, version, type_, schema, eid, rec_at, data.encode(), meta.encode()
-            )
+        cursor = rows[-1][0]
+        for pos, stream, version, type_, schema, data, meta, eid, rec_at, stored, prev in rows:
+            if pos < 1:
+                damage.append(Damage(pos, "inserted", "positions start at 1"))
+                continue
+            try:
+                canon = canonical_row(
+                    stream, version, type_, schema, eid, rec_at, data.encode(), meta.encode()
+                )
+            except AttributeError:  # a BLOB where text belongs: no appended row looks like that
+                canon = b""
             new_chain = row_hash(chain, canon)
             own = new_chain if prev == chain else row_hash(prev, canon)
-            advance = True
             if pos != expected_pos:
                 damage.append(
                     Damage(expected_pos, "missing", f"positions {expected_pos}..{pos - 1} absent")
                 )
                 quiet_until = max(quiet_until, pos)  # the link into this row broke with the gap
-            if own != stored:
-                nxt = list(
-                    await conn.execute_fetchall(
-                        "SELECT prev_hash FROM events WHERE position > ? ORDER BY position LIMIT 1",
-                        (pos,),
-                    )
-                )
-                if nxt and nxt[0][0] == link and link != stored:
-                    damage.append(Damage(pos, "inserted", "the next row chains past this row"))
-                    advance = False  # keep chaining from the row before the intruder
-                else:
-                    damage.append(Damage(pos, "edited", "row content does not match its hash"))
-            elif prev != link and pos > quiet_until:
-                kind, where, detail, quiet = await _classify_link(conn, pos, prev, link2)
-                damage.append(Damage(where, kind, detail))
-                quiet_until = quiet
+            joins = True
+            if own != stored or (prev != link and pos > quiet_until):
+                found, quiet, joins = await _classify(conn, pos, prev, stored, own, link)
+                damage.append(found)
+                quiet_until = max(quiet_until, quiet)
+            if joins:
+                link = stored
             if pos in checkpoints:
                 for cp_id, cp_hash in checkpoints[pos]:
                     cps_checked += 1
                     if cp_hash != new_chain:
-                        damage.append(
+                        cp_damage.append(
                             Damage(
                                 pos,
                                 "checkpoint_mismatch",
                                 f"checkpoint {cp_id}: chain recomputed from genesis differs",
                             )
                         )
-            if advance:
-                link2, link = link, stored
             chain = new_chain
             expected_pos = pos + 1
             last_pos, last_hash = pos, stored
@@ -152,8 +154,11 @@ async def verify_log(
     for pos, cps in checkpoints.items():
         if pos > last_pos:
             cps_checked += len(cps)
-            damage.append(Damage(last_pos + 1, "truncated", f"a checkpoint covers position {pos}"))
+            cp_damage.append(
+                Damage(last_pos + 1, "truncated", f"a checkpoint covers position {pos}")
+            )
             break
+    damage = sorted(damage + cp_damage, key=lambda d: d.position)
     return VerifyReport(
         ok=not damage,
         events_checked=checked,
@@ -164,24 +169,45 @@ async def verify_log(
     )
 
 
-async def _classify_link(
-    conn: aiosqlite.Connection, pos: int, prev: str, link2: str
-) -> tuple[str, int, str, int]:
-    """Name a broken link at `pos` of a self-consistent row: (kind, position, detail, quiet)."""
-    if prev == link2:
-        return "inserted", pos - 1, "this row chains past the row before it", pos
-    found = list(
-        await conn.execute_fetchall("SELECT position FROM events WHERE hash = ? LIMIT 1", (prev,))
-    )
-    if not found:
-        return (
-            "missing",
-            pos,
-            "the row this one chained onto is gone (deleted and renumbered, or rewritten)",
-            pos,
-        )
-    at = found[0][0]
-    if at > pos:
-        # Rows were swapped: the links up to just past the moved row are fallout.
-        return "reordered", pos, f"its predecessor now sits at position {at}", at + 1
-    return "broken_link", pos, f"chains onto position {at}", pos
+async def _classify(
+    conn: aiosqlite.Connection, pos: int, prev: str, stored: str, own: str, link: str
+) -> tuple[Damage, int, bool]:
+    """Name what is wrong with the row at `pos`, which does not fit the chain.
+
+    Returns the finding, the position up to which broken links are its fallout, and whether the
+    row joins the chain (the next row should chain onto it).
+    """
+    nxt = await _value(conn, _PREV_AFTER, (pos,))
+    skipped = nxt == link != stored  # the next row chains onto the row before this one
+    if own != stored:
+        if skipped:
+            return Damage(pos, "inserted", _SKIPPED), pos, False
+        # When the hash itself was edited the next row still chains onto the original: `own`.
+        quiet = pos + 1 if nxt == own else pos
+        return Damage(pos, "edited", "row content does not match its hash"), quiet, True
+    at = 0 if prev == GENESIS else await _value(conn, _POSITION_OF_HASH, (prev,))
+    if at is not None and at > pos:
+        # Moved rows: every link up to just past the row that chained onto `link` is fallout.
+        x = await _value(conn, "SELECT MAX(position) FROM events WHERE prev_hash = ?", (link,))
+        quiet = max(at, x or 0) + 1
+        return Damage(pos, "reordered", f"its predecessor now sits at position {at}"), quiet, True
+    if skipped:
+        return Damage(pos, "inserted", _SKIPPED), pos, False
+    if at is None:
+        detail = "the row this one chained onto is gone (deleted and renumbered, or rewritten)"
+        return Damage(pos, "missing", detail), pos, True
+    if at < pos - 1 and nxt in (None, stored):
+        # The chain runs on through this row, which chains onto an earlier one: either it was moved
+        # here (the rows after its predecessor chain onto it) or the rows between were slipped in.
+        if await _value(conn, _PREV_AFTER, (at,)) == stored:
+            return Damage(pos, "reordered", f"it belongs after position {at}"), pos, True
+        detail = f"positions {at + 1}..{pos - 1} are not in the chain"
+        return Damage(at + 1, "inserted", detail), pos, True
+    # A rewritten row (its own hash recomputed): the link after it breaks too.
+    return Damage(pos, "broken_link", f"chains onto position {at}"), pos + 1, True
+
+
+async def _value(conn: aiosqlite.Connection, sql: str, params: tuple[object, ...]) -> Any:
+    """The first column of the first row of `sql`, or None when there is no row."""
+    rows = list(await conn.execute_fetchall(sql, params))
+    return rows[0][0] if rows else None

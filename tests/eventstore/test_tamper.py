@@ -9,7 +9,9 @@ import pytest
 
 from eventstore import EventStore, NewEvent
 from eventstore.chain import canonical_row, row_hash
+from eventstore.connections import connect_readonly
 from eventstore.schema import MIGRATIONS
+from eventstore.verify import verify_log
 
 pytestmark = pytest.mark.anyio
 KEY = b"auditor-key"
@@ -195,6 +197,103 @@ async def test_swapped_rows(log: Path) -> None:
     assert len(report.damage) == 1
 
 
+async def test_rows_swapped_far_apart(log: Path) -> None:
+    """Swapping two rows that are not neighbours is one finding, at the first of them."""
+    tamper(
+        log,
+        "UPDATE events SET position = -1 WHERE position = 4",
+        "UPDATE events SET position = 4 WHERE position = 7",
+        "UPDATE events SET position = 7 WHERE position = -1",
+    )
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(4, "reordered")]
+
+
+async def test_edited_hash_is_one_finding(log: Path) -> None:
+    """Editing a row's stored hash is reported as edited there, not also at the next row."""
+    tamper(log, "UPDATE events SET hash = ? WHERE position = 5", params=("f" * 64,))
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(5, "edited")]
+
+
+async def test_rewritten_row_chained_onto_an_earlier_one(log: Path) -> None:
+    """A row re-chained onto an earlier row, its own hash recomputed, is a broken_link there."""
+    r = rows(log)
+    third, sixth = r[2], r[5]
+    canon = canonical_row(*sixth[1:5], sixth[7], sixth[8], sixth[5].encode(), sixth[6].encode())
+    tamper(
+        log,
+        "UPDATE events SET prev_hash = ?, hash = ? WHERE position = 6",
+        params=(third[10], row_hash(third[10], canon)),
+    )
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(6, "broken_link")]
+    assert "position 3" in report.damage[0].detail
+
+
+async def test_inserted_row_chained_past_its_neighbour(log: Path) -> None:
+    """A forged row at 5 chained onto row 3 is inserted at 5 (row 4 is genuine)."""
+    third = rows(log)[2]
+    canon = canonical_row("intruder", 1, "T", 1, "forged", third[8], b"{}", b"{}")
+    forged = (5, "intruder", 1, "T", 1, "{}", "{}", "forged", third[8], third[10])
+    tamper(log, *_SHIFT_UP_FROM_5, _INSERT, params=(*forged, row_hash(third[10], canon)))
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(5, "inserted")]
+
+
+async def test_two_inserted_rows(log: Path) -> None:
+    """Two forged rows slipped in together, each chained onto the one before, are found at 5."""
+    prev, at = rows(log)[3][10], rows(log)[3][8]
+    tamper(log, *_SHIFT_UP_FROM_5, *_SHIFT_UP_FROM_5)  # positions 5 and 6 free
+    for i in range(2):
+        canon = canonical_row("intruder", i + 1, "T", 1, f"forged{i}", at, b"{}", b"{}")
+        digest = row_hash(prev, canon)
+        row = (5 + i, "intruder", i + 1, "T", 1, "{}", "{}", f"forged{i}", at, prev, digest)
+        tamper(log, _INSERT, params=row)
+        prev = digest
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(5, "inserted")]
+
+
+@pytest.mark.parametrize("position", [0, -3])
+async def test_row_before_position_1(log: Path, position: int) -> None:
+    """A row stored below position 1, where no reader looks, is reported as inserted there."""
+    first = rows(log)[0]
+    forged = (position, "intruder", 1, "T", 1, "{}", "{}", "forged", first[8], "0" * 64, "f" * 64)
+    tamper(log, _INSERT, params=forged)
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(position, "inserted")]
+    assert report.events_checked == N
+
+
+async def test_findings_are_in_position_order(log: Path) -> None:
+    """An edit comes first in the report even when a later checkpoint's signature is bad too."""
+    async with await EventStore.open(log) as store:
+        await store.checkpoint(KEY)
+    tamper(log, "UPDATE events SET data = '{\"n\": -1}' WHERE position = 3")
+    conn = sqlite3.connect(log)
+    with conn:
+        conn.execute("UPDATE checkpoints SET signature = ?", ("0" * 64,))
+    conn.close()
+    report = await verify(log)
+    assert report.first is not None
+    assert (report.first.position, report.first.kind) == (3, "edited")
+    assert {(d.position, d.kind) for d in report.damage[1:]} == {
+        (N, "checkpoint_signature"),
+        (N, "checkpoint_mismatch"),
+    }
+
+
+async def test_verify_while_writing_covers_every_commit(log: Path) -> None:
+    """verify() on a store that is appending covers every event committed before the call."""
+    async with await EventStore.open(log) as store:
+        await store.append([NewEvent("late", "T", b"{}") for _ in range(3)])
+        report = await store.verify()
+        assert report.ok
+        assert (report.events_checked, report.head_position) == (N + 3, N + 3)
+        assert report.head_hash == (await store.head())[1]
+
+
 async def test_full_chain_rewrite_caught_by_checkpoint(log: Path) -> None:
     """An edit with every later hash recomputed passes the chain but fails the signed checkpoint."""
     async with await EventStore.open(log) as store:
@@ -238,3 +337,31 @@ async def test_progress_is_reported(log: Path) -> None:
     async with await EventStore.open(log) as store:
         await store.verify(progress=lambda done, head: calls.append((done, head)))
     assert calls[-1] == (N, N)
+
+
+async def test_rows_at_the_ends_of_the_integer_range(log: Path) -> None:
+    """Rows stored at SQLite's smallest and largest positions are reported, not a crash."""
+    last = rows(log)[-1]
+    for position in (-(2**63), 2**63 - 1):
+        forged = (position, "x", position, "T", 1, "{}", "{}", f"f{position}", last[8], "0" * 64)
+        tamper(log, _INSERT, params=(*forged, "f" * 64))
+    conn = await connect_readonly(str(log), 5.0)
+    try:
+        report = await verify_log(conn, batch=N + 2)  # the first batch ends at the largest
+    finally:
+        await conn.close()
+    assert [(d.position, d.kind) for d in report.damage] == [
+        (-(2**63), "inserted"),
+        (N + 1, "missing"),
+        (2**63 - 1, "edited"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "column", ["stream", "type", "event_id", "recorded_at", "data", "metadata"]
+)
+async def test_blob_where_text_belongs(log: Path, column: str) -> None:
+    """The same bytes stored as a BLOB in a text column are reported as edited, not an error."""
+    tamper(log, f"UPDATE events SET {column} = CAST({column} AS BLOB) WHERE position = 5")  # noqa: S608
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(5, "edited")]
