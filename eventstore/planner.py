@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import msgspec
 
 from .chain import canonical_row, parse_time, row_hash
-from .errors import EventStoreError, InvalidEvent, WrongExpectedVersion
+from .errors import DatabaseCorrupt, EventStoreError, InvalidEvent, WrongExpectedVersion
 from .records import ANY, AppendResult, NewEvent, RecordedEvent, new_event_id
 
 __all__ = [
@@ -55,43 +55,42 @@ class BatchPlan:
 
 def record_from_row(row: Sequence) -> RecordedEvent:
     """Build a RecordedEvent from a row selected with schema.EVENT_COLUMNS."""
-    return RecordedEvent(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5].encode(),
-        row[6].encode(),
-        row[7],
-        parse_time(row[8]),
-        row[9],
-    )
+    return records_from_rows((row,))[0]
 
 
 def records_from_rows(rows: Sequence[Sequence]) -> list[RecordedEvent]:
-    """Build RecordedEvents for a batch of rows (the replay hot path, so kept tight)."""
+    """Build RecordedEvents for a batch of rows (the replay hot path, so kept tight).
+
+    A row whose columns do not have the stored types (an edit behind the store's back: a BLOB
+    where text belongs, a time that is not one) raises DatabaseCorrupt naming its position.
+    """
     rec = RecordedEvent
     last_text, last_time = "", None
     out = []
     append = out.append
-    for pos, stream, version, type_, schema, data, meta, event_id, at, digest in rows:
-        if at != last_text:  # a whole group commit shares one recorded_at
-            last_text, last_time = at, parse_time(at)
-        append(
-            rec(
-                pos,
-                stream,
-                version,
-                type_,
-                schema,
-                data.encode(),
-                meta.encode(),
-                event_id,
-                last_time,
-                digest,
+    pos = None
+    try:
+        for pos, stream, version, type_, schema, data, meta, event_id, at, digest in rows:
+            if at != last_text:  # a whole group commit shares one recorded_at
+                last_text, last_time = at, parse_time(at)
+            append(
+                rec(
+                    pos,
+                    stream,
+                    version,
+                    type_,
+                    schema,
+                    data.encode(),
+                    meta.encode(),
+                    event_id,
+                    last_time,
+                    digest,
+                )
             )
-        )
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise DatabaseCorrupt(
+            f"the event at position {pos} cannot be read ({exc}); run `staticipd verify`"
+        ) from exc
     return out
 
 

@@ -583,3 +583,33 @@ def test_verify_checks_heads_written_down_earlier(
     assert "DAMAGE at position 11: truncated" in capsys.readouterr().out
     assert main(["verify", "--database", str(db), "--expect", "10:abc"]) == 2
     assert "--expect: want POSITION:HASH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("data", b'{"i":5}'), ("recorded_at", "yesterday")],
+    ids=["blob-for-text", "not-a-time"],
+)
+def test_a_row_of_the_wrong_type_is_named_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], column: str, value: object
+) -> None:
+    """A row edited behind the store's back so that it cannot be read makes the reading
+    commands exit 1 naming its position, and verify still reports it as damage."""
+    db = tmp_path / "log.db"
+    build_log(db, n=8)
+    con = sqlite3.connect(db)
+    triggers = con.execute("SELECT name, sql FROM sqlite_master WHERE type='trigger'").fetchall()
+    for name, _ in triggers:
+        con.execute(f"DROP TRIGGER {name}")
+    con.execute(f"UPDATE events SET {column}=? WHERE position=5", (value,))  # noqa: S608
+    for _, sql in triggers:
+        con.execute(sql)
+    con.commit()
+    con.close()
+    for command in (["replay"], ["status"], ["export"]):
+        assert main([*command, "--database", str(db)]) == 1
+        err = capsys.readouterr().err
+        assert "the event at position 5 cannot be read" in err
+        assert "Traceback" not in err
+    assert main(["verify", "--database", str(db)]) == 1
+    assert "DAMAGE at position 5" in capsys.readouterr().out
