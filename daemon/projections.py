@@ -210,10 +210,10 @@ class Projection:
         if wave is not None:
             enrollments = self.application.enrollments
             ids = [i for i in ids if (e := enrollments.get(i)) is not None and e.wave == wave]
-        ordered = sorted(i for i in ids if after is None or i > after)
-        chosen = ordered[:limit]
-        cursor = chosen[-1] if len(ordered) > limit else None
-        return Page([self._accounts[i] for i in chosen], cursor)
+        # The page and one more (to know whether there is a next page), without sorting them all.
+        chosen = heapq.nsmallest(limit + 1, (i for i in ids if after is None or i > after))
+        cursor = chosen[limit - 1] if len(chosen) > limit else None
+        return Page([self._accounts[i] for i in chosen[:limit]], cursor)
 
     def __iter__(self) -> Iterator[AccountState]:
         return iter(self._accounts.values())

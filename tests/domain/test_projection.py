@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.domain import TimerCancelled, TimerScheduled
+from daemon.domain import AccountsEnrolled, TimerCancelled, TimerScheduled
 from daemon.projections import Projection
 
 
@@ -76,6 +76,30 @@ def test_paged_listing_with_cursor(flow):
     first_auth = projection.list_accounts(state="first_auth", wave="w1")
     assert [s.account_id for s in first_auth.accounts] == ["b", "c"]
     assert projection.list_accounts(wave="other").accounts == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ids=st.sets(st.text("abc0123", min_size=1, max_size=4), max_size=30),
+    limit=st.integers(1, 7),
+)
+def test_paging_visits_every_account_once_in_order(ids: set[str], limit: int) -> None:
+    """Following the cursor from the first page to the last lists each account once, by id."""
+    projection = Projection()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    projection.apply(1, AccountsEnrolled(occurred_at=at, account_ids=tuple(ids), wave="w",
+                                         policy="notify", actor="ops", reason="test"))  # fmt: skip
+    seen: list[str] = []
+    cursor = None
+    for _ in range(len(ids) + 1):
+        page = projection.list_accounts(after=cursor, limit=limit)
+        assert len(page.accounts) <= limit
+        seen += [a.account_id for a in page.accounts]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert cursor is None
+    assert seen == sorted(ids)
 
 
 def test_snapshot_round_trip_and_tail_equal_a_full_replay(flow):
