@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import msgspec
 
@@ -72,8 +73,10 @@ def record_from_row(row: Sequence) -> RecordedEvent:
 def records_from_rows(rows: Sequence[Sequence]) -> list[RecordedEvent]:
     """Build RecordedEvents for a batch of rows (the replay hot path, so kept tight)."""
     rec = RecordedEvent
-    last_text, last_time = "", None
-    out = []
+    # No row's time text is None, so the first row always parses its own time.
+    last_text: str | None = None
+    last_time = datetime.min
+    out: list[RecordedEvent] = []
     append = out.append
     for pos, stream, version, type_, schema, data, meta, event_id, at, digest in rows:
         if at != last_text:  # a whole group commit shares one recorded_at

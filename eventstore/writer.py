@@ -47,7 +47,7 @@ class _AppendCall:
 
     __slots__ = ("calls", "future")
 
-    def __init__(self, calls: list[_Call], future: asyncio.Future) -> None:
+    def __init__(self, calls: Sequence[_Call], future: asyncio.Future) -> None:
         self.calls = calls
         self.future = future
 
@@ -113,7 +113,7 @@ class Writer:
         return outcome
 
     async def append_many(
-        self, calls: list[_Call], enqueue_timeout: float | None
+        self, calls: Sequence[_Call], enqueue_timeout: float | None
     ) -> list[AppendResult | EventStoreError]:
         fut: asyncio.Future[list[AppendResult | EventStoreError]]
         fut = asyncio.get_running_loop().create_future()
