@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -47,14 +48,14 @@ class PendingEvent:
 class BatchPlan:
     """Rows to INSERT in one transaction, the outcome of each call, and the new head."""
 
-    rows: list[tuple]
+    rows: list[tuple[Any, ...]]
     outcomes: list[AppendResult | EventStoreError]
     records: list[RecordedEvent]  # the rows as records, in position order
     head_position: int
     head_hash: str
 
 
-def record_from_row(row: Sequence) -> RecordedEvent:
+def record_from_row(row: Sequence[Any]) -> RecordedEvent:
     """Build a RecordedEvent from a row selected with schema.EVENT_COLUMNS."""
     return RecordedEvent(
         row[0],
@@ -70,7 +71,7 @@ def record_from_row(row: Sequence) -> RecordedEvent:
     )
 
 
-def records_from_rows(rows: Sequence[Sequence]) -> list[RecordedEvent]:
+def records_from_rows(rows: Sequence[Sequence[Any]]) -> list[RecordedEvent]:
     """Build RecordedEvents for a batch of rows (the replay hot path, so kept tight)."""
     rec = RecordedEvent
     # No row's time text is None, so the first row always parses its own time.
@@ -115,7 +116,7 @@ def plan_batch(
     succeeds with the stored records. A call one of whose guard ids (`if_absent`) is stored, or
     written by an earlier call of this batch, is skipped whole.
     """
-    rows: list[tuple] = []
+    rows: list[tuple[Any, ...]] = []
     written: list[RecordedEvent] = []
     outcomes: list[AppendResult | EventStoreError] = []
     in_batch: dict[str, RecordedEvent] = {}
