@@ -352,7 +352,7 @@ class Engine:
                 if stream == APPLICATION_STREAM:
                     overlay.application = evolve_application(overlay.application, event)
                 else:
-                    account_id = event.account_id  # type: ignore[attr-defined]
+                    account_id = event.account_id  # type: ignore[attr-defined]  # an AccountEvent
                     overlay.put(account_id, evolve_account(overlay.account(account_id), event))
             first_metadata, rest_metadata = _metadata(
                 inp, overlay.account_of(inp), request.source, request.correlation_id

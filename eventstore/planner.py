@@ -194,6 +194,7 @@ def plan_batch(
         for i, ev in enumerate(events):
             if records[i] is None:  # repeated id within the call: the first occurrence wins
                 records[i] = records[first_index[ev.event_id]]
+        # Every slot is filled now: written, stored, or its id's first occurrence.
         outcomes.append(AppendResult(tuple(records), tuple(created)))  # type: ignore[arg-type]
     return BatchPlan(rows, outcomes, written, position, prev)
 
