@@ -166,7 +166,7 @@ def replay(
             break
         if until_time is not None and record.recorded_at > until_time:
             break
-        projection.apply_record(record)
+        projection.apply(record.position, decode_event(record.type, record.schema, record.data))
     return projection
 
 

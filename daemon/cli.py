@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from daemon import __version__
@@ -46,7 +46,7 @@ def _config(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _run(module: str, function: str):
+def _run(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     """Import a command's module only when it runs, so `--help` stays instant."""
 
     def handler(args: argparse.Namespace) -> int:

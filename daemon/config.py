@@ -60,10 +60,11 @@ class ConfigError(Exception):
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
+    """Base of the sections; each repeats `frozen=True`, which msgspec inherits but type
+    checkers read per class (a non-frozen subclass of a frozen one is an error to them)."""
 
 
-class DatabaseConfig(_Section):
+class DatabaseConfig(_Section, frozen=True):
     """Where the event log lives and how hard each commit is pushed to disk."""
 
     path: Path = Path("staticipd.db")
@@ -71,7 +72,7 @@ class DatabaseConfig(_Section):
     synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
 
 
-class HttpConfig(_Section):
+class HttpConfig(_Section, frozen=True):
     """Limits of the HTTP listener."""
 
     max_body_bytes: _PositiveInt = 1024 * 1024
@@ -80,7 +81,7 @@ class HttpConfig(_Section):
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
 
 
-class ProviderConfig(_Section):
+class ProviderConfig(_Section, frozen=True):
     """How to reach the provider's management API."""
 
     base_url: str = "https://api.nylas.com"
@@ -97,7 +98,7 @@ class ProviderConfig(_Section):
             raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
 
 
-class MigrationConfig(_Section):
+class MigrationConfig(_Section, frozen=True):
     """Timing and policy of the two-step move into the static environment."""
 
     delay_seconds: _NonNegative = 1800.0
@@ -110,7 +111,7 @@ class MigrationConfig(_Section):
     default_policy: Literal["notify", "restart"] = "notify"
 
 
-class NotifyConfig(_Section):
+class NotifyConfig(_Section, frozen=True):
     """The application's endpoint that asks end users to re-authenticate."""
 
     url: str = ""  # empty: not configured
@@ -121,7 +122,7 @@ class NotifyConfig(_Section):
             raise ValueError(f"url must be an http(s) URL, got {self.url!r}")
 
 
-class PollersConfig(_Section):
+class PollersConfig(_Section, frozen=True):
     """Intervals of the IP-list watcher and the account reconciler."""
 
     ip_list_interval_seconds: _Positive = 900.0
@@ -129,13 +130,13 @@ class PollersConfig(_Section):
     ip_change_command: tuple[str, ...] = ()  # argv run when a list changes; empty: none
 
 
-class TimersConfig(_Section):
+class TimersConfig(_Section, frozen=True):
     """How overdue timers are released after a restart."""
 
     overdue_stagger_per_second: _Positive = 50.0
 
 
-class OutboxConfig(_Section):
+class OutboxConfig(_Section, frozen=True):
     """How side effects are retried."""
 
     concurrency: _PositiveInt = 4
@@ -144,7 +145,7 @@ class OutboxConfig(_Section):
     backoff_max_seconds: _Positive = 300.0
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(_Section, frozen=True):
     """Log verbosity and format (`auto`: coloured console on a terminal, JSON lines otherwise)."""
 
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"

@@ -87,16 +87,25 @@ class _Request:
 
 
 class _Decided:
-    """A request's decisions and the append call that records them."""
+    """A request's decisions and the append call that records them.
 
-    __slots__ = ("call", "decisions", "request")
+    `streams`: the streams whose versions that call expects (none without a call); they are
+    busy while it is in flight.
+    """
+
+    __slots__ = ("call", "decisions", "request", "streams")
 
     def __init__(
-        self, request: _Request, decisions: list[Decision], call: AppendCall | None
+        self,
+        request: _Request,
+        decisions: list[Decision],
+        call: AppendCall | None = None,
+        streams: tuple[str, ...] = (),
     ) -> None:
         self.request = request
         self.decisions = decisions
         self.call = call
+        self.streams = streams
 
 
 class Engine:
@@ -229,11 +238,11 @@ class Engine:
                 request.future.set_exception(exc)
                 continue
             decided.append(d)
-            if d.call is not None and APPLICATION_STREAM in d.call.expected:
+            if APPLICATION_STREAM in d.streams:
                 # Later requests would read application state not yet committed: they wait.
                 self._inbox.extendleft(reversed(batch[index + 1 :]))
                 break
-        streams = [s for d in decided if d.call is not None for s in d.call.expected]
+        streams = [s for d in decided for s in d.streams]
         for stream in streams:
             self._busy[stream] = self._busy.get(stream, 0) + 1
         task = asyncio.get_running_loop().create_task(
@@ -343,7 +352,7 @@ class Engine:
                 if stream == APPLICATION_STREAM:
                     overlay.application = evolve_application(overlay.application, event)
                 else:
-                    account_id = event.account_id  # type: ignore[attr-defined]
+                    account_id = event.account_id  # type: ignore[attr-defined]  # an AccountEvent
                     overlay.put(account_id, evolve_account(overlay.account(account_id), event))
             first_metadata, rest_metadata = _metadata(
                 inp, overlay.account_of(inp), request.source, request.correlation_id
@@ -362,11 +371,12 @@ class Engine:
                 )
             decisions.append(Decision(inp, False, tuple(events)))
         if not new:
-            return _Decided(request, decisions, None)
+            return _Decided(request, decisions)
         # Each input recorded here is written under its own id, `<input_id>#0`: if any of them
         # was recorded meanwhile (a redelivery in flight), nothing of the call is written.
         guards = [f"{d.input.input_id}#0" for d in decisions if not d.duplicate]
-        return _Decided(request, decisions, AppendCall(new, expected, if_absent=guards))
+        call = AppendCall(new, expected, if_absent=guards)
+        return _Decided(request, decisions, call, streams=tuple(expected))
 
     async def quarantine(self, body: bytes, *, source: str, field: str, reason: str) -> bool:
         """Keep a signed but unreadable body in the log once, however often it is redelivered.

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import anyio
 
@@ -285,7 +286,8 @@ def replay_command(args: argparse.Namespace) -> int:
     _at_least(args.position, 0, "--position")
 
     async def main() -> int:
-        projection, divergence = Projection(), None
+        projection = Projection()
+        divergence: _SnapshotComparison | None = None
         async with open_log(args.database) as store:
             head, _ = await store.head()
             last = head if args.position is None else min(head, args.position)
@@ -328,7 +330,16 @@ def replay_command(args: argparse.Namespace) -> int:
     return run(main)
 
 
-def _compare_with_snapshot(at: Projection, position: int, blob: bytes) -> dict[str, object]:
+class _SnapshotComparison(TypedDict):
+    """The `snapshot` entry of `replay --json`: whether the stored snapshot matches the log."""
+
+    position: int
+    matches: bool
+    differing_accounts: list[str]
+    error: NotRequired[str]
+
+
+def _compare_with_snapshot(at: Projection, position: int, blob: bytes) -> _SnapshotComparison:
     """Compare the log replayed up to the snapshot's position with the snapshot."""
     try:
         snap = Projection.from_snapshot(blob)
@@ -379,10 +390,11 @@ def status_command(args: argparse.Namespace) -> int:
             projection = await _replayed(store)
         due = projection.due_soonest(10)
         stalled = sorted(projection.ids_in("stalled"))
+        funnel = _ordered(projection.funnel())
         doc = {
             "position": projection.position,
             "migration_enabled": projection.application.migration_enabled,
-            "funnel": _ordered(projection.funnel()),
+            "funnel": funnel,
             "due_next": [
                 {"account_id": a, "timer_id": t, "due_at": d.isoformat()} for d, a, t in due
             ],
@@ -391,9 +403,9 @@ def status_command(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(doc, indent=2))
             return EXIT_OK
-        enabled = "enabled" if doc["migration_enabled"] else "not enabled"
+        enabled = "enabled" if projection.application.migration_enabled else "not enabled"
         print(f"migration {enabled}; log position {projection.position}")
-        for state, n in doc["funnel"].items():
+        for state, n in funnel.items():
             print(f"  {state:<16} {n}")
         print("due next:" if due else "due next: nothing pending")
         for d, a, t in due:

@@ -38,7 +38,8 @@ class Metrics:
         self._gauges[name] = read
 
     def value(self, name: str, **labels: str) -> float:
-        return self._counters.get(name, {}).get(tuple(sorted(labels.items())), 0.0)
+        counts = self._counters.get(name)
+        return 0.0 if counts is None else counts.get(tuple(sorted(labels.items())), 0.0)
 
     def render(self) -> str:
         lines: list[str] = []

@@ -264,8 +264,8 @@ class Projection:
         accounts, so a test (or an operator's check) can catch a wrong funnel or a lost timer.
         """
         fresh = Projection()
-        for state in self._accounts.values():
-            fresh._put(state)
+        for account in self._accounts.values():
+            fresh._put(account)
         problems = []
         for state in STATES:
             have, want = self._by_state.get(state, set()), fresh._by_state[state]

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 import anyio
@@ -180,7 +181,7 @@ class Daemon:
         ]
         if provider is not None:
             pollers = self.config.pollers
-            environments = (
+            environments: tuple[Literal["dynamic", "static"], ...] = (
                 ("dynamic", "static") if self.config.provider.static_ip_path else ("dynamic",)
             )
             watcher = IpListWatcher(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -46,27 +48,29 @@ class PendingEvent:
 class BatchPlan:
     """Rows to INSERT in one transaction, the outcome of each call, and the new head."""
 
-    rows: list[tuple]
+    rows: list[tuple[Any, ...]]
     outcomes: list[AppendResult | EventStoreError]
     records: list[RecordedEvent]  # the rows as records, in position order
     head_position: int
     head_hash: str
 
 
-def record_from_row(row: Sequence) -> RecordedEvent:
+def record_from_row(row: Sequence[Any]) -> RecordedEvent:
     """Build a RecordedEvent from a row selected with schema.EVENT_COLUMNS."""
     return records_from_rows((row,))[0]
 
 
-def records_from_rows(rows: Sequence[Sequence]) -> list[RecordedEvent]:
+def records_from_rows(rows: Sequence[Sequence[Any]]) -> list[RecordedEvent]:
     """Build RecordedEvents for a batch of rows (the replay hot path, so kept tight).
 
     A row whose columns do not have the stored types (an edit behind the store's back: a BLOB
     where text belongs, a time that is not one) raises DatabaseCorrupt naming its position.
     """
     rec = RecordedEvent
-    last_text, last_time = "", None
-    out = []
+    # No row's time text is None, so the first row always parses its own time.
+    last_text: str | None = None
+    last_time = datetime.min
+    out: list[RecordedEvent] = []
     append = out.append
     pos = None
     try:
@@ -111,7 +115,7 @@ def plan_batch(
     succeeds with the stored records. A call one of whose guard ids (`if_absent`) is stored, or
     written by an earlier call of this batch, is skipped whole.
     """
-    rows: list[tuple] = []
+    rows: list[tuple[Any, ...]] = []
     written: list[RecordedEvent] = []
     outcomes: list[AppendResult | EventStoreError] = []
     in_batch: dict[str, RecordedEvent] = {}
@@ -189,6 +193,7 @@ def plan_batch(
         for i, ev in enumerate(events):
             if records[i] is None:  # repeated id within the call: the first occurrence wins
                 records[i] = records[first_index[ev.event_id]]
+        # Every slot is filled now: written, stored, or its id's first occurrence.
         outcomes.append(AppendResult(tuple(records), tuple(created)))  # type: ignore[arg-type]
     return BatchPlan(rows, outcomes, written, position, prev)
 

@@ -47,7 +47,9 @@ class _AppendCall:
 
     __slots__ = ("calls", "future")
 
-    def __init__(self, calls: list[_Call], future: asyncio.Future) -> None:
+    def __init__(
+        self, calls: Sequence[_Call], future: asyncio.Future[list[AppendResult | EventStoreError]]
+    ) -> None:
         self.calls = calls
         self.future = future
 
@@ -56,7 +58,7 @@ class _Job:
     __slots__ = ("fn", "future")
 
     def __init__(
-        self, fn: Callable[[aiosqlite.Connection], Awaitable[Any]], future: asyncio.Future
+        self, fn: Callable[[aiosqlite.Connection], Awaitable[Any]], future: asyncio.Future[Any]
     ):
         self.fn = fn
         self.future = future
@@ -113,7 +115,7 @@ class Writer:
         return outcome
 
     async def append_many(
-        self, calls: list[_Call], enqueue_timeout: float | None
+        self, calls: Sequence[_Call], enqueue_timeout: float | None
     ) -> list[AppendResult | EventStoreError]:
         fut: asyncio.Future[list[AppendResult | EventStoreError]]
         fut = asyncio.get_running_loop().create_future()

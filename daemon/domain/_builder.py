@@ -39,6 +39,7 @@ class Builder:
                 to_state=to_state,
                 at=at,
                 reason=reason,
+                # `extra` holds StateChanged's optional fields, which callers name as keywords.
                 cycle=extra.pop("cycle", self.state.cycle),  # type: ignore[arg-type]
                 **extra,  # type: ignore[arg-type]
             )

@@ -109,6 +109,7 @@ def decide(
         return decide_account(state, command, now, settings, app or ApplicationState())
     if state is not None and not isinstance(state, ApplicationState):
         raise TypeError("an application input needs the application state")
+    # Not an AccountInput, so an ApplicationInput: mypy cannot narrow to the other subclass.
     return decide_application(state, command, now, settings)  # type: ignore[arg-type]
 
 

@@ -11,6 +11,7 @@ enrolled. Times used in rules are the inputs' own times, never later than `now`.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TypedDict
 
 from . import events as ev
 from . import inputs as inp
@@ -368,9 +369,9 @@ def _on_timer(b: _Builder, t: inp.TimerFired) -> None:
     elif purpose == "stall" and state == "second_step_due":
         b.move("stalled", due, "no second step after the last reminder")
     elif purpose == "stall" and state == "first_auth":
-        b.move(
-            "stalled", due, f"no stop observed {due - b.state.first_auth_at} after the first auth"
-        )
+        s = b.state
+        assert s.first_auth_at is not None
+        b.move("stalled", due, f"no stop observed {due - s.first_auth_at} after the first auth")
     elif purpose == "stall" and state == "second_auth":
         b.move("stalled", due, "the account never ran after the second step")
 
@@ -382,9 +383,17 @@ def _patience(b: _Builder) -> timedelta:
     return b.settings.delay + last + b.settings.stall_after
 
 
+class _EffectEventHead(TypedDict):
+    """The fields every event about an effect's outcome starts with."""
+
+    account_id: str
+    occurred_at: datetime
+    idempotency_key: str
+
+
 def _on_outcome(b: _Builder, at: datetime, o: inp.EffectOutcome) -> None:
     pending = b.state.pending_effects.get(o.effect_key)
-    common = {"account_id": b.id, "occurred_at": b.at, "idempotency_key": o.effect_key}
+    common = _EffectEventHead(account_id=b.id, occurred_at=b.at, idempotency_key=o.effect_key)
     if pending is None:
         b.emit(
             ev.EffectOutcomeIgnored(

@@ -293,6 +293,7 @@ class InputQuarantined(ApplicationEvent, frozen=True, kw_only=True):
 class UnknownEvent(Event, frozen=True, kw_only=True):
     """An event this code cannot read (unknown type or newer schema); replay carries on."""
 
+    # Optional here on purpose: an unreadable event may not tell when it happened.
     occurred_at: UtcDatetime | None = None  # type: ignore[assignment]
     event_type: str
     schema: int

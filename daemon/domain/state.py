@@ -137,6 +137,7 @@ def evolve_account(state: AccountState | None, event: ev.Event) -> AccountState:
             pending = PendingEffect(effect=event)
             changes["pending_effects"] = {**state.pending_effects, event.idempotency_key: pending}
         case ev.EffectRequested():
+            # Every EffectRequested subclass is one of EffectEvent; mypy sees only the base.
             pending = PendingEffect(effect=event)  # type: ignore[arg-type]
             changes["pending_effects"] = {**state.pending_effects, event.idempotency_key: pending}
         case ev.EffectAttemptFailed():

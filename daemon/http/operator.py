@@ -6,7 +6,6 @@ Commands are inputs like any other: recorded in the log before they are answered
 
 from __future__ import annotations
 
-import functools
 from datetime import UTC, datetime
 from typing import Annotated, Literal, TypeVar
 
@@ -69,14 +68,14 @@ def _runtime(request: web.Request) -> Runtime:
     return rt
 
 
-async def _body(request: web.Request, rt: Runtime, kind: type[_T]) -> _T:
+_enable_decoder = msgspec.json.Decoder(EnableBody)
+_enroll_decoder = msgspec.json.Decoder(EnrollBody)
+_account_command_decoder = msgspec.json.Decoder(AccountCommandBody)
+
+
+async def _body(request: web.Request, rt: Runtime, decoder: msgspec.json.Decoder[_T]) -> _T:
     raw = await read_limited_body(request, rt.config.http.max_body_bytes)
-    return decode_body(raw or b"{}", _decoder(kind))
-
-
-@functools.cache
-def _decoder(kind: type[_T]) -> msgspec.json.Decoder[_T]:
-    return msgspec.json.Decoder(kind)
+    return decode_body(raw or b"{}", decoder)
 
 
 def _account_id(request: web.Request) -> str:
@@ -183,7 +182,7 @@ async def get_timeline(request: web.Request) -> web.Response:
 @routes.post("/v1/migration/enable")
 async def enable_migration(request: web.Request) -> web.Response:
     rt = _runtime(request)
-    body = await _body(request, rt, EnableBody)
+    body = await _body(request, rt, _enable_decoder)
     inp = EnableMigration(
         input_id=_command_id(request), occurred_at=datetime.now(UTC),
         actor=body.actor, reason=body.reason,
@@ -200,7 +199,7 @@ async def enable_migration(request: web.Request) -> web.Response:
 @routes.post("/v1/enrollments")
 async def enroll(request: web.Request) -> web.Response:
     rt = _runtime(request)
-    body = await _body(request, rt, EnrollBody)
+    body = await _body(request, rt, _enroll_decoder)
     inp = Enroll(
         input_id=_command_id(request), occurred_at=datetime.now(UTC),
         account_ids=tuple(dict.fromkeys(body.account_ids)), wave=body.wave,
@@ -220,7 +219,7 @@ _ACCOUNT_COMMANDS = {"reset": ResetAccount, "exclude": ExcludeAccount, "resolve"
 async def account_command(request: web.Request) -> web.Response:
     rt = _runtime(request)
     account_id = _account_id(request)
-    body = await _body(request, rt, AccountCommandBody)
+    body = await _body(request, rt, _account_command_decoder)
     if rt.live.projection.account(account_id) is None:
         # A command is not a way in: recording it would make up a `dynamic` account that the
         # funnel and metrics would then count (enrolment is how accounts enter the migration).

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .provider import SandboxProvider
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PROVIDER_KEY = web.AppKey("sandbox_provider", object)
+PROVIDER_KEY: web.AppKey[SandboxProvider] = web.AppKey("sandbox_provider")
 
 
 def error(
@@ -41,7 +41,7 @@ def error(
 
 
 def _provider(request: web.Request) -> SandboxProvider:
-    return request.app[PROVIDER_KEY]  # type: ignore[return-value]
+    return request.app[PROVIDER_KEY]
 
 
 def _basic_user(header: str) -> str | None:

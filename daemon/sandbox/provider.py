@@ -57,10 +57,7 @@ class SandboxProvider:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        server = site._server
-        assert server is not None
-        sock = server.sockets[0]  # type: ignore[attr-defined]
-        self.base_url = f"http://{host}:{sock.getsockname()[1]}"
+        self.base_url = f"http://{host}:{self._runner.addresses[0][1]}"
         if self.settings.webhook_url:
             await self.register_webhook(self.settings.webhook_url)
         return self.base_url

@@ -103,8 +103,7 @@ class SimulatedUsers:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
-        self.notify_url = f"http://{host}:{sock.getsockname()[1]}/notify"
+        self.notify_url = f"http://{host}:{self._runner.addresses[0][1]}/notify"
         return self.notify_url
 
     async def stop(self) -> None:

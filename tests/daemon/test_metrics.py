@@ -21,6 +21,8 @@ def test_counters_and_gauges_render_with_help_type_and_labels() -> None:
     assert 'staticipd_events_appended_total{source="webhook"} 4' in text
     assert 'staticipd_accounts{state="static"} 5' in text
     assert m.value("staticipd_events_appended_total", source="webhook") == 4
+    assert m.value("staticipd_events_appended_total", source="operator") == 0
+    assert m.value("never_registered_total") == 0
 
 
 def test_label_values_are_escaped() -> None:
