@@ -583,3 +583,20 @@ def test_verify_checks_heads_written_down_earlier(
     assert "DAMAGE at position 11: truncated" in capsys.readouterr().out
     assert main(["verify", "--database", str(db), "--expect", "10:abc"]) == 2
     assert "--expect: want POSITION:HASH" in capsys.readouterr().err
+
+
+def test_verify_checks_every_head_given_for_one_position(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two `--expect` values for the same position are both checked: a wrong one is not
+    dropped because a right one for that position came after it."""
+    db = tmp_path / "log.db"
+    build_log(db, n=10)
+    assert main(["verify", "--database", str(db), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    right = f"{report['head_position']}:{report['head_hash']}"
+    wrong = f"{report['head_position']}:{'f' * 64}"
+    assert main(["verify", "--database", str(db), "--expect", wrong, "--expect", right]) == 1
+    assert "DAMAGE at position 10: anchor_mismatch" in capsys.readouterr().out
+    assert main(["verify", "--database", str(db), "--expect", right, "--expect", right]) == 0
+    assert "2 expected hash(es) found" in capsys.readouterr().out
