@@ -143,7 +143,9 @@ async def _check_anchors(
     damage = []
     for position, digest in anchors:
         found = [rec.hash async for rec in store.read_all(position, position)]
-        if not found:
+        if not found and position <= head:
+            damage.append(Damage(position, "missing", f"expected {digest}; no row there"))
+        elif not found:
             damage.append(
                 Damage(position, "truncated", f"expected {digest}; the log ends at {head}")
             )
@@ -165,7 +167,7 @@ def verify_command(args: argparse.Namespace) -> int:
             report = await store.verify(key, progress=progress)
             progress.close()
             if anchors:
-                missed = await _check_anchors(store, anchors, report.head_position)
+                missed = await _check_anchors(store, anchors, (await store.head())[0])
                 damage = sorted([*report.damage, *missed], key=lambda d: d.position)
                 report = replace(report, ok=report.ok and not missed, damage=damage)
         if args.json:

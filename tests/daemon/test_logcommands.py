@@ -600,3 +600,23 @@ def test_verify_checks_every_head_given_for_one_position(
     assert "DAMAGE at position 10: anchor_mismatch" in capsys.readouterr().out
     assert main(["verify", "--database", str(db), "--expect", right, "--expect", right]) == 0
     assert "2 expected hash(es) found" in capsys.readouterr().out
+
+
+def test_verify_names_an_expected_row_gone_from_the_middle_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An expected row deleted from the middle of the log is `missing`, not a log that ends
+    before it."""
+    db = tmp_path / "log.db"
+    build_log(db, n=10)
+    con = sqlite3.connect(db)
+    digest = con.execute("SELECT hash FROM events WHERE position=5").fetchone()[0]
+    con.execute("DROP TRIGGER events_refuse_delete")
+    con.execute("DELETE FROM events WHERE position=5")
+    con.commit()
+    con.close()
+    assert main(["verify", "--database", str(db), "--expect", f"5:{digest}", "--json"]) == 1
+    damage = json.loads(capsys.readouterr().out)["damage"]
+    anchored = [d for d in damage if digest in d["detail"]]
+    assert [(d["position"], d["kind"]) for d in anchored] == [(5, "missing")]
+    assert "ends" not in anchored[0]["detail"]
