@@ -129,8 +129,10 @@ def _anchors(texts: list[str]) -> list[tuple[int, str]]:
     anchors = []
     for text in texts:
         position, _, digest = text.partition(":")
-        if not (position.isdigit() and int(position) > 0 and re.fullmatch("[0-9a-f]{64}", digest)):
-            want = "POSITION:HASH (a position of 1 or more, 64 hex digits)"
+        # SQLite positions are 64-bit: a larger one is a typo, not a log that failed to read.
+        in_range = position.isdigit() and 0 < int(position) < 2**63
+        if not (in_range and re.fullmatch("[0-9a-f]{64}", digest)):
+            want = "POSITION:HASH (a position from 1 to 2**63 - 1, 64 hex digits)"
             raise CommandError(f"--expect: want {want}, not {text!r}", EXIT_USAGE)
         anchors.append((int(position), digest))
     return sorted(anchors)

@@ -620,3 +620,16 @@ def test_verify_names_an_expected_row_gone_from_the_middle_missing(
     anchored = [d for d in damage if digest in d["detail"]]
     assert [(d["position"], d["kind"]) for d in anchored] == [(5, "missing")]
     assert "ends" not in anchored[0]["detail"]
+
+
+def test_verify_refuses_an_expected_position_past_any_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An `--expect` position no SQLite log can reach is a usage error, not a failed log."""
+    db = tmp_path / "log.db"
+    build_log(db, n=3)
+    too_far = f"{2**63}:{'f' * 64}"
+    assert main(["verify", "--database", str(db), "--expect", too_far]) == 2
+    err = capsys.readouterr().err
+    assert "--expect: want POSITION:HASH" in err
+    assert "event log failed" not in err
