@@ -124,24 +124,31 @@ def _at_least(value: int | None, least: int, option: str) -> None:
         raise CommandError(f"{option} must be {least} or more, not {value}", EXIT_USAGE)
 
 
-def _anchors(texts: list[str]) -> dict[int, str]:
-    """`--expect POS:HASH` values, checked for shape."""
-    anchors = {}
+def _anchors(texts: list[str]) -> list[tuple[int, str]]:
+    """`--expect POS:HASH` values, checked for shape; every one is kept, even for a position
+    given twice (a wrong hash must not hide behind a right one)."""
+    anchors = []
     for text in texts:
         position, _, digest = text.partition(":")
-        if not (position.isdigit() and int(position) > 0 and re.fullmatch("[0-9a-f]{64}", digest)):
-            want = "POSITION:HASH (a position of 1 or more, 64 hex digits)"
+        # SQLite positions are 64-bit: a larger one is a typo, not a log that failed to read.
+        in_range = position.isdigit() and 0 < int(position) < 2**63
+        if not (in_range and re.fullmatch("[0-9a-f]{64}", digest)):
+            want = "POSITION:HASH (a position from 1 to 2**63 - 1, 64 hex digits)"
             raise CommandError(f"--expect: want {want}, not {text!r}", EXIT_USAGE)
-        anchors[int(position)] = digest
-    return anchors
+        anchors.append((int(position), digest))
+    return sorted(anchors)
 
 
-async def _check_anchors(store: EventStore, anchors: dict[int, str], head: int) -> list[Damage]:
+async def _check_anchors(
+    store: EventStore, anchors: list[tuple[int, str]], head: int
+) -> list[Damage]:
     """Each anchor's row must still be there with the hash written down earlier."""
     damage = []
-    for position, digest in sorted(anchors.items()):
+    for position, digest in anchors:
         found = [rec.hash async for rec in store.read_all(position, position)]
-        if not found:
+        if not found and position <= head:
+            damage.append(Damage(position, "missing", f"expected {digest}; no row there"))
+        elif not found:
             damage.append(
                 Damage(position, "truncated", f"expected {digest}; the log ends at {head}")
             )
@@ -163,7 +170,7 @@ def verify_command(args: argparse.Namespace) -> int:
             report = await store.verify(key, progress=progress)
             progress.close()
             if anchors:
-                missed = await _check_anchors(store, anchors, report.head_position)
+                missed = await _check_anchors(store, anchors, (await store.head())[0])
                 damage = sorted([*report.damage, *missed], key=lambda d: d.position)
                 report = replace(report, ok=report.ok and not missed, damage=damage)
         if args.json:

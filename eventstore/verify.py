@@ -121,7 +121,10 @@ async def verify_log(
             except AttributeError:  # a BLOB where text belongs: no appended row looks like that
                 canon = b""
             new_chain = row_hash(chain, canon)
-            own = new_chain if prev == chain else row_hash(prev, canon)
+            try:
+                own = new_chain if prev == chain else row_hash(prev, canon)
+            except (AttributeError, UnicodeEncodeError):  # a prev_hash no appended row has
+                own = ""
             if pos != expected_pos:
                 damage.append(
                     Damage(expected_pos, "missing", f"positions {expected_pos}..{pos - 1} absent")
@@ -147,7 +150,9 @@ async def verify_log(
                         )
             chain = new_chain
             expected_pos = pos + 1
-            last_pos, last_hash = pos, stored
+            # A BLOB hash is damage (it never equals `own`), but the report's head stays text.
+            last_pos = pos
+            last_hash = stored if isinstance(stored, str) else stored.decode(errors="replace")
             checked += 1
         if progress is not None:
             progress(last_pos, max(max_pos, last_pos))

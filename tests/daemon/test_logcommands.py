@@ -613,3 +613,53 @@ def test_a_row_of_the_wrong_type_is_named_not_a_traceback(
         assert "Traceback" not in err
     assert main(["verify", "--database", str(db)]) == 1
     assert "DAMAGE at position 5" in capsys.readouterr().out
+
+
+def test_verify_checks_every_head_given_for_one_position(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two `--expect` values for the same position are both checked: a wrong one is not
+    dropped because a right one for that position came after it."""
+    db = tmp_path / "log.db"
+    build_log(db, n=10)
+    assert main(["verify", "--database", str(db), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    right = f"{report['head_position']}:{report['head_hash']}"
+    wrong = f"{report['head_position']}:{'f' * 64}"
+    assert main(["verify", "--database", str(db), "--expect", wrong, "--expect", right]) == 1
+    assert "DAMAGE at position 10: anchor_mismatch" in capsys.readouterr().out
+    assert main(["verify", "--database", str(db), "--expect", right, "--expect", right]) == 0
+    assert "2 expected hash(es) found" in capsys.readouterr().out
+
+
+def test_verify_names_an_expected_row_gone_from_the_middle_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An expected row deleted from the middle of the log is `missing`, not a log that ends
+    before it."""
+    db = tmp_path / "log.db"
+    build_log(db, n=10)
+    con = sqlite3.connect(db)
+    digest = con.execute("SELECT hash FROM events WHERE position=5").fetchone()[0]
+    con.execute("DROP TRIGGER events_refuse_delete")
+    con.execute("DELETE FROM events WHERE position=5")
+    con.commit()
+    con.close()
+    assert main(["verify", "--database", str(db), "--expect", f"5:{digest}", "--json"]) == 1
+    damage = json.loads(capsys.readouterr().out)["damage"]
+    anchored = [d for d in damage if digest in d["detail"]]
+    assert [(d["position"], d["kind"]) for d in anchored] == [(5, "missing")]
+    assert "ends" not in anchored[0]["detail"]
+
+
+def test_verify_refuses_an_expected_position_past_any_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An `--expect` position no SQLite log can reach is a usage error, not a failed log."""
+    db = tmp_path / "log.db"
+    build_log(db, n=3)
+    too_far = f"{2**63}:{'f' * 64}"
+    assert main(["verify", "--database", str(db), "--expect", too_far]) == 2
+    err = capsys.readouterr().err
+    assert "--expect: want POSITION:HASH" in err
+    assert "event log failed" not in err

@@ -365,3 +365,22 @@ async def test_blob_where_text_belongs(log: Path, column: str) -> None:
     tamper(log, f"UPDATE events SET {column} = CAST({column} AS BLOB) WHERE position = 5")  # noqa: S608
     report = await verify(log)
     assert [(d.position, d.kind) for d in report.damage] == [(5, "edited")]
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("prev_hash", "CAST(prev_hash AS BLOB)"), ("prev_hash", "'é' || prev_hash")],
+)
+async def test_odd_prev_hash(log: Path, column: str, value: str) -> None:
+    """A prev_hash that is a BLOB or not ASCII is reported as edited, not an error."""
+    tamper(log, f"UPDATE events SET {column} = {value} WHERE position = 5")  # noqa: S608
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(5, "edited")]
+
+
+async def test_blob_hash_at_the_head(log: Path) -> None:
+    """A stored hash turned into a BLOB at the head is edited, and the head hash stays text."""
+    tamper(log, f"UPDATE events SET hash = CAST(hash AS BLOB) WHERE position = {N}")  # noqa: S608
+    report = await verify(log)
+    assert [(d.position, d.kind) for d in report.damage] == [(N, "edited")]
+    assert report.head_hash == rows(log)[-1][10].decode()
