@@ -119,9 +119,14 @@ def _checkpoint_key(args: argparse.Namespace) -> bytes | None:
         raise CommandError(f"cannot read the checkpoint key {path}: {reason}", EXIT_USAGE) from exc
 
 
+_LAST_POSITION = 2**63 - 1  # SQLite's largest integer
+
+
 def _at_least(value: int | None, least: int, option: str) -> None:
-    if value is not None and value < least:
-        raise CommandError(f"{option} must be {least} or more, not {value}", EXIT_USAGE)
+    if value is not None and not least <= value <= _LAST_POSITION:
+        raise CommandError(
+            f"{option} must be from {least} to {_LAST_POSITION}, not {value}", EXIT_USAGE
+        )
 
 
 def _anchors(texts: list[str]) -> list[tuple[int, str]]:
@@ -131,7 +136,7 @@ def _anchors(texts: list[str]) -> list[tuple[int, str]]:
     for text in texts:
         position, _, digest = text.partition(":")
         # SQLite positions are 64-bit: a larger one is a typo, not a log that failed to read.
-        in_range = position.isdigit() and 0 < int(position) < 2**63
+        in_range = position.isdigit() and 0 < int(position) <= _LAST_POSITION
         if not (in_range and re.fullmatch("[0-9a-f]{64}", digest)):
             want = "POSITION:HASH (a position from 1 to 2**63 - 1, 64 hex digits)"
             raise CommandError(f"--expect: want {want}, not {text!r}", EXIT_USAGE)

@@ -317,6 +317,8 @@ class Daemon:
     async def _checkpoint(self, store: EventStore, key: bytes) -> None:
         """Sign the head; its position and hash also go to the log lines (the journal), a record
         outside the database that `staticipd verify --expect POS:HASH` can check it against."""
+        if (await store.head())[0] == 0:
+            return  # nothing to vouch for yet
         signed = await store.checkpoint(key)
         log.info("checkpoint.written", position=signed.position, head_hash=signed.head_hash)
 

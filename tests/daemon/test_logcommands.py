@@ -401,11 +401,15 @@ def test_a_read_only_copy_verifies(tmp_path: Path, capsys: pytest.CaptureFixture
     ("args", "message"),
     [
         (["replay", "--until", "garbage"], "--until: not an ISO 8601 time: 'garbage'"),
-        (["replay", "--position", "-5"], "--position must be 0 or more, not -5"),
-        (["export", "--from", "0"], "--from must be 1 or more, not 0"),
+        (["replay", "--position", "-5"], "--position must be from 0 to 9223372036854775807"),
+        (["export", "--from", "0"], "--from must be from 1 to 9223372036854775807, not 0"),
+        (
+            ["export", "--to", str(2**64)],
+            f"--to must be from 0 to 9223372036854775807, not {2**64}",
+        ),
         (["verify", "--checkpoint-key-file", "/missing/key"], "cannot read the checkpoint key"),
     ],
-    ids=["until", "position", "export-from", "key-file"],
+    ids=["until", "position", "export-from", "export-to-huge", "key-file"],
 )
 def test_usage_errors_exit_2_with_one_line(
     migrated: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str

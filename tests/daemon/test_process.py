@@ -312,6 +312,16 @@ def test_the_journal_keeps_the_checkpoints_verify_can_check(served: tuple[Any, i
     assert b"1 signed checkpoint(s) valid, 1 expected hash(es) found" in result.stdout
 
 
+def test_an_empty_log_gets_no_checkpoint(served: tuple[Any, int]) -> None:
+    """A daemon stopped before anything was recorded signs nothing: there is no head to vouch
+    for, and every `checkpoint.written` line must be one `verify --expect` can take."""
+    setup, port = served
+    setup.write_secret("checkpoint_key", "checkpoint-key-value")
+    with spawn(setup.env, setup.workdir, port) as child:
+        assert child.stop() == 0
+    assert not [e for e in child.log_events() if e.get("event") == "checkpoint.written"]
+
+
 def test_check_config_prints_the_effective_config_with_secrets_masked(
     served: tuple[Any, int],
 ) -> None:
