@@ -189,6 +189,7 @@ def verify_command(args: argparse.Namespace) -> int:
                         "checkpoints_checked": report.checkpoints_checked,
                         "checkpoint_key": key is not None,
                         "anchors_checked": len(anchors),
+                        "complete": report.complete,
                         "damage": [
                             {"position": d.position, "kind": d.kind, "detail": d.detail}
                             for d in report.damage
@@ -212,6 +213,11 @@ def verify_command(args: argparse.Namespace) -> int:
         else:
             for d in report.damage:
                 print(f"DAMAGE at position {d.position}: {d.kind}: {d.detail}")
+            if not report.complete:
+                print(
+                    f"verify stopped after {len(report.damage)} findings at position "
+                    f"{report.head_position}; later rows and checkpoints were not checked"
+                )
         return EXIT_OK if report.ok else EXIT_PROBLEM
 
     return run(main)

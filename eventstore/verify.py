@@ -55,6 +55,9 @@ class VerifyReport:
     head_hash: str
     checkpoints_checked: int
     damage: list[Damage] = field(default_factory=list)
+    # False when verify stopped at its cap of findings: rows after `head_position` (the last row
+    # read) were not checked, and neither were checkpoints past it.
+    complete: bool = True
 
     @property
     def first(self) -> Damage | None:
@@ -105,9 +108,11 @@ async def verify_log(
     last_pos, last_hash = 0, GENESIS
     cursor: float = float("-inf")  # rows below position 1 are read too: each one is an intruder
     cps_checked = 0
+    complete = False
     while len(damage) < _MAX_DAMAGE:
         rows = list(await conn.execute_fetchall(_ROWS, (cursor, batch)))
         if not rows:
+            complete = True
             break
         cursor = rows[-1][0]
         for pos, stream, version, type_, schema, data, meta, eid, rec_at, stored, prev in rows:
@@ -156,7 +161,8 @@ async def verify_log(
             checked += 1
         if progress is not None:
             progress(last_pos, max(max_pos, last_pos))
-    for pos, cps in checkpoints.items():
+    complete = complete or last_pos >= max_pos  # the cap may be reached on the last row
+    for pos, cps in checkpoints.items() if complete else ():
         if pos > last_pos:
             cps_checked += len(cps)
             cp_damage.append(
@@ -171,6 +177,7 @@ async def verify_log(
         head_hash=last_hash,
         checkpoints_checked=cps_checked,
         damage=damage,
+        complete=complete,
     )
 
 

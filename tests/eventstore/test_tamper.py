@@ -384,3 +384,34 @@ async def test_blob_hash_at_the_head(log: Path) -> None:
     report = await verify(log)
     assert [(d.position, d.kind) for d in report.damage] == [(N, "edited")]
     assert report.head_hash == rows(log)[-1][10].decode()
+
+
+async def test_a_capped_report_says_it_stopped_and_claims_nothing_past_it(tmp_path: Path) -> None:
+    """With more findings than verify lists, it stops and says so; it does not report the
+    unread rest of the log as truncated because a checkpoint covers it."""
+    path = tmp_path / "big.db"
+    async with await EventStore.open(path) as store:
+        for i in range(150):
+            await store.append([NewEvent(f"s{i % 3}", "T", b'{"n": %d}' % i)])
+        await store.checkpoint(KEY)
+    tamper(path, """UPDATE events SET data = '{"n": -1}' WHERE position BETWEEN 11 AND 130""")
+    conn = await connect_readonly(str(path), 5.0)
+    try:  # read in batches of 40 rows, as a long log is read in batches of 5,000
+        report = await verify_log(conn, KEY, batch=40)
+    finally:
+        await conn.close()
+    assert not report.ok
+    assert not report.complete
+    assert {d.kind for d in report.damage} == {"edited"}
+    assert report.damage[0].position == 11
+    assert report.head_position < 150
+
+
+async def test_a_report_under_the_cap_is_complete(log: Path) -> None:
+    """A few findings, or none, leave the report complete: every row and checkpoint was read."""
+    async with await EventStore.open(log, readonly=True) as store:
+        assert (await store.verify()).complete
+    tamper(log, """UPDATE events SET data = '{"n": -1}' WHERE position = 10""")
+    async with await EventStore.open(log, readonly=True) as store:
+        report = await store.verify()
+    assert (report.ok, report.complete) == (False, True)
