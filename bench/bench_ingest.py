@@ -228,6 +228,8 @@ async def serve_sqlite(workdir: Path, port_file: Path) -> None:
 
     def answer(batch: list[tuple[Any, asyncio.Future[None]]], error: BaseException | None) -> None:
         for _, future in batch:
+            if future.done():  # its request was cancelled (the client went away)
+                continue
             if error is None:
                 future.set_result(None)
             else:
