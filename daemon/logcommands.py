@@ -93,7 +93,13 @@ def run(main: Callable[[], Awaitable[int]]) -> int:
 
 def _use_config(args: argparse.Namespace) -> None:
     """Complete `args` from the effective configuration, read as `serve` reads it: the log's
-    path when `--database` is not given, and the directories that hold secret files."""
+    path when `--database` is not given, and the directories that hold secret files when
+    `verify` has no `--checkpoint-key-file`. A command told both reads no configuration, so a
+    stray setting in an auditor's environment cannot stop it."""
+    args.secret_dirs = []
+    wants_key = getattr(args, "checkpoint_key_file", False) is None
+    if args.database is not None and not wants_key:
+        return
     try:
         config = load_config(args.config, os.environ)
     except ConfigError as exc:

@@ -667,3 +667,21 @@ def test_verify_refuses_an_expected_position_past_any_log(
     err = capsys.readouterr().err
     assert "--expect: want POSITION:HASH" in err
     assert "event log failed" not in err
+
+
+def test_a_command_told_the_log_reads_no_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --database (and, for verify, --checkpoint-key-file) nothing else is needed: a
+    broken configuration in the environment does not stop an auditor's command."""
+    db, key = tmp_path / "copy.db", tmp_path / "key"
+    build_log(db, key=b"k")
+    key.write_bytes(b"k\n")
+    monkeypatch.setenv("STATICIPD_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("STATICIPD_LISTEN", "not an address")
+    monkeypatch.setenv("STATICIPD_NO_SUCH_KEY", "1")
+    assert main(["status", "--database", str(db)]) == 0
+    assert main(["verify", "--database", str(db), "--checkpoint-key-file", str(key)]) == 0
+    assert "1 signed checkpoint(s) valid" in capsys.readouterr().out
+    assert main(["verify", "--database", str(db)]) == 2  # the key's place is in that config
+    assert "configuration error" in capsys.readouterr().err
