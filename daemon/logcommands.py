@@ -30,7 +30,13 @@ from daemon.domain import APPLICATION_STREAM, STATES
 from daemon.live import SNAPSHOT_NAME
 from daemon.progress import Progress
 from daemon.projections import Projection
-from eventstore import DatabaseCorrupt, DatabaseMissing, EventStore, EventStoreError
+from eventstore import (
+    LAST_POSITION,
+    DatabaseCorrupt,
+    DatabaseMissing,
+    EventStore,
+    EventStoreError,
+)
 from eventstore.chain import GENESIS, format_time
 from eventstore.verify import Damage
 
@@ -125,13 +131,10 @@ def _checkpoint_key(args: argparse.Namespace) -> bytes | None:
         raise CommandError(f"cannot read the checkpoint key {path}: {reason}", EXIT_USAGE) from exc
 
 
-_LAST_POSITION = 2**63 - 1  # SQLite's largest integer
-
-
 def _at_least(value: int | None, least: int, option: str) -> None:
-    if value is not None and not least <= value <= _LAST_POSITION:
+    if value is not None and not least <= value <= LAST_POSITION:
         raise CommandError(
-            f"{option} must be from {least} to {_LAST_POSITION}, not {value}", EXIT_USAGE
+            f"{option} must be from {least} to {LAST_POSITION}, not {value}", EXIT_USAGE
         )
 
 
@@ -142,7 +145,7 @@ def _anchors(texts: list[str]) -> list[tuple[int, str]]:
     for text in texts:
         position, _, digest = text.partition(":")
         # SQLite positions are 64-bit: a larger one is a typo, not a log that failed to read.
-        in_range = position.isdigit() and 0 < int(position) <= _LAST_POSITION
+        in_range = position.isdigit() and 0 < int(position) <= LAST_POSITION
         if not (in_range and re.fullmatch("[0-9a-f]{64}", digest)):
             want = "POSITION:HASH (a position from 1 to 2**63 - 1, 64 hex digits)"
             raise CommandError(f"--expect: want {want}, not {text!r}", EXIT_USAGE)

@@ -13,6 +13,7 @@ from .errors import (
 )
 from .records import (
     ANY,
+    LAST_POSITION,
     NO_STREAM,
     AppendCall,
     AppendResult,
@@ -26,6 +27,7 @@ from .verify import Damage, VerifyReport
 __all__ = [
     "ANY",
     "GENESIS",
+    "LAST_POSITION",
     "NO_STREAM",
     "AppendCall",
     "AppendResult",

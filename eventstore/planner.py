@@ -20,6 +20,7 @@ from .records import ANY, AppendResult, NewEvent, RecordedEvent, new_event_id
 __all__ = [
     "BatchPlan",
     "PendingEvent",
+    "PlannedCall",
     "check_expectation",
     "plan_batch",
     "prepare_event",
@@ -98,8 +99,12 @@ def records_from_rows(rows: Sequence[Sequence[Any]]) -> list[RecordedEvent]:
     return out
 
 
+# What one append call asks for: its events, expected versions, and its `if_absent` guard ids.
+PlannedCall = tuple[Sequence[PendingEvent], int | Mapping[str, int], tuple[str, ...]]
+
+
 def plan_batch(
-    calls: Sequence[tuple[Sequence[PendingEvent], int | Mapping[str, int], tuple[str, ...]]],
+    calls: Sequence[PlannedCall],
     head_position: int,
     head_hash: str,
     versions: dict[str, int],

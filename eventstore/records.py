@@ -10,6 +10,7 @@ from datetime import datetime
 
 __all__ = [
     "ANY",
+    "LAST_POSITION",
     "NO_STREAM",
     "AppendCall",
     "AppendResult",
@@ -22,6 +23,8 @@ ANY = -1
 """Expected version: append whatever the stream's current version is."""
 NO_STREAM = 0
 """Expected version: the stream must not exist yet (its last version is 0)."""
+LAST_POSITION = 2**63 - 1
+"""SQLite's largest integer: no log position can be larger."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from .errors import (
     translate,
 )
 from .planner import check_expectation, prepare_event, record_from_row, records_from_rows
-from .records import ANY, AppendCall, AppendResult, NewEvent, RecordedEvent
+from .records import ANY, LAST_POSITION, AppendCall, AppendResult, NewEvent, RecordedEvent
 from .schema import EVENT_COLUMNS, migrate
 from .verify import VerifyReport, verify_log
 from .writer import Writer, chunks, marks
@@ -44,7 +44,6 @@ __all__ = ["EventStore", "ReadOnlyStore", "SignedCheckpoint"]
 
 _SELECT = "SELECT " + EVENT_COLUMNS + " FROM events WHERE "  # noqa: S608 — constant columns
 _READ_ALL = _SELECT + "position BETWEEN ? AND ? ORDER BY position LIMIT ?"
-_LAST_POSITION = 2**63 - 1  # SQLite's largest integer: read_all without an upper bound
 _READ_STREAM = _SELECT + "stream = ? AND version >= ? ORDER BY version LIMIT ?"
 _GET_EVENT = _SELECT + "event_id = ?"
 _SYNC_MODES = ("NORMAL", "FULL", "EXTRA")
@@ -263,12 +262,15 @@ class EventStore:
         written), WriterBusy when the queue stays full longer than `enqueue_timeout`,
         StorageUnavailable/DatabaseCorrupt on storage failures, InvalidEvent for malformed input.
         """
-        writer = self._require_writer("append")
-        check_expectation(expected)
-        pending = tuple(prepare_event(e) for e in events)
-        if not pending:
+        self._require_writer("append")
+        if not events:
+            check_expectation(expected)
             return AppendResult((), ())
-        return await writer.append(pending, expected, enqueue_timeout, _guards(if_absent))
+        call = AppendCall(events, expected, if_absent)
+        (outcome,) = await self.append_many([call], enqueue_timeout=enqueue_timeout)
+        if isinstance(outcome, EventStoreError):
+            raise outcome
+        return outcome
 
     async def append_many(
         self,
@@ -360,7 +362,7 @@ class EventStore:
     ) -> AsyncIterator[RecordedEvent]:
         """Yield events in position order from `from_position` to `to_position` (inclusive)."""
         start = max(from_position, 1)
-        last = _LAST_POSITION if to_position is None else to_position
+        last = LAST_POSITION if to_position is None else to_position
         # Fetch the next batch on the reader's thread while the caller handles this one.
         fetch = asyncio.ensure_future(self._fetch(_READ_ALL, (start, last, batch)))
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -17,7 +17,7 @@ import aiosqlite
 
 from .chain import format_time
 from .errors import EventStoreError, StoreClosed, WriterBusy, translate
-from .planner import PendingEvent, plan_batch, record_from_row
+from .planner import PlannedCall, plan_batch, record_from_row
 from .records import AppendResult, RecordedEvent
 from .schema import EVENT_COLUMNS
 
@@ -28,8 +28,6 @@ _CHUNK = 900  # bound parameters per IN list; SQLite builds before 3.32 allow 99
 # Planning (hashing) runs on the event loop: cap a batch's events so one batch never stalls it.
 _MAX_BATCH_EVENTS = 20_000
 _STOP = object()
-# What one append call asks for: its events, expected versions, and its `if_absent` guard ids.
-_Call = tuple[Sequence[PendingEvent], "int | Mapping[str, int]", tuple[str, ...]]
 # Only constant column lists and "?" marks are ever formatted into these statements.
 _VERSIONS_SQL = "SELECT stream, MAX(version) FROM events WHERE stream IN ({}) GROUP BY stream"
 _STORED_SQL = "SELECT " + EVENT_COLUMNS + " FROM events WHERE event_id IN ({})"  # noqa: S608
@@ -48,7 +46,9 @@ class _AppendCall:
     __slots__ = ("calls", "future")
 
     def __init__(
-        self, calls: Sequence[_Call], future: asyncio.Future[list[AppendResult | EventStoreError]]
+        self,
+        calls: Sequence[PlannedCall],
+        future: asyncio.Future[list[AppendResult | EventStoreError]],
     ) -> None:
         self.calls = calls
         self.future = future
@@ -102,20 +102,8 @@ class Writer:
         """Return the event that is set at the next commit (or at close); take it before reading."""
         return self._committed
 
-    async def append(
-        self,
-        events: Sequence[PendingEvent],
-        expected: int | Mapping[str, int],
-        enqueue_timeout: float | None,
-        guards: tuple[str, ...] = (),
-    ) -> AppendResult:
-        (outcome,) = await self.append_many([(events, expected, guards)], enqueue_timeout)
-        if isinstance(outcome, EventStoreError):
-            raise outcome
-        return outcome
-
     async def append_many(
-        self, calls: Sequence[_Call], enqueue_timeout: float | None
+        self, calls: Sequence[PlannedCall], enqueue_timeout: float | None
     ) -> list[AppendResult | EventStoreError]:
         fut: asyncio.Future[list[AppendResult | EventStoreError]]
         fut = asyncio.get_running_loop().create_future()
