@@ -152,6 +152,16 @@ async def serve_daemon(workdir: Path, port_file: Path, synchronous: str) -> None
     # The daemon handles SIGTERM itself: graceful stop, flush, snapshot.
 
 
+def _signature_ok(secret: bytes, body: bytes, given: str) -> str | None:
+    """What any receiver does first: the body's HMAC (hex) if it matches `given`, else None."""
+    digest = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return digest if hmac.compare_digest(digest, given) else None
+
+
+def _secret(workdir: Path) -> bytes:
+    return (workdir / "credentials" / "webhook_secret").read_text().strip().encode()
+
+
 async def serve_trivial(port_file: Path, secret: bytes | None = None) -> None:
     """The HTTP stack alone; with `secret`, also what any receiver must do: HMAC and JSON."""
     from aiohttp import web
@@ -159,9 +169,7 @@ async def serve_trivial(port_file: Path, secret: bytes | None = None) -> None:
     async def receive(request: web.Request) -> web.Response:
         body = await request.read()
         if secret is not None:
-            expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
-            given = request.headers.get("X-Nylas-Signature", "")
-            if not hmac.compare_digest(expected, given):
+            if not _signature_ok(secret, body, request.headers.get("X-Nylas-Signature", "")):
                 return web.json_response({"error": "bad signature"}, status=401)
             json.loads(body)
         return web.json_response({"recorded": 1, "duplicates": 0})
@@ -187,7 +195,7 @@ async def _serve_app(receive: Any, port_file: Path) -> None:
     await runner.cleanup()
 
 
-async def serve_sqlite(workdir: Path, port_file: Path) -> None:
+async def serve_sqlite(workdir: Path, port_file: Path, secret: bytes) -> None:
     """The floor of any durable receiver here: HMAC, JSON, one group-committed SQLite row.
 
     No event store: one table (digest, body) in WAL mode with synchronous=FULL, one thread that
@@ -202,7 +210,6 @@ async def serve_sqlite(workdir: Path, port_file: Path) -> None:
 
     from daemon.service import tune_gc
 
-    secret = (workdir / "credentials" / "webhook_secret").read_text().strip().encode()
     tune_gc()
     db = sqlite3.connect(workdir / "sqlite.db", isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
@@ -238,8 +245,8 @@ async def serve_sqlite(workdir: Path, port_file: Path) -> None:
 
     async def receive(request: web.Request) -> web.Response:
         body = await request.read()
-        digest = hmac.new(secret, body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(digest, request.headers.get("X-Nylas-Signature", "")):
+        digest = _signature_ok(secret, body, request.headers.get("X-Nylas-Signature", ""))
+        if digest is None:
             return web.json_response({"error": "bad signature"}, status=401)
         json.loads(body)
         future = loop.create_future()
@@ -254,7 +261,7 @@ async def serve_sqlite(workdir: Path, port_file: Path) -> None:
     db.close()
 
 
-async def serve_store(workdir: Path, port_file: Path) -> None:
+async def serve_store(workdir: Path, port_file: Path, secret: bytes) -> None:
     """The event store alone: HMAC, JSON, then one durable `EventStore.append` per request.
 
     No domain, engine or projection: each body is stored as one event keyed by its digest,
@@ -267,20 +274,18 @@ async def serve_store(workdir: Path, port_file: Path) -> None:
     from daemon.service import tune_gc
     from eventstore import EventStore, NewEvent
 
-    secret = (workdir / "credentials" / "webhook_secret").read_text().strip().encode()
     tune_gc()
     async with EventStore.open(workdir / "store.db", synchronous="FULL") as store:
 
         async def receive(request: web.Request) -> web.Response:
             body = await request.read()
-            digest = hmac.new(secret, body, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(digest, request.headers.get("X-Nylas-Signature", "")):
+            digest = _signature_ok(secret, body, request.headers.get("X-Nylas-Signature", ""))
+            if digest is None:
                 return web.json_response({"error": "bad signature"}, status=401)
             delta = json.loads(body)["deltas"][0]
             account = delta["object_data"]["id"]
-            key = hashlib.sha256(body).hexdigest()
-            event = NewEvent(f"account-{account}", "Received", body, event_id=key)
-            result = await store.append([event], if_absent=key)
+            event = NewEvent(f"account-{account}", "Received", body, event_id=digest)
+            result = await store.append([event], if_absent=digest)
             return web.json_response(
                 {"recorded": sum(result.created), "duplicates": int(result.skipped)}
             )
@@ -421,14 +426,13 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve_trivial(args.dir / "trivial.port"))
         return 0
     if args.serve == "hmac-json":
-        secret = (args.dir / "credentials" / "webhook_secret").read_text().strip().encode()
-        asyncio.run(serve_trivial(args.dir / "hmac-json.port", secret))
+        asyncio.run(serve_trivial(args.dir / "hmac-json.port", _secret(args.dir)))
         return 0
     if args.serve == "sqlite":
-        asyncio.run(serve_sqlite(args.dir, args.dir / "sqlite.port"))
+        asyncio.run(serve_sqlite(args.dir, args.dir / "sqlite.port", _secret(args.dir)))
         return 0
     if args.serve == "store":
-        asyncio.run(serve_store(args.dir, args.dir / "store.port"))
+        asyncio.run(serve_store(args.dir, args.dir / "store.port", _secret(args.dir)))
         return 0
     if args.serve:
         sync = args.serve.removeprefix("daemon-")
