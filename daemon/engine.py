@@ -132,8 +132,6 @@ class Engine:
         clock: Callable[[], datetime] = utc_now,
         enqueue_timeout: float | None = 5.0,
         on_appended: Callable[[str, int], None] | None = None,
-        max_pass: int = _MAX_PASS,
-        max_in_flight: int = _MAX_IN_FLIGHT,
     ) -> None:
         self.store = store
         self.live = live
@@ -141,8 +139,6 @@ class Engine:
         self._clock = clock
         self._enqueue_timeout = enqueue_timeout
         self._on_appended = on_appended
-        self._max_pass = max_pass
-        self._max_in_flight = max_in_flight
         self._inbox: deque[_Request] = deque()
         self._task: asyncio.Task[None] | None = None
         self._in_flight: deque[asyncio.Task[None]] = deque()
@@ -176,7 +172,7 @@ class Engine:
         batch: list[_Request] = []
         try:
             while self._inbox:
-                while len(self._in_flight) >= self._max_in_flight:
+                while len(self._in_flight) >= _MAX_IN_FLIGHT:
                     await asyncio.wait({self._in_flight[0]})
                 batch = self._take()
                 if not batch:
@@ -206,7 +202,7 @@ class Engine:
         ids: set[str] = set()
         streams: set[str] = set()
         scanned = 0
-        while self._inbox and len(batch) < self._max_pass and scanned < 4 * self._max_pass:
+        while self._inbox and len(batch) < _MAX_PASS and scanned < 4 * _MAX_PASS:
             request = self._inbox.popleft()
             scanned += 1
             if request.future.done():
@@ -280,8 +276,7 @@ class Engine:
                 else []
             )
             last = max(
-                (r.position for o in outcomes if isinstance(o, AppendResult) for r in o.records),
-                default=0,
+                (o.last_position for o in outcomes if isinstance(o, AppendResult)), default=0
             )
             await self.live.wait_for(last)  # at once: the writer hands each commit to it first
         except Exception as exc:
