@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from daemon.validation import validation_field
+
 __all__ = [
     "ENV_PREFIX",
     "SECRET_NAMES",
@@ -288,14 +290,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _explain(error: msgspec.ValidationError) -> str:
     """msgspec says "Object contains unknown field `x` - at `$.migration`"; say `migration.x`."""
-    text = str(error)
-    match = re.match(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", text, re.DOTALL)
-    assert match is not None
-    reason, path = match["reason"], (match["path"] or "").lstrip(".")
-    if named := re.match(r"^Object contains unknown field `(?P<n>[^`]+)`", reason):
-        key = f"{path}.{named['n']}" if path else named["n"]
+    field, reason = validation_field(error, prefix="")
+    key = field.lstrip(".")
+    if reason == "unknown field":
         return f"unknown key {key!r}"
-    return f"{path}: {reason}" if path else reason
+    return f"{key}: {reason}" if key else reason
 
 
 def load_config(path: Path | None, env: Mapping[str, str]) -> Config:

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import msgspec
 
 from daemon.domain import ProviderNotified
-from daemon.http.errors import validation_field
+from daemon.validation import validation_field
 
 __all__ = [
     "MalformedWebhook",

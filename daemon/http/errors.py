@@ -18,6 +18,8 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from daemon.validation import validation_field
+
 __all__ = [
     "REQUEST_ID_HEADER",
     "ApiError",
@@ -33,7 +35,6 @@ __all__ = [
     "read_limited_body",
     "request_id",
     "require_bearer",
-    "validation_field",
 ]
 
 log = structlog.get_logger(__name__)
@@ -159,22 +160,6 @@ def json_answer(
 _encode = msgspec.json.Encoder().encode
 
 
-def validation_field(error: msgspec.ValidationError, prefix: str = "$") -> tuple[str, str]:
-    """msgspec's "reason - at `$.path`" as (field, reason), the field under `prefix`.
-
-    A missing or unknown field is reported at its parent ("Object missing required field
-    `account_id`"), so its name is joined to the path: the client learns which one.
-    """
-    match = _ERROR_AT.match(str(error))
-    assert match is not None  # the pattern matches any string
-    reason = match["reason"]
-    path = match["path"] or "$"
-    if named := _FIELD_NAMED.match(reason):
-        path = f"{path}.{named['name']}"
-        reason = "missing required field" if "missing" in reason else "unknown field"
-    return prefix + path[1:], reason
-
-
 def decode_body(raw: bytes, decoder: msgspec.json.Decoder[T]) -> T:
     """A JSON body decoded into its type, or 400 naming the field (or saying it is not JSON)."""
     try:
@@ -184,10 +169,6 @@ def decode_body(raw: bytes, decoder: msgspec.json.Decoder[T]) -> T:
         raise ApiError(400, "invalid_body", reason, field=field) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
-
-
-_ERROR_AT = re.compile(r"^(?P<reason>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)
-_FIELD_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`")
 
 
 def request_id(request: web.Request) -> str:
