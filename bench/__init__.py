@@ -12,7 +12,7 @@ import secrets as pysecrets
 from collections.abc import Sequence
 from pathlib import Path
 
-from daemon import demo
+from daemon.cli import demo
 
 __all__ = ["daemon_env", "print_table", "rss_mib", "write_secrets"]
 

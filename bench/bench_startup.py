@@ -33,8 +33,8 @@ from daemon.domain import (
     TimerFiredInput,
     encode_event,
 )
-from daemon.domain.harness import Harness
-from daemon.live import SNAPSHOT_NAME
+from daemon.domain.testing import Harness
+from daemon.runtime.live import SNAPSHOT_NAME
 from daemon.service import Daemon
 from eventstore import EventStore, NewEvent
 
@@ -127,7 +127,11 @@ async def start_once(env: dict[str, str]) -> tuple[float, int, int, int]:
         tg.start_soon(daemon.run)
         await daemon.ready.wait()
         elapsed = time.perf_counter() - start
-        facts = (daemon.live.position, len(daemon.live.projection), len(daemon.timers))
+        facts = (
+            daemon.runtime.live.position,
+            len(daemon.runtime.live.projection),
+            len(daemon.runtime.timers),
+        )
         daemon.stopped.set()  # a clean stop writes a snapshot at the head
     return elapsed, *facts
 

@@ -20,7 +20,7 @@ import anyio
 import anyio.lowlevel
 
 from bench import print_table, rss_mib
-from daemon.timers import DueTimer, TimerDriver
+from daemon.runtime.timers import DueTimer, TimerDriver
 
 Timers = list[tuple[str, str, datetime]]
 

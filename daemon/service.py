@@ -25,7 +25,7 @@ import anyio
 import structlog
 from aiohttp import web
 
-from daemon import allowlist, logs, sdnotify
+from daemon import logs, sdnotify
 from daemon.config import Config, ConfigError, Secrets, load_config, load_secrets, render_effective
 from daemon.domain import (
     AccountState,
@@ -35,15 +35,17 @@ from daemon.domain import (
     MigrationSettings,
     TimerFiredInput,
 )
-from daemon.effects import EffectPerformer
-from daemon.engine import Engine
-from daemon.http.server import Runtime, build_app
-from daemon.live import SNAPSHOT_NAME, LiveProjection
+from daemon.http.context import Runtime
+from daemon.http.server import build_app
 from daemon.metrics import Metrics
-from daemon.outbox import Outbox, OutcomeReport, PendingEffect, RetryPolicy
-from daemon.pollers import IpListWatcher, Reconciler
-from daemon.provider import ProviderClient
-from daemon.timers import DueTimer, TimerDriver
+from daemon.provider import allowlist
+from daemon.provider.client import ProviderClient
+from daemon.runtime.effects import EffectPerformer
+from daemon.runtime.engine import Engine
+from daemon.runtime.live import SNAPSHOT_NAME, LiveProjection
+from daemon.runtime.outbox import Outbox, OutcomeReport, PendingEffect, RetryPolicy
+from daemon.runtime.pollers import IpListWatcher, Reconciler
+from daemon.runtime.timers import DueTimer, TimerDriver
 from eventstore import EventStore, EventStoreError
 
 log = structlog.get_logger(__name__)

@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from daemon.cli import build_parser
+from daemon.cli.main import build_parser
 from daemon.config import load_config
 
 README = (Path(__file__).parent.parent / "README.md").read_text()

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from daemon import logs
 from daemon.domain import AuthReported
+from daemon.http.context import RUNTIME, Runtime, describe_account, storage_guard
 from daemon.http.errors import (
     ApiError,
     bind_log_context,
@@ -26,8 +27,7 @@ from daemon.http.errors import (
     request_id,
     require_bearer,
 )
-from daemon.http.server import RUNTIME, Runtime, describe_account, storage_guard
-from daemon.webhooks import MalformedWebhook, parse_notifications, verify_signature
+from daemon.provider.webhooks import MalformedWebhook, parse_notifications, verify_signature
 from eventstore import new_event_id
 
 log = structlog.get_logger(__name__)

@@ -13,8 +13,6 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from daemon import allowlist
-from daemon.audit import timeline, timeline_as_json
 from daemon.domain import (
     STATES,
     EnableMigration,
@@ -24,6 +22,7 @@ from daemon.domain import (
     MarkResolved,
     ResetAccount,
 )
+from daemon.http.context import RUNTIME, Runtime, describe_account, storage_guard
 from daemon.http.errors import (
     ApiError,
     bind_log_context,
@@ -32,7 +31,8 @@ from daemon.http.errors import (
     request_id,
     require_bearer,
 )
-from daemon.http.server import RUNTIME, Runtime, describe_account, storage_guard
+from daemon.provider import allowlist
+from daemon.runtime.audit import timeline, timeline_as_json
 from eventstore import new_event_id
 
 log = structlog.get_logger(__name__)

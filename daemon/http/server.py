@@ -8,81 +8,17 @@ the projection caught up; `/metrics` is Prometheus text; `/` is a status page wi
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from daemon import __version__
-from daemon.config import Config, Secrets
-from daemon.domain import FLAGS, AccountState
-from daemon.engine import Engine
-from daemon.http.errors import ApiError, ServiceUnavailable, error_middleware
-from daemon.live import LiveProjection
-from daemon.metrics import Metrics
-from eventstore import EventStore, StorageUnavailable, StoreClosed, WriterBusy
-
-RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
-
-
-@dataclass
-class Runtime:
-    """What every route needs; `secrets` is replaced as a whole when SIGHUP reloads them."""
-
-    config: Config
-    store: EventStore
-    live: LiveProjection
-    engine: Engine
-    metrics: Metrics
-    secrets: Secrets
-    stopping: bool = False
-
-
-class _StorageGuard:
-    """Storage trouble becomes 503 with Retry-After: the sender retries and nothing is lost.
-
-    A plain (synchronous) context manager: it only translates what the awaits inside it raise,
-    and costs a fraction of a generator-based one on the ingest hot path.
-    """
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> None:
-        if isinstance(exc, WriterBusy):
-            raise ServiceUnavailable("the event log is busy; retry shortly", retry_after=2) from exc
-        if isinstance(exc, StoreClosed):
-            raise ServiceUnavailable(
-                "the daemon is stopping; retry shortly", retry_after=5
-            ) from exc
-        if isinstance(exc, StorageUnavailable):
-            raise ServiceUnavailable(
-                "the event log is unavailable; retry later", retry_after=10
-            ) from exc
-
-
-_GUARD = _StorageGuard()
-
-
-def storage_guard() -> _StorageGuard:
-    """`with storage_guard():` around appends and reads: storage trouble answers 503."""
-    return _GUARD
-
-
-def describe_account(state: AccountState | None, account_id: str) -> dict[str, Any]:
-    if state is None:
-        return {"account_id": account_id, "state": "unknown"}
-    # One encoder for every field, so every time reads the same way ("...Z").
-    doc = msgspec.to_builtins(state, order="deterministic")  # flags sorted too
-    doc["pending_effects"] = sorted(state.pending_effects)
-    doc["next_due"] = msgspec.to_builtins(state.next_due)
-    for key in ("closed_timers", "timer_purposes"):
-        doc.pop(key, None)
-    return doc
+from daemon.domain import FLAGS
+from daemon.http import ingest, operator
+from daemon.http.context import RUNTIME, Runtime
+from daemon.http.errors import ApiError, error_middleware
+from daemon.runtime.live import LiveProjection
 
 
 def flag_counts(live: LiveProjection) -> dict[str, int]:
@@ -166,8 +102,6 @@ th{{text-align:left;padding-right:1em;font-weight:500}}td{{padding:.2em .6em}}
 
 
 def build_app(runtime: Runtime) -> web.Application:
-    from daemon.http import ingest, operator  # routes modules import this one
-
     app = web.Application(
         middlewares=[error_middleware],
         client_max_size=runtime.config.http.max_body_bytes,
@@ -200,4 +134,4 @@ def build_app(runtime: Runtime) -> web.Application:
     return app
 
 
-__all__ = ["RUNTIME", "ApiError", "Runtime", "build_app", "describe_account", "storage_guard"]
+__all__ = ["ApiError", "build_app"]

@@ -27,8 +27,8 @@ import anyio
 import pytest
 
 from daemon.config import load_config, load_secrets
+from daemon.provider.standardwebhooks import generate_secret
 from daemon.service import Daemon
-from daemon.standardwebhooks import generate_secret
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 20.0

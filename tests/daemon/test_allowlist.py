@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from daemon.allowlist import AllowlistError, render
+from daemon.provider.allowlist import AllowlistError, render
 
 LISTS = {"static": ["34.67.39.103", "34.67.39.103", "2001:db8::/64"], "dynamic": ["10.0.0.0/8"]}
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from daemon import standardwebhooks
 from daemon.config import (
     Config,
     ConfigError,
@@ -18,6 +17,7 @@ from daemon.config import (
     load_secrets,
     render_effective,
 )
+from daemon.provider import standardwebhooks
 
 
 def write(path: Path, text: str) -> Path:

@@ -22,7 +22,8 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 from structlog.testing import LogCapture
 
-from daemon import logs, standardwebhooks
+from daemon import logs
+from daemon.provider import standardwebhooks
 from eventstore import StorageUnavailable, StoreClosed, WriterBusy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]

@@ -17,9 +17,9 @@ from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook
 
 from daemon.domain import ReauthRequested, SyncRestartRequested
-from daemon.effects import EffectPerformer, NotifyFailed
-from daemon.outbox import PendingEffect, PermanentEffectError
-from daemon.standardwebhooks import generate_secret
+from daemon.provider.standardwebhooks import generate_secret
+from daemon.runtime.effects import EffectPerformer, NotifyFailed
+from daemon.runtime.outbox import PendingEffect, PermanentEffectError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-import daemon.engine
+import daemon.runtime.engine
 from daemon.domain import AuthReported, EnableMigration, Enroll, MigrationSettings, ProviderNotified
-from daemon.engine import Engine
-from daemon.live import LiveProjection
+from daemon.runtime.engine import Engine
+from daemon.runtime.live import LiveProjection
 from eventstore import EventStore
 
 pytestmark = pytest.mark.anyio
@@ -38,7 +38,7 @@ class WritePath:
     def __init__(self, store: EventStore, live: LiveProjection, engine: Engine) -> None:
         self.store, self.live, self.engine = store, live, engine
 
-    async def submit(self, *inputs: ProviderNotified) -> list[daemon.engine.Decision]:
+    async def submit(self, *inputs: ProviderNotified) -> list[daemon.runtime.engine.Decision]:
         return await asyncio.wait_for(self.engine.submit(list(inputs), source="test"), 10)
 
     async def stream(self, account: str) -> list[str]:
@@ -87,14 +87,14 @@ async def test_the_same_input_twice_in_flight_is_recorded_once(path: WritePath) 
 async def test_a_failing_decision_fails_only_its_own_submit(
     path: WritePath, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_decide = daemon.engine.decide
+    real_decide = daemon.runtime.engine.decide
 
     def decide(state: Any, inp: Any, *args: Any) -> Any:
         if inp.input_id == "v2:acc-2:0":
             raise RuntimeError("a bug in one decision")
         return real_decide(state, inp, *args)
 
-    monkeypatch.setattr(daemon.engine, "decide", decide)
+    monkeypatch.setattr(daemon.runtime.engine, "decide", decide)
     results = await asyncio.gather(
         path.submit(running(0, "acc-1")),
         path.submit(running(0, "acc-2")),
@@ -141,7 +141,7 @@ async def test_an_input_waits_for_its_streams_events_in_flight_not_for_a_conflic
 ) -> None:
     """Passes overlap; an input about a stream with events still in flight is held until they
     commit, then decided on them: no conflict (one would fail at once here), nothing lost."""
-    monkeypatch.setattr(daemon.engine, "_CONFLICT_RETRIES", 1)
+    monkeypatch.setattr(daemon.runtime.engine, "_CONFLICT_RETRIES", 1)
     first = asyncio.ensure_future(path.submit(running(1)))
     while not path.engine._in_flight:  # the first pass is appended, not yet committed
         await asyncio.sleep(0)
@@ -219,7 +219,7 @@ async def test_no_account_decision_reads_application_state_that_was_not_committe
     """An enable and an auth queued together: the enable is dropped (a quarantined body took the
     application's next version first, and no retry is allowed here). The auth, decided after
     it, must not start a migration that was never enabled."""
-    monkeypatch.setattr(daemon.engine, "_CONFLICT_RETRIES", 1)
+    monkeypatch.setattr(daemon.runtime.engine, "_CONFLICT_RETRIES", 1)
     await path.submit(
         Enroll(input_id="enrol", occurred_at=T0, account_ids=("acc-1",), wave="w1", actor="op")
     )
@@ -239,7 +239,7 @@ async def test_no_account_decision_reads_application_state_that_was_not_committe
         AuthReported(input_id="auth", account_id="acc-1", occurred_at=T0 + timedelta(seconds=5))
     )
     results = await asyncio.gather(enable, auth, return_exceptions=True)
-    assert isinstance(results[0], daemon.engine.WrongExpectedVersion)
+    assert isinstance(results[0], daemon.runtime.engine.WrongExpectedVersion)
     assert not path.live.projection.application.migration_enabled
     assert path.live.projection.account("acc-1").state == "dynamic"
 

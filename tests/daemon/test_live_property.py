@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_case
 from hypothesis import strategies as st
 
-from daemon.audit import replay
 from daemon.domain import STATES, Input, decode_event
-from daemon.engine import Engine
-from daemon.live import SNAPSHOT_NAME, LiveProjection
-from daemon.projections import Projection
+from daemon.runtime.audit import replay
+from daemon.runtime.engine import Engine
+from daemon.runtime.live import SNAPSHOT_NAME, LiveProjection
+from daemon.runtime.projections import Projection
 from eventstore import EventStore
 from tests.domain.test_properties import SETTINGS, Run, step
 

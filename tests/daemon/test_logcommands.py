@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from daemon.cli import main
+from daemon.cli.main import main
 from daemon.domain import (
     AuthReported,
     EnableMigration,
@@ -23,9 +23,9 @@ from daemon.domain import (
     TimerFiredInput,
     encode_event,
 )
-from daemon.domain.harness import Harness
-from daemon.live import SNAPSHOT_NAME
-from daemon.projections import Projection
+from daemon.domain.testing import Harness
+from daemon.runtime.live import SNAPSHOT_NAME
+from daemon.runtime.projections import Projection
 from eventstore import EventStore, NewEvent
 from eventstore.chain import canonical_row, row_hash
 

@@ -8,7 +8,13 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import pytest
 
-from daemon.outbox import Outbox, OutcomeReport, PendingEffect, PermanentEffectError, RetryPolicy
+from daemon.runtime.outbox import (
+    Outbox,
+    OutcomeReport,
+    PendingEffect,
+    PermanentEffectError,
+    RetryPolicy,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -18,10 +18,10 @@ import aiohttp
 import pytest
 
 from daemon.domain import AccountObserved, AccountState, Input
-from daemon.pollers import IpListWatcher, Reconciler
-from daemon.projections import Projection
-from daemon.provider import ProviderClient
-from daemon.sandbox import Account, SandboxProvider, SandboxSettings
+from daemon.provider.client import ProviderClient
+from daemon.provider.sandbox import Account, SandboxProvider, SandboxSettings
+from daemon.runtime.pollers import IpListWatcher, Reconciler
+from daemon.runtime.projections import Projection
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 

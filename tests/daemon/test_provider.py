@@ -1,4 +1,4 @@
-"""The provider management-API client against a tiny scripted aiohttp server (daemon.provider)."""
+"""The provider management-API client against a tiny scripted aiohttp server."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
-from daemon.provider import (
+from daemon.provider.client import (
     AuthRejected,
     NotFound,
     ProviderAccount,

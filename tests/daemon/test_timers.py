@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import pytest
 
-from daemon.timers import DueTimer, TimerDriver
+from daemon.runtime.timers import DueTimer, TimerDriver
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-"""Webhook signature verification and v2/v3 body parsing (daemon.webhooks)."""
+"""Webhook signature verification and v2/v3 body parsing (daemon.provider.webhooks)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.webhooks import MalformedWebhook, parse_notifications, verify_signature
+from daemon.provider.webhooks import MalformedWebhook, parse_notifications, verify_signature
 
 SECRET = b"client-secret-1"
 OLD_SECRET = b"client-secret-0"

@@ -23,7 +23,7 @@ from daemon.domain import (
     ResetAccount,
     TimerFiredInput,
 )
-from daemon.domain.harness import Harness
+from daemon.domain.testing import Harness
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 SETTINGS = MigrationSettings(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-from daemon.audit import render_timeline, replay, timeline, timeline_as_json, transitions
 from daemon.domain import encode_event
+from daemon.runtime.audit import render_timeline, replay, timeline, timeline_as_json, transitions
 from eventstore import RecordedEvent
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.domain import AccountsEnrolled, TimerCancelled, TimerScheduled
-from daemon.projections import Projection
+from daemon.runtime.projections import Projection
 
 
 def build(flow) -> Projection:

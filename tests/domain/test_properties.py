@@ -29,8 +29,8 @@ from daemon.domain import (
     evolve_account,
     evolve_application,
 )
-from daemon.domain.harness import Harness
-from daemon.projections import Projection
+from daemon.domain.testing import Harness
+from daemon.runtime.projections import Projection
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 SETTINGS = MigrationSettings(

@@ -21,11 +21,11 @@ import msgspec
 import pytest
 from anyio.abc import TaskGroup
 
-from daemon import audit
-from daemon.audit import TimelineEntry
-from daemon.demo import DONE_STATES, REMINDERS, SandboxWorld
-from daemon.sandbox import SandboxProvider
-from daemon.sandbox.users import SimulatedUsers
+from daemon.cli.demo import DONE_STATES, REMINDERS, SandboxWorld
+from daemon.provider.sandbox import SandboxProvider
+from daemon.provider.sandbox.users import SimulatedUsers
+from daemon.runtime import audit
+from daemon.runtime.audit import TimelineEntry
 from daemon.service import Daemon
 from eventstore import EventStore, RecordedEvent
 
@@ -313,7 +313,7 @@ async def finish(run: Migration, timeout: float) -> Outcome:
         report = await store.verify()
     assert report.ok, report.damage[:3]
     assert report.events_checked == len(records)
-    live = daemon.live.projection
+    live = daemon.runtime.live.projection
     assert live.position == records[-1].position
     assert audit.replay(records) == live, "replaying the log differs from the live projection"
     outcome = Outcome(records, states, set(run.users.silent), dict(run.policies))

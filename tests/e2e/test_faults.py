@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import anyio
 import pytest
 
-from daemon import audit
-from daemon.audit import TimelineEntry
-from daemon.sandbox import BreakKind
+from daemon.provider.sandbox import BreakKind
+from daemon.runtime import audit
+from daemon.runtime.audit import TimelineEntry
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(60)]
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import anyio
 import pytest
 
-from daemon import audit
+from daemon.runtime import audit
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(60)]
 

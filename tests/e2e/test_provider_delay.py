@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import anyio
 import pytest
 
-from daemon.demo import DELAY
+from daemon.cli.demo import DELAY
 from daemon.domain import AccountState
-from daemon.pollers import _informative
+from daemon.runtime.pollers import _informative
 
 # 1.5 times the daemon's delay: every restart at the due time, and most quick answers, are early.
 PROVIDER_DELAY = 1.5 * DELAY

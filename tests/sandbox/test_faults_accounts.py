@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from daemon.sandbox import SandboxProvider, SandboxSettings
+from daemon.provider.sandbox import SandboxProvider, SandboxSettings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 

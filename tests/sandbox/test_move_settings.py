@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from daemon.sandbox import Account, SandboxProvider, SandboxSettings
+from daemon.provider.sandbox import Account, SandboxProvider, SandboxSettings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 

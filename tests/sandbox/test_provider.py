@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from daemon.sandbox import SandboxProvider, SandboxSettings
+from daemon.provider.sandbox import SandboxProvider, SandboxSettings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 

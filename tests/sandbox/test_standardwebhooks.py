@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from daemon.standardwebhooks import (
+from daemon.provider.standardwebhooks import (
     WebhookVerificationError,
     generate_secret,
     sign,

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from daemon.sandbox import SandboxProvider, SandboxSettings, SimulatedUsers, UsersSettings
-from daemon.standardwebhooks import generate_secret, sign
+from daemon.provider.sandbox import SandboxProvider, SandboxSettings, SimulatedUsers, UsersSettings
+from daemon.provider.standardwebhooks import generate_secret, sign
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 

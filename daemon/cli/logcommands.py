@@ -23,13 +23,13 @@ from typing import NotRequired, TypedDict
 
 import anyio
 
-from daemon import allowlist
-from daemon.audit import render_timeline, timeline, timeline_as_json
+from daemon.cli.progress import Progress
 from daemon.config import ConfigError, load_config, secret_dirs
 from daemon.domain import APPLICATION_STREAM, STATES
-from daemon.live import SNAPSHOT_NAME
-from daemon.progress import Progress
-from daemon.projections import Projection
+from daemon.provider import allowlist
+from daemon.runtime.audit import render_timeline, timeline, timeline_as_json
+from daemon.runtime.live import SNAPSHOT_NAME
+from daemon.runtime.projections import Projection
 from eventstore import (
     LAST_POSITION,
     DatabaseCorrupt,

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from daemon.standardwebhooks import WebhookVerificationError, verify
+from daemon.provider.standardwebhooks import WebhookVerificationError, verify
 
 from ._tasks import BackgroundTasks
 

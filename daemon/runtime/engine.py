@@ -39,7 +39,7 @@ from daemon.domain import (
     stream_for,
     stream_of,
 )
-from daemon.live import LiveProjection
+from daemon.runtime.live import LiveProjection
 from eventstore import (
     AppendCall,
     AppendResult,

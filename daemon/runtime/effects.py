@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from daemon import standardwebhooks
 from daemon.clock import utc_now
 from daemon.domain import (
     AccountObserved,
@@ -27,8 +26,9 @@ from daemon.domain import (
     ReauthRequested,
     SyncRestartRequested,
 )
-from daemon.outbox import PendingEffect, PermanentEffectError
-from daemon.provider import AuthRejected, NotFound, ProviderClient, retry_after_seconds
+from daemon.provider import standardwebhooks
+from daemon.provider.client import AuthRejected, NotFound, ProviderClient, retry_after_seconds
+from daemon.runtime.outbox import PendingEffect, PermanentEffectError
 
 REAUTH_MESSAGE = "staticipd.reauth_requested"
 

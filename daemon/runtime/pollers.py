@@ -26,8 +26,8 @@ from daemon.domain import (
     IpListObserved,
     sync_state_meaning,
 )
-from daemon.projections import Projection
-from daemon.provider import ProviderClient, ProviderError, RateLimited
+from daemon.provider.client import ProviderClient, ProviderError, RateLimited
+from daemon.runtime.projections import Projection
 
 log = structlog.get_logger(__name__)
 

@@ -26,7 +26,7 @@ from daemon.domain import (
     decode_event,
     evolve_account,
 )
-from daemon.projections import Projection
+from daemon.runtime.projections import Projection
 
 
 class Record(Protocol):

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=("notify", "restart", "mixed"), default="mixed")
     p.add_argument("--seed", type=int, default=7, help="seed of the simulation (default 7)")
     p.add_argument("--port", type=int, default=0, help="daemon port (default: a free one)")
-    p.set_defaults(handler=_run("daemon.demo", "demo_command"))
+    p.set_defaults(handler=_run("daemon.cli.demo", "demo_command"))
 
     p = sub.add_parser("replay", help="rebuild every projection from the log and print the funnel")
     _log(p)
@@ -105,13 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     until.add_argument(
         "--position", type=int, metavar="N", help="stop at this log position (0 or more)"
     )
-    p.set_defaults(handler=_run("daemon.logcommands", "replay_command"))
+    p.set_defaults(handler=_run("daemon.cli.logcommands", "replay_command"))
 
     p = sub.add_parser("audit", help="an account's full timeline: inputs, decisions, effects")
     p.add_argument("account_id", metavar="ACCOUNT_ID")
     _log(p)
     _json(p)
-    p.set_defaults(handler=_run("daemon.logcommands", "audit_command"))
+    p.set_defaults(handler=_run("daemon.cli.logcommands", "audit_command"))
 
     p = sub.add_parser("verify", help="check the hash chain and the signed checkpoints")
     _log(p)
@@ -133,24 +133,24 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint.written log line): the row at POS must still have HASH; repeatable, no key "
         "needed",
     )
-    p.set_defaults(handler=_run("daemon.logcommands", "verify_command"))
+    p.set_defaults(handler=_run("daemon.cli.logcommands", "verify_command"))
 
     p = sub.add_parser("status", help="the funnel per state, accounts due next, stalled accounts")
     _log(p)
     _json(p)
-    p.set_defaults(handler=_run("daemon.logcommands", "status_command"))
+    p.set_defaults(handler=_run("daemon.cli.logcommands", "status_command"))
 
     p = sub.add_parser("export", help="the log as JSON lines, each with its hash")
     _log(p)
     p.add_argument("--from", dest="from_position", type=int, default=1, metavar="POS")
     p.add_argument("--to", dest="to_position", type=int, default=None, metavar="POS")
     p.add_argument("--format", choices=("jsonl",), default="jsonl")
-    p.set_defaults(handler=_run("daemon.logcommands", "export_command"))
+    p.set_defaults(handler=_run("daemon.cli.logcommands", "export_command"))
 
     p = sub.add_parser("allowlist", help="the provider's IP lists as a firewall allowlist")
     _log(p)
     p.add_argument("--format", choices=("plain", "json", "nftables", "iptables"), default="plain")
-    p.set_defaults(handler=_run("daemon.logcommands", "allowlist_command"))
+    p.set_defaults(handler=_run("daemon.cli.logcommands", "allowlist_command"))
     return parser
 
 

@@ -17,7 +17,7 @@ import anyio
 import structlog
 
 from daemon.domain import AccountState
-from daemon.projections import Projection
+from daemon.runtime.projections import Projection
 from eventstore import EventStore, RecordedEvent
 
 log = structlog.get_logger(__name__)
