@@ -25,7 +25,7 @@ import anyio
 import structlog
 from aiohttp import web
 
-from daemon import logs, sdnotify
+from daemon import exitcodes, logs, sdnotify
 from daemon.config import Config, ConfigError, Secrets, load_config, load_secrets, render_effective
 from daemon.domain import (
     AccountState,
@@ -50,7 +50,6 @@ from eventstore import EventStore, EventStoreError
 
 log = structlog.get_logger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SNAPSHOT_EVERY_EVENTS = 10_000
 SNAPSHOT_EVERY_SECONDS = 300.0
 CHECKPOINT_EVERY_SECONDS = 600.0
@@ -428,7 +427,7 @@ def serve_command(args: argparse.Namespace) -> int:
         config, secrets, reload = load(args)
     except ConfigError as exc:
         print(f"staticipd: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.USAGE
     logs.configure_logging(config.logging.level, config.logging.format)
     logs.register_secrets(secrets.values())
     for warning in secrets.warnings:
@@ -437,21 +436,21 @@ def serve_command(args: argparse.Namespace) -> int:
     if uvloop and importlib.util.find_spec("uvloop") is None:
         print("staticipd: http.event_loop = uvloop, but uvloop is not installed "
               "(pip install 'staticipd[fast]')", file=sys.stderr)  # fmt: skip
-        return EXIT_USAGE
+        return exitcodes.USAGE
     daemon = Daemon(config, secrets, reload=reload)
     tune_gc()
     try:
         anyio.run(daemon.run, backend_options={"use_uvloop": uvloop})
     except EventStoreError as exc:
         log.error("daemon.storage_failed", error=str(exc))
-        return EXIT_FAILED
+        return exitcodes.PROBLEM
     except OSError as exc:  # e.g. the listen address is taken
         log.error("daemon.start_failed", error=str(exc))
-        return EXIT_FAILED
+        return exitcodes.PROBLEM
     except BaseExceptionGroup as group:
         log.error("daemon.failed", errors=[repr(e) for e in group.exceptions])
-        return EXIT_FAILED
-    return EXIT_OK
+        return exitcodes.PROBLEM
+    return exitcodes.OK
 
 
 def check_config_command(args: argparse.Namespace) -> int:
@@ -459,9 +458,9 @@ def check_config_command(args: argparse.Namespace) -> int:
         config, secrets, _ = load(args)
     except ConfigError as exc:
         print(f"staticipd: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.USAGE
     print(render_effective(config, secrets))
-    return EXIT_OK
+    return exitcodes.OK
 
 
 __all__ = ["Daemon", "check_config_command", "migration_settings", "serve_command", "tune_gc"]

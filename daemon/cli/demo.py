@@ -23,7 +23,7 @@ import aiohttp
 import anyio
 import structlog
 
-from daemon import logs
+from daemon import exitcodes, logs
 from daemon.config import load_config, load_secrets
 from daemon.provider.sandbox import SandboxProvider, SandboxSettings
 from daemon.provider.sandbox.users import SimulatedUsers, UsersSettings
@@ -283,7 +283,7 @@ async def _watch(
 def demo_command(args: argparse.Namespace) -> int:
     if args.accounts < 1 or args.time_scale <= 0:
         print("staticipd: --accounts must be >= 1 and --time-scale > 0", file=sys.stderr)
-        return 2
+        return exitcodes.USAGE
     logs.configure_logging("warning", "console")
     opts = DemoOptions(
         accounts=args.accounts,
@@ -297,7 +297,7 @@ def demo_command(args: argparse.Namespace) -> int:
         result = anyio.run(run_demo, opts)
     except KeyboardInterrupt:
         print("\nstaticipd demo: interrupted", file=sys.stderr)
-        return 130
+        return exitcodes.INTERRUPTED
     db = result.database
     # The way the user ran us (`.venv/bin/staticipd` from `make demo`) works for the next commands.
     prog = sys.argv[0] if Path(sys.argv[0]).name == "staticipd" else "staticipd"
@@ -312,8 +312,8 @@ def demo_command(args: argparse.Namespace) -> int:
     print(f"  {prog} status --database {db}")
     if result.interrupted:
         print("staticipd demo: interrupted; the log so far is kept", file=sys.stderr)
-        return 130
+        return exitcodes.INTERRUPTED
     if not result.finished:
         print("staticipd demo: not every account finished in time", file=sys.stderr)
-        return 1
-    return 0
+        return exitcodes.PROBLEM
+    return exitcodes.OK

@@ -23,6 +23,7 @@ from typing import NotRequired, TypedDict
 
 import anyio
 
+from daemon import exitcodes
 from daemon.cli.progress import Progress
 from daemon.config import ConfigError, load_config, secret_dirs
 from daemon.domain import APPLICATION_STREAM, STATES
@@ -39,8 +40,6 @@ from eventstore import (
 )
 from eventstore.chain import GENESIS, format_time
 from eventstore.verify import Damage
-
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 
 class CommandError(Exception):
@@ -59,13 +58,14 @@ async def open_log(path: Path) -> AsyncIterator[EventStore]:
         store = await EventStore.open(path, readonly=True)
     except DatabaseMissing as exc:
         raise CommandError(
-            f"no event log at {path} (set --database, --config or STATICIPD_DATABASE)", EXIT_USAGE
+            f"no event log at {path} (set --database, --config or STATICIPD_DATABASE)",
+            exitcodes.USAGE,
         ) from exc
     except DatabaseCorrupt as exc:
         text = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-        raise CommandError(text, EXIT_PROBLEM) from exc
+        raise CommandError(text, exitcodes.PROBLEM) from exc
     except EventStoreError as exc:
-        raise CommandError(f"cannot open {path}: {exc}", EXIT_PROBLEM) from exc
+        raise CommandError(f"cannot open {path}: {exc}", exitcodes.PROBLEM) from exc
     try:
         yield store
     finally:
@@ -85,10 +85,10 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
             print(f"staticipd: {exc}", file=sys.stderr)
             return exc.status
         except BrokenPipeError:  # `staticipd export | head` is fine
-            return EXIT_OK
+            return exitcodes.OK
         except EventStoreError as exc:
             print(f"staticipd: the event log failed: {exc}", file=sys.stderr)
-            return EXIT_PROBLEM
+            return exitcodes.PROBLEM
 
     return wrapper
 
@@ -109,7 +109,7 @@ def _use_config(args: argparse.Namespace) -> None:
     try:
         config = load_config(args.config, os.environ)
     except ConfigError as exc:
-        raise CommandError(f"configuration error: {exc}", EXIT_USAGE) from exc
+        raise CommandError(f"configuration error: {exc}", exitcodes.USAGE) from exc
     if args.database is None:
         args.database = config.database.path
     args.secret_dirs = secret_dirs(config, os.environ)
@@ -128,13 +128,15 @@ def _checkpoint_key(args: argparse.Namespace) -> bytes | None:
         return Path(path).read_bytes().rstrip(b"\r\n")
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise CommandError(f"cannot read the checkpoint key {path}: {reason}", EXIT_USAGE) from exc
+        raise CommandError(
+            f"cannot read the checkpoint key {path}: {reason}", exitcodes.USAGE
+        ) from exc
 
 
 def _at_least(value: int | None, least: int, option: str) -> None:
     if value is not None and not least <= value <= LAST_POSITION:
         raise CommandError(
-            f"{option} must be from {least} to {LAST_POSITION}, not {value}", EXIT_USAGE
+            f"{option} must be from {least} to {LAST_POSITION}, not {value}", exitcodes.USAGE
         )
 
 
@@ -148,7 +150,7 @@ def _anchors(texts: list[str]) -> list[tuple[int, str]]:
         in_range = position.isdigit() and 0 < int(position) <= LAST_POSITION
         if not (in_range and re.fullmatch("[0-9a-f]{64}", digest)):
             want = "POSITION:HASH (a position from 1 to 2**63 - 1, 64 hex digits)"
-            raise CommandError(f"--expect: want {want}, not {text!r}", EXIT_USAGE)
+            raise CommandError(f"--expect: want {want}, not {text!r}", exitcodes.USAGE)
         anchors.append((int(position), digest))
     return sorted(anchors)
 
@@ -227,7 +229,7 @@ def verify_command(args: argparse.Namespace) -> int:
                     f"verify stopped after {len(report.damage)} findings at position "
                     f"{report.head_position}; later rows and checkpoints were not checked"
                 )
-        return EXIT_OK if report.ok else EXIT_PROBLEM
+        return exitcodes.OK if report.ok else exitcodes.PROBLEM
 
     return run(main)
 
@@ -262,7 +264,7 @@ def export_command(args: argparse.Namespace) -> int:
                 }
                 out.write(json.dumps(line, separators=(",", ":")) + "\n")
                 prev = rec.hash
-        return EXIT_OK
+        return exitcodes.OK
 
     return run(main)
 
@@ -303,7 +305,7 @@ def _parse_time(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise CommandError(f"--until: not an ISO 8601 time: {text!r}", EXIT_USAGE) from exc
+        raise CommandError(f"--until: not an ISO 8601 time: {text!r}", exitcodes.USAGE) from exc
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
@@ -352,7 +354,7 @@ def replay_command(args: argparse.Namespace) -> int:
                     print(f"  {divergence['error']}")
                 for account_id in divergence["differing_accounts"][:20]:
                     print(f"  differs: {account_id}")
-        return EXIT_OK if divergence is None or divergence["matches"] else EXIT_PROBLEM
+        return exitcodes.OK if divergence is None or divergence["matches"] else exitcodes.PROBLEM
 
     return run(main)
 
@@ -398,14 +400,14 @@ def audit_command(args: argparse.Namespace) -> int:
         # An enrolled account with no events of its own yet still has a timeline: its enrolment.
         entries = timeline(sorted([*own, *enrolments], key=lambda r: r.position), account_id)
         if not entries:
-            raise CommandError(f"no account {account_id!r} in the log", EXIT_PROBLEM)
+            raise CommandError(f"no account {account_id!r} in the log", exitcodes.PROBLEM)
         if args.json:
             print(json.dumps({"account_id": account_id, "timeline": timeline_as_json(entries)},
                              indent=2, default=str))  # fmt: skip
         else:
             print(f"account {account_id}: {len(entries)} events")
             print(render_timeline(entries))
-        return EXIT_OK
+        return exitcodes.OK
 
     return run(main)
 
@@ -429,7 +431,7 @@ def status_command(args: argparse.Namespace) -> int:
         }
         if args.json:
             print(json.dumps(doc, indent=2))
-            return EXIT_OK
+            return exitcodes.OK
         enabled = "enabled" if projection.application.migration_enabled else "not enabled"
         print(f"migration {enabled}; log position {projection.position}")
         for state, n in funnel.items():
@@ -440,7 +442,7 @@ def status_command(args: argparse.Namespace) -> int:
         print(f"stalled: {len(stalled)}")
         for account_id in stalled[:50]:
             print(f"  {account_id}")
-        return EXIT_OK
+        return exitcodes.OK
 
     return run(main)
 
@@ -453,13 +455,13 @@ def allowlist_command(args: argparse.Namespace) -> int:
             async for rec in store.read_stream(APPLICATION_STREAM):
                 projection.apply_record(rec)
         if not projection.application.ip_lists:
-            raise CommandError("no IP list has been observed in this log yet", EXIT_PROBLEM)
+            raise CommandError("no IP list has been observed in this log yet", exitcodes.PROBLEM)
         try:
             sys.stdout.write(
                 allowlist.render_observed(projection.application.ip_lists, args.format)
             )
         except allowlist.AllowlistError as exc:
-            raise CommandError(str(exc), EXIT_PROBLEM) from exc
-        return EXIT_OK
+            raise CommandError(str(exc), exitcodes.PROBLEM) from exc
+        return exitcodes.OK
 
     return run(main)

@@ -1,6 +1,6 @@
 """The `staticipd` command line: one subcommand per operator task.
 
-Exit status: 0 fine, 1 the check or operation found a problem, 2 usage or configuration error.
+Exit statuses are named, with their meaning, in `daemon.exitcodes`.
 The log commands take `--database PATH`, else use the log the configuration names (`--config`,
 default `$STATICIPD_CONFIG`; then `STATICIPD_DATABASE`; then `staticipd.db` in systemd's
 `$STATE_DIRECTORY` or the current directory), as `serve` does. Only `serve` and `demo` write to
@@ -15,9 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from daemon import __version__
-
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+from daemon import __version__, exitcodes
 
 
 def _log(p: argparse.ArgumentParser) -> None:
@@ -159,8 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.USAGE
     try:
         return args.handler(args)
     except KeyboardInterrupt:
-        return 130
+        return exitcodes.INTERRUPTED
