@@ -37,7 +37,7 @@ from daemon.domain import (
 )
 from daemon.http.context import Runtime
 from daemon.http.server import build_app
-from daemon.metrics import Metrics
+from daemon.metrics import EFFECTS, EVENTS_APPENDED, TIMERS_FIRED, Metrics
 from daemon.provider import allowlist
 from daemon.provider.client import ProviderClient
 from daemon.runtime.effects import EffectPerformer
@@ -95,7 +95,7 @@ class Daemon:
         engine = Engine(
             store, live, migration_settings(config),
             on_appended=lambda src, new: self.metrics.inc(
-                "staticipd_events_appended_total", new, source=src
+                EVENTS_APPENDED, new, source=src
             ),
         )  # fmt: skip
         self.engine, self.live, self.store = engine, live, store
@@ -275,7 +275,7 @@ class Daemon:
             ],
             source="timer",
         )  # fmt: skip
-        self.metrics.inc("staticipd_timers_fired_total")
+        self.metrics.inc(TIMERS_FIRED)
 
     async def _record_outcome(self, report: OutcomeReport) -> None:
         effect = report.effect
@@ -290,7 +290,7 @@ class Daemon:
             ],
             source="outbox",
         )  # fmt: skip
-        self.metrics.inc("staticipd_effects_total", outcome=report.outcome)
+        self.metrics.inc(EFFECTS, outcome=report.outcome)
 
     async def _snapshots(self, store: EventStore, live: LiveProjection) -> None:
         """A snapshot every 10,000 events or 5 minutes, whichever comes first (when anything

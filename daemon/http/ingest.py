@@ -15,7 +15,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from daemon import logs
+from daemon import logs, metrics
 from daemon.domain import AuthReported
 from daemon.http.context import RUNTIME, Runtime, describe_account, storage_guard
 from daemon.http.errors import (
@@ -68,7 +68,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     if not verify_signature(
         body, request.headers.get("X-Nylas-Signature"), rt.secrets.webhook_secrets
     ):
-        rt.metrics.inc("staticipd_webhooks_total", result="bad_signature")
+        rt.metrics.inc(metrics.WEBHOOKS, result="bad_signature")
         raise ApiError(401, "bad_signature", "missing or wrong X-Nylas-Signature")
     try:
         inputs = parse_notifications(body)
@@ -77,7 +77,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
             new = await rt.engine.quarantine(
                 body, source="webhook", field=exc.field, reason=exc.reason
             )
-        rt.metrics.inc("staticipd_webhooks_total", result="malformed")
+        rt.metrics.inc(metrics.WEBHOOKS, result="malformed")
         log.warning("webhook.quarantined", field=exc.field, reason=exc.reason, new=new)
         raise ApiError(400, "malformed_body", exc.reason, field=exc.field) from None
     if inputs:
@@ -95,9 +95,9 @@ async def receive_webhook(request: web.Request) -> web.Response:
         )
     duplicates = sum(d.duplicate for d in decisions)
     recorded = len(decisions) - duplicates
-    rt.metrics.inc("staticipd_webhooks_total", result="accepted")
-    rt.metrics.inc("staticipd_webhook_deltas_total", recorded, result="recorded")
-    rt.metrics.inc("staticipd_webhook_deltas_total", duplicates, result="duplicate")
+    rt.metrics.inc(metrics.WEBHOOKS, result="accepted")
+    rt.metrics.inc(metrics.WEBHOOK_DELTAS, recorded, result="recorded")
+    rt.metrics.inc(metrics.WEBHOOK_DELTAS, duplicates, result="duplicate")
     if logs.enabled("debug"):
         log.debug("webhook.accepted", recorded=recorded, duplicates=duplicates)
     return json_answer({"recorded": recorded, "duplicates": duplicates})
@@ -125,9 +125,7 @@ async def receive_auth_event(request: web.Request) -> web.Response:
         )
     if decision.duplicate and event.event_id:
         await _refuse_reused_event_id(rt, input_id, event.account_id)
-    rt.metrics.inc(
-        "staticipd_auth_events_total", result="duplicate" if decision.duplicate else "recorded"
-    )
+    rt.metrics.inc(metrics.AUTH_EVENTS, result="duplicate" if decision.duplicate else "recorded")
     if logs.enabled("debug"):
         log.debug("auth_event.accepted", duplicate=decision.duplicate)
     account = rt.live.projection.account(event.account_id)
@@ -151,7 +149,7 @@ async def _refuse_reused_event_id(rt: Runtime, input_id: str, account_id: str) -
     except (msgspec.DecodeError, msgspec.ValidationError):
         return
     if recorded is not None and recorded != account_id:
-        rt.metrics.inc("staticipd_auth_events_total", result="event_id_conflict")
+        rt.metrics.inc(metrics.AUTH_EVENTS, result="event_id_conflict")
         raise ApiError(
             409,
             "event_id_conflict",

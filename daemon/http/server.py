@@ -18,6 +18,7 @@ from daemon.domain import FLAGS
 from daemon.http import ingest, operator
 from daemon.http.context import RUNTIME, Runtime
 from daemon.http.errors import ApiError, error_middleware
+from daemon.metrics import ACCOUNTS, ACCOUNTS_FLAGGED, LOG_POSITION
 from daemon.runtime.live import LiveProjection
 
 
@@ -110,27 +111,15 @@ def build_app(runtime: Runtime) -> web.Application:
     app.add_routes(routes)
     app.add_routes(ingest.routes)
     app.add_routes(operator.routes)
-    for name, text in (
-        ("staticipd_webhooks_total", "Webhook deliveries by result."),
-        ("staticipd_webhook_deltas_total", "Webhook deltas recorded or recognised as duplicates."),
-        ("staticipd_auth_events_total", "Auth events from the application by result."),
-        ("staticipd_events_appended_total", "Events appended to the log, by source."),
-        ("staticipd_timers_fired_total", "Durable timers fired."),
-        ("staticipd_effects_total", "Effect attempts by outcome."),
-    ):
-        runtime.metrics.counter(name, text)
-    runtime.metrics.gauge(
-        "staticipd_accounts", "Accounts per migration state.",
+    runtime.metrics.read(
+        ACCOUNTS,
         lambda: [({"state": s}, n) for s, n in runtime.live.projection.funnel().items()],
-    )  # fmt: skip
-    runtime.metrics.gauge(
-        "staticipd_accounts_flagged", "Accounts per flag (invalid, sync_error, ...).",
+    )
+    runtime.metrics.read(
+        ACCOUNTS_FLAGGED,
         lambda: [({"flag": f}, n) for f, n in flag_counts(runtime.live).items()],
-    )  # fmt: skip
-    runtime.metrics.gauge(
-        "staticipd_log_position", "Last log position applied to the projection.",
-        lambda: [({}, runtime.live.position)],
-    )  # fmt: skip
+    )
+    runtime.metrics.read(LOG_POSITION, lambda: [({}, runtime.live.position)])
     return app
 
 
