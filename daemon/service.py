@@ -43,7 +43,7 @@ from daemon.provider.client import ProviderClient
 from daemon.runtime.effects import EffectPerformer
 from daemon.runtime.engine import Engine
 from daemon.runtime.live import SNAPSHOT_NAME, LiveProjection
-from daemon.runtime.outbox import Outbox, OutcomeReport, PendingEffect, RetryPolicy
+from daemon.runtime.outbox import Outbox, OutboxItem, OutcomeReport, RetryPolicy
 from daemon.runtime.pollers import IpListWatcher, Reconciler
 from daemon.runtime.timers import DueTimer, TimerDriver
 from eventstore import EventStore, EventStoreError
@@ -358,11 +358,11 @@ class Daemon:
 def _feed(live: LiveProjection, timers: TimerDriver, outbox: Outbox) -> None:
     """Seed the timer heap and the outbox from the projection, then keep them in step with it."""
 
-    def effects_of(account_id: str, state: AccountState | None) -> list[PendingEffect]:
+    def effects_of(account_id: str, state: AccountState | None) -> list[OutboxItem]:
         if state is None:
             return []
         return [
-            PendingEffect(key, account_id, p.effect, p.attempts, p.next_attempt_at)
+            OutboxItem(key, account_id, p.effect, p.attempts, p.next_attempt_at)
             for key, p in state.pending_effects.items()
         ]
 

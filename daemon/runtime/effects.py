@@ -28,7 +28,7 @@ from daemon.domain import (
 )
 from daemon.provider import standardwebhooks
 from daemon.provider.client import AuthRejected, NotFound, ProviderClient, retry_after_seconds
-from daemon.runtime.outbox import PendingEffect, PermanentEffectError
+from daemon.runtime.outbox import OutboxItem, PermanentEffectError
 
 REAUTH_MESSAGE = "staticipd.reauth_requested"
 
@@ -67,7 +67,7 @@ class EffectPerformer:
         self._timeout = aiohttp.ClientTimeout(total=notify_timeout)
         self._clock = clock
 
-    async def __call__(self, pending: PendingEffect) -> str:
+    async def __call__(self, pending: OutboxItem) -> str:
         effect = pending.effect
         match effect:
             case ReauthRequested():

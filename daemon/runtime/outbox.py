@@ -32,7 +32,10 @@ class PermanentEffectError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class PendingEffect:
+class OutboxItem:
+    """One effect in the outbox's queue: what to perform, how often it was tried, and not before
+    when; built from the projection's pending effects, which stay the record."""
+
     key: str
     account_id: str
     effect: Any  # the domain's effect event, handed back to `perform` untouched
@@ -42,7 +45,7 @@ class PendingEffect:
 
 @dataclass(frozen=True, slots=True)
 class OutcomeReport:
-    effect: PendingEffect
+    effect: OutboxItem
     outcome: Outcome
     attempt: int
     detail: str
@@ -50,7 +53,7 @@ class OutcomeReport:
     next_attempt_at: datetime | None
 
 
-Perform = Callable[[PendingEffect], Awaitable[str]]
+Perform = Callable[[OutboxItem], Awaitable[str]]
 Record = Callable[[OutcomeReport], Awaitable[None]]
 
 
@@ -86,7 +89,7 @@ class Outbox:
         self._rng = rng or random.Random()
         self._clock = clock
         self._limiter = anyio.CapacityLimiter(concurrency)
-        self._pending: dict[str, PendingEffect] = {}
+        self._pending: dict[str, OutboxItem] = {}
         self._by_account: dict[str, set[str]] = {}
         self._in_flight: set[str] = set()
         self._heap: list[tuple[datetime, int, str]] = []
@@ -96,7 +99,7 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def sync_account(self, account_id: str, effects: Iterable[PendingEffect]) -> None:
+    def sync_account(self, account_id: str, effects: Iterable[OutboxItem]) -> None:
         """Make the account's pending effects exactly `effects` (as the projection now has them)."""
         wanted = {e.key: e for e in effects}
         for key in list(self._by_account.get(account_id, ())):
@@ -125,7 +128,7 @@ class Outbox:
                 self._in_flight.add(effect.key)
                 tg.start_soon(self._attempt, effect)
 
-    def _next_ready(self) -> PendingEffect | None:
+    def _next_ready(self) -> OutboxItem | None:
         now = self._clock()
         while self._heap:
             ready, _, key = self._heap[0]
@@ -147,7 +150,7 @@ class Outbox:
         with anyio.move_on_after(min(delay, 60.0)):
             await self._wake.wait()
 
-    async def _attempt(self, effect: PendingEffect) -> None:
+    async def _attempt(self, effect: OutboxItem) -> None:
         attempt = effect.attempts + 1
         try:
             try:

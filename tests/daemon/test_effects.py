@@ -19,7 +19,7 @@ from standardwebhooks.webhooks import Webhook
 from daemon.domain import ReauthRequested, SyncRestartRequested
 from daemon.provider.standardwebhooks import generate_secret
 from daemon.runtime.effects import EffectPerformer, NotifyFailed
-from daemon.runtime.outbox import PendingEffect, PermanentEffectError
+from daemon.runtime.outbox import OutboxItem, PermanentEffectError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 
@@ -62,12 +62,12 @@ def performer(session: aiohttp.ClientSession, url: str, **overrides: Any) -> Eff
     return EffectPerformer(session, **{**options, **overrides})
 
 
-def reauth(key: str = "acc-1:reauth:1:0") -> PendingEffect:
+def reauth(key: str = "acc-1:reauth:1:0") -> OutboxItem:
     effect = ReauthRequested(
         occurred_at=T0, account_id="acc-1", idempotency_key=key, stage="second_step",
         due_at=T0, reminder=0, email="u@example.com",
     )  # fmt: skip
-    return PendingEffect(key, "acc-1", effect)
+    return OutboxItem(key, "acc-1", effect)
 
 
 async def test_an_accepted_message_is_signed_for_the_application_with_the_effects_key(app) -> None:
@@ -114,4 +114,4 @@ async def test_a_restart_without_the_provider_api_gives_up(app) -> None:
         occurred_at=T0, account_id="acc-1", idempotency_key="k", due_at=T0, reminder=0, reason="r"
     )
     with pytest.raises(PermanentEffectError, match="provider API is not configured"):
-        await performer(session, url)(PendingEffect("k", "acc-1", effect))
+        await performer(session, url)(OutboxItem("k", "acc-1", effect))

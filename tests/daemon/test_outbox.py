@@ -10,8 +10,8 @@ import pytest
 
 from daemon.runtime.outbox import (
     Outbox,
+    OutboxItem,
     OutcomeReport,
-    PendingEffect,
     PermanentEffectError,
     RetryPolicy,
 )
@@ -28,7 +28,7 @@ class Harness:
         self.reports: list[OutcomeReport] = []
         self.outbox = Outbox(self.perform, self.record, rng=random.Random(1), **outbox_kwargs)
 
-    async def perform(self, effect: PendingEffect) -> str:
+    async def perform(self, effect: OutboxItem) -> str:
         self.calls.append((effect.key, effect.attempts + 1))
         if self.fail_times.get(effect.key, 0) > effect.attempts:
             if effect.key.startswith("perm"):
@@ -42,7 +42,7 @@ class Harness:
         remaining = []
         if report.outcome == "failed_retrying":
             remaining = [
-                PendingEffect(e.key, e.account_id, e.effect, report.attempt, report.next_attempt_at)
+                OutboxItem(e.key, e.account_id, e.effect, report.attempt, report.next_attempt_at)
             ]
         self.outbox.sync_account(e.account_id, remaining)
 
@@ -61,7 +61,7 @@ FAST = {"policy": RetryPolicy(max_attempts=3, backoff_base=0.001, backoff_max=0.
 async def test_effect_succeeds_once() -> None:
     """A pending effect is performed once and its success recorded."""
     h = Harness(FAST, {})
-    h.outbox.sync_account("a", [PendingEffect("k1", "a", object())])
+    h.outbox.sync_account("a", [OutboxItem("k1", "a", object())])
     await h.run_until(1)
     assert h.calls == [("k1", 1)]
     assert [r.outcome for r in h.reports] == ["succeeded"]
@@ -70,7 +70,7 @@ async def test_effect_succeeds_once() -> None:
 async def test_failures_retry_then_succeed_with_same_key() -> None:
     """A failing effect is retried with the same idempotency key until it succeeds."""
     h = Harness(FAST, {"k": 2})
-    h.outbox.sync_account("a", [PendingEffect("k", "a", None)])
+    h.outbox.sync_account("a", [OutboxItem("k", "a", None)])
     await h.run_until(3)
     assert h.calls == [("k", 1), ("k", 2), ("k", 3)]
     assert [r.outcome for r in h.reports] == ["failed_retrying", "failed_retrying", "succeeded"]
@@ -80,8 +80,8 @@ async def test_failures_retry_then_succeed_with_same_key() -> None:
 async def test_gives_up_after_max_attempts_or_permanent_error() -> None:
     """After the maximum attempts, or on a permanent refusal, the effect is given up."""
     h = Harness(FAST, {"k": 99, "perm": 99})
-    h.outbox.sync_account("a", [PendingEffect("k", "a", None)])
-    h.outbox.sync_account("b", [PendingEffect("perm", "b", None)])
+    h.outbox.sync_account("a", [OutboxItem("k", "a", None)])
+    h.outbox.sync_account("b", [OutboxItem("perm", "b", None)])
     await h.run_until(4)
     outcomes = {(r.effect.key, r.attempt): r.outcome for r in h.reports}
     assert outcomes == {
@@ -96,8 +96,8 @@ async def test_resumed_effect_waits_for_its_next_attempt_time() -> None:
     """An effect resumed after a restart keeps its attempt count and is not tried early."""
     now = datetime.now(UTC)
     h = Harness(FAST, {})
-    h.outbox.sync_account("a", [PendingEffect("later", "a", None, 2, now + timedelta(hours=1))])
-    h.outbox.sync_account("b", [PendingEffect("now", "b", None, 1, now - timedelta(seconds=1))])
+    h.outbox.sync_account("a", [OutboxItem("later", "a", None, 2, now + timedelta(hours=1))])
+    h.outbox.sync_account("b", [OutboxItem("now", "b", None, 1, now - timedelta(seconds=1))])
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(h.outbox.run)
@@ -113,7 +113,7 @@ async def test_concurrency_is_bounded() -> None:
     running = peak = 0
     done: list[str] = []
 
-    async def perform(effect: PendingEffect) -> str:
+    async def perform(effect: OutboxItem) -> str:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
@@ -127,7 +127,7 @@ async def test_concurrency_is_bounded() -> None:
 
     outbox = Outbox(perform, record, concurrency=3)
     for i in range(12):
-        outbox.sync_account(f"a{i}", [PendingEffect(f"k{i}", f"a{i}", None)])
+        outbox.sync_account(f"a{i}", [OutboxItem(f"k{i}", f"a{i}", None)])
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(outbox.run)
