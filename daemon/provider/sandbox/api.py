@@ -23,15 +23,43 @@ import binascii
 import math
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from .provider import SandboxProvider
+from .accounts import Account, AccountBook
+from .settings import BreakKind, SandboxSettings
+from .webhooks import Destination, WebhookSender
+
+
+class Sandbox(Protocol):
+    """What the routes need of the emulated provider: its state and its operations.
+
+    `SandboxProvider` is the one implementation; typing the routes against this rather than the
+    class keeps the dependency one way (the provider serves these routes, they never import it).
+    """
+
+    settings: SandboxSettings
+    book: AccountBook
+    sender: WebhookSender
+
+    def api_fault(self) -> str | None: ...
+    def refuses(self, call: str, account: Account) -> bool: ...
+    def ip_rate_check(self) -> float | None: ...
+    def ip_list(self, environment: str) -> tuple[list[str], int]: ...
+    def create_accounts(self, count: int = 0, emails: list[str] | None = None) -> list[Account]: ...
+    def authenticate(self, account_id: str) -> str: ...
+    def break_account(self, account_id: str, kind: BreakKind = "invalid") -> None: ...
+    def downgrade(self, account_id: str) -> None: ...
+    def upgrade(self, account_id: str) -> None: ...
+    def delete(self, account_id: str) -> None: ...
+    def enable_static_ips(self, enabled: bool = True) -> None: ...
+    async def register_webhook(self, url: str, version: int | None = None) -> Destination: ...
+    def stats(self) -> dict[str, Any]: ...
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PROVIDER_KEY: web.AppKey[SandboxProvider] = web.AppKey("sandbox_provider")
+PROVIDER_KEY: web.AppKey[Sandbox] = web.AppKey("sandbox_provider")
 
 
 def error(
@@ -40,7 +68,7 @@ def error(
     return web.json_response({"message": message, "type": kind}, status=status, headers=headers)
 
 
-def _provider(request: web.Request) -> SandboxProvider:
+def _provider(request: web.Request) -> Sandbox:
     return request.app[PROVIDER_KEY]
 
 
@@ -277,7 +305,7 @@ async def control_stats(request: web.Request) -> web.Response:
     return web.json_response(_provider(request).stats())
 
 
-def build_app(sandbox: SandboxProvider) -> web.Application:
+def build_app(sandbox: Sandbox) -> web.Application:
     """The aiohttp application serving ``sandbox``."""
     app = web.Application(middlewares=[provider_guard])
     app[PROVIDER_KEY] = sandbox
