@@ -199,14 +199,6 @@ async def test_close_writes_queued_appends(tmp_path: Path) -> None:
     assert sorted(r.records[0].position for r in results) == list(range(1, 21))
 
 
-def test_eventstore_does_not_import_daemon() -> None:
-    """The event store package never imports the daemon (layering)."""
-    for py in Path(__file__).parents[2].joinpath("eventstore").glob("*.py"):
-        text = py.read_text()
-        assert "import daemon" not in text
-        assert "from daemon" not in text
-
-
 async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
     """Opening records schema version 1 once; reopening applies nothing again."""
     path = tmp_path / "log.db"
