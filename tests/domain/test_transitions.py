@@ -1,4 +1,4 @@
-"""One test per migration transition and per edge case of issue 4."""
+"""One test per migration transition and per edge case the README lists."""
 
 from __future__ import annotations
 

@@ -143,7 +143,7 @@ async def test_break_over_http_and_bad_kind() -> None:
 
 
 async def test_stopped_account_refusal_is_a_setting() -> None:
-    """Modifying a stopped account succeeds by default and gets the facts' error when set."""
+    """Modifying a stopped account succeeds by default and gets the provider's refusal when set."""
     async with SandboxProvider(fast()) as sandbox, aiohttp.ClientSession() as http:
         stopped, running = sandbox.create_accounts(2)
         sandbox.authenticate(stopped.id)

@@ -1,4 +1,4 @@
-"""The sandbox settings for what the provider facts leave open about the move: an early second
+"""The sandbox settings for what the provider leaves open about the move: an early second
 step (`early_second_auth`), the webhooks after the move (`connected_on_move`) and after a
 downgrade (`stopped_on_downgrade`). Each is driven as the daemon would, over the management API
 where it has a route."""
