@@ -1,4 +1,4 @@
-"""Benchmarks for the performance budget in DESIGN.md: run all with `python -m bench`.
+"""Benchmarks for the performance budget (bench/README.md): run all with `python -m bench`.
 
 Each module is also runnable alone (`python -m bench.bench_ingest --help`). This package holds
 the few helpers they share: the secret files and `STATICIPD_*` settings of a benchmark daemon,

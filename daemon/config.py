@@ -49,7 +49,8 @@ _ENV_NOT_SETTINGS = frozenset({"STATICIPD_CONFIG"})
 _ENV_ALIASES = {"DATABASE": ("database", "path")}
 
 # The provider's IP-address endpoint allows about 10 calls an hour per application
-# (provider-facts §4), and every list polled is one call: this is the floor for one list.
+# (docs/provider.md#the-ip-address-endpoints), and every list polled is one call: this is the
+# floor for one list.
 MIN_IP_LIST_INTERVAL = 360
 
 _Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -92,7 +93,7 @@ class ProviderConfig(_Section, frozen=True):
     sandbox: bool = False
     timeout_seconds: _Positive = 10.0
     # The provider does not document where an application's static IP list lives
-    # (provider-facts §4, open question 3); empty means "not configured, don't poll it".
+    # (docs/provider.md#the-ip-address-endpoints); empty means "not configured, don't poll it".
     static_ip_path: str = ""
 
     def __post_init__(self) -> None:

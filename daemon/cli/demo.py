@@ -72,7 +72,8 @@ class DemoResult:
 def write_secrets(directory: Path, client_secret: str) -> dict[str, str]:
     """Fresh secrets for a daemon talking to the sandbox, as files (mode 600) in `directory`."""
     values = {
-        # v2 webhooks are signed with the application's client secret (docs/provider.md),
+        # v2 webhooks are signed with the application's client secret
+        # (docs/provider.md#webhook-signatures),
         # which is also the management API key.
         "webhook_secret": client_secret,
         "provider_api_key": client_secret,

@@ -19,7 +19,10 @@ from ._builder import Builder as _Builder
 PROVIDER_TIME_RESOLUTION = timedelta(seconds=1)
 
 BROKEN = ("invalid", "sync_error")
-"""Flags only the user's re-authentication can repair (facts §2.1): a restart cannot."""
+"""Flags only the user's re-authentication can repair: a restart cannot.
+
+See docs/provider.md#the-trigger-table.
+"""
 
 
 def broken(b: _Builder) -> list[str]:

@@ -117,7 +117,8 @@ def _on_auth(
     )
     if classification == "excluded":
         return
-    # Both flags ask for a re-auth (facts §2.1): the user's auth is that re-auth.
+    # Both flags ask for a re-auth (docs/provider.md#the-trigger-table): the user's auth is that
+    # re-auth.
     for flag in BROKEN:
         b.flag(flag, "the user authenticated again", on=False)
     if "deleted" in b.state.flags:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-REAUTH_CODE = 25027  # grant.updated code for a re-authentication (provider-facts §2.2)
+# grant.updated code for a re-authentication (docs/provider.md#webhook-bodies-v3)
+REAUTH_CODE = 25027
 
 
 def _grant_updated(details: Mapping[str, Any]) -> str:

@@ -123,7 +123,8 @@ def retry_after_seconds(headers: Any, now: float) -> float | None:
         except ValueError:
             return None
         # The v2 SDK reads it as an int without saying whether it is a delay or an epoch
-        # instant (provider-facts §5): a value past 2001-09-09 can only be an instant.
+        # instant (docs/provider.md#the-management-api): a value past 2001-09-09 can only be an
+        # instant.
         return max(0.0, reset - now) if reset > 1e9 else max(0.0, reset)
     return None
 
@@ -150,11 +151,13 @@ class ProviderClient:
         clock: Callable[[], float] = time.time,
     ) -> None:
         if api_version != 2:
-            # v3 has no accounts, sync jobs, downgrade or upgrade (provider-facts §3.2).
+            # v3 has no accounts, sync jobs, downgrade or upgrade
+            # (docs/provider.md#the-management-api).
             raise ValueError("the management client speaks the provider's v2 API only")
         self._base = base_url.rstrip("/")
         self._client_id = client_id
-        # HTTP Basic with the secret as user and an empty password (provider-facts §3.1).
+        # HTTP Basic with the secret as user and an empty password
+        # (docs/provider.md#the-management-api).
         token = base64.b64encode(f"{api_key}:".encode()).decode("ascii")
         self._headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
         self._session = session
@@ -248,7 +251,8 @@ class ProviderClient:
         status, body = await self._request("POST", self._path(f"/accounts/{account_id}/{action}"))
         if status == 404:
             raise NotFound(f"account {account_id} not found", status=404)
-        # The provider's SDKs disagree: `{"success": true}` or the account object (§3.1).
+        # The provider's SDKs disagree: `{"success": true}` or the account object
+        # (docs/provider.md#the-management-api).
         try:
             raw = msgspec.json.decode(body) if body.strip() else {"success": True}
         except msgspec.DecodeError:

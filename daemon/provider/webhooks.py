@@ -61,7 +61,8 @@ class MalformedWebhook(ValueError):
         self.reason = reason
 
 
-# --- wire shapes (provider-facts §2); unknown keys are ignored, the provider adds fields ---
+# --- wire shapes (docs/provider.md#webhook-bodies-v2, docs/provider.md#webhook-bodies-v3);
+# unknown keys are ignored, the provider adds fields ---
 
 _UnixSeconds = Annotated[int, msgspec.Meta(ge=0, le=253402300799)]  # up to 9999-12-31
 _NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]

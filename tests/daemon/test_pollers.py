@@ -230,14 +230,15 @@ def _gone(sandbox: SandboxProvider, account: Account) -> None:
 
 
 def _billing_deleted(sandbox: SandboxProvider, account: Account) -> None:
-    # The provider's `billing_state` may say `deleted` while the account is still listed (here a
-    # parked, stopped one); the sandbox itself deletes outright, so the test sets the field.
+    # `billing_state` may say `deleted` while the account is still listed (here a parked, stopped
+    # one: docs/provider.md#the-trigger-table); the sandbox itself deletes outright, so the test
+    # sets the field.
     _stopped(sandbox, account)
     account.billing_state = "deleted"
 
 
 def _unrecognised(sandbox: SandboxProvider, account: Account) -> None:
-    account.sync_state = "initializing"  # the provider's set of sync states is open
+    account.sync_state = "initializing"  # the set is open: docs/provider.md#the-trigger-table
 
 
 PROVIDER_SIDE = {

@@ -1,10 +1,11 @@
 """The provider's account book and static-IP state machine, pure: methods take ``now`` and return
 the webhook triggers to send, so the HTTP shell and the tests decide about time.
 
-States (provider facts §0, §7): an account is in ``env`` ``legacy`` (ordinary dynamic-IP sync),
-``staging`` (first auth done, parked stopped on a dynamic-environment server) or ``static``.
-Independently it may be ``broken`` (facts §2.1: ``invalid`` credentials or a ``sync_error``, both
-asking for a re-auth): its ``sync_state`` says so until the end user authenticates again.
+States (docs/provider.md#the-static-ip-move): an account is in ``env`` ``legacy`` (ordinary
+dynamic-IP sync), ``staging`` (first auth done, parked stopped on a dynamic-environment server) or
+``static``. Independently it may be ``broken`` (``invalid`` credentials or a ``sync_error``, both
+asking for a re-auth: docs/provider.md#the-trigger-table): its ``sync_state`` says so until the
+end user authenticates again.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from .settings import BreakKind, SandboxSettings
 
 PROVIDERS = ("gmail", "eas", "ews", "imap", "office365")
 _ID_ALPHABET = string.digits + string.ascii_lowercase
-# What a broken account's management object says (facts §3.1: `invalid` verified; the sync-error
-# spelling is unverified, and the set of values is open) and which webhook announces it.
+# What a broken account's management object says (`invalid` verified; the sync-error spelling
+# is unverified, and the set of values is open: docs/provider.md#the-trigger-table) and which
+# webhook announces it.
 BROKEN_SYNC_STATES: dict[str, str] = {"invalid": "invalid", "sync_error": "sync-error"}
 BROKEN_TRIGGERS: dict[str, str] = {"invalid": "account.invalid", "sync_error": "account.sync_error"}
 
@@ -44,7 +46,7 @@ class Account:
     broken: BreakKind | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """The management-API object (§3.1)."""
+        """The management-API object (docs/provider.md#the-management-api)."""
         return {
             "id": self.id,
             "account_id": self.id,
@@ -115,7 +117,8 @@ class AccountBook:
         acct = self.accounts[account_id]
         acct.auth_count += 1
         acct.last_auth_at = now
-        # Fresh credentials repair a broken account (§2.1: both meanings ask for a re-auth).
+        # Fresh credentials repair a broken account (both meanings ask for a re-auth:
+        # docs/provider.md#the-trigger-table).
         was_broken, acct.broken = acct.broken, None
         if acct.env == "staging":
             assert acct.first_auth_at is not None
@@ -144,8 +147,9 @@ class AccountBook:
         """A second step at ``at`` of a staged account: the user's auth or the admin's stop/start.
 
         ``moved`` once ``move_delay`` has passed since the first auth; an earlier step is
-        answered per ``early_second_auth`` (facts §7: undocumented): ``early_ignored``,
-        ``moved``, or ``early_restarted`` (the delay counts again from ``at``).
+        answered per ``early_second_auth`` (undocumented:
+        docs/provider.md#what-is-verified-and-what-is-assumed): ``early_ignored``, ``moved``, or
+        ``early_restarted`` (the delay counts again from ``at``).
         """
         assert acct.first_auth_at is not None
         early = at - acct.first_auth_at < self.settings.scaled(self.settings.move_delay)

@@ -7,7 +7,8 @@ Provider routes (Basic auth, client secret as user, empty password; errors ``{"m
 The static list's real endpoint is undocumented; the sandbox serves it at
 ``GET /a/{client_id}/ip_addresses?environment=static``, sharing the endpoint's 10/hour budget.
 With ``stopped_account_refuses`` set, PUT/downgrade/upgrade of an account whose sync is stopped
-answer the provider's "sync has been stopped" error (docs/provider.md; off by default).
+answer the provider's "sync has been stopped" error (off by default;
+docs/provider.md#what-is-verified-and-what-is-assumed).
 Control routes (no auth, loopback only): ``POST /sandbox/accounts`` ``{"count"|"emails"}``,
 ``POST /sandbox/accounts/{id}/auth``, ``POST /sandbox/accounts/{id}/break``
 ``{"kind": "invalid"|"sync_error"}``, ``POST /sandbox/static-ips`` ``{"enabled"}``,

@@ -38,7 +38,8 @@ class SandboxProvider:
             self.settings, random.Random(f"{self.settings.seed}:webhooks"), clock
         )
         # One budget for the endpoint, whichever list is asked for: the limit is 10 calls an
-        # hour per application (facts §4, §5), and the static list is served on the same path.
+        # hour per application (docs/provider.md#the-ip-address-endpoints), and the static list is
+        # served on the same path.
         self._ip_calls: deque[float] = deque()
         self._tasks = BackgroundTasks()
         self._runner: web.AppRunner | None = None
@@ -130,7 +131,10 @@ class SandboxProvider:
             self.break_account(account_id, kind)
 
     def refuses(self, call: str, account: Account) -> bool:
-        """Whether ``call`` on ``account`` meets the "sync has been stopped" refusal (§3.1)."""
+        """Whether ``call`` on ``account`` meets the "sync has been stopped" refusal.
+
+        See docs/provider.md#what-is-verified-and-what-is-assumed.
+        """
         return call in self.settings.stopped_account_refuses and account.sync_state == "stopped"
 
     def downgrade(self, account_id: str) -> None:

@@ -1,8 +1,9 @@
 """Settings of the sandbox provider: every duration in nominal seconds, plus one time scale.
 
-Defaults follow ``provider-facts.md``; where the facts say "unverified" the behaviour is a setting
-and the default is the safe reading. ``scaled()`` turns a nominal duration into real seconds, so a
-demo with ``time_scale=0.005`` sees the 30-minute move delay pass in 9 seconds.
+Defaults follow docs/provider.md; where the provider's documentation is silent the behaviour is a
+setting and the default is the safe reading (docs/provider.md#what-is-verified-and-what-is-assumed).
+``scaled()`` turns a nominal duration into real seconds, so a demo with ``time_scale=0.005`` sees
+the 30-minute move delay pass in 9 seconds.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any, Literal
 
 EarlySecondAuth = Literal["ignore", "move", "restart_clock"]
 BreakKind = Literal["invalid", "sync_error"]
-# Management calls the "sync has been stopped" refusal (facts §3.1) can be applied to.
+# Management calls the "sync has been stopped" refusal can be applied to
+# (docs/provider.md#what-is-verified-and-what-is-assumed).
 REFUSABLE_CALLS = frozenset({"update", "downgrade", "upgrade"})
 
 
@@ -35,7 +37,8 @@ class Faults:
     # Real seconds a "timed out" API call hangs before answering (not scaled: it is network I/O).
     api_timeout_seconds: float = 15.0
     # Chance that an account breaks (account.invalid or account.sync_error, even odds) some
-    # time after an end user's auth; a later auth by the user repairs it (facts §2.1).
+    # time after an end user's auth; a later auth by the user repairs it
+    # (docs/provider.md#the-trigger-table).
     account_break: float = 0.0
     # Nominal seconds (scaled) between the auth and the break, drawn uniformly from this range.
     account_break_delay_range: tuple[float, float] = (60.0, 600.0)
@@ -68,7 +71,7 @@ class SandboxSettings:
     api_version: Literal[2, 3] = 2
     time_scale: float = 1.0
     seed: int = 0
-    # -- the static-IP move (provider facts §0, §7) --
+    # -- the static-IP move (docs/provider.md#the-static-ip-move) --
     static_ips_enabled: bool = False
     move_delay: float = 1800.0
     early_second_auth: EarlySecondAuth = "ignore"
@@ -80,18 +83,19 @@ class SandboxSettings:
     # After upgrade the account is re-queued and runs "within about a minute".
     upgrade_delay: float = 30.0
     connected_on_create: bool = True
-    # Facts §3.1: modifying calls on an account whose sync is stopped fail with a fixed body;
+    # Modifying calls on an account whose sync is stopped fail with a fixed body
+    # (docs/provider.md#what-is-verified-and-what-is-assumed);
     # which calls that covers (notably downgrade/upgrade, the restart) and the status code are
     # unverified, so the default refuses none. Members of REFUSABLE_CALLS.
     stopped_account_refuses: frozenset[str] = frozenset()
     stopped_account_status: int = 403
-    # -- IP lists (§4) --
+    # -- IP lists (docs/provider.md#the-ip-address-endpoints) --
     ip_rate_limit: int = 10
     ip_rate_window: float = 3600.0
     dynamic_ip_rotation: float = 900.0
     dynamic_ip_count: int = 12
     static_ips: list[str] = field(default_factory=lambda: [f"203.0.113.{n}" for n in range(10, 18)])
-    # -- webhooks (§1) --
+    # -- webhooks (docs/provider.md#retries-and-duplicates) --
     webhook_url: str | None = None
     # Real seconds; timeouts bound network I/O and are not scaled.
     challenge_timeout: float = 10.0

@@ -2,7 +2,8 @@
 
 Bodies are serialised once and the exact bytes are signed (``X-Nylas-Signature``: lower-case
 hex HMAC-SHA256; key = client secret in v2, the destination's ``webhook_secret`` in v3). Anything
-but a 200 within ``delivery_timeout`` is a failed attempt and is retried per §1.2 / §1.3.
+but a 200 within ``delivery_timeout`` is a failed attempt and is retried as the provider does
+(docs/provider.md#retries-and-duplicates).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from .accounts import Emission
 from .settings import SandboxSettings
 
 # v2 trigger (or sandbox pseudo-trigger) -> v3 trigger; None = not sent in that version.
-# v3 dropped account.running/stopped (facts §2.3); sandbox.* are emitted for v3's sake only.
+# v3 dropped account.running/stopped (docs/provider.md#the-trigger-table); sandbox.* are emitted
+# for v3's sake only.
 V2_TRIGGERS: dict[str, str | None] = {
     "account.connected": "account.connected",
     "account.running": "account.running",
@@ -46,7 +48,8 @@ V3_TRIGGERS: dict[str, str | None] = {
     "sandbox.reauthenticated": "grant.updated",
     "sandbox.deleted": "grant.deleted",
 }
-# `data.object.code` per v3 grant trigger (facts §2.2); grant.updated is 25014 unless re-auth.
+# `data.object.code` per v3 grant trigger (docs/provider.md#webhook-bodies-v3); grant.updated is
+# 25014 unless re-auth.
 V3_CODES: dict[str, int] = {
     "grant.created": 25012,
     "grant.updated": 25014,
@@ -233,7 +236,8 @@ class WebhookSender:
         groups = [kept] if dest.version == 2 else [[e] for e in kept]
         faults = self.settings.faults
         for group in groups:
-            # v3 notification ids are UUIDs (facts §2.2); seeded so runs repeat.
+            # The sandbox's v3 notification ids are UUIDs (the provider's are opaque strings:
+            # docs/provider.md#webhook-bodies-v3); seeded so runs repeat.
             delivery = _Delivery(self._new_uuid(), group)
             if dest.version == 2:
                 delivery.body = self._v2_body(group)
