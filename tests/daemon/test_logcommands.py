@@ -20,7 +20,7 @@ from daemon.domain import (
     IpListObserved,
     MigrationSettings,
     ProviderNotified,
-    TimerFiredInput,
+    TimerDue,
     encode_event,
 )
 from daemon.domain.testing import Harness
@@ -145,7 +145,7 @@ def migration_log(path: Path) -> None:
             state = h.accounts.get(account)
             for timer_id, due in list(state.pending_timers.items()) if state else ():
                 if due <= at(minute):
-                    h.handle(TimerFiredInput(input_id=f"timer:{timer_id}", account_id=account,
+                    h.handle(TimerDue(input_id=f"timer:{timer_id}", account_id=account,
                                              timer_id=timer_id, due_at=due, fired_at=at(minute)),
                              at(minute))  # fmt: skip
     assert h.accounts["good"].state == "static"
