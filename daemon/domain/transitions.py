@@ -3,7 +3,7 @@
 Everything that moves an account lives here: `decide` asks for moves through `Builder.move`,
 which checks each against `TRANSITIONS` and raises `TransitionError` for one the table does not
 list, and `staticipd verify` checks the moves a log records against the same table. README's
-table of moves is drawn from it (`python -m daemon.domain.transitions` prints it).
+table of moves is drawn from it (`markdown_table()`; a test says when README differs).
 
 One input can make several moves, each checked on its own: an auth that finds the stop already
 recorded moves `dynamic` -> `first_auth` -> `stopped_waiting`; a second step that finds the
@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal, NamedTuple, get_args
 
+from . import events as ev
 from .vocabulary import STATES, State, TimerPurpose
 
 Trigger = Literal[
@@ -35,18 +36,21 @@ Trigger = Literal[
 TRIGGERS: tuple[Trigger, ...] = get_args(Trigger)
 
 TRIGGER_DOCS: dict[Trigger, str] = {
-    "auth": "an end user's auth, from the application or a provider notification meaning one",
-    "provider": "a provider webhook or the reconciler's observation (stopped, running, invalid)",
-    "timer:stop_grace": "the timer armed at the first auth, in case the stop never arrives",
-    "timer:second_step": "the timer of the delay since the first auth",
+    "auth": "an end user's auth: the application's auth event, or a provider notification "
+    "that reports one",
+    "provider": "a provider webhook or a reconciler observation of the account (stopped, "
+    "running, invalid, ...)",
+    "timer:stop_grace": "the timer `stop_grace` after the first auth",
+    "timer:second_step": "the timer at first auth + delay (never before the stop)",
     "timer:reminder": "a reminder timer",
-    "timer:stall": "the timer after which nobody is waited for any more",
-    "timer:running_grace": "the timer armed at the second step, in case the account never runs",
-    "effect_outcome": "the outbox's outcome of an effect (a sync restart that succeeded)",
+    "timer:stall": "the stall timer",
+    "timer:running_grace": "the timer `running_grace` after the second step",
+    "effect_outcome": "the outbox's outcome of an effect (here: a sync restart that succeeded)",
     "reset": "the operator's reset",
     "exclude": "the operator's exclusion",
     "mark_resolved": "the operator's mark-resolved",
 }
+"""What each kind of input is, in README's words."""
 
 TIMER_TRIGGERS: dict[TimerPurpose, Trigger] = {
     "stop_grace": "timer:stop_grace",
@@ -165,20 +169,45 @@ def check(from_state: State, to_state: State, on: Trigger) -> None:
         raise TransitionError(f"{from_state} -> {to_state} on {on} is not in the transition table")
 
 
+def trigger_of(recorded: ev.Event) -> Trigger | None:
+    """The kind of input whose record (always its first event, `<input_id>#0`) is `recorded`;
+    None when the record does not say (an unreadable event, or not an account input's record).
+
+    A log's moves do not name their input, but each input's events are appended together after
+    its record, so the audit finds the kind of input that made a move from the record.
+    """
+    match recorded:
+        case ev.AuthRecorded() | ev.ProviderNotificationRecorded(meaning="auth"):
+            return "auth"
+        case ev.ProviderNotificationRecorded() | ev.AccountObservationRecorded():
+            return "provider"
+        case ev.TimerFired():
+            return TIMER_TRIGGERS[recorded.purpose]
+        case (
+            ev.EffectSucceeded()
+            | ev.EffectAttemptFailed()
+            | ev.EffectAbandoned()
+            | ev.EffectOutcomeIgnored()
+        ):
+            return "effect_outcome"
+        case ev.OperatorCommandRecorded():
+            return recorded.command
+        case _:
+            return None
+
+
 def markdown_table() -> str:
     """README's table of moves: each state, the states it may move to, and on which input."""
     lines = ["| from | may move to (on) |", "| --- | --- |"]
+    used: set[Trigger] = set()
     for state in STATES:
         on_by_target: dict[State, list[Trigger]] = {}
         for on, targets in TRANSITIONS[state].items():
+            used.add(on)
             for to in targets:
                 on_by_target.setdefault(to, []).append(on)
         moves = [f"`{to}` ({', '.join(on_by_target[to])})" for to in STATES if to in on_by_target]
         lines.append(f"| `{state}` | {'; '.join(moves)} |")
     lines.append("")
-    lines.append("On: " + "; ".join(f"`{on}`, {TRIGGER_DOCS[on]}" for on in TRIGGERS) + ".")
+    lines.extend(f"- {on}: {TRIGGER_DOCS[on]}" for on in TRIGGERS if on in used)
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    print(markdown_table(), end="")
