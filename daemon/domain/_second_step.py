@@ -20,7 +20,7 @@ from .vocabulary import BrokenFlag, Policy
 PROVIDER_TIME_RESOLUTION = timedelta(seconds=1)
 
 BROKEN: tuple[BrokenFlag, ...] = ("invalid", "sync_error")
-"""Flags only the user's re-authentication can repair (facts §2.1): a restart cannot."""
+"""Flags only the user's re-authentication can repair (docs/provider.md): a restart cannot."""
 
 
 def broken(b: _Builder) -> list[BrokenFlag]:

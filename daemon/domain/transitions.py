@@ -7,7 +7,8 @@ table of moves is drawn from it (`markdown_table()`; a test says when README dif
 
 One input can make several moves, each checked on its own: an auth that finds the stop already
 recorded moves `dynamic` -> `first_auth` -> `stopped_waiting`; a second step that finds the
-account already running moves on to `static` at once.
+account already running moves on to `static` at once. docs/state-machine.md tells the reasons
+behind the moves.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ TRANSITIONS: dict[State, dict[Trigger, tuple[State, ...]]] = {
         "exclude": ("excluded",),
     },
     "first_auth": {
-        # A stop delivered before its auth; after a re-creation, the migration starts over.
+        # Entered in this same input, a stop delivered before the auth already recorded.
         "auth": ("stopped_waiting", *_RECREATED),
         "provider": ("stopped_waiting",),  # the account stopped
         "timer:stall": ("stalled",),  # no stop ever came
@@ -128,8 +129,8 @@ NEXT_STATES: dict[State, frozenset[State]] = {
 """state -> every state it may move to, on any trigger."""
 
 # The same, looked up by any string (a log may hold a state this code does not know).
-_ROWS: dict[str, dict[Trigger, tuple[State, ...]]] = {k: v for k, v in TRANSITIONS.items()}  # noqa: C416
-_NEXT: dict[str, frozenset[str]] = {k: v for k, v in NEXT_STATES.items()}  # noqa: C416
+_ROWS: dict[str, dict[Trigger, tuple[State, ...]]] = dict(TRANSITIONS.items())
+_NEXT: dict[str, frozenset[str]] = dict(NEXT_STATES.items())
 
 
 class Transition(NamedTuple):
