@@ -30,7 +30,7 @@ from daemon.domain import (
     Enroll,
     MigrationSettings,
     ProviderNotified,
-    TimerFiredInput,
+    TimerDue,
     encode_event,
 )
 from daemon.domain.testing import Harness
@@ -71,7 +71,7 @@ class LogBuilder:
             if k % 5 == 0:
                 continue  # left waiting: a pending timer the driver must hold at start-up
             [(timer_id, due)] = h.accounts[a].pending_timers.items()
-            fired = TimerFiredInput(
+            fired = TimerDue(
                 input_id=f"timer:{timer_id}", account_id=a,
                 timer_id=timer_id, due_at=due, fired_at=due,
             )  # fmt: skip

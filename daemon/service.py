@@ -33,7 +33,7 @@ from daemon.domain import (
     Input,
     IpListChanged,
     MigrationSettings,
-    TimerFiredInput,
+    TimerDue,
 )
 from daemon.http.context import Runtime
 from daemon.http.server import build_app
@@ -268,7 +268,7 @@ class Daemon:
     async def _fire_timer(self, timer: DueTimer, fired_at: datetime) -> None:
         await self.engine.submit(
             [
-                TimerFiredInput(
+                TimerDue(
                     input_id=f"timer:{timer.timer_id}", account_id=timer.account_id,
                     timer_id=timer.timer_id, due_at=timer.due_at, fired_at=fired_at,
                 )

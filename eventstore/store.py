@@ -37,7 +37,7 @@ from .errors import (
 from .planner import check_expectation, prepare_event, record_from_row, records_from_rows
 from .records import ANY, LAST_POSITION, AppendCall, AppendResult, NewEvent, RecordedEvent
 from .schema import EVENT_COLUMNS, migrate
-from .verify import VerifyReport, verify_log
+from .verify import RowVisitor, VerifyReport, verify_log
 from .writer import Writer, chunks, marks
 
 __all__ = ["EventStore", "ReadOnlyStore", "SignedCheckpoint"]
@@ -474,8 +474,10 @@ class EventStore:
         checkpoint_key: bytes | None = None,
         *,
         progress: Callable[[int, int], None] | None = None,
+        visit: RowVisitor | None = None,
     ) -> VerifyReport:
-        """Recompute the whole chain and check checkpoints (signatures too when given the key)."""
+        """Recompute the whole chain and check checkpoints (signatures too when given the key);
+        `visit`, if given, sees every row in the same pass (see `RowVisitor`)."""
         self._check_open()
         try:
             # Its own connection, so a long audit does not hold up readers and subscribers. A
@@ -485,7 +487,7 @@ class EventStore:
         except Exception as exc:
             raise translate(exc) from exc
         try:
-            return await verify_log(conn, checkpoint_key, progress=progress)
+            return await verify_log(conn, checkpoint_key, progress=progress, visit=visit)
         except Exception as exc:
             raise translate(exc) from exc
         finally:

@@ -1,7 +1,9 @@
 """Audit of a log: recompute the hash chain, classify any damage, check signed checkpoints.
 
 The normal path streams the table in position order with constant memory; only once damage is
-found do classification queries look elsewhere in the table (damage is rare).
+found do classification queries look elsewhere in the table (damage is rare). A caller that
+checks what the rows say (the log's content, which this module knows nothing of) passes a
+`RowVisitor` and sees every row in the same pass.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ import aiosqlite
 from .chain import GENESIS, canonical_row, row_hash, sign_checkpoint
 from .schema import EVENT_COLUMNS, TRIGGERS
 
-__all__ = ["Damage", "VerifyReport", "verify_log"]
+__all__ = ["Damage", "RowVisitor", "VerifyReport", "verify_log"]
+
+RowVisitor = Callable[[int, str, str, int, str | bytes, str], None]
+"""Called with (position, stream, type, schema, data, event_id) of each row verify reads from
+position 1 on, in position order, whether or not the row fits the chain. `data` is the stored
+JSON text (bytes only in a damaged row). It must not raise."""
 
 _MAX_DAMAGE = 100
 _ROWS = (
@@ -70,8 +77,9 @@ async def verify_log(
     *,
     progress: Callable[[int, int], None] | None = None,
     batch: int = 5_000,
+    visit: RowVisitor | None = None,
 ) -> VerifyReport:
-    """Verify the whole log readable through `conn` (see VerifyReport)."""
+    """Verify the whole log readable through `conn` (see VerifyReport); `visit` sees each row."""
     damage: list[Damage] = []
     cp_damage: list[Damage] = []  # listed after the chain's findings at the same position
     names = {
@@ -119,6 +127,8 @@ async def verify_log(
             if pos < 1:
                 damage.append(Damage(pos, "inserted", "positions start at 1"))
                 continue
+            if visit is not None:
+                visit(pos, stream, type_, schema, data, eid)
             try:
                 canon = canonical_row(
                     stream, version, type_, schema, eid, rec_at, data.encode(), meta.encode()

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import NotRequired, TypedDict
 
 import anyio
+import msgspec
 
 from daemon import exitcodes
 from daemon.cli.progress import Progress
 from daemon.config import ConfigError, load_config, secret_dirs
 from daemon.domain import APPLICATION_STREAM, STATES
 from daemon.provider import allowlist
-from daemon.runtime.audit import render_timeline, timeline, timeline_as_json
+from daemon.runtime.audit import MoveCheck, render_timeline, timeline, timeline_as_json
 from daemon.runtime.live import SNAPSHOT_NAME
 from daemon.runtime.projections import Projection
 from eventstore import (
@@ -181,19 +182,22 @@ def verify_command(args: argparse.Namespace) -> int:
     anchors = _anchors(args.expect)
 
     async def main() -> int:
+        # The moves are checked in verify's own pass over the rows: the log is read once.
+        moves = MoveCheck()
         async with open_log(args.database) as store:
             progress = Progress("verify")
-            report = await store.verify(key, progress=progress)
+            report = await store.verify(key, progress=progress, visit=moves)
             progress.close()
             if anchors:
                 missed = await _check_anchors(store, anchors, (await store.head())[0])
                 damage = sorted([*report.damage, *missed], key=lambda d: d.position)
                 report = replace(report, ok=report.ok and not missed, damage=damage)
+        ok = report.ok and not moves.findings
         if args.json:
             print(
                 json.dumps(
                     {
-                        "ok": report.ok,
+                        "ok": ok,
                         "events_checked": report.events_checked,
                         "head_position": report.head_position,
                         "head_hash": report.head_hash,
@@ -205,11 +209,14 @@ def verify_command(args: argparse.Namespace) -> int:
                             {"position": d.position, "kind": d.kind, "detail": d.detail}
                             for d in report.damage
                         ],
+                        "moves_checked": moves.moves_checked,
+                        "moves_complete": moves.complete,
+                        "moves": msgspec.to_builtins(moves.findings),
                     },
                     indent=2,
                 )
             )
-        elif report.ok:
+        elif ok:
             signed = (
                 f", {report.checkpoints_checked} signed checkpoint(s) valid"
                 if key is not None
@@ -219,7 +226,8 @@ def verify_command(args: argparse.Namespace) -> int:
                 signed += f", {len(anchors)} expected hash(es) found"
             print(
                 f"ok: {report.events_checked:,} events, chain intact up to position "
-                f"{report.head_position} ({report.head_hash}){signed}"
+                f"{report.head_position} ({report.head_hash}){signed}, "
+                f"{moves.moves_checked:,} state change(s) as the transition table allows"
             )
         else:
             for d in report.damage:
@@ -229,7 +237,15 @@ def verify_command(args: argparse.Namespace) -> int:
                     f"verify stopped after {len(report.damage)} findings at position "
                     f"{report.head_position}; later rows and checkpoints were not checked"
                 )
-        return exitcodes.OK if report.ok else exitcodes.PROBLEM
+            for m in moves.findings:
+                on = f" on {m.on}" if m.on else ""
+                print(
+                    f"BAD MOVE at position {m.position}: {m.kind}: account {m.account_id}: "
+                    f"{m.from_state} -> {m.to_state or '?'}{on}: {m.detail}"
+                )
+            if not moves.complete:
+                print(f"more bad moves than the {len(moves.findings)} listed")
+        return exitcodes.OK if ok else exitcodes.PROBLEM
 
     return run(main)
 

@@ -12,7 +12,9 @@ is always an argument. The contract with the daemon:
 - `evolve(state, event)` folds an event into its stream's state; `AccountState` keeps the
   pending timers and effects, so the timer driver and outbox are rebuilt from it alone.
 
-`TimerFired` is the event; the timer driver's input is `TimerFiredInput`.
+The vocabulary (states, flags, timer purposes, ...) is typed in `vocabulary.py`; every move
+between states is in the table of `transitions.py`, checked as each move is made. `TimerFired`
+is the event; the timer driver's input is `TimerDue`.
 """
 
 from . import events, inputs
@@ -74,28 +76,40 @@ from .inputs import (
     MarkResolved,
     ProviderNotified,
     ResetAccount,
+    TimerDue,
     stream_for,
 )
-from .inputs import TimerFired as TimerFiredInput
-from .settings import MigrationSettings, Policy
+from .settings import MigrationSettings
 from .state import (
-    FLAGS,
-    STATES,
     AccountState,
     ApplicationState,
     Enrollment,
-    IpList,
+    KnownIpList,
     PendingEffect,
     evolve_account,
     evolve_application,
 )
+from .transitions import TRANSITIONS, Transition, TransitionError, Trigger
 from .triggers import TRIGGERS, meaning_of, sync_state_meaning
+from .vocabulary import (
+    FLAGS,
+    STATES,
+    TIMER_PURPOSES,
+    AuthClassification,
+    Flag,
+    Meaning,
+    Policy,
+    State,
+    TimerPurpose,
+)
 
 __all__ = [
     "APPLICATION_STREAM",
     "EVENT_TYPES",
     "FLAGS",
     "STATES",
+    "TIMER_PURPOSES",
+    "TRANSITIONS",
     "TRIGGERS",
     "UPCASTERS",
     "AccountEvent",
@@ -109,6 +123,7 @@ __all__ = [
     "ApplicationEvent",
     "ApplicationInput",
     "ApplicationState",
+    "AuthClassification",
     "AuthRecorded",
     "AuthReported",
     "EffectAbandoned",
@@ -124,15 +139,17 @@ __all__ = [
     "Enrollment",
     "Event",
     "ExcludeAccount",
+    "Flag",
     "FlagCleared",
     "FlagRaised",
     "Input",
     "InputQuarantined",
-    "IpList",
     "IpListChanged",
     "IpListObserved",
     "IpListUnchanged",
+    "KnownIpList",
     "MarkResolved",
+    "Meaning",
     "MigrationEnabled",
     "MigrationSettings",
     "OperatorCommandRecorded",
@@ -143,13 +160,18 @@ __all__ = [
     "ProviderNotified",
     "ReauthRequested",
     "ResetAccount",
+    "State",
     "StateChanged",
     "SyncRestartRequested",
     "TimerCancelled",
+    "TimerDue",
     "TimerFired",
-    "TimerFiredInput",
     "TimerFiringIgnored",
+    "TimerPurpose",
     "TimerScheduled",
+    "Transition",
+    "TransitionError",
+    "Trigger",
     "UnknownEvent",
     "decide",
     "decide_account",

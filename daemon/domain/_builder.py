@@ -1,4 +1,8 @@
-"""The event collector of one decision: emits events and folds them into a working state."""
+"""The event collector of one decision: emits events and folds them into a working state.
+
+Every move goes through `Builder.move`, checked against the transition table for the kind of
+input being decided (`on`).
+"""
 
 from __future__ import annotations
 
@@ -8,29 +12,74 @@ from datetime import datetime
 from . import events as ev
 from .settings import MigrationSettings
 from .state import AccountState, ApplicationState, evolve_account
+from .transitions import TransitionError, Trigger, check
+from .vocabulary import Flag, State, TimerPurpose
 
-MIGRATING = ("first_auth", "stopped_waiting", "second_step_due", "second_auth", "stalled")
+MIGRATING: tuple[State, ...] = (
+    "first_auth",
+    "stopped_waiting",
+    "second_step_due",
+    "second_auth",
+    "stalled",
+)
 Action = Callable[["Builder"], None] | None
 
 
 class Builder:
-    """Collects the events of one decision, folding each into a working copy of the state."""
+    """Collects the events of one decision, folding each into a working copy of the state.
+
+    `on` is the kind of input decided: each move must be one the transition table allows on it
+    (None: an input that moves nothing, such as a timer that is not pending).
+    """
 
     def __init__(
-        self, state: AccountState, at: datetime, settings: MigrationSettings, app: ApplicationState
+        self,
+        state: AccountState,
+        at: datetime,
+        settings: MigrationSettings,
+        app: ApplicationState,
+        on: Trigger | None,
     ) -> None:
-        self.state, self.at, self.settings, self.app = state, at, settings, app
+        self.state, self.at, self.settings, self.app, self.on = state, at, settings, app, on
         self.events: list[ev.Event] = []
 
     @property
     def id(self) -> str:
         return self.state.account_id
 
+    # The times a migration under way has set; asking for one that is not set is a bug.
+
+    @property
+    def first_auth_at(self) -> datetime:
+        """The current cycle's first auth (set from `first_auth` until the cycle ends)."""
+        return self._known(self.state.first_auth_at, "first_auth_at")
+
+    @property
+    def second_step_due_at(self) -> datetime:
+        """When the second step came (or comes) due (set from `stopped_waiting` on)."""
+        return self._known(self.state.second_step_due_at, "second_step_due_at")
+
+    @property
+    def second_step_at(self) -> datetime:
+        """When the latest second step was recorded (set from `second_auth` on)."""
+        return self._known(self.state.second_step_at, "second_step_at")
+
+    def _known(self, value: datetime | None, name: str) -> datetime:
+        if value is None:
+            raise TransitionError(f"{name} is not set in state {self.state.state}")
+        return value
+
     def emit(self, event: ev.Event) -> None:
         self.events.append(event)
         self.state = evolve_account(self.state, event)
 
-    def move(self, to_state: str, at: datetime, reason: str, **extra: object) -> None:
+    def move(self, to_state: State, at: datetime, reason: str, **extra: object) -> None:
+        """Move to `to_state`; `TransitionError` if the table does not allow it on `self.on`."""
+        if self.on is None:
+            raise TransitionError(
+                f"{self.state.state} -> {to_state} on an input that moves nothing"
+            )
+        check(self.state.state, to_state, self.on)
         self.emit(
             ev.StateChanged(
                 account_id=self.id,
@@ -49,13 +98,13 @@ class Builder:
         for flag in sorted(self.state.flags):
             self.flag(flag, reason, on=False)
 
-    def flag(self, flag: str, reason: str, *, on: bool = True) -> None:
+    def flag(self, flag: Flag, reason: str, *, on: bool = True) -> None:
         if (flag in self.state.flags) == on:
             return
         cls = ev.FlagRaised if on else ev.FlagCleared
         self.emit(cls(account_id=self.id, occurred_at=self.at, flag=flag, reason=reason))
 
-    def schedule(self, purpose: str, timer_id: str, due_at: datetime) -> None:
+    def schedule(self, purpose: TimerPurpose, timer_id: str, due_at: datetime) -> None:
         self.emit(
             ev.TimerScheduled(
                 account_id=self.id,
@@ -66,7 +115,7 @@ class Builder:
             )
         )
 
-    def cancel_timers(self, reason: str, purposes: tuple[str, ...] | None = None) -> None:
+    def cancel_timers(self, reason: str, purposes: tuple[TimerPurpose, ...] | None = None) -> None:
         for timer_id, purpose in sorted(self.state.timer_purposes.items()):
             if purposes is None or purpose in purposes:
                 self.emit(

@@ -8,6 +8,7 @@ from . import events as ev
 from . import inputs as inp
 from ._builder import MIGRATING, Action
 from ._builder import Builder as _Builder
+from .vocabulary import OperatorCommand
 
 
 def on_operator(
@@ -15,6 +16,7 @@ def on_operator(
 ) -> None:
     s = b.state
     action: Action = None
+    command: OperatorCommand
     if isinstance(c, inp.ResetAccount):
         command = "reset"
         if s.state == "dynamic" and not (s.flags or s.pending_timers or s.pending_effects):
@@ -63,8 +65,7 @@ def _exclude(b: _Builder) -> None:
 def _resolution(b: _Builder, at: datetime) -> tuple[str, Action]:
     s = b.state
     if s.state in MIGRATING:
-        assert s.first_auth_at is not None
-        if at < s.first_auth_at + b.settings.delay:
+        if at < b.first_auth_at + b.settings.delay:
             return "refused: the delay since the first auth has not passed", None
 
         def resolve(b: _Builder) -> None:

@@ -13,19 +13,20 @@ from datetime import datetime, timedelta
 from . import events as ev
 from ._builder import Action
 from ._builder import Builder as _Builder
+from .vocabulary import BrokenFlag, Policy
 
 # Provider webhooks carry whole seconds (v2 `date`, v3 `time`), while the application reports
 # auths to the millisecond: a stop stamped in the same second as the auth may well follow it.
 PROVIDER_TIME_RESOLUTION = timedelta(seconds=1)
 
-BROKEN = ("invalid", "sync_error")
+BROKEN: tuple[BrokenFlag, ...] = ("invalid", "sync_error")
 """Flags only the user's re-authentication can repair: a restart cannot.
 
 See docs/provider.md#the-trigger-table.
 """
 
 
-def broken(b: _Builder) -> list[str]:
+def broken(b: _Builder) -> list[BrokenFlag]:
     """The account's flags that need the user to re-authenticate, in a stable order."""
     return [flag for flag in BROKEN if flag in b.state.flags]
 
@@ -78,15 +79,14 @@ def not_moved(b: _Builder, at: datetime, why: str | None = None) -> None:
     the user the usual time before the next reminder and the stall.
     """
     s = b.state
-    assert s.second_step_due_at is not None
-    assert s.second_step_at is not None
+    due_at = b.second_step_due_at
     retry = s.reminders + 1
     schedule = b.settings.reminder_schedule
     offset = schedule[min(retry, len(schedule)) - 1] if schedule else timedelta(0)
-    base = max(s.second_step_due_at, s.reminder_base or s.second_step_due_at, at - offset)
+    base = max(due_at, s.reminder_base or due_at, at - offset)
     why = why or (
         f"the provider reports the account stopped at {at.isoformat()}, "
-        f"{at - s.second_step_at} after the second step: the move did not happen"
+        f"{at - b.second_step_at} after the second step: the move did not happen"
     )
     b.cancel_timers("the second step is requested again")
     b.flag("running_overdue", "the second step is requested again", on=False)
@@ -99,7 +99,7 @@ def not_moved(b: _Builder, at: datetime, why: str | None = None) -> None:
     request_step(b, retry, retry=True)
 
 
-def _why_reauth(b: _Builder, policy: str) -> str:
+def _why_reauth(b: _Builder, policy: Policy) -> str:
     flags = broken(b)
     if not flags:
         return "second step: the user is asked to re-authenticate"
@@ -110,7 +110,7 @@ def _why_reauth(b: _Builder, policy: str) -> str:
 
 
 def _step_effect(
-    b: _Builder, policy: str, reminder: int, due_at: datetime, *, retry: bool
+    b: _Builder, policy: Policy, reminder: int, due_at: datetime, *, retry: bool
 ) -> ev.Event:
     """The second step's side effect under the account's policy (a re-auth if it is broken)."""
     cycle = b.state.cycle
@@ -144,7 +144,6 @@ def reauth_now(b: _Builder) -> None:
     user is asked at once rather than at the next reminder. The schedule is left as it is.
     """
     s = b.state
-    assert s.second_step_due_at is not None
     policy = s.policy or b.settings.default_policy
     if any(isinstance(p.effect, ev.ReauthRequested) for p in s.pending_effects.values()):
         return  # the user is being asked already
@@ -156,7 +155,7 @@ def reauth_now(b: _Builder) -> None:
             occurred_at=b.at,
             idempotency_key=f"{b.id}:reauth:{s.cycle}:{s.reminders}:broken:{s.version}",
             stage="second_step" if s.reminders == 0 else "reminder",
-            due_at=s.second_step_due_at,
+            due_at=b.second_step_due_at,
             reminder=s.reminders,
             email=s.email,
             reason=_why_reauth(b, policy),
@@ -167,7 +166,7 @@ def reauth_now(b: _Builder) -> None:
 def request_step(b: _Builder, reminder: int, *, retry: bool = False) -> None:
     """Request the second step (`reminder` 0 first) and arm the next reminder or the stall."""
     s = b.state
-    assert s.second_step_due_at is not None
+    due_at = b.second_step_due_at
     policy = s.policy or b.settings.default_policy
     restarting = policy == "restart" and any(
         isinstance(p.effect, ev.SyncRestartRequested) for p in s.pending_effects.values()
@@ -180,9 +179,9 @@ def request_step(b: _Builder, reminder: int, *, retry: bool = False) -> None:
             (ev.ReauthRequested,) if restarting else (ev.ReauthRequested, ev.SyncRestartRequested)
         )
         b.abandon_effects(f"superseded by reminder {reminder}", kinds)
-        b.emit(_step_effect(b, policy, reminder, s.second_step_due_at, retry=retry))
+        b.emit(_step_effect(b, policy, reminder, due_at, retry=retry))
     schedule = b.settings.reminder_schedule
-    base = s.reminder_base or s.second_step_due_at
+    base = s.reminder_base or due_at
     if reminder < len(schedule):
         b.schedule(
             "reminder",
@@ -197,7 +196,7 @@ def request_step(b: _Builder, reminder: int, *, retry: bool = False) -> None:
         b.schedule("stall", stall_id, base + last + b.settings.stall_after)
 
 
-def on_broken(b: _Builder, at: datetime, meaning: str) -> tuple[str, Action]:
+def on_broken(b: _Builder, at: datetime, meaning: BrokenFlag) -> tuple[str, Action]:
     """An account newly flagged invalid/sync_error: only the user's re-auth repairs it."""
     s = b.state
     policy = s.policy or b.settings.default_policy

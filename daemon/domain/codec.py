@@ -3,14 +3,18 @@
 `encode_event(e)` gives `EncodedEvent(type, schema, data)`; `decode_event(type, schema, data)`
 decodes with a typed msgspec decoder (the fast path) when the schema is current, runs the
 registered upcasters first when it is older, and returns an `UnknownEvent` for a type it does
-not know or a schema newer than its own, so replay never crashes on them.
+not know, a schema newer than its own, or a value outside its vocabulary (`vocabulary.py`: a
+state or flag a later version added), so replay never crashes on them. Any other invalid
+value (a naive time, a missing field) is still an error.
 """
 
 from __future__ import annotations
 
+import functools
+import types
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin
 
 import msgspec
 
@@ -64,7 +68,10 @@ def decode_event(type: str, schema: int, data: bytes) -> Event:
     if cls is None or schema > cls.SCHEMA or schema < 1:
         return _unknown(type, schema, data)
     if schema == cls.SCHEMA:
-        return _decoders[type].decode(data)
+        try:
+            return _decoders[type].decode(data)
+        except msgspec.ValidationError:
+            return _outside_vocabulary(cls, schema, data, msgspec.json.decode(data))
     obj = msgspec.json.decode(data)
     for version in range(schema, cls.SCHEMA):
         upcaster = UPCASTERS.get((type, version))
@@ -72,7 +79,42 @@ def decode_event(type: str, schema: int, data: bytes) -> Event:
             return _unknown(type, schema, data)
         obj = upcaster(obj)
     obj["type"] = type
-    return msgspec.convert(obj, cls)
+    try:
+        return msgspec.convert(obj, cls)
+    except msgspec.ValidationError:
+        return _outside_vocabulary(cls, schema, data, obj)
+
+
+def _outside_vocabulary(cls: type[Event], schema: int, data: bytes, obj: Any) -> UnknownEvent:
+    """An `UnknownEvent` for an event `cls` rejected only for a word outside its vocabulary;
+    for anything else wrong, the error of what is wrong."""
+    msgspec.convert(obj, _loose(cls))
+    return _unknown(cls.__name__, schema, data)
+
+
+@functools.cache
+def _loose(cls: type[Event]) -> type[msgspec.Struct]:
+    """`cls`'s fields with each `Literal` widened to `str` (built when first needed: an event
+    outside the vocabulary is rare)."""
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for f in msgspec.structs.fields(cls):
+        if f.required:
+            fields.append((f.name, _widen(f.type)))
+        elif f.default_factory is not msgspec.NODEFAULT:
+            fields.append(
+                (f.name, _widen(f.type), msgspec.field(default_factory=f.default_factory))
+            )
+        else:
+            fields.append((f.name, _widen(f.type), f.default))
+    return msgspec.defstruct(f"Loose{cls.__name__}", fields, kw_only=True)
+
+
+def _widen(annotation: Any) -> Any:
+    if get_origin(annotation) is Literal:
+        return str
+    if get_origin(annotation) in (Union, types.UnionType):
+        return Union[tuple(_widen(arg) for arg in get_args(annotation))]  # noqa: UP007 — built at run time
+    return annotation
 
 
 def _unknown(type: str, schema: int, data: bytes) -> UnknownEvent:

@@ -10,6 +10,7 @@ enrolled. Times used in rules are the inputs' own times, never later than `now`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TypedDict
 
@@ -31,7 +32,9 @@ from ._second_step import (
 )
 from .settings import MigrationSettings
 from .state import AccountState, ApplicationState
+from .transitions import TIMER_TRIGGERS, Trigger
 from .triggers import meaning_of, sync_state_meaning
+from .vocabulary import AuthClassification, Meaning, State, TimerPurpose
 
 
 def decide_account(
@@ -43,7 +46,7 @@ def decide_account(
 ) -> list[ev.Event]:
     """The events recording `command` and its consequences for the account."""
     state = state or AccountState(account_id=command.account_id)
-    b = _Builder(state, command.at, settings, app)
+    b = _Builder(state, command.at, settings, app, _trigger(state, command))
     at = min(command.at, now)  # a sender's clock ahead of ours must not shorten the delay
     match command:
         case inp.AuthReported():
@@ -52,7 +55,7 @@ def decide_account(
             _on_notification(b, at, command)
         case inp.AccountObserved():
             _on_observation(b, at, command)
-        case inp.TimerFired():
+        case inp.TimerDue():
             _on_timer(b, command)
         case inp.EffectOutcome():
             _on_outcome(b, at, command)
@@ -63,10 +66,37 @@ def decide_account(
     return b.events
 
 
+def _trigger(state: AccountState, command: inp.AccountInput) -> Trigger | None:
+    """The kind of input `command` is, for the transition table (None: it moves nothing)."""
+    match command:
+        case inp.AuthReported():
+            return "auth"
+        case inp.ProviderNotified() if (
+            meaning_of(command.api_version, command.trigger, command.details) == "auth"
+        ):
+            return "auth"  # decided as the auth it reports
+        case inp.ProviderNotified() | inp.AccountObserved():
+            return "provider"
+        case inp.TimerDue():
+            purpose = state.timer_purposes.get(command.timer_id)
+            return TIMER_TRIGGERS[purpose] if purpose is not None else None
+        case inp.EffectOutcome():
+            return "effect_outcome"
+        case inp.ResetAccount():
+            return "reset"
+        case inp.ExcludeAccount():
+            return "exclude"
+        case inp.MarkResolved():
+            return "mark_resolved"
+        case _:
+            return None
+
+
 # --- auths ----------------------------------------------------------------------------------
 
 
-def _classify_auth(s: AccountState, at: datetime, app: ApplicationState) -> tuple[str, str]:
+def _classify_auth(b: _Builder, at: datetime) -> tuple[AuthClassification, str]:
+    s, app = b.state, b.app
     if s.state == "excluded":
         return "excluded", "account excluded by the operator; auth recorded only"
     restarting = "deleted" in s.flags and s.state != "static"
@@ -82,8 +112,7 @@ def _classify_auth(s: AccountState, at: datetime, app: ApplicationState) -> tupl
         return "normal", "account already static; later auths are ordinary"
     if s.state == "second_auth":
         return "normal", "second step already recorded; waiting for the account to run"
-    assert s.first_auth_at is not None
-    if at <= s.first_auth_at:
+    if at <= b.first_auth_at:
         return "stale", "auth occurred at or before the recorded first auth (late delivery)"
     if s.second_step_at is not None and at <= s.second_step_at:
         return "stale", "auth at or before the second step the provider did not act on"
@@ -102,7 +131,7 @@ def _on_auth(
     email: str | None,
     provider: str | None,
 ) -> None:
-    classification, reason = _classify_auth(b.state, at, b.app)
+    classification, reason = _classify_auth(b, at)
     early_count = b.state.early_auths + 1
     b.emit(
         ev.AuthRecorded(
@@ -163,14 +192,12 @@ def _start(b: _Builder, at: datetime) -> None:
 
 
 def _stopped(b: _Builder, stop_at: datetime, reason: str) -> None:
-    s = b.state
-    assert s.first_auth_at is not None
     # The provider counts the delay from the first auth, but the account must have stopped.
-    due = max(s.first_auth_at + b.settings.delay, stop_at)
+    due = max(b.first_auth_at + b.settings.delay, stop_at)
     b.move("stopped_waiting", stop_at, reason, due_at=due)
     b.cancel_timers("stop observed", ("stop_grace", "stall"))
     b.flag("stop_overdue", "stop observed", on=False)
-    b.schedule("second_step", f"{b.id}:second_step:{s.cycle}", due)
+    b.schedule("second_step", f"{b.id}:second_step:{b.state.cycle}", due)
 
 
 # --- provider notifications and reconciler observations --------------------------------------
@@ -224,7 +251,7 @@ def _on_observation(b: _Builder, at: datetime, o: inp.AccountObserved) -> None:
         action(b)
 
 
-def _react(b: _Builder, at: datetime, meaning: str) -> tuple[str, Action]:
+def _react(b: _Builder, at: datetime, meaning: Meaning) -> tuple[str, Action]:
     """What a provider-side fact means in the current state: (reason, what to do)."""
     s = b.state
     if s.state == "excluded":
@@ -234,10 +261,9 @@ def _react(b: _Builder, at: datetime, meaning: str) -> tuple[str, Action]:
     match meaning:
         case "stopped":
             if s.state == "first_auth":
-                assert s.first_auth_at is not None
-                if not not_before(at, s.first_auth_at):
+                if not not_before(at, b.first_auth_at):
                     return "stop occurred before the first auth; not this migration's stop", None
-                stop_at = max(at, s.first_auth_at)
+                stop_at = max(at, b.first_auth_at)
                 return "the stop after the first auth", lambda b: _stopped(
                     b, stop_at, "stop observed after the first auth"
                 )
@@ -247,8 +273,7 @@ def _react(b: _Builder, at: datetime, meaning: str) -> tuple[str, Action]:
                     "arrives late"
                 ), None
             if s.state == "second_auth":
-                step_at = s.second_step_at
-                assert step_at is not None
+                step_at = b.second_step_at
                 # A restart stops the sync before starting it, and the provider may take a
                 # while to move the account: only a stop well after the step means no move.
                 if at < step_at + b.settings.running_grace:
@@ -263,8 +288,7 @@ def _react(b: _Builder, at: datetime, meaning: str) -> tuple[str, Action]:
         case "running" | "connected":
             action = _healthy
             if s.state == "second_auth":
-                step_at = s.second_step_at
-                assert step_at is not None
+                step_at = b.second_step_at
                 # Webhook dates are whole seconds: a running in the second of the step counts.
                 if not_before(at, step_at):
 
@@ -305,7 +329,7 @@ def _deleted(b: _Builder) -> None:
 # --- timers and effect outcomes ----------------------------------------------------------------
 
 
-def _on_timer(b: _Builder, t: inp.TimerFired) -> None:
+def _on_timer(b: _Builder, t: inp.TimerDue) -> None:
     s = b.state
     due = s.pending_timers.get(t.timer_id)
     if due is None:
@@ -329,52 +353,77 @@ def _on_timer(b: _Builder, t: inp.TimerFired) -> None:
             lateness=t.fired_at - due,
         )
     )
-    state = b.state.state
-    if purpose == "stop_grace" and state == "first_auth":
-        b.flag("stop_overdue", f"no stop within {b.settings.stop_grace} of the first auth")
-        b.emit(
-            ev.ProviderCheckRequested(
-                account_id=b.id,
-                occurred_at=b.at,
-                idempotency_key=f"{b.id}:provider_check:{b.state.cycle}",
-                reason="no account.stopped received; check the account at the provider",
-            )
+    handler = _TIMERS.get((purpose, b.state.state))
+    if handler is not None:
+        handler(b, due)
+
+
+def _stop_overdue(b: _Builder, due: datetime) -> None:
+    b.flag("stop_overdue", f"no stop within {b.settings.stop_grace} of the first auth")
+    b.emit(
+        ev.ProviderCheckRequested(
+            account_id=b.id,
+            occurred_at=b.at,
+            idempotency_key=f"{b.id}:provider_check:{b.state.cycle}",
+            reason="no account.stopped received; check the account at the provider",
         )
-        # Without a stop nothing else is scheduled: stall where a neglected second step would.
-        s = b.state
-        assert s.first_auth_at is not None
-        b.schedule("stall", f"{b.id}:stall:{s.cycle}:stop", s.first_auth_at + _patience(b))
-    elif purpose == "running_grace" and state == "second_auth" and broken(b):
+    )
+    # Without a stop nothing else is scheduled: stall where a neglected second step would.
+    b.schedule("stall", f"{b.id}:stall:{b.state.cycle}:stop", b.first_auth_at + _patience(b))
+
+
+def _running_overdue(b: _Builder, due: datetime) -> None:
+    if broken(b):
         not_moved(b, due, not_repaired(b))
-    elif purpose == "running_grace" and state == "second_auth":
-        grace = b.settings.running_grace
-        b.flag("running_overdue", f"not running {grace} after the second step")
-        b.emit(
-            ev.ProviderCheckRequested(
-                account_id=b.id,
-                occurred_at=b.at,
-                idempotency_key=f"{b.id}:provider_check:{b.state.cycle}:step:{b.state.second_steps}",
-                reason=f"no account.running within {grace} of the second step; check whether "
-                "the provider moved the account",
-            )
+        return
+    grace = b.settings.running_grace
+    b.flag("running_overdue", f"not running {grace} after the second step")
+    b.emit(
+        ev.ProviderCheckRequested(
+            account_id=b.id,
+            occurred_at=b.at,
+            idempotency_key=f"{b.id}:provider_check:{b.state.cycle}:step:{b.state.second_steps}",
+            reason=f"no account.running within {grace} of the second step; check whether "
+            "the provider moved the account",
         )
-        s = b.state
-        b.schedule(
-            "stall", f"{b.id}:stall:{s.cycle}:step:{s.second_steps}", due + b.settings.stall_after
-        )
-    elif purpose == "second_step" and state == "stopped_waiting":
-        b.move("second_step_due", due, "the delay since the first auth has passed")
-        request_step(b, 0)
-    elif purpose == "reminder" and state == "second_step_due":
-        request_step(b, b.state.reminders)
-    elif purpose == "stall" and state == "second_step_due":
-        b.move("stalled", due, "no second step after the last reminder")
-    elif purpose == "stall" and state == "first_auth":
-        s = b.state
-        assert s.first_auth_at is not None
-        b.move("stalled", due, f"no stop observed {due - s.first_auth_at} after the first auth")
-    elif purpose == "stall" and state == "second_auth":
-        b.move("stalled", due, "the account never ran after the second step")
+    )
+    s = b.state
+    b.schedule(
+        "stall", f"{b.id}:stall:{s.cycle}:step:{s.second_steps}", due + b.settings.stall_after
+    )
+
+
+def _second_step_due(b: _Builder, due: datetime) -> None:
+    b.move("second_step_due", due, "the delay since the first auth has passed")
+    request_step(b, 0)
+
+
+def _remind(b: _Builder, due: datetime) -> None:
+    request_step(b, b.state.reminders)
+
+
+def _stall(reason: str) -> Callable[[_Builder, datetime], None]:
+    def stall(b: _Builder, due: datetime) -> None:
+        b.move("stalled", due, reason)
+
+    return stall
+
+
+def _no_stop_stall(b: _Builder, due: datetime) -> None:
+    b.move("stalled", due, f"no stop observed {due - b.first_auth_at} after the first auth")
+
+
+_TIMERS: dict[tuple[TimerPurpose, State], Callable[[_Builder, datetime], None]] = {
+    ("stop_grace", "first_auth"): _stop_overdue,
+    ("running_grace", "second_auth"): _running_overdue,
+    ("second_step", "stopped_waiting"): _second_step_due,
+    ("reminder", "second_step_due"): _remind,
+    ("stall", "second_step_due"): _stall("no second step after the last reminder"),
+    ("stall", "first_auth"): _no_stop_stall,
+    ("stall", "second_auth"): _stall("the account never ran after the second step"),
+}
+"""(purpose, state) -> what a pending timer's firing does, given its due time. A pair not listed
+does nothing beyond recording the firing (a timer outlived by a move the other way)."""
 
 
 def _patience(b: _Builder) -> timedelta:

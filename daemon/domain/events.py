@@ -14,6 +14,20 @@ from typing import Annotated, Any, ClassVar
 
 import msgspec
 
+from .vocabulary import (
+    ApplicationCommand,
+    AuthClassification,
+    EffectOutcomeKind,
+    Flag,
+    IpListKind,
+    Meaning,
+    OperatorCommand,
+    Policy,
+    ReauthStage,
+    State,
+    TimerPurpose,
+)
+
 UtcDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 """An aware datetime; the domain only ever handles UTC."""
 
@@ -50,7 +64,7 @@ class AuthRecorded(AccountEvent, frozen=True, kw_only=True):
     source: str
     email: str | None = None
     provider: str | None = None
-    classification: str
+    classification: AuthClassification
     reason: str
 
 
@@ -59,7 +73,7 @@ class ProviderNotificationRecorded(AccountEvent, frozen=True, kw_only=True):
 
     trigger: str
     api_version: int
-    meaning: str
+    meaning: Meaning
     details: dict[str, Any] = {}
     reason: str
 
@@ -76,7 +90,7 @@ class AccountObservationRecorded(AccountEvent, frozen=True, kw_only=True):
 class OperatorCommandRecorded(AccountEvent, frozen=True, kw_only=True):
     """An operator command on one account (reset, exclude, mark_resolved) and its outcome."""
 
-    command: str
+    command: OperatorCommand
     actor: str
     operator_reason: str
     reason: str
@@ -93,7 +107,7 @@ class EffectOutcomeIgnored(AccountEvent, frozen=True, kw_only=True):
     """An effect outcome for an effect that is no longer pending."""
 
     idempotency_key: str
-    outcome: str
+    outcome: EffectOutcomeKind
     attempt: int
     reason: str
 
@@ -110,12 +124,12 @@ class StateChanged(AccountEvent, frozen=True, kw_only=True):
     to the time the remaining reminder schedule now counts from.
     """
 
-    from_state: str
-    to_state: str
+    from_state: State
+    to_state: State
     at: UtcDatetime
     reason: str
     cycle: int
-    policy: str | None = None
+    policy: Policy | None = None
     wave: str | None = None
     due_at: UtcDatetime | None = None
 
@@ -123,14 +137,14 @@ class StateChanged(AccountEvent, frozen=True, kw_only=True):
 class FlagRaised(AccountEvent, frozen=True, kw_only=True):
     """A condition that does not change the state (invalid, sync_error, deleted, ...)."""
 
-    flag: str
+    flag: Flag
     reason: str
 
 
 class FlagCleared(AccountEvent, frozen=True, kw_only=True):
     """A flag no longer holds."""
 
-    flag: str
+    flag: Flag
     reason: str
 
 
@@ -138,7 +152,7 @@ class TimerScheduled(AccountEvent, frozen=True, kw_only=True):
     """A durable timer; `timer_id` is deterministic so it can fire at most once."""
 
     timer_id: str
-    purpose: str
+    purpose: TimerPurpose
     due_at: UtcDatetime
 
 
@@ -147,7 +161,7 @@ class TimerFired(AccountEvent, frozen=True, kw_only=True):
 
     SCHEMA: ClassVar[int] = 2
     timer_id: str
-    purpose: str
+    purpose: TimerPurpose
     due_at: UtcDatetime
     fired_at: UtcDatetime
     lateness: timedelta
@@ -176,7 +190,7 @@ class ReauthRequested(EffectRequested, frozen=True, kw_only=True):
     flagged `invalid`/`sync_error`, which only the user's re-authentication can repair.
     """
 
-    stage: str
+    stage: ReauthStage
     due_at: UtcDatetime
     reminder: int
     email: str | None = None
@@ -244,7 +258,7 @@ class AccountsEnrolled(ApplicationEvent, frozen=True, kw_only=True):
 
     account_ids: tuple[str, ...]
     wave: str
-    policy: str
+    policy: Policy
     actor: str
     reason: str
 
@@ -252,7 +266,7 @@ class AccountsEnrolled(ApplicationEvent, frozen=True, kw_only=True):
 class ApplicationCommandNoted(ApplicationEvent, frozen=True, kw_only=True):
     """An application command that changed nothing, and why."""
 
-    command: str
+    command: ApplicationCommand
     actor: str
     reason: str
 
@@ -260,7 +274,7 @@ class ApplicationCommandNoted(ApplicationEvent, frozen=True, kw_only=True):
 class IpListChanged(ApplicationEvent, frozen=True, kw_only=True):
     """The provider's static or dynamic IP list changed."""
 
-    kind: str
+    kind: IpListKind
     addresses: tuple[str, ...]
     added: tuple[str, ...]
     removed: tuple[str, ...]
@@ -270,7 +284,7 @@ class IpListChanged(ApplicationEvent, frozen=True, kw_only=True):
 class IpListUnchanged(ApplicationEvent, frozen=True, kw_only=True):
     """An IP-list poll that found the list as it was."""
 
-    kind: str
+    kind: IpListKind
     provider_updated_at: UtcDatetime | None = None
     reason: str
 
@@ -291,7 +305,11 @@ class InputQuarantined(ApplicationEvent, frozen=True, kw_only=True):
 
 
 class UnknownEvent(Event, frozen=True, kw_only=True):
-    """An event this code cannot read (unknown type or newer schema); replay carries on."""
+    """An event this code cannot read; replay carries on.
+
+    Its type is unknown, its schema newer than this code's, or a value is outside this code's
+    vocabulary (a state, flag or timer purpose a later version added).
+    """
 
     # Optional here on purpose: an unreadable event may not tell when it happened.
     occurred_at: UtcDatetime | None = None  # type: ignore[assignment]

@@ -15,11 +15,12 @@ from typing import Any, ClassVar, Literal
 import msgspec
 
 from .events import APPLICATION_STREAM, UtcDatetime
-from .settings import Policy
+from .vocabulary import EffectOutcomeKind, IpListKind, Policy
 
 
 class Input(msgspec.Struct, frozen=True, kw_only=True, tag_field="input", tag=True):
-    """Base of every input."""
+    """Base of every input. Inputs are never stored or sent: the log holds the events recording
+    them, so the `input` tag (the class name) can change with the class."""
 
     input_id: str
     # Which field holds the time the input occurred (the rules read it through `at`).
@@ -108,8 +109,9 @@ class ProviderNotified(AccountInput, frozen=True, kw_only=True):
     details: dict[str, Any] = {}
 
 
-class TimerFired(AccountInput, frozen=True, kw_only=True):
-    """The timer driver fired a timer (`input_id` is `timer:<timer_id>`)."""
+class TimerDue(AccountInput, frozen=True, kw_only=True):
+    """The timer driver fired a timer (`input_id` is `timer:<timer_id>`); recorded as the event
+    `TimerFired` (or `TimerFiringIgnored`)."""
 
     timer_id: str
     TIME_FIELD: ClassVar[str] = "fired_at"
@@ -121,7 +123,7 @@ class EffectOutcome(AccountInput, frozen=True, kw_only=True):
     """The outbox's outcome of one attempt at an effect."""
 
     effect_key: str
-    outcome: Literal["succeeded", "failed_retrying", "gave_up"]
+    outcome: EffectOutcomeKind
     attempt: int
     detail: str = ""
     occurred_at: UtcDatetime
@@ -141,7 +143,7 @@ class AccountObserved(AccountInput, frozen=True, kw_only=True):
 class IpListObserved(ApplicationInput, frozen=True, kw_only=True):
     """The IP-list poller's result for the static or the dynamic list."""
 
-    kind: Literal["static", "dynamic"]
+    kind: IpListKind
     addresses: tuple[str, ...]
     provider_updated_at: UtcDatetime | None = None
     TIME_FIELD: ClassVar[str] = "observed_at"

@@ -7,11 +7,10 @@ with seconds-long values.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
 
 import msgspec
 
-Policy = Literal["notify", "restart"]
+from .vocabulary import Policy as Policy  # re-exported: it was defined here first
 
 
 class MigrationSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,37 +8,16 @@ version). States are frozen: evolve returns a new one, so a caller's copy never 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import msgspec
 from msgspec.structs import replace
 
 from . import events as ev
 from .events import UtcDatetime
-
-STATES = (
-    "dynamic",
-    "first_auth",
-    "stopped_waiting",
-    "second_step_due",
-    "second_auth",
-    "static",
-    "stalled",
-    "excluded",
-)
-"""Every migration state, in funnel order."""
+from .vocabulary import Flag, Policy, State, TimerPurpose
 
 _V = TypeVar("_V")
-
-FLAGS = (
-    "invalid",
-    "sync_error",
-    "deleted",
-    "early_second_auth",
-    "stop_overdue",
-    "running_overdue",
-    "effect_gave_up",
-)
 
 
 class PendingEffect(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,9 +33,9 @@ class AccountState(msgspec.Struct, frozen=True, kw_only=True):
 
     account_id: str
     version: int = 0
-    state: str = "dynamic"
+    state: State = "dynamic"
     cycle: int = 0
-    policy: str | None = None
+    policy: Policy | None = None
     wave: str | None = None
     first_auth_at: UtcDatetime | None = None
     stopped_at: UtcDatetime | None = None
@@ -77,10 +56,10 @@ class AccountState(msgspec.Struct, frozen=True, kw_only=True):
     # `second_step_due_at` (which still decides whether an auth is early).
     reminder_base: UtcDatetime | None = None
     early_auths: int = 0
-    flags: frozenset[str] = frozenset()
+    flags: frozenset[Flag] = frozenset()
     pending_timers: dict[str, UtcDatetime] = {}
-    timer_purposes: dict[str, str] = {}
-    closed_timers: dict[str, str] = {}
+    timer_purposes: dict[str, TimerPurpose] = {}
+    closed_timers: dict[str, Literal["fired", "cancelled"]] = {}
     pending_effects: dict[str, PendingEffect] = {}
     updated_at: UtcDatetime | None = None
 
@@ -205,11 +184,11 @@ class Enrollment(msgspec.Struct, frozen=True, kw_only=True):
     """An account's place in the migration plan."""
 
     wave: str
-    policy: str
+    policy: Policy
     enrolled_at: UtcDatetime
 
 
-class IpList(msgspec.Struct, frozen=True, kw_only=True):
+class KnownIpList(msgspec.Struct, frozen=True, kw_only=True):
     """The latest known provider IP list of one kind."""
 
     addresses: tuple[str, ...]
@@ -224,7 +203,7 @@ class ApplicationState(msgspec.Struct, frozen=True, kw_only=True):
     migration_enabled: bool = False
     enabled_at: UtcDatetime | None = None
     enrollments: dict[str, Enrollment] = {}
-    ip_lists: dict[str, IpList] = {}
+    ip_lists: dict[str, KnownIpList] = {}
 
     def waves(self) -> dict[str, int]:
         """Wave name -> number of accounts enrolled in it."""
@@ -250,7 +229,7 @@ def evolve_application(state: ApplicationState | None, event: ev.Event) -> Appli
                 **dict.fromkeys(event.account_ids, enrollment),
             }
         case ev.IpListChanged():
-            ip_list = IpList(
+            ip_list = KnownIpList(
                 addresses=event.addresses,
                 provider_updated_at=event.provider_updated_at,
                 changed_at=event.occurred_at,

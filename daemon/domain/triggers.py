@@ -10,17 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .vocabulary import Meaning
+
 # grant.updated code for a re-authentication (docs/provider.md#webhook-bodies-v3)
 REAUTH_CODE = 25027
 
 
-def _grant_updated(details: Mapping[str, Any]) -> str:
+def _grant_updated(details: Mapping[str, Any]) -> Meaning:
     if details.get("reauthentication_flag") is True or details.get("code") == REAUTH_CODE:
         return "auth"
     return "updated"
 
 
-TRIGGERS: dict[tuple[int, str], str | Callable[[Mapping[str, Any]], str]] = {
+TRIGGERS: dict[tuple[int, str], Meaning | Callable[[Mapping[str, Any]], Meaning]] = {
     (2, "account.connected"): "connected",
     (2, "account.running"): "running",
     (2, "account.stopped"): "stopped",
@@ -34,7 +36,7 @@ TRIGGERS: dict[tuple[int, str], str | Callable[[Mapping[str, Any]], str]] = {
 """(api_version, trigger) -> meaning, or a function of the notification's details."""
 
 
-def meaning_of(api_version: int, trigger: str, details: Mapping[str, Any]) -> str:
+def meaning_of(api_version: int, trigger: str, details: Mapping[str, Any]) -> Meaning:
     """The domain meaning of a notification, or `unrecognised`."""
     entry = TRIGGERS.get((api_version, trigger))
     if entry is None:
@@ -44,15 +46,19 @@ def meaning_of(api_version: int, trigger: str, details: Mapping[str, Any]) -> st
 
 def sync_state_meaning(
     sync_state: str | None, *, exists: bool = True, billing_state: str | None = None
-) -> str:
+) -> Meaning:
     """The domain meaning of an account's state at the provider (API `sync_state`, an open set)."""
     sync = (sync_state or "").replace("-", "_")
     if not exists or billing_state == "deleted":
         return "deleted"
-    if sync in ("stopped", "running"):
-        return sync
-    if sync in ("invalid", "invalid_credentials"):
-        return "invalid"
-    if sync in ("sync_error", "exception"):
-        return "sync_error"
-    return "unrecognised"
+    return _SYNC_STATES.get(sync, "unrecognised")
+
+
+_SYNC_STATES: dict[str, Meaning] = {
+    "stopped": "stopped",
+    "running": "running",
+    "invalid": "invalid",
+    "invalid_credentials": "invalid",
+    "sync_error": "sync_error",
+    "exception": "sync_error",
+}

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
-from daemon.domain.state import IpList
+from daemon.domain.state import KnownIpList
 
 FORMATS = ("json", "plain", "nftables", "iptables")
 
@@ -33,7 +33,7 @@ def parse_networks(addresses: Iterable[str]) -> list[Network]:
     return sorted(networks, key=lambda n: (n.version, n))
 
 
-def render_observed(ip_lists: Mapping[str, IpList], fmt: str) -> str:
+def render_observed(ip_lists: Mapping[str, KnownIpList], fmt: str) -> str:
     """The allowlist of the lists the log has observed (`ApplicationState.ip_lists`), dated by
     the latest change."""
     changed = max((ip.changed_at for ip in ip_lists.values()), default=None)

@@ -1,4 +1,5 @@
-"""Audit views over the log: an account's timeline and the funnel at a past moment.
+"""Audit views over the log: an account's timeline, the funnel at a past moment, and the check
+of every recorded move against the transition table (`MoveCheck`, which `verify` runs).
 
 Pure functions over records as the event store returns them (anything with the fields of
 `Record`), decoded with `decode_event`. The CLI's `audit` command and the operator API's
@@ -10,22 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
 from daemon.domain import (
     APPLICATION_STREAM,
+    STATES,
     AccountsEnrolled,
     AccountState,
     ReauthRequested,
     StateChanged,
     TimerFired,
     TimerScheduled,
+    Trigger,
     UnknownEvent,
     decode_event,
     evolve_account,
 )
+from daemon.domain.transitions import allows, trigger_of
 from daemon.runtime.projections import Projection
 
 
@@ -173,3 +177,137 @@ def replay(
 def transitions(entries: Iterable[TimelineEntry]) -> list[TimelineEntry]:
     """Only the entries that changed the account's state."""
     return [e for e in entries if e.type == StateChanged.__name__]
+
+
+# --- moves against the transition table -------------------------------------------------------
+
+_MAX_FINDINGS = 100
+
+
+class MoveFinding(msgspec.Struct, frozen=True, kw_only=True):
+    """A recorded state change the transition table does not allow, or whose `from_state` is
+    not the state the account was in (by folding the log up to it).
+
+    kind: `illegal_move` (from -> to is not in the table for the kind of input that made it,
+    `on`; `on` is null when the input's record does not say, and then no kind of input allows
+    it), `wrong_from_state`, or `unreadable_move` (a StateChanged without readable states,
+    which replay cannot read either).
+    """
+
+    position: int
+    account_id: str
+    kind: Literal["illegal_move", "wrong_from_state", "unreadable_move"]
+    from_state: str
+    to_state: str
+    on: Trigger | None
+    detail: str
+
+
+class _Move(msgspec.Struct):
+    """What the check reads of a StateChanged: any string, so a forged word is reported."""
+
+    from_state: str
+    to_state: str
+
+
+_read_move = msgspec.json.Decoder(_Move)
+_STATES: frozenset[str] = frozenset(STATES)
+
+
+class MoveCheck:
+    """Checks each StateChanged of a log against the transition table, row by row in position
+    order (an `eventstore` `RowVisitor`, so `verify` runs it in its own pass over the log).
+
+    The kind of input behind a move is read from that input's record, its `#0` event, which
+    the daemon appends just before the events it caused; without one (an id not of that form,
+    an unreadable record) the move must be allowed on some kind of input. The state an account
+    was in is the last state a readable StateChanged moved it to, as replay folds it.
+    """
+
+    def __init__(self) -> None:
+        self.findings: list[MoveFinding] = []
+        self.moves_checked = 0
+        self.complete = True  # False once more findings were seen than are kept
+        self._states: dict[str, str] = {}
+        # stream -> (event id, type, schema, data) of the latest input record in that stream
+        self._records: dict[str, tuple[str, str, int, str | bytes]] = {}
+        self._triggers: dict[str, Trigger | None] = {}  # record's event id -> its kind of input
+
+    def __call__(
+        self, position: int, stream: str, type_: str, schema: int, data: str | bytes, eid: str
+    ) -> None:
+        # Called for every row of the log: the common case (not a move) returns at once.
+        if type_ != "StateChanged":
+            if eid.endswith("#0"):
+                self._records[stream] = (eid, type_, schema, data)
+            return
+        if stream == APPLICATION_STREAM:
+            return
+        self.moves_checked += 1
+        on = self._trigger(stream, eid.rpartition("#")[0] + "#0")
+        was = self._states.get(stream, "dynamic")
+        account_id = stream.removeprefix("account-")
+        try:
+            move = _read_move.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._find(
+                MoveFinding(
+                    position=position,
+                    account_id=account_id,
+                    kind="unreadable_move",
+                    from_state=was,
+                    to_state="",
+                    on=on,
+                    detail=str(exc),
+                )
+            )
+            return
+        if move.from_state != was:
+            self._find(
+                MoveFinding(
+                    position=position,
+                    account_id=account_id,
+                    kind="wrong_from_state",
+                    from_state=move.from_state,
+                    to_state=move.to_state,
+                    on=on,
+                    detail=f"the account was in {was}",
+                )
+            )
+        if not allows(move.from_state, move.to_state, on):
+            why = f"not allowed on {on}" if on else "not allowed on any input"
+            self._find(
+                MoveFinding(
+                    position=position,
+                    account_id=account_id,
+                    kind="illegal_move",
+                    from_state=move.from_state,
+                    to_state=move.to_state,
+                    on=on,
+                    detail=f"{why} by the transition table",
+                )
+            )
+        if move.to_state in _STATES:  # replay reads any other word as an UnknownEvent
+            self._states[stream] = move.to_state
+
+    def _trigger(self, stream: str, record_id: str) -> Trigger | None:
+        """The kind of input named by the record `record_id`, if it is the stream's latest."""
+        record = self._records.get(stream)
+        if record is None or record[0] != record_id:
+            return None
+        if record_id not in self._triggers:
+            self._triggers.clear()  # one input at a time: keep only the record at hand
+            _, type_, schema, data = record
+            raw = data.encode() if isinstance(data, str) else data
+            try:
+                event = decode_event(type_, schema, raw)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                event = None
+            self._triggers[record_id] = trigger_of(event) if event is not None else None
+        return self._triggers[record_id]
+
+    def _find(self, finding: MoveFinding) -> None:
+        if len(self.findings) < _MAX_FINDINGS:
+            self.findings.append(finding)
+        else:
+            self.complete = False

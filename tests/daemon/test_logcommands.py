@@ -20,7 +20,7 @@ from daemon.domain import (
     IpListObserved,
     MigrationSettings,
     ProviderNotified,
-    TimerFiredInput,
+    TimerDue,
     encode_event,
 )
 from daemon.domain.testing import Harness
@@ -145,8 +145,8 @@ def migration_log(path: Path) -> None:
             state = h.accounts.get(account)
             for timer_id, due in list(state.pending_timers.items()) if state else ():
                 if due <= at(minute):
-                    h.handle(TimerFiredInput(input_id=f"timer:{timer_id}", account_id=account,
-                                             timer_id=timer_id, due_at=due, fired_at=at(minute)),
+                    h.handle(TimerDue(input_id=f"timer:{timer_id}", account_id=account,
+                                      timer_id=timer_id, due_at=due, fired_at=at(minute)),
                              at(minute))  # fmt: skip
     assert h.accounts["good"].state == "static"
     assert h.accounts["gone"].state == "stalled"
@@ -685,3 +685,86 @@ def test_a_command_told_the_log_reads_no_config(
     assert "1 signed checkpoint(s) valid" in capsys.readouterr().out
     assert main(["verify", "--database", str(db)]) == 2  # the key's place is in that config
     assert "configuration error" in capsys.readouterr().err
+
+
+def rewrite_row(db: Path, position: int, data: bytes) -> None:
+    """Replace one row's data behind the store's back and re-chain every row from it on, as
+    someone with write access could: the hash chain alone is consistent again."""
+    con = sqlite3.connect(db)
+    triggers = con.execute("SELECT name, sql FROM sqlite_master WHERE type='trigger'").fetchall()
+    for name, _ in triggers:
+        con.execute(f"DROP TRIGGER {name}")
+    con.execute("UPDATE events SET data=? WHERE position=?", (data.decode(), position))
+    prev = con.execute("SELECT prev_hash FROM events WHERE position=?", (position,)).fetchone()[0]
+    rows = con.execute(
+        "SELECT position, stream, version, type, schema, event_id, recorded_at, data, metadata"
+        " FROM events WHERE position >= ? ORDER BY position",
+        (position,),
+    ).fetchall()
+    for pos, *fields, text, metadata in rows:
+        digest = row_hash(prev, canonical_row(*fields, text.encode(), metadata.encode()))
+        con.execute("UPDATE events SET prev_hash=?, hash=? WHERE position=?", (prev, digest, pos))
+        prev = digest
+    for _, sql in triggers:
+        con.execute(sql)
+    con.commit()
+    con.close()
+
+
+def test_verify_finds_every_move_of_a_real_log_allowed(
+    migrated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a log the daemon's rules wrote, `verify` checks each state change against the
+    transition table and finds nothing to report."""
+    assert main(["verify", "--database", str(migrated), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True
+    assert report["moves"] == []
+    assert report["moves_checked"] >= 8  # good: 4 moves to static; gone: 3 moves to stalled
+    assert main(["verify", "--database", str(migrated)]) == 0
+    assert "state change(s) as the transition table allows" in capsys.readouterr().out
+
+
+def test_verify_reports_a_forged_move_with_its_position(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A StateChanged rewritten to jump from dynamic to static, with the chain recomputed so
+    the hashes match, is reported with its position and account (and the next move, which
+    starts from a state the account was not in), and `verify` exits 1."""
+    db = tmp_path / "log.db"
+    migration_log(db)
+    con = sqlite3.connect(db)
+    [(position, data)] = con.execute(
+        "SELECT position, data FROM events WHERE stream='account-gone' AND type='StateChanged'"
+        " ORDER BY position LIMIT 1"
+    ).fetchall()
+    [(after,)] = con.execute(
+        "SELECT position FROM events WHERE stream='account-gone' AND type='StateChanged'"
+        " AND position > ? ORDER BY position LIMIT 1",
+        (position,),
+    ).fetchall()
+    con.close()
+    assert '"to_state":"first_auth"' in data
+    rewrite_row(
+        db, position, data.replace('"to_state":"first_auth"', '"to_state":"static"').encode()
+    )
+
+    assert main(["verify", "--database", str(db), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["damage"] == []  # the chain itself is intact: only the content is wrong
+    assert report["ok"] is False
+    found = [(m["position"], m["account_id"], m["kind"], m["from_state"], m["to_state"], m["on"])
+             for m in report["moves"]]  # fmt: skip
+    assert found == [
+        (position, "gone", "illegal_move", "dynamic", "static", "auth"),
+        (after, "gone", "wrong_from_state", "first_auth", "stopped_waiting", "provider"),
+    ]
+
+    assert main(["verify", "--database", str(db)]) == 1
+    out = capsys.readouterr().out
+    assert (
+        f"BAD MOVE at position {position}: illegal_move: account gone: dynamic -> static on auth"
+        in out
+    )
+    assert f"BAD MOVE at position {after}: wrong_from_state: account gone:" in out
+    assert "the account was in static" in out

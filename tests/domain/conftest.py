@@ -21,7 +21,7 @@ from daemon.domain import (
     MigrationSettings,
     ProviderNotified,
     ResetAccount,
-    TimerFiredInput,
+    TimerDue,
 )
 from daemon.domain.testing import Harness
 
@@ -103,7 +103,7 @@ class Flow:
         due = self.state(account).pending_timers.get(timer_id, self.now)
         fired = due + late
         self.now = max(self.now, fired)
-        inp = TimerFiredInput(
+        inp = TimerDue(
             input_id=self._id(f"timer:{timer_id}"),
             account_id=account,
             timer_id=timer_id,

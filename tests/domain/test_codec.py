@@ -21,6 +21,8 @@ from daemon.domain import (
     meaning_of,
     stream_of,
 )
+from daemon.runtime.projections import Projection
+from eventstore import RecordedEvent
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -61,6 +63,62 @@ def test_unknown_type_and_newer_schema_decode_to_unknown_event():
     newer = decode_event("AuthRecorded", 99, b"{}")
     assert isinstance(newer, UnknownEvent)
     assert encode_event(newer).data == b"{}"
+
+
+def test_a_word_outside_the_vocabulary_reads_as_unknown_and_replay_carries_on(flow):
+    """A log holding a state, flag or purpose this version does not know still replays: that
+    event is an UnknownEvent of its account, counted in the stream's version, and the rest
+    reads as before."""
+    flow.setup()
+    flow.auth(1)
+    odd = [
+        (
+            "StateChanged",
+            1,
+            {
+                "from_state": "first_auth",
+                "to_state": "paused",
+                "at": "2025-03-01T12:05:00Z",
+                "reason": "",
+                "cycle": 1,
+            },
+        ),
+        ("FlagRaised", 1, {"flag": "suspicious", "reason": ""}),
+        (
+            "TimerFired",
+            1,
+            {
+                "timer_id": "t",
+                "purpose": "snooze",
+                "due_at": "2025-03-01T12:05:00Z",
+                "fired_at": "2025-03-01T12:05:00Z",
+            },
+        ),
+    ]
+    projection = Projection()
+    position = 0
+    for logged in flow.h.log:
+        position += 1
+        encoded = encode_event(logged.event)
+        projection.apply_record(
+            _record(position, logged.stream, encoded.type, encoded.schema, encoded.data)
+        )
+    for type_, schema, fields in odd:
+        data = {"type": type_, "occurred_at": "2025-03-01T12:05:00Z", "account_id": "a", **fields}
+        position += 1
+        event = projection.apply_record(
+            _record(position, "account-a", type_, schema, msgspec.json.encode(data))
+        )
+        assert isinstance(event, UnknownEvent)
+        assert (event.event_type, event.account_id) == (type_, "a")
+    state = projection.account("a")
+    assert state is not None
+    assert state.version == flow.state().version + len(odd)
+    assert (state.state, state.flags) == ("first_auth", flow.state().flags)
+
+
+def _record(position: int, stream: str, type_: str, schema: int, data: bytes) -> RecordedEvent:
+    return RecordedEvent(position, stream, 0, type_, schema, data, b"{}", f"e{position}", AT, "")
 
 
 def test_aware_utc_times_are_required():

@@ -23,8 +23,8 @@ from daemon.domain import (
     ProviderNotified,
     ResetAccount,
     StateChanged,
+    TimerDue,
     TimerFired,
-    TimerFiredInput,
     TimerScheduled,
     evolve_account,
     evolve_application,
@@ -165,7 +165,7 @@ class Run:
                 timer_id = choices[s[3] % len(choices)]
                 due_at = state.pending_timers.get(timer_id, self.now)
                 self.give(
-                    TimerFiredInput(
+                    TimerDue(
                         input_id=f"timer:{timer_id}:{self.uid('f')}",
                         account_id=s[1],
                         timer_id=timer_id,

@@ -415,3 +415,17 @@ async def test_a_report_under_the_cap_is_complete(log: Path) -> None:
     async with await EventStore.open(log, readonly=True) as store:
         report = await store.verify()
     assert (report.ok, report.complete) == (False, True)
+
+
+async def test_verify_shows_each_row_to_a_visitor_in_the_same_pass(log: Path) -> None:
+    """A caller checking the rows' content sees every row once, in position order, as stored,
+    an inserted one included, from the same pass that checks the chain."""
+    before = rows(log)[3]
+    forged = (5, "intruder", 1, "T", 1, "{}", "{}", "forged", before[8], before[10], "f" * 64)
+    tamper(log, *_SHIFT_UP_FROM_5, _INSERT, params=forged)
+    seen: list[tuple[int, str, str, int, str | bytes, str]] = []
+    async with await EventStore.open(log, create=False) as store:
+        report = await store.verify(visit=lambda *row: seen.append(row))
+    assert [(d.position, d.kind) for d in report.damage] == [(5, "inserted")]
+    assert seen == [(r[0], r[1], r[3], r[4], r[5], r[7]) for r in rows(log)]
+    assert seen[4][1] == "intruder"
