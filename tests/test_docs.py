@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.domain import codec, events, state, triggers
+from daemon.domain import codec, events, triggers, vocabulary
 from eventstore import GENESIS, EventStore, NewEvent, schema
 
 ROOT = Path(__file__).parent.parent
@@ -89,10 +89,7 @@ def test_every_trigger_is_in_the_provider_document() -> None:
 def test_states_flags_and_timer_purposes_are_in_the_state_machine_document() -> None:
     """Every state, flag and timer purpose of the domain is named in docs/state-machine.md."""
     text = doc("state-machine.md")
-    source = "".join(p.read_text() for p in (ROOT / "daemon" / "domain").glob("*.py"))
-    purposes = set(re.findall(r'\.schedule\(\s*"(\w+)"', source))
-    assert purposes >= {"stop_grace", "second_step", "reminder", "stall", "running_grace"}
-    named = [*state.STATES, *state.FLAGS, *purposes]
+    named = [*vocabulary.STATES, *vocabulary.FLAGS, *vocabulary.TIMER_PURPOSES]
     assert [n for n in named if f"`{n}`" not in text] == []
 
 
@@ -170,3 +167,20 @@ async def test_the_documented_hash_is_the_stored_hash(tmp_path: Path) -> None:
         assert hashlib.sha256(prev.encode("ascii") + canonical).hexdigest() == stored_hash
         prev = stored_hash
     assert len(rows) == 3
+
+
+def test_every_repository_path_the_documents_name_exists() -> None:
+    """Every file or folder of the repository that README.md or docs/ names is really there."""
+    texts = [
+        ROOT / "README.md",
+        ROOT / "bench" / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+    ]
+    path = re.compile(r"\b(?:daemon|eventstore|bench|tests|systemd|docs)/[\w./-]*\w")
+    missing = [
+        f"{text.relative_to(ROOT)}: {name}"
+        for text in texts
+        for name in sorted(set(path.findall(text.read_text())))
+        if not (ROOT / name).exists()
+    ]
+    assert missing == []
