@@ -23,6 +23,7 @@ from daemon.domain import (
     TimerFired,
     TimerScheduled,
     UnknownEvent,
+    account_stream,
     decode_event,
     evolve_account,
 )
@@ -70,7 +71,7 @@ def timeline(records: Iterable[Record], account_id: str) -> list[TimelineEntry]:
 
     Records of other streams are skipped, so the whole log may be passed.
     """
-    stream = f"account-{account_id}"
+    stream = account_stream(account_id)
     state: AccountState | None = None
     entries: list[TimelineEntry] = []
     for record in records:

@@ -17,7 +17,14 @@ import pytest
 
 import daemon.runtime.engine
 import daemon.runtime.planner
-from daemon.domain import AuthReported, EnableMigration, Enroll, MigrationSettings, ProviderNotified
+from daemon.domain import (
+    AuthReported,
+    EnableMigration,
+    Enroll,
+    MigrationSettings,
+    ProviderNotified,
+    account_stream,
+)
 from daemon.runtime.engine import Engine
 from daemon.runtime.live import LiveProjection
 from eventstore import EventStore
@@ -63,7 +70,7 @@ class WritePath:
         return await asyncio.wait_for(self.engine.submit(list(inputs), source="test"), 10)
 
     async def stream(self, account: str) -> list[str]:
-        return [r.event_id async for r in self.store.read_stream(f"account-{account}")]
+        return [r.event_id async for r in self.store.read_stream(account_stream(account))]
 
 
 @pytest.fixture
