@@ -14,6 +14,8 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog
+import structlog.testing
 
 import daemon.runtime.engine
 import daemon.runtime.planner
@@ -347,3 +349,31 @@ async def test_inputs_without_a_request_are_correlated_by_the_accounts_migration
     assert correlations["auth#0"] == "account-acc-1/cycle-1"
     assert correlations["v2:stop#0"] == "account-acc-1/cycle-1"
     assert set(correlations.values()) == {"account-acc-1/cycle-1"}
+
+
+async def test_the_engines_log_lines_do_not_carry_the_ids_of_a_request(path: WritePath) -> None:
+    """A pass decides many callers' inputs: its log lines (here the failure of its metrics
+    callback) never name a request, not even one bound where the engine was started."""
+
+    def on_appended(source: str, new: int) -> None:
+        raise RuntimeError("a bug in the metrics")
+
+    engine = Engine(
+        path.store, path.live, MigrationSettings(), clock=lambda: T0, on_appended=on_appended
+    )
+    capture = structlog.testing.LogCapture()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+    try:
+        with structlog.contextvars.bound_contextvars(request_id="r-1", account_id="acc-1"):
+            async with anyio.create_task_group() as tg:
+                await tg.start(engine.run)
+                await asyncio.wait_for(engine.submit([running(1)], source="test"), 10)
+                structlog.get_logger().info("caller.line")  # the binding itself works
+                tg.cancel_scope.cancel()
+    finally:
+        structlog.reset_defaults()
+    [caller] = [e for e in capture.entries if e["event"] == "caller.line"]
+    engine_lines = [e for e in capture.entries if e["event"] == "engine.pass_failed"]
+    assert caller["request_id"] == "r-1"
+    assert engine_lines
+    assert all("request_id" not in e and "account_id" not in e for e in engine_lines)
