@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from daemon.config import load_config, load_secrets
 from daemon.domain import ProviderNotified
-from daemon.runtime.engine import Engine
+from daemon.runtime.planner import PassPlanner
 from daemon.service import Daemon
 from eventstore import EventStoreError, NewEvent
 from eventstore.writer import Writer
@@ -63,10 +63,10 @@ async def test_a_dead_engine_stops_the_daemon(setup: Any, monkeypatch: pytest.Mo
     """If the engine crashes, Daemon.run fails and the log names the engine."""
     daemon = daemon_for(setup)
 
-    def broken(self: Engine) -> Any:
+    def broken(self: PassPlanner[Any], dropped: Any = None) -> Any:
         raise RuntimeError("a bug in the engine")
 
-    monkeypatch.setattr(Engine, "_next_batch", broken)
+    monkeypatch.setattr(PassPlanner, "take", broken)
 
     async def submit() -> None:
         notified = ProviderNotified(
