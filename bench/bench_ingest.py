@@ -271,6 +271,7 @@ async def serve_store(workdir: Path, port_file: Path, secret: bytes) -> None:
     """
     from aiohttp import web
 
+    from daemon.domain import account_stream
     from daemon.service import tune_gc
     from eventstore import EventStore, NewEvent
 
@@ -284,7 +285,7 @@ async def serve_store(workdir: Path, port_file: Path, secret: bytes) -> None:
                 return web.json_response({"error": "bad signature"}, status=401)
             delta = json.loads(body)["deltas"][0]
             account = delta["object_data"]["id"]
-            event = NewEvent(f"account-{account}", "Received", body, event_id=digest)
+            event = NewEvent(account_stream(account), "Received", body, event_id=digest)
             result = await store.append([event], if_absent=digest)
             return web.json_response(
                 {"recorded": sum(result.created), "duplicates": int(result.skipped)}

@@ -1,10 +1,11 @@
-"""`staticipd serve`: the long-running process, one anyio task group holding every part.
+"""`staticipd serve`: the long-running process, anyio task groups holding every part.
 
-The writer (inside the store), the live projection, the HTTP listener, the timer driver, the
+The store's writer, the engine, the live projection, the HTTP listener, the timer driver, the
 outbox and the pollers run side by side; if any of them dies the group is cancelled and the
-process exits non-zero rather than running half-alive. SIGTERM/SIGINT: stop accepting, let
-in-flight requests finish (bounded grace), flush the writer, write a snapshot, exit 0. SIGHUP:
-reload the secrets and the log level without a restart.
+process exits non-zero rather than running half-alive. The writer runs in an outer group, so
+it outlives the others for the shutdown's snapshot and checkpoint. SIGTERM/SIGINT: stop
+accepting, let in-flight requests finish (bounded grace), flush the writer, write a snapshot,
+exit 0. SIGHUP: reload the secrets and the log level without a restart.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import aiohttp
 import anyio
 import structlog
 from aiohttp import web
+from anyio.abc import TaskStatus
 
 from daemon import exitcodes, logs, sdnotify
 from daemon.config import Config, ConfigError, Secrets, load_config, load_secrets, render_effective
@@ -83,9 +85,18 @@ class Daemon:
 
     async def run(self) -> None:
         config = self.config
-        store = await EventStore.open(config.database.path, synchronous=config.database.synchronous)
+        store = await EventStore.open(
+            config.database.path, synchronous=config.database.synchronous, supervised=True
+        )
         try:
-            await self._run_with(store)
+            async with anyio.create_task_group() as tg:
+                await tg.start(_essential, "store writer", store.run_writer, True)
+                try:
+                    await self._run_with(store)
+                finally:
+                    # Flush what is queued and let the writer return, also when a part failed.
+                    with anyio.CancelScope(shield=True):
+                        await store.close()
         finally:
             await store.close()
 
@@ -174,8 +185,8 @@ class Daemon:
     ) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """The parts that run for the daemon's whole life, each supervised by `_essential`."""
         jobs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("engine", self.engine.run),
             ("projection", live.run),
-            ("store writer", self.store.writer_exited),
             ("timers", timers.run),
             ("outbox", outbox.run),
             ("snapshots", lambda: self._snapshots(self.store, live)),
@@ -377,16 +388,29 @@ def _feed(live: LiveProjection, timers: TimerDriver, outbox: Outbox) -> None:
     live.add_account_hook(on_change)
 
 
-async def _essential(name: str, job: Callable[[], Awaitable[None]]) -> None:
-    """A part that returns or fails takes the whole process down: never half-alive."""
+async def _essential(
+    name: str,
+    job: Callable[..., Awaitable[None]],
+    may_return: bool = False,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """A part that fails (or returns, unless `may_return`) takes the whole process down.
+
+    Never half-alive. With `tg.start`, it is started once the part says so (`task_status`).
+    """
     try:
-        await job()
+        if task_status is anyio.TASK_STATUS_IGNORED:
+            await job()
+        else:
+            await job(task_status=task_status)
     except anyio.get_cancelled_exc_class():
         raise
     except Exception:
         log.exception("daemon.part_failed", part=name)
         raise
-    raise RuntimeError(f"{name} stopped unexpectedly")
+    if not may_return:
+        raise RuntimeError(f"{name} stopped unexpectedly")
 
 
 def _port_of(runner: web.AppRunner) -> int | None:

@@ -18,6 +18,8 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiosqlite
+import anyio
+from anyio.abc import TaskStatus
 
 from .chain import GENESIS, format_time, sign_checkpoint
 from .connections import (
@@ -79,6 +81,7 @@ class EventStore:
         self._reader = reader
         self._busy_timeout = busy_timeout
         self._closed = False
+        self._writer_task: asyncio.Task[None] | None = None  # when the store runs its writer
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -94,12 +97,17 @@ class EventStore:
         max_batch: int = 1_000,
         clock: Callable[[], datetime] | None = None,
         busy_timeout: float = 5.0,
+        supervised: bool = False,
     ) -> Opening[EventStore]:
         """Open (and by default create) the log at `path`, applying pending migrations.
 
         Use as ``store = await EventStore.open(path)`` or ``async with EventStore.open(path) as
         store:`` (the latter closes it). `clock` returns aware datetimes for recorded_at;
         `busy_timeout` (seconds) bounds the wait for a lock held by another process.
+
+        The writer (the one task that writes) is started by the store, unless ``supervised=True``:
+        then the owner runs it in its own task group (``await tg.start(store.run_writer)``), so a
+        crash of the writer ends the group; until it runs, appends wait in the queue.
 
         ``readonly=True`` never writes to the file nor creates one: no pragma writes, no
         migrations, no writer task. The file must exist (else DatabaseMissing) and be a
@@ -117,6 +125,7 @@ class EventStore:
                 max_batch=max_batch,
                 clock=clock,
                 busy_timeout=busy_timeout,
+                supervised=supervised,
             )
         )
 
@@ -131,6 +140,7 @@ class EventStore:
         max_batch: int = 1_000,
         clock: Callable[[], datetime] | None = None,
         busy_timeout: float = 5.0,
+        supervised: bool = False,
     ) -> EventStore:
         sync = synchronous.upper()
         if sync not in _SYNC_MODES:
@@ -169,7 +179,12 @@ class EventStore:
             head_hash=hsh,
             last_recorded_at=last_time,
         )
-        return cls(path, writer, rconn, busy_timeout)
+        store = cls(path, writer, rconn, busy_timeout)
+        if not supervised:
+            store._writer_task = asyncio.get_running_loop().create_task(
+                writer.run(), name="eventstore-writer"
+            )
+        return store
 
     @classmethod
     async def _open_readonly(cls, path: str | os.PathLike[str], *, busy_timeout: float) -> Self:
@@ -186,22 +201,19 @@ class EventStore:
             raise
         return cls(path, None, conn, busy_timeout)
 
-    async def writer_exited(self) -> None:
-        """Return (or raise the writer's error) when the writer task ends.
+    async def run_writer(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the writer of a store opened with ``supervised=True``; returns once closed.
 
-        A long-running owner supervises the store with this: the writer ending while the store is
-        meant to be open means appends can no longer succeed, so the owner should stop too.
+        Raises what ended the writer otherwise (cancellation, or a bug): appends can no longer
+        succeed, so the owner's task group should stop too.
         """
         if self._writer is None:
             raise ReadOnlyStore("a read-only store has no writer")
-        task = self._writer.task
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if task.cancelled() and not (current is not None and current.cancelling()):
-                raise StoreClosed("the event store's writer was cancelled") from None
-            raise
+        if self._writer_task is not None:
+            raise StoreClosed("this store runs its own writer (opened without supervised=True)")
+        await self._writer.run(task_status=task_status)
 
     async def close(self) -> None:
         """Write what is queued, stop the writer and close every connection; idempotent."""

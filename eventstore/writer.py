@@ -1,4 +1,8 @@
-"""The single writer task: owns the write connection and group-commits queued append calls.
+"""The single writer: owns the write connection and group-commits queued append calls.
+
+`Writer.run()` is its long-running loop: the store's owner runs it in a task group
+(`EventStore.run_writer`), or the store starts it itself (`EventStore.open` without
+`supervised`).
 
 Each batch costs a constant number of aiosqlite calls (BEGIN, head, stream versions, stored ids,
 one executemany, COMMIT) because every call is a ~110 µs thread hand-off; fsync is paid once per
@@ -14,6 +18,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiosqlite
+import anyio
+from anyio.abc import TaskStatus
 
 from .chain import format_time
 from .errors import EventStoreError, StoreClosed, WriterBusy, translate
@@ -65,7 +71,7 @@ class _Job:
 
 
 class Writer:
-    """Queue + task that serialises every write of the store through one connection."""
+    """Queue + loop (`run`) that serialises every write of the store through one connection."""
 
     def __init__(
         self,
@@ -89,8 +95,9 @@ class Writer:
         self.last_error: EventStoreError | None = None
         self._committed = asyncio.Event()
         self._closing = False
+        self._started = False
         self._finished = False
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="eventstore-writer")
+        self._exited = anyio.Event()
 
     # -- callers' side -------------------------------------------------------------------------
 
@@ -138,26 +145,37 @@ class Writer:
                     f"append queue stayed full for {timeout} s ({self._queue.maxsize} waiting)"
                 ) from None
 
-    @property
-    def task(self) -> asyncio.Task[None]:
-        return self._task
-
     async def stop(self) -> None:
-        """Write everything queued so far, end the writer task and close the write connection.
+        """Write everything queued so far, end `run` and close the write connection.
 
         Cancelling `stop()` (a caller's timeout) does not cancel the writer: it finishes what is
-        queued, answers every caller, and closes its connection itself.
+        queued, answers every caller, and closes its connection itself. A writer that never ran
+        answers its callers (StoreClosed) and closes here.
         """
         if not self._closing:
             self._closing = True
-            if not self._task.done():
+            if not self._started:
+                self._started = True  # it never will: `run` now refuses to start
+                await self._finish([])
+            elif not self._finished:
                 await self._queue.put(_STOP)
-        # asyncio.wait neither cancels the writer nor raises what ended it (see last_error).
-        await asyncio.wait({self._task})
+        # Neither cancels the writer nor raises what ended it (see last_error).
+        await self._exited.wait()
 
-    # -- the writer task ------------------------------------------------------------------------
+    # -- the writer loop ------------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Write queued calls until `stop()` (then return) or cancellation; runs once.
+
+        Whatever ends it, every caller waiting is answered and the connection is closed.
+        """
+        if self._started:
+            if self._closing:
+                task_status.started()
+                return  # closed before it ran: `stop` answered everyone and closed
+            raise StoreClosed("the event store's writer already ran")
+        self._started = True
+        task_status.started()
         pending: Any = None
         in_flight: list[_AppendCall] = []
         try:
@@ -192,20 +210,27 @@ class Writer:
             self.last_error = translate(exc) if isinstance(exc, Exception) else StoreClosed()
             raise
         finally:
-            self._finished = True
-            # Every caller gets an answer, also those of a batch interrupted by cancellation.
-            # Its COMMIT may or may not have happened: a retry with the same event ids is safe.
-            for call in in_flight:
-                if not call.future.done():
-                    call.future.set_exception(
-                        StoreClosed("the event store closed during this write; retry it")
-                    )
-            self._fail_queued()
-            self._signal()
+            with anyio.CancelScope(shield=True):  # closing must finish, cancelled or not
+                await self._finish(in_flight)
+
+    async def _finish(self, in_flight: list[_AppendCall]) -> None:
+        self._finished = True
+        # Every caller gets an answer, also those of a batch interrupted by cancellation.
+        # Its COMMIT may or may not have happened: a retry with the same event ids is safe.
+        for call in in_flight:
+            if not call.future.done():
+                call.future.set_exception(
+                    StoreClosed("the event store closed during this write; retry it")
+                )
+        self._fail_queued()
+        self._signal()
+        try:
             # The writer owns the write connection. Closing after a storage failure must not
             # mask that failure.
             with contextlib.suppress(Exception):
                 await self._conn.close()
+        finally:
+            self._exited.set()
 
     def _fail_queued(self) -> None:
         while True:

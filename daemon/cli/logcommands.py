@@ -27,7 +27,7 @@ import msgspec
 from daemon import exitcodes
 from daemon.cli.progress import Progress
 from daemon.config import ConfigError, load_config, secret_dirs
-from daemon.domain import APPLICATION_STREAM, STATES
+from daemon.domain import APPLICATION_STREAM, STATES, account_stream
 from daemon.provider import allowlist
 from daemon.runtime.audit import MoveCheck, render_timeline, timeline, timeline_as_json
 from daemon.runtime.live import SNAPSHOT_NAME
@@ -407,7 +407,7 @@ def audit_command(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         async with open_log(args.database) as store:
-            own = [r async for r in store.read_stream(f"account-{account_id}")]
+            own = [r async for r in store.read_stream(account_stream(account_id))]
             enrolments = [
                 r
                 async for r in store.read_stream(APPLICATION_STREAM)

@@ -5,7 +5,7 @@ is always an argument. The contract with the daemon:
 
 - `stream_for(input)` names the stream; load its state (`None` if unseen) and call
   `decide(state, input, now, settings, app)`. It returns at least one event, the first
-  recording the input; name them `f"{input.input_id}#{i}"` and append them in one transaction
+  recording the input; name them `event_id(input.input_id, i)` and append them in one transaction
   at expected version `state.version` (0 for an unseen stream).
 - `encode_event(e)` / `decode_event(type, schema, data)` convert to and from the store's
   (type, schema, JSON bytes); `stream_of(e)` is the event's stream.
@@ -18,7 +18,7 @@ is the event; the timer driver's input is `TimerDue`.
 """
 
 from . import events, inputs
-from .application import decide, decide_application, evolve
+from .application import StreamStates, decide, decide_application, evolve, evolve_stream
 from .codec import (
     EVENT_TYPES,
     UPCASTERS,
@@ -29,7 +29,6 @@ from .codec import (
 )
 from .decide import decide_account
 from .events import (
-    APPLICATION_STREAM,
     AccountEvent,
     AccountObservationRecorded,
     AccountsEnrolled,
@@ -88,6 +87,14 @@ from .state import (
     PendingEffect,
     evolve_account,
     evolve_application,
+)
+from .streams import (
+    APPLICATION_STREAM,
+    account_of,
+    account_stream,
+    event_id,
+    first_event_id,
+    is_input_record,
 )
 from .transitions import TRANSITIONS, Transition, TransitionError, Trigger
 from .triggers import TRIGGERS, meaning_of, sync_state_meaning
@@ -162,6 +169,7 @@ __all__ = [
     "ResetAccount",
     "State",
     "StateChanged",
+    "StreamStates",
     "SyncRestartRequested",
     "TimerCancelled",
     "TimerDue",
@@ -173,16 +181,22 @@ __all__ = [
     "TransitionError",
     "Trigger",
     "UnknownEvent",
+    "account_of",
+    "account_stream",
     "decide",
     "decide_account",
     "decide_application",
     "decode_event",
     "encode_event",
+    "event_id",
     "events",
     "evolve",
     "evolve_account",
     "evolve_application",
+    "evolve_stream",
+    "first_event_id",
     "inputs",
+    "is_input_record",
     "meaning_of",
     "stream_for",
     "stream_of",

@@ -3,17 +3,22 @@
 `decide(state, input, now, settings, app)` and `evolve(state, event)` route to the account or
 the application functions by the input's or event's kind, so the daemon can treat every
 stream alike: load the stream's state, decide, append at `state.version`, evolve.
+`evolve_stream(states, stream, event)` is the one router for whoever keeps every stream's
+state (the projection, the engine's pass, the test harness): the stream says which evolve.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Protocol
 
 from . import events as ev
 from . import inputs as inp
+from .codec import stream_of
 from .decide import decide_account
 from .settings import MigrationSettings
 from .state import AccountState, ApplicationState, evolve_account, evolve_application
+from .streams import account_of
 
 
 def decide_application(
@@ -117,10 +122,35 @@ def evolve(
     state: AccountState | ApplicationState | None, event: ev.Event
 ) -> AccountState | ApplicationState:
     """Route to `evolve_account` or `evolve_application` by the event's stream."""
-    if isinstance(event, ev.AccountEvent) or getattr(event, "account_id", None) is not None:
+    if account_of(stream_of(event)) is not None:
         if state is not None and not isinstance(state, AccountState):
             raise TypeError("an account event needs the account's state")
         return evolve_account(state, event)
     if state is not None and not isinstance(state, ApplicationState):
         raise TypeError("an application event needs the application state")
     return evolve_application(state, event)
+
+
+class StreamStates(Protocol):
+    """Whoever keeps the state of every stream: the application's, and each account's by id."""
+
+    application: ApplicationState
+
+    def account(self, account_id: str) -> AccountState | None: ...
+
+    def put_account(self, state: AccountState) -> None: ...
+
+
+def evolve_stream(states: StreamStates, stream: str, event: ev.Event) -> int:
+    """Fold `event`, recorded in `stream`, into the state `states` keeps for that stream.
+
+    Returns the stream's new version. The stream (known to every caller: it was computed to
+    append the event, or read with it) is the whole routing: no test of the event's class.
+    """
+    account_id = account_of(stream)
+    if account_id is None:
+        app = states.application = evolve_application(states.application, event)
+        return app.version
+    state = evolve_account(states.account(account_id), event)
+    states.put_account(state)
+    return state.version

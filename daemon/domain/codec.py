@@ -18,7 +18,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import msgspec
 
-from .events import APPLICATION_STREAM, EVENT_CLASSES, AccountEvent, Event, UnknownEvent
+from .events import EVENT_CLASSES, AccountEvent, Event, UnknownEvent
+from .streams import APPLICATION_STREAM, account_stream
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.__name__: cls for cls in EVENT_CLASSES}
 """The one registry: type name -> class."""
@@ -145,7 +146,7 @@ def _unknown(type: str, schema: int, data: bytes) -> UnknownEvent:
 def stream_of(event: Event) -> str:
     """`account-<account_id>` for account events, `application` for the others."""
     if isinstance(event, AccountEvent):
-        return f"account-{event.account_id}"
+        return account_stream(event.account_id)
     if isinstance(event, UnknownEvent) and event.account_id is not None:
-        return f"account-{event.account_id}"
+        return account_stream(event.account_id)
     return APPLICATION_STREAM

@@ -31,8 +31,6 @@ from .vocabulary import (
 UtcDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 """An aware datetime; the domain only ever handles UTC."""
 
-APPLICATION_STREAM = "application"  # the stream of every event that is not an account's
-
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
     """Base of every domain event."""

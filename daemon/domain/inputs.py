@@ -3,8 +3,8 @@
 Each input is a frozen msgspec struct with a deterministic `input_id` (the delivery dedupe key
 of a webhook, the application's auth event id, `timer:<timer_id>` for a timer firing, the
 command id of an operator command, `<effect_key>:<attempt>` for an effect outcome) and the time
-it occurred. The daemon names the events of one input `f"{input_id}#{i}"`, so a redelivered
-input is found by the existence of `f"{input_id}#0"`.
+it occurred. The daemon names the events of one input `<input_id>#<i>` (see `streams.py`), so a
+redelivered input is found by the existence of `<input_id>#0`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from .events import APPLICATION_STREAM, UtcDatetime
+from .events import UtcDatetime
+from .streams import APPLICATION_STREAM, account_stream
 from .vocabulary import EffectOutcomeKind, IpListKind, Policy
 
 
@@ -153,5 +154,5 @@ class IpListObserved(ApplicationInput, frozen=True, kw_only=True):
 def stream_for(inp: Input) -> str:
     """The stream whose state decides `inp` and receives its events."""
     if isinstance(inp, AccountInput):
-        return f"account-{inp.account_id}"
+        return account_stream(inp.account_id)
     return APPLICATION_STREAM

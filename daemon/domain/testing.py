@@ -2,7 +2,7 @@
 
 Used by the tests (and reusable by the daemon's tests) to drive the domain with inputs and get
 the log it would write. Appends are what the daemon does: the events of one input get the ids
-`f"{input_id}#{i}"`, an input whose `#0` exists is a redelivery and is skipped.
+`event_id(input_id, i)`, an input whose first event id exists is a redelivery and is skipped.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from datetime import datetime
 
 import msgspec
 
-from .application import decide
+from .application import decide, evolve_stream
 from .codec import stream_of
-from .events import APPLICATION_STREAM, Event
+from .events import Event
 from .inputs import AccountInput, Input, stream_for
 from .settings import MigrationSettings
-from .state import AccountState, ApplicationState, evolve_account, evolve_application
+from .state import AccountState, ApplicationState
+from .streams import event_id, first_event_id
 
 
 class LoggedEvent(msgspec.Struct, frozen=True):
@@ -41,7 +42,7 @@ class Harness:
 
     def handle(self, command: Input, now: datetime) -> list[Event]:
         """Decide and append `command`'s events; [] if it is a redelivery."""
-        if f"{command.input_id}#0" in self.event_ids:
+        if first_event_id(command.input_id) in self.event_ids:
             return []
         stream = stream_for(command)
         state: AccountState | ApplicationState | None
@@ -55,18 +56,16 @@ class Harness:
         for i, event in enumerate(new):
             if stream_of(event) != stream:
                 raise AssertionError(f"{type(event).__name__} is not for stream {stream}")
-            self._append(f"{command.input_id}#{i}", event)
+            self._append(stream, event_id(command.input_id, i), event)
         return new
 
-    def _append(self, event_id: str, event: Event) -> None:
-        stream = stream_of(event)
-        if stream == APPLICATION_STREAM:
-            self.application = evolve_application(self.application, event)
-            version = self.application.version
-        else:
-            account_id = stream.removeprefix("account-")
-            state = evolve_account(self.accounts.get(account_id), event)
-            self.accounts[account_id] = state
-            version = state.version
-        self.event_ids.add(event_id)
-        self.log.append(LoggedEvent(len(self.log) + 1, stream, version, event_id, event))
+    def account(self, account_id: str) -> AccountState | None:
+        return self.accounts.get(account_id)
+
+    def put_account(self, state: AccountState) -> None:
+        self.accounts[state.account_id] = state
+
+    def _append(self, stream: str, id_: str, event: Event) -> None:
+        version = evolve_stream(self, stream, event)
+        self.event_ids.add(id_)
+        self.log.append(LoggedEvent(len(self.log) + 1, stream, version, id_, event))

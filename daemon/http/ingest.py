@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 
 from daemon import logs, metrics
-from daemon.domain import AuthReported
+from daemon.domain import AuthReported, first_event_id
 from daemon.http.context import RUNTIME, Runtime, describe_account, storage_guard
 from daemon.http.errors import (
     ApiError,
@@ -141,7 +141,7 @@ async def _refuse_reused_event_id(rt: Runtime, input_id: str, account_id: str) -
     reuses ids, and answering "duplicate" would hide that its event was never recorded.
     """
     with storage_guard():
-        original = await rt.store.get_event(f"{input_id}#0")
+        original = await rt.store.get_event(first_event_id(input_id))
     if original is None:
         return
     try:

@@ -21,6 +21,7 @@ from daemon.domain import (
     Input,
     MarkResolved,
     ResetAccount,
+    account_stream,
 )
 from daemon.http.context import RUNTIME, Runtime, describe_account, storage_guard
 from daemon.http.errors import (
@@ -171,7 +172,7 @@ async def get_account(request: web.Request) -> web.Response:
 async def get_timeline(request: web.Request) -> web.Response:
     rt = _runtime(request)
     account_id = _account_id(request)
-    records = [r async for r in rt.store.read_stream(f"account-{account_id}")]
+    records = [r async for r in rt.store.read_stream(account_stream(account_id))]
     if not records:
         raise ApiError(404, "unknown_account", f"no account {account_id!r} in the log")
     return web.json_response(

@@ -26,9 +26,11 @@ from daemon.domain import (
     TimerScheduled,
     Trigger,
     UnknownEvent,
+    account_stream,
     decode_event,
     evolve_account,
 )
+from daemon.domain.streams import account_of, first_event_id, input_of, is_input_record
 from daemon.domain.transitions import allows, trigger_of
 from daemon.runtime.projections import Projection
 
@@ -74,7 +76,7 @@ def timeline(records: Iterable[Record], account_id: str) -> list[TimelineEntry]:
 
     Records of other streams are skipped, so the whole log may be passed.
     """
-    stream = f"account-{account_id}"
+    stream = account_stream(account_id)
     state: AccountState | None = None
     entries: list[TimelineEntry] = []
     for record in records:
@@ -116,7 +118,7 @@ def _source(record: Record) -> str:
     if isinstance(metadata, dict) and isinstance(metadata.get("source"), str):
         return metadata["source"]
     # Without metadata the input id (the event id before `#`) still says where it came from.
-    return record.event_id.rsplit("#", 1)[0]
+    return input_of(record.event_id)
 
 
 def _reason(event: object) -> str:
@@ -238,15 +240,15 @@ class MoveCheck:
     ) -> None:
         # Called for every row of the log: the common case (not a move) returns at once.
         if type_ != "StateChanged":
-            if eid.endswith("#0"):
+            if is_input_record(eid):
                 self._records[stream] = (eid, type_, schema, data)
             return
         if stream == APPLICATION_STREAM:
             return
         self.moves_checked += 1
-        on = self._trigger(stream, eid.rpartition("#")[0] + "#0")
+        on = self._trigger(stream, first_event_id(input_of(eid)))
         was = self._states.get(stream, "dynamic")
-        account_id = stream.removeprefix("account-")
+        account_id = account_of(stream) or stream
         try:
             move = _read_move.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -26,8 +26,7 @@ from daemon.domain import (
     Event,
     PendingEffect,
     decode_event,
-    evolve_account,
-    evolve_application,
+    evolve_stream,
     stream_of,
 )
 from eventstore import RecordedEvent
@@ -82,20 +81,17 @@ class Projection:
         if position <= self.position:
             return False
         stream = stream_of(event)
-        if stream == APPLICATION_STREAM:
-            self.application = evolve_application(self.application, event)
-            if isinstance(event, AccountsEnrolled):
-                # Enrolment is the first sight of an account for the funnel.
-                for account_id in event.account_ids:
-                    if account_id not in self._accounts:
-                        self._put(AccountState(account_id=account_id))
-        else:
-            account_id = stream.removeprefix("account-")
-            self._put(evolve_account(self._accounts.get(account_id), event))
+        evolve_stream(self, stream, event)
+        if stream == APPLICATION_STREAM and isinstance(event, AccountsEnrolled):
+            # Enrolment is the first sight of an account for the funnel.
+            for account_id in event.account_ids:
+                if account_id not in self._accounts:
+                    self.put_account(AccountState(account_id=account_id))
         self.position = position
         return True
 
-    def _put(self, state: AccountState) -> None:
+    def put_account(self, state: AccountState) -> None:
+        """Keep an account's new state, and index it."""
         old = self._accounts.get(state.account_id)
         if old is not None and old.state != state.state:
             self._by_state.setdefault(old.state, set()).discard(state.account_id)
@@ -241,7 +237,7 @@ class Projection:
         projection.position = snapshot.position
         projection.application = snapshot.application
         for state in snapshot.accounts:
-            projection._put(state)
+            projection.put_account(state)
         projection._rebuild_due_heap()  # one heapify instead of a push per account
         return projection
 
@@ -265,7 +261,7 @@ class Projection:
         """
         fresh = Projection()
         for account in self._accounts.values():
-            fresh._put(account)
+            fresh.put_account(account)
         problems = []
         for state in STATES:
             have, want = self._by_state.get(state, set()), fresh._by_state[state]

@@ -23,6 +23,7 @@ from standardwebhooks.webhooks import Webhook
 from structlog.testing import LogCapture
 
 from daemon import logs
+from daemon.domain import account_stream
 from daemon.provider import standardwebhooks
 from eventstore import StorageUnavailable, StoreClosed, WriterBusy
 
@@ -766,7 +767,7 @@ async def drive_to_stopped_waiting(d: Any, account_id: str, v2: V2) -> None:
 def second_step_firings(setup: Any, account_id: str) -> list[dict[str, Any]]:
     return [
         e
-        for e in setup.events_of("TimerFired", f"account-{account_id}")
+        for e in setup.events_of("TimerFired", account_stream(account_id))
         if e["data"]["purpose"] == "second_step"
     ]
 
@@ -840,7 +841,7 @@ def outcome_types(setup: Any, account_id: str) -> list[str]:
     return [
         e["type"]
         for e in setup.events()
-        if e["stream"] == f"account-{account_id}" and e["type"] in wanted
+        if e["stream"] == account_stream(account_id) and e["type"] in wanted
     ]
 
 

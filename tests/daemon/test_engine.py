@@ -12,10 +12,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+import structlog
+import structlog.testing
 
 import daemon.runtime.engine
-from daemon.domain import AuthReported, EnableMigration, Enroll, MigrationSettings, ProviderNotified
+import daemon.runtime.planner
+from daemon.domain import (
+    AuthReported,
+    EnableMigration,
+    Enroll,
+    MigrationSettings,
+    ProviderNotified,
+    account_stream,
+)
 from daemon.runtime.engine import Engine
 from daemon.runtime.live import LiveProjection
 from eventstore import EventStore
@@ -35,24 +46,44 @@ def running(n: int, account: str = "acc-1") -> ProviderNotified:
 
 
 class WritePath:
-    def __init__(self, store: EventStore, live: LiveProjection, engine: Engine) -> None:
-        self.store, self.live, self.engine = store, live, engine
+    def __init__(self, store: EventStore, live: LiveProjection) -> None:
+        self.store, self.live = store, live
+        self.engine = Engine(
+            store,
+            live,
+            MigrationSettings(),
+            clock=lambda: T0,
+            on_appended=lambda source, new: self.on_appended(source, new),
+        )
+        self.lookups = 0  # deliveries of several inputs whose recorded ones were looked up
+        real_lookup = store.stored_event_ids
+
+        async def lookup(ids: Any) -> set[str]:
+            found = await real_lookup(ids)
+            self.lookups += 1
+            return found
+
+        store.stored_event_ids = lookup  # type: ignore[method-assign]  # a spy for the tests
+
+    def on_appended(self, source: str, new: int) -> None:
+        """The metrics callback; a test may replace it."""
 
     async def submit(self, *inputs: ProviderNotified) -> list[daemon.runtime.engine.Decision]:
         return await asyncio.wait_for(self.engine.submit(list(inputs), source="test"), 10)
 
     async def stream(self, account: str) -> list[str]:
-        return [r.event_id async for r in self.store.read_stream(f"account-{account}")]
+        return [r.event_id async for r in self.store.read_stream(account_stream(account))]
 
 
 @pytest.fixture
 async def path(tmp_path: Path) -> AsyncIterator[WritePath]:
-    store = await EventStore.open(tmp_path / "log.db", synchronous="NORMAL")
-    live = await LiveProjection.load(store)
-    try:
-        yield WritePath(store, live, Engine(store, live, MigrationSettings(), clock=lambda: T0))
-    finally:
-        await store.close()
+    async with EventStore.open(tmp_path / "log.db", synchronous="NORMAL") as store:
+        live = await LiveProjection.load(store)
+        path = WritePath(store, live)
+        async with anyio.create_task_group() as tg:
+            await tg.start(path.engine.run)
+            yield path
+            tg.cancel_scope.cancel()
 
 
 async def test_concurrent_inputs_for_one_account_are_all_recorded_in_arrival_order(
@@ -87,14 +118,14 @@ async def test_the_same_input_twice_in_flight_is_recorded_once(path: WritePath) 
 async def test_a_failing_decision_fails_only_its_own_submit(
     path: WritePath, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_decide = daemon.runtime.engine.decide
+    real_decide = daemon.runtime.planner.decide
 
     def decide(state: Any, inp: Any, *args: Any) -> Any:
         if inp.input_id == "v2:acc-2:0":
             raise RuntimeError("a bug in one decision")
         return real_decide(state, inp, *args)
 
-    monkeypatch.setattr(daemon.runtime.engine, "decide", decide)
+    monkeypatch.setattr(daemon.runtime.planner, "decide", decide)
     results = await asyncio.gather(
         path.submit(running(0, "acc-1")),
         path.submit(running(0, "acc-2")),
@@ -141,29 +172,38 @@ async def test_an_input_waits_for_its_streams_events_in_flight_not_for_a_conflic
 ) -> None:
     """Passes overlap; an input about a stream with events still in flight is held until they
     commit, then decided on them: no conflict (one would fail at once here), nothing lost."""
-    monkeypatch.setattr(daemon.runtime.engine, "_CONFLICT_RETRIES", 1)
+    monkeypatch.setattr(daemon.runtime.planner, "CONFLICT_RETRIES", 1)
+    gate, appending = hold_commits(path, monkeypatch)
     first = asyncio.ensure_future(path.submit(running(1)))
-    while not path.engine._in_flight:  # the first pass is appended, not yet committed
-        await asyncio.sleep(0)
+    await until(lambda: appending)  # the first pass is appended, not yet committed
     other = asyncio.ensure_future(path.submit(running(1, "acc-2")))
     second = asyncio.ensure_future(path.submit(running(2)))
+    await until(lambda: len(appending) == 2)  # acc-2's pass; acc-1's second input is held
+    gate.set()
     [a], [b], [c] = await asyncio.gather(first, other, second)
     assert [a.duplicate, b.duplicate, c.duplicate] == [False, False, False]
     assert await path.stream("acc-1") == ["v2:acc-1:1#0", "v2:acc-1:2#0"]
     assert path.live.projection.account("acc-1").version == 2
 
 
-def hold_commits(path: WritePath, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
-    """Passes are appended only once the returned event is set: they stay in flight till then."""
+def hold_commits(
+    path: WritePath, monkeypatch: pytest.MonkeyPatch
+) -> tuple[asyncio.Event, list[object]]:
+    """Passes are appended only once the returned event is set: they stay in flight till then.
+
+    The list gets the calls of each pass that reached the store meanwhile.
+    """
     gate = asyncio.Event()
+    appending: list[object] = []
     real = path.store.append_many
 
-    async def gated(*args: Any, **kwargs: Any) -> Any:
+    async def gated(calls: Any, **kwargs: Any) -> Any:
+        appending.append(calls)
         await gate.wait()
-        return await real(*args, **kwargs)
+        return await real(calls, **kwargs)
 
     monkeypatch.setattr(path.store, "append_many", gated)
-    return gate
+    return gate, appending
 
 
 async def until(condition: Any) -> None:
@@ -179,11 +219,11 @@ async def test_a_redelivery_inside_a_delivery_of_several_is_recognised_when_it_r
 ) -> None:
     """[x] is in flight when [x, y] arrives (its lookup cannot see x yet): x is answered as a
     duplicate once x commits, y is recorded, and nothing of x is written twice."""
-    gate = hold_commits(path, monkeypatch)
+    gate, appending = hold_commits(path, monkeypatch)
     first = asyncio.ensure_future(path.submit(running(1)))
-    await until(lambda: path.engine._in_flight)
+    await until(lambda: appending)
     both = asyncio.ensure_future(path.submit(running(1), running(2)))
-    await until(lambda: len(path.engine._inbox) == 1)  # looked up, queued, held
+    await until(lambda: path.lookups == 1)  # looked up (x not committed yet), then queued
     gate.set()
     [a] = await first
     x, y = await both
@@ -198,13 +238,13 @@ async def test_inputs_about_one_account_are_written_in_arrival_order_when_held(
 ) -> None:
     """A held delivery about acc-1 and acc-3 holds the later one about acc-3 and acc-2, which
     holds the still later one about acc-2: acc-2's inputs are written in arrival order."""
-    gate = hold_commits(path, monkeypatch)
+    gate, appending = hold_commits(path, monkeypatch)
     busy = asyncio.ensure_future(path.submit(running(1, "acc-1")))
-    await until(lambda: path.engine._in_flight)
+    await until(lambda: appending)
     first = asyncio.ensure_future(path.submit(running(2, "acc-1"), running(1, "acc-3")))
-    await until(lambda: len(path.engine._inbox) == 1)
+    await until(lambda: path.lookups == 1)
     second = asyncio.ensure_future(path.submit(running(2, "acc-3"), running(1, "acc-2")))
-    await until(lambda: len(path.engine._inbox) == 2)
+    await until(lambda: path.lookups == 2)
     third = asyncio.ensure_future(path.submit(running(2, "acc-2")))
     await asyncio.sleep(0.01)
     gate.set()
@@ -219,7 +259,7 @@ async def test_no_account_decision_reads_application_state_that_was_not_committe
     """An enable and an auth queued together: the enable is dropped (a quarantined body took the
     application's next version first, and no retry is allowed here). The auth, decided after
     it, must not start a migration that was never enabled."""
-    monkeypatch.setattr(daemon.runtime.engine, "_CONFLICT_RETRIES", 1)
+    monkeypatch.setattr(daemon.runtime.planner, "CONFLICT_RETRIES", 1)
     await path.submit(
         Enroll(input_id="enrol", occurred_at=T0, account_ids=("acc-1",), wave="w1", actor="op")
     )
@@ -254,7 +294,7 @@ async def test_a_failure_while_answering_a_pass_answers_everyone(path: WritePath
         if calls == 1:
             raise RuntimeError("a bug in the metrics")
 
-    path.engine._on_appended = on_appended
+    path.on_appended = on_appended  # type: ignore[method-assign]
     results = await asyncio.gather(
         path.submit(running(1)), path.submit(running(2)), return_exceptions=True
     )
@@ -262,15 +302,24 @@ async def test_a_failure_while_answering_a_pass_answers_everyone(path: WritePath
     assert await path.stream("acc-1") == ["v2:acc-1:1#0", "v2:acc-1:2#0"]
 
 
-async def test_the_engine_survives_its_task_being_cancelled_before_it_ran(
+async def test_a_stopped_engine_answers_whoever_waits_and_can_run_again(
     path: WritePath,
 ) -> None:
-    waiting = asyncio.ensure_future(path.engine.submit([running(1)], source="test"))
-    await asyncio.sleep(0)  # the submit queued its input and created the engine's task
-    assert path.engine._task is not None
-    path.engine._task.cancel()
-    await asyncio.gather(asyncio.wait_for(waiting, 5), return_exceptions=True)
-    [decision] = await path.submit(running(2))
+    """An engine stopped as soon as it started leaves no caller waiting; run again, it decides."""
+    engine = Engine(path.store, path.live, MigrationSettings(), clock=lambda: T0)
+    waiting = asyncio.ensure_future(engine.submit([running(1)], source="test"))
+    await asyncio.sleep(0)  # queued before the engine runs
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(engine.run)
+        tg.cancel_scope.cancel()
+    [result] = await asyncio.gather(asyncio.wait_for(waiting, 5), return_exceptions=True)
+    assert not isinstance(result, TimeoutError)
+    with pytest.raises(daemon.runtime.engine.StoreClosed):
+        await engine.submit([running(2)], source="test")
+    async with anyio.create_task_group() as tg:
+        await tg.start(engine.run)
+        [decision] = await asyncio.wait_for(engine.submit([running(2)], source="test"), 10)
+        tg.cancel_scope.cancel()
     assert not decision.duplicate
 
 
@@ -300,3 +349,31 @@ async def test_inputs_without_a_request_are_correlated_by_the_accounts_migration
     assert correlations["auth#0"] == "account-acc-1/cycle-1"
     assert correlations["v2:stop#0"] == "account-acc-1/cycle-1"
     assert set(correlations.values()) == {"account-acc-1/cycle-1"}
+
+
+async def test_the_engines_log_lines_do_not_carry_the_ids_of_a_request(path: WritePath) -> None:
+    """A pass decides many callers' inputs: its log lines (here the failure of its metrics
+    callback) never name a request, not even one bound where the engine was started."""
+
+    def on_appended(source: str, new: int) -> None:
+        raise RuntimeError("a bug in the metrics")
+
+    engine = Engine(
+        path.store, path.live, MigrationSettings(), clock=lambda: T0, on_appended=on_appended
+    )
+    capture = structlog.testing.LogCapture()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+    try:
+        with structlog.contextvars.bound_contextvars(request_id="r-1", account_id="acc-1"):
+            async with anyio.create_task_group() as tg:
+                await tg.start(engine.run)
+                await asyncio.wait_for(engine.submit([running(1)], source="test"), 10)
+                structlog.get_logger().info("caller.line")  # the binding itself works
+                tg.cancel_scope.cancel()
+    finally:
+        structlog.reset_defaults()
+    [caller] = [e for e in capture.entries if e["event"] == "caller.line"]
+    engine_lines = [e for e in capture.entries if e["event"] == "engine.pass_failed"]
+    assert caller["request_id"] == "r-1"
+    assert engine_lines
+    assert all("request_id" not in e and "account_id" not in e for e in engine_lines)

@@ -66,12 +66,14 @@ class Pipeline:
         self.engine = Engine(self.store, self.live, SETTINGS, clock=lambda: self.now)
         # As in the daemon, `run` raises the projection's failure, ending the whole run at once.
         self.watch = anyio.CancelScope()
-        self.tg.start_soon(self._run_live, self.live, self.watch)
+        self.tg.start_soon(self._run_live, self.live, self.engine, self.watch)
 
     @staticmethod
-    async def _run_live(live: LiveProjection, scope: anyio.CancelScope) -> None:
+    async def _run_live(live: LiveProjection, engine: Engine, scope: anyio.CancelScope) -> None:
         with scope:
-            await live.run()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(engine.run)
+                await live.run()
 
     async def close(self) -> None:
         self.watch.cancel()

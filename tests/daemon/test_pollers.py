@@ -166,7 +166,9 @@ def projection_with(flags: Sequence[str] = (), **states: str) -> Projection:
     for account_id, state in states.items():
         # Placed directly: the reconciler only reads states and flags, and building `static`
         # through the domain would take the whole two-step flow.
-        projection._put(AccountState(account_id=account_id, state=state, flags=frozenset(flags)))
+        projection.put_account(
+            AccountState(account_id=account_id, state=state, flags=frozenset(flags))
+        )
     return projection
 
 
