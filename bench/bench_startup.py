@@ -128,9 +128,9 @@ async def start_once(env: dict[str, str]) -> tuple[float, int, int, int]:
         await daemon.ready.wait()
         elapsed = time.perf_counter() - start
         facts = (
-            daemon.runtime.live.position,
-            len(daemon.runtime.live.projection),
-            len(daemon.runtime.timers),
+            daemon.live.position,
+            len(daemon.live.projection),
+            len(daemon.timers),
         )
         daemon.stopped.set()  # a clean stop writes a snapshot at the head
     return elapsed, *facts

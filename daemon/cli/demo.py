@@ -204,8 +204,8 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
             users_scope.cancel()  # users still waiting to authenticate stop with the demo
             # The daemon handles SIGINT/SIGTERM itself: if it stopped, the user asked us to.
             interrupted = daemon.stopped.is_set()
-            counts = daemon.runtime.live.projection.funnel()
-            projection = daemon.runtime.live.projection
+            counts = daemon.live.projection.funnel()
+            projection = daemon.live.projection
             static = sorted(projection.ids_in("static"))
             stalled = sorted(projection.ids_in("stalled"))
             result = DemoResult(
@@ -262,9 +262,9 @@ async def _watch(
     started = time.monotonic()
     last_line = 0.0
     while True:
-        counts = daemon.runtime.live.projection.funnel()
+        counts = daemon.live.projection.funnel()
         # Count this run's accounts only: a named database may hold an earlier demo's too.
-        states = (daemon.runtime.live.projection.account(i) for i in ids)
+        states = (daemon.live.projection.account(i) for i in ids)
         done = sum(1 for a in states if a is not None and a.state in DONE_STATES)
         elapsed = time.monotonic() - started
         line = "  " + "  ".join(f"{s} {n}" for s, n in counts.items() if n) + f"  [{elapsed:4.0f}s]"

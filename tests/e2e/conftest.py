@@ -313,7 +313,7 @@ async def finish(run: Migration, timeout: float) -> Outcome:
         report = await store.verify()
     assert report.ok, report.damage[:3]
     assert report.events_checked == len(records)
-    live = daemon.runtime.live.projection
+    live = daemon.live.projection
     assert live.position == records[-1].position
     assert audit.replay(records) == live, "replaying the log differs from the live projection"
     outcome = Outcome(records, states, set(run.users.silent), dict(run.policies))
