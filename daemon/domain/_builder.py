@@ -70,6 +70,13 @@ class Builder:
         return value
 
     def emit(self, event: ev.Event) -> None:
+        """Record `event` and fold it into the working state; a move goes through `move`."""
+        if isinstance(event, ev.StateChanged):
+            # Emitted here it would skip the table's check, so only `move` may emit one.
+            raise TransitionError("a state change is made with Builder.move, not emitted")
+        self._append(event)
+
+    def _append(self, event: ev.Event) -> None:
         self.events.append(event)
         self.state = evolve_account(self.state, event)
 
@@ -80,7 +87,7 @@ class Builder:
                 f"{self.state.state} -> {to_state} on an input that moves nothing"
             )
         check(self.state.state, to_state, self.on)
-        self.emit(
+        self._append(
             ev.StateChanged(
                 account_id=self.id,
                 occurred_at=self.at,

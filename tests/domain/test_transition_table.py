@@ -80,6 +80,24 @@ def test_a_move_outside_the_table_raises_at_once():
     assert b.state.state == "stopped_waiting"
 
 
+def test_a_state_change_cannot_be_emitted_past_the_table():
+    """decide cannot record a move without the table's check by emitting the event itself."""
+    b = Builder(AccountState(account_id="a"), T0, SETTINGS, ApplicationState(), "auth")
+    forged = StateChanged(
+        account_id="a",
+        occurred_at=T0,
+        from_state="dynamic",
+        to_state="static",
+        at=T0,
+        reason="forged",
+        cycle=0,
+    )
+    with pytest.raises(TransitionError, match=r"Builder\.move"):
+        b.emit(forged)
+    assert b.events == []
+    assert b.state.state == "dynamic"
+
+
 def test_an_input_that_moves_nothing_cannot_move():
     """A timer that is not pending (its firing only recorded) may not move the account."""
     b = Builder(
