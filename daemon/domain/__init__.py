@@ -96,7 +96,7 @@ from .streams import (
     first_event_id,
     is_input_record,
 )
-from .transitions import TRANSITIONS, Transition, TransitionError, Trigger
+from .transitions import TRANSITIONS, InputKind, Transition, TransitionError
 from .triggers import TRIGGERS, meaning_of, sync_state_meaning
 from .vocabulary import (
     FLAGS,
@@ -150,6 +150,7 @@ __all__ = [
     "FlagCleared",
     "FlagRaised",
     "Input",
+    "InputKind",
     "InputQuarantined",
     "IpListChanged",
     "IpListObserved",
@@ -179,7 +180,6 @@ __all__ = [
     "TimerScheduled",
     "Transition",
     "TransitionError",
-    "Trigger",
     "UnknownEvent",
     "account_of",
     "account_stream",

@@ -12,7 +12,7 @@ from datetime import datetime
 from . import events as ev
 from .settings import MigrationSettings
 from .state import AccountState, ApplicationState, evolve_account
-from .transitions import TransitionError, Trigger, check
+from .transitions import InputKind, TransitionError, check
 from .vocabulary import Flag, State, TimerPurpose
 
 MIGRATING: tuple[State, ...] = (
@@ -38,7 +38,7 @@ class Builder:
         at: datetime,
         settings: MigrationSettings,
         app: ApplicationState,
-        on: Trigger | None,
+        on: InputKind | None,
     ) -> None:
         self.state, self.at, self.settings, self.app, self.on = state, at, settings, app, on
         self.events: list[ev.Event] = []

@@ -32,7 +32,7 @@ from ._second_step import (
 )
 from .settings import MigrationSettings
 from .state import AccountState, ApplicationState
-from .transitions import TIMER_TRIGGERS, Trigger
+from .transitions import TIMER_INPUT_KINDS, InputKind
 from .triggers import meaning_of, sync_state_meaning
 from .vocabulary import AuthClassification, Meaning, State, TimerPurpose
 
@@ -46,7 +46,7 @@ def decide_account(
 ) -> list[ev.Event]:
     """The events recording `command` and its consequences for the account."""
     state = state or AccountState(account_id=command.account_id)
-    b = _Builder(state, command.at, settings, app, _trigger(state, command))
+    b = _Builder(state, command.at, settings, app, _input_kind(state, command))
     at = min(command.at, now)  # a sender's clock ahead of ours must not shorten the delay
     match command:
         case inp.AuthReported():
@@ -66,7 +66,7 @@ def decide_account(
     return b.events
 
 
-def _trigger(state: AccountState, command: inp.AccountInput) -> Trigger | None:
+def _input_kind(state: AccountState, command: inp.AccountInput) -> InputKind | None:
     """The kind of input `command` is, for the transition table (None: it moves nothing)."""
     match command:
         case inp.AuthReported():
@@ -79,7 +79,7 @@ def _trigger(state: AccountState, command: inp.AccountInput) -> Trigger | None:
             return "provider"
         case inp.TimerDue():
             purpose = state.timer_purposes.get(command.timer_id)
-            return TIMER_TRIGGERS[purpose] if purpose is not None else None
+            return TIMER_INPUT_KINDS[purpose] if purpose is not None else None
         case inp.EffectOutcome():
             return "effect_outcome"
         case inp.ResetAccount():

@@ -19,7 +19,7 @@ from typing import Literal, NamedTuple, get_args
 from . import events as ev
 from .vocabulary import STATES, State, TimerPurpose
 
-Trigger = Literal[
+InputKind = Literal[
     "auth",
     "provider",
     "timer:stop_grace",
@@ -32,11 +32,12 @@ Trigger = Literal[
     "exclude",
     "mark_resolved",
 ]
-"""The kind of input that makes a move; a timer's kind includes its purpose."""
+"""The kind of input that makes a move; a timer's kind includes its purpose. (A provider
+webhook's `trigger`, such as `account.stopped`, is another thing: see `triggers.py`.)"""
 
-TRIGGERS: tuple[Trigger, ...] = get_args(Trigger)
+INPUT_KINDS: tuple[InputKind, ...] = get_args(InputKind)
 
-TRIGGER_DOCS: dict[Trigger, str] = {
+INPUT_KIND_DOCS: dict[InputKind, str] = {
     "auth": "an end user's auth: the application's auth event, or a provider notification "
     "that reports one",
     "provider": "a provider webhook or a reconciler observation of the account (stopped, "
@@ -53,7 +54,7 @@ TRIGGER_DOCS: dict[Trigger, str] = {
 }
 """What each kind of input is, in README's words."""
 
-TIMER_TRIGGERS: dict[TimerPurpose, Trigger] = {
+TIMER_INPUT_KINDS: dict[TimerPurpose, InputKind] = {
     "stop_grace": "timer:stop_grace",
     "second_step": "timer:second_step",
     "reminder": "timer:reminder",
@@ -63,7 +64,7 @@ TIMER_TRIGGERS: dict[TimerPurpose, Trigger] = {
 
 # The operator can reset any account but a dynamic one and exclude any but an excluded one;
 # while a migration is under way it can declare the second step done.
-_OPERATOR: dict[Trigger, tuple[State, ...]] = {
+_OPERATOR: dict[InputKind, tuple[State, ...]] = {
     "mark_resolved": ("static",),
     "reset": ("dynamic",),
     "exclude": ("excluded",),
@@ -72,7 +73,7 @@ _OPERATOR: dict[Trigger, tuple[State, ...]] = {
 # (`first_auth`), or leaves it (`dynamic`) for an application where it could not start.
 _RECREATED: tuple[State, ...] = ("first_auth", "dynamic")
 
-TRANSITIONS: dict[State, dict[Trigger, tuple[State, ...]]] = {
+TRANSITIONS: dict[State, dict[InputKind, tuple[State, ...]]] = {
     "dynamic": {
         "auth": ("first_auth",),  # the first auth of an enrolled account
         "exclude": ("excluded",),
@@ -119,17 +120,17 @@ TRANSITIONS: dict[State, dict[Trigger, tuple[State, ...]]] = {
         "reset": ("dynamic",),
     },
 }
-"""state -> trigger -> the states that trigger may move it to. A trigger a state does not list
+"""state -> kind of input -> the states it may move to. A kind of input a state does not list
 moves it nowhere (the input is still recorded)."""
 
 NEXT_STATES: dict[State, frozenset[State]] = {
     state: frozenset(to for targets in row.values() for to in targets)
     for state, row in TRANSITIONS.items()
 }
-"""state -> every state it may move to, on any trigger."""
+"""state -> every state it may move to, on any kind of input."""
 
 # The same, looked up by any string (a log may hold a state this code does not know).
-_ROWS: dict[str, dict[Trigger, tuple[State, ...]]] = dict(TRANSITIONS.items())
+_ROWS: dict[str, dict[InputKind, tuple[State, ...]]] = dict(TRANSITIONS.items())
 _NEXT: dict[str, frozenset[str]] = dict(NEXT_STATES.items())
 
 
@@ -138,7 +139,7 @@ class Transition(NamedTuple):
 
     from_state: State
     to_state: State
-    on: Trigger
+    on: InputKind
 
 
 class TransitionError(Exception):
@@ -147,15 +148,15 @@ class TransitionError(Exception):
 
 
 def transitions() -> Iterator[Transition]:
-    """Every allowed move, by state in funnel order, then trigger, then target."""
+    """Every allowed move, by state in funnel order, then kind of input, then target."""
     for state in STATES:
         for on, targets in TRANSITIONS[state].items():
             for to in targets:
                 yield Transition(state, to, on)
 
 
-def allows(from_state: str, to_state: str, on: Trigger | None = None) -> bool:
-    """Whether the table lets `from_state` move to `to_state` (on `on`; None: on any trigger).
+def allows(from_state: str, to_state: str, on: InputKind | None = None) -> bool:
+    """Whether the table lets `from_state` move to `to_state` on `on` (None: on any input).
 
     Takes any string, so a state read from a log that this code does not know is not allowed.
     """
@@ -164,13 +165,13 @@ def allows(from_state: str, to_state: str, on: Trigger | None = None) -> bool:
     return to_state in _ROWS.get(from_state, {}).get(on, ())
 
 
-def check(from_state: State, to_state: State, on: Trigger) -> None:
+def check(from_state: State, to_state: State, on: InputKind) -> None:
     """Raise `TransitionError` unless the table allows the move."""
     if not allows(from_state, to_state, on):
         raise TransitionError(f"{from_state} -> {to_state} on {on} is not in the transition table")
 
 
-def trigger_of(recorded: ev.Event) -> Trigger | None:
+def input_kind_of(recorded: ev.Event) -> InputKind | None:
     """The kind of input whose record (always its first event, `<input_id>#0`) is `recorded`;
     None when the record does not say (an unreadable event, or not an account input's record).
 
@@ -183,7 +184,7 @@ def trigger_of(recorded: ev.Event) -> Trigger | None:
         case ev.ProviderNotificationRecorded() | ev.AccountObservationRecorded():
             return "provider"
         case ev.TimerFired():
-            return TIMER_TRIGGERS[recorded.purpose]
+            return TIMER_INPUT_KINDS[recorded.purpose]
         case (
             ev.EffectSucceeded()
             | ev.EffectAttemptFailed()
@@ -200,9 +201,9 @@ def trigger_of(recorded: ev.Event) -> Trigger | None:
 def markdown_table() -> str:
     """README's table of moves: each state, the states it may move to, and on which input."""
     lines = ["| from | may move to (on) |", "| --- | --- |"]
-    used: set[Trigger] = set()
+    used: set[InputKind] = set()
     for state in STATES:
-        on_by_target: dict[State, list[Trigger]] = {}
+        on_by_target: dict[State, list[InputKind]] = {}
         for on, targets in TRANSITIONS[state].items():
             used.add(on)
             for to in targets:
@@ -210,5 +211,5 @@ def markdown_table() -> str:
         moves = [f"`{to}` ({', '.join(on_by_target[to])})" for to in STATES if to in on_by_target]
         lines.append(f"| `{state}` | {'; '.join(moves)} |")
     lines.append("")
-    lines.extend(f"- {on}: {TRIGGER_DOCS[on]}" for on in TRIGGERS if on in used)
+    lines.extend(f"- {on}: {INPUT_KIND_DOCS[on]}" for on in INPUT_KINDS if on in used)
     return "\n".join(lines) + "\n"

@@ -20,18 +20,18 @@ from daemon.domain import (
     STATES,
     AccountsEnrolled,
     AccountState,
+    InputKind,
     ReauthRequested,
     StateChanged,
     TimerFired,
     TimerScheduled,
-    Trigger,
     UnknownEvent,
     account_stream,
     decode_event,
     evolve_account,
 )
 from daemon.domain.streams import account_of, first_event_id, input_of, is_input_record
-from daemon.domain.transitions import allows, trigger_of
+from daemon.domain.transitions import allows, input_kind_of
 from daemon.runtime.projections import Projection
 
 
@@ -201,7 +201,7 @@ class MoveFinding(msgspec.Struct, frozen=True, kw_only=True):
     kind: Literal["illegal_move", "wrong_from_state", "unreadable_move"]
     from_state: str
     to_state: str
-    on: Trigger | None
+    on: InputKind | None
     detail: str
 
 
@@ -233,7 +233,7 @@ class MoveCheck:
         self._states: dict[str, str] = {}
         # stream -> (event id, type, schema, data) of the latest input record in that stream
         self._records: dict[str, tuple[str, str, int, str | bytes]] = {}
-        self._triggers: dict[str, Trigger | None] = {}  # record's event id -> its kind of input
+        self._kinds: dict[str, InputKind | None] = {}  # record's event id -> its kind of input
 
     def __call__(
         self, position: int, stream: str, type_: str, schema: int, data: str | bytes, eid: str
@@ -246,7 +246,7 @@ class MoveCheck:
         if stream == APPLICATION_STREAM:
             return
         self.moves_checked += 1
-        on = self._trigger(stream, first_event_id(input_of(eid)))
+        on = self._input_kind(stream, first_event_id(input_of(eid)))
         was = self._states.get(stream, "dynamic")
         account_id = account_of(stream) or stream
         try:
@@ -292,21 +292,21 @@ class MoveCheck:
         if move.to_state in _STATES:  # replay reads any other word as an UnknownEvent
             self._states[stream] = move.to_state
 
-    def _trigger(self, stream: str, record_id: str) -> Trigger | None:
+    def _input_kind(self, stream: str, record_id: str) -> InputKind | None:
         """The kind of input named by the record `record_id`, if it is the stream's latest."""
         record = self._records.get(stream)
         if record is None or record[0] != record_id:
             return None
-        if record_id not in self._triggers:
-            self._triggers.clear()  # one input at a time: keep only the record at hand
+        if record_id not in self._kinds:
+            self._kinds.clear()  # one input at a time: keep only the record at hand
             _, type_, schema, data = record
             raw = data.encode() if isinstance(data, str) else data
             try:
                 event = decode_event(type_, schema, raw)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 event = None
-            self._triggers[record_id] = trigger_of(event) if event is not None else None
-        return self._triggers[record_id]
+            self._kinds[record_id] = input_kind_of(event) if event is not None else None
+        return self._kinds[record_id]
 
     def _find(self, finding: MoveFinding) -> None:
         if len(self.findings) < _MAX_FINDINGS:

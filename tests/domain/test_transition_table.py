@@ -25,12 +25,12 @@ from daemon.domain import (
 )
 from daemon.domain._builder import Builder
 from daemon.domain.transitions import (
+    INPUT_KINDS,
     NEXT_STATES,
-    TIMER_TRIGGERS,
-    TRIGGERS,
+    TIMER_INPUT_KINDS,
     allows,
+    input_kind_of,
     markdown_table,
-    trigger_of,
 )
 from tests.domain.test_properties import SETTINGS, T0, Run, step
 
@@ -58,7 +58,7 @@ def test_every_recorded_move_is_in_the_table(policy, steps):
         if index == "0":
             records[input_id] = event
         if isinstance(event, StateChanged):
-            on = trigger_of(records[input_id])
+            on = input_kind_of(records[input_id])
             assert on is not None, records[input_id]
             assert event.from_state == current.get(logged.stream, "dynamic")
             assert allows(event.from_state, event.to_state, on), (event, on)
@@ -120,8 +120,8 @@ def test_the_table_names_every_state_and_only_known_ones():
     """Each state has a row, and every move leads to a state that has one."""
     assert tuple(TRANSITIONS) == STATES
     assert all(to in STATES for targets in NEXT_STATES.values() for to in targets)
-    assert all(on in TRIGGERS for row in TRANSITIONS.values() for on in row)
-    assert set(TIMER_TRIGGERS) == set(TIMER_PURPOSES)
+    assert all(on in INPUT_KINDS for row in TRANSITIONS.values() for on in row)
+    assert set(TIMER_INPUT_KINDS) == set(TIMER_PURPOSES)
     assert not allows("dynamic", "static")
     assert not allows("weird", "static")
     assert not allows("dynamic", "weird")
