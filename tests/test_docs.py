@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.domain import codec, events, triggers, vocabulary
+from daemon.domain import codec, events, inputs, triggers, vocabulary
 from eventstore import GENESIS, EventStore, NewEvent, schema
 
 ROOT = Path(__file__).parent.parent
@@ -91,6 +91,22 @@ def test_states_flags_and_timer_purposes_are_in_the_state_machine_document() -> 
     text = doc("state-machine.md")
     named = [*vocabulary.STATES, *vocabulary.FLAGS, *vocabulary.TIMER_PURPOSES]
     assert [n for n in named if f"`{n}`" not in text] == []
+
+
+def test_the_state_machine_document_names_the_inputs_of_the_code() -> None:
+    """The inputs docs/state-machine.md lists are the domain's input types, each one of them."""
+    text = section(doc("state-machine.md"), "What moves an account")
+    rows = text.split("| input | from | first event |", 1)[1].split("\n\n", 1)[0]
+    table = "".join(re.findall(r"^\| (`[^|]+) \|", rows, flags=re.M))
+    documented = set(re.findall(r"`(\w+)`", table))
+    account_inputs = {
+        name
+        for name, cls in vars(inputs).items()
+        if isinstance(cls, type)
+        and issubclass(cls, inputs.AccountInput)
+        and cls is not inputs.AccountInput
+    }
+    assert documented == account_inputs
 
 
 def test_every_cited_docs_anchor_exists() -> None:
