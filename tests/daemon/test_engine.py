@@ -46,6 +46,8 @@ def running(n: int, account: str = "acc-1") -> ProviderNotified:
 
 
 class WritePath:
+    """An engine on a real store and live projection, with a spy on the store's id lookups."""
+
     def __init__(self, store: EventStore, live: LiveProjection) -> None:
         self.store, self.live = store, live
         self.engine = Engine(
@@ -110,6 +112,7 @@ async def test_a_redelivery_queued_before_a_new_input_does_not_lose_the_new_one(
 
 
 async def test_the_same_input_twice_in_flight_is_recorded_once(path: WritePath) -> None:
+    """One delivery and its redelivery, both queued: one is recorded, the other is a duplicate."""
     first, second = await asyncio.gather(path.submit(running(7)), path.submit(running(7)))
     assert sorted(d.duplicate for [d] in (first, second)) == [False, True]
     assert await path.stream("acc-1") == ["v2:acc-1:7#0"]
@@ -118,6 +121,7 @@ async def test_the_same_input_twice_in_flight_is_recorded_once(path: WritePath) 
 async def test_a_failing_decision_fails_only_its_own_submit(
     path: WritePath, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A bug deciding one input fails that caller; the inputs queued beside it are recorded."""
     real_decide = daemon.runtime.planner.decide
 
     def decide(state: Any, inp: Any, *args: Any) -> Any:
@@ -160,8 +164,10 @@ async def test_a_storage_failure_answers_every_submit_of_the_pass(
 async def test_a_delivery_of_several_inputs_is_one_call_and_skips_known_ones(
     path: WritePath,
 ) -> None:
+    """A delivery of several inputs looks up the recorded ones once and writes only the new."""
     await path.submit(running(1))
     decisions = await path.submit(running(1), running(2), running(3, "acc-2"))
+    assert path.lookups == 1
     assert [d.duplicate for d in decisions] == [True, False, False]
     assert await path.stream("acc-1") == ["v2:acc-1:1#0", "v2:acc-1:2#0"]
     assert await path.stream("acc-2") == ["v2:acc-2:3#0"]

@@ -15,6 +15,8 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class FakeClock:
+    """A clock the test sets by hand."""
+
     def __init__(self, now: datetime) -> None:
         self.now = now
 

@@ -23,6 +23,7 @@ def ev(stream: str, event_id: str) -> NewEvent:
 async def test_each_call_gets_its_own_outcome_and_the_others_are_written(
     store: EventStore,
 ) -> None:
+    """A call with a wrong expected version fails alone; the others commit in one transaction."""
     outcomes = await store.append_many(
         [
             AppendCall([ev("a", "a1")], expected=0),
@@ -44,6 +45,7 @@ async def test_each_call_gets_its_own_outcome_and_the_others_are_written(
 
 
 async def test_a_call_whose_guard_is_stored_is_skipped_whole(store: EventStore) -> None:
+    """A redelivered input's call is skipped, none of its events written; a new one is written."""
     await store.append([ev("a", "x#0")])
     skipped, written = await store.append_many(
         [
@@ -61,6 +63,7 @@ async def test_a_call_whose_guard_is_stored_is_skipped_whole(store: EventStore) 
 async def test_an_invalid_call_gets_invalid_event_and_the_others_are_written(
     store: EventStore,
 ) -> None:
+    """An event that is not JSON fails its own call only; an empty batch is no outcomes."""
     bad, good = await store.append_many(
         [AppendCall([NewEvent("b", "T", b"not json")]), AppendCall([ev("a", "a1")])]
     )

@@ -117,6 +117,7 @@ async def test_deleted_row_leaves_a_gap(log: Path) -> None:
 
 
 async def test_an_edit_right_after_a_gap_is_reported_too(log: Path) -> None:
+    """A deleted row does not hide an edit of the row after it: both are reported."""
     tamper(
         log,
         "DELETE FROM events WHERE position = 5",
