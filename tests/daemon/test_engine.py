@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +30,9 @@ from daemon.domain import (
 from daemon.runtime.engine import Engine
 from daemon.runtime.live import LiveProjection
 from eventstore import EventStore
+from tests.daemon.test_planner import T0, running
 
 pytestmark = pytest.mark.anyio
-
-T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-
-
-def running(n: int, account: str = "acc-1") -> ProviderNotified:
-    return ProviderNotified(
-        input_id=f"v2:{account}:{n}",
-        account_id=account,
-        trigger="account.running",
-        occurred_at=T0 + timedelta(seconds=n),
-    )
 
 
 class WritePath:

@@ -29,6 +29,7 @@ T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 def running(n: int, account: str = "acc-1") -> ProviderNotified:
+    """The provider's `account.running` for `account`, `n` seconds after T0 (input id by n)."""
     return ProviderNotified(
         input_id=f"v2:{account}:{n}",
         account_id=account,
