@@ -9,6 +9,7 @@ account flagged `invalid`/`sync_error` is always asked to re-authenticate, whate
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import get_args
 
 from . import events as ev
 from ._builder import Action
@@ -19,7 +20,7 @@ from .vocabulary import BrokenFlag, Policy
 # auths to the millisecond: a stop stamped in the same second as the auth may well follow it.
 PROVIDER_TIME_RESOLUTION = timedelta(seconds=1)
 
-BROKEN: tuple[BrokenFlag, ...] = ("invalid", "sync_error")
+BROKEN: tuple[BrokenFlag, ...] = get_args(BrokenFlag)
 """Flags only the user's re-authentication can repair: a restart cannot.
 
 See docs/provider.md#the-trigger-table.

@@ -360,13 +360,10 @@ def _on_timer(b: _Builder, t: inp.TimerDue) -> None:
 
 def _stop_overdue(b: _Builder, due: datetime) -> None:
     b.flag("stop_overdue", f"no stop within {b.settings.stop_grace} of the first auth")
-    b.emit(
-        ev.ProviderCheckRequested(
-            account_id=b.id,
-            occurred_at=b.at,
-            idempotency_key=f"{b.id}:provider_check:{b.state.cycle}",
-            reason="no account.stopped received; check the account at the provider",
-        )
+    _ask_provider(
+        b,
+        f"{b.id}:provider_check:{b.state.cycle}",
+        "no account.stopped received; check the account at the provider",
     )
     # Without a stop nothing else is scheduled: stall where a neglected second step would.
     b.schedule("stall", f"{b.id}:stall:{b.state.cycle}:stop", b.first_auth_at + _patience(b))
@@ -378,18 +375,24 @@ def _running_overdue(b: _Builder, due: datetime) -> None:
         return
     grace = b.settings.running_grace
     b.flag("running_overdue", f"not running {grace} after the second step")
-    b.emit(
-        ev.ProviderCheckRequested(
-            account_id=b.id,
-            occurred_at=b.at,
-            idempotency_key=f"{b.id}:provider_check:{b.state.cycle}:step:{b.state.second_steps}",
-            reason=f"no account.running within {grace} of the second step; check whether "
-            "the provider moved the account",
-        )
+    _ask_provider(
+        b,
+        f"{b.id}:provider_check:{b.state.cycle}:step:{b.state.second_steps}",
+        f"no account.running within {grace} of the second step; check whether the provider "
+        "moved the account",
     )
     s = b.state
     b.schedule(
         "stall", f"{b.id}:stall:{s.cycle}:step:{s.second_steps}", due + b.settings.stall_after
+    )
+
+
+def _ask_provider(b: _Builder, key: str, reason: str) -> None:
+    """Have the outbox read the account at the provider; its answer comes back an observation."""
+    b.emit(
+        ev.ProviderCheckRequested(
+            account_id=b.id, occurred_at=b.at, idempotency_key=key, reason=reason
+        )
     )
 
 
