@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import msgspec
 import pytest
 
 from daemon.cli.main import build_parser
 from daemon.config import load_config
+from daemon.runtime.audit import MoveFinding
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -88,3 +90,17 @@ async def test_every_documented_route_exists() -> None:
         for m, p in served
     }
     assert documented == normalised, documented ^ normalised
+
+
+def test_verify_names_the_kinds_and_fields_of_a_bad_move_as_the_code_reports_them() -> None:
+    """The bad-move kinds and `--json` fields README promises for `verify` are those it reports."""
+    text = " ".join(
+        README.split("In the same pass over the rows, `verify`", 1)[1].split("\n\n")[0].split()
+    )
+    kinds = re.search(r"KIND being (.*?) \(a `StateChanged`", text)
+    fields = re.search(r"under `\"moves\"` \((.*?)\) next to", text)
+    assert kinds is not None
+    assert fields is not None
+    documented_kinds = re.findall(r"`(\w+)`", kinds.group(1))
+    assert documented_kinds == list(get_args(get_type_hints(MoveFinding)["kind"]))
+    assert re.findall(r"`(\w+)`", fields.group(1)) == list(MoveFinding.__struct_fields__)
