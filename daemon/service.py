@@ -19,7 +19,6 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Literal
 
 import aiohttp
 import anyio
@@ -37,6 +36,7 @@ from daemon.domain import (
     MigrationSettings,
     TimerDue,
 )
+from daemon.domain.vocabulary import IpListKind
 from daemon.http.context import Runtime
 from daemon.http.server import build_app
 from daemon.metrics import EFFECTS, EVENTS_APPENDED, TIMERS_FIRED, Metrics
@@ -193,7 +193,7 @@ class Daemon:
         ]
         if provider is not None:
             pollers = self.config.pollers
-            environments: tuple[Literal["dynamic", "static"], ...] = (
+            environments: tuple[IpListKind, ...] = (
                 ("dynamic", "static") if self.config.provider.static_ip_path else ("dynamic",)
             )
             watcher = IpListWatcher(

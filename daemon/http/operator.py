@@ -7,7 +7,7 @@ Commands are inputs like any other: recorded in the log before they are answered
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, TypeVar
 
 import msgspec
 import structlog
@@ -20,6 +20,7 @@ from daemon.domain import (
     ExcludeAccount,
     Input,
     MarkResolved,
+    Policy,
     ResetAccount,
     account_stream,
 )
@@ -53,7 +54,7 @@ class EnableBody(msgspec.Struct):
 class EnrollBody(msgspec.Struct):
     account_ids: Annotated[list[_Id], msgspec.Meta(min_length=1, max_length=100_000)]
     wave: _Id
-    policy: Literal["notify", "restart"] | None = None
+    policy: Policy | None = None
     actor: str = "operator"
     reason: str = ""
 

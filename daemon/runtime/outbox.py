@@ -15,16 +15,15 @@ import random
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import structlog
 
 from daemon.clock import utc_now
+from daemon.domain.vocabulary import EffectOutcomeKind
 
 log = structlog.get_logger(__name__)
-
-Outcome = Literal["succeeded", "failed_retrying", "gave_up"]
 
 
 class PermanentEffectError(Exception):
@@ -45,8 +44,10 @@ class OutboxItem:
 
 @dataclass(frozen=True, slots=True)
 class OutcomeReport:
+    """What one attempt at an effect came to, in the words the domain's `EffectOutcome` takes."""
+
     effect: OutboxItem
-    outcome: Outcome
+    outcome: EffectOutcomeKind
     attempt: int
     detail: str
     at: datetime
@@ -155,7 +156,7 @@ class Outbox:
         try:
             try:
                 detail = await self._perform(effect)
-                outcome: Outcome = "succeeded"
+                outcome: EffectOutcomeKind = "succeeded"
                 next_at = None
             except Exception as exc:  # every failure becomes a recorded outcome
                 detail = _describe(exc)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Literal
 
 import anyio
 import structlog
@@ -26,6 +25,7 @@ from daemon.domain import (
     IpListObserved,
     sync_state_meaning,
 )
+from daemon.domain.vocabulary import IpListKind
 from daemon.provider.client import ProviderClient, ProviderError, RateLimited
 from daemon.runtime.projections import Projection
 
@@ -52,7 +52,7 @@ class IpListWatcher:
         submit: Submit,
         *,
         interval: float,
-        environments: Sequence[Literal["dynamic", "static"]] = ("dynamic",),
+        environments: Sequence[IpListKind] = ("dynamic",),
         rng: random.Random | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
