@@ -32,8 +32,8 @@ def decide_application(
     state = state or ApplicationState()
     match command:
         case inp.EnableMigration():
-            if state.migration_enabled:
-                assert state.enabled_at is not None
+            # MigrationEnabled sets `enabled_at` with `migration_enabled`: the time says both.
+            if state.enabled_at is not None:
                 return [
                     ev.ApplicationCommandNoted(
                         occurred_at=command.occurred_at,
