@@ -9,8 +9,9 @@ is always an argument. The contract with the daemon:
   at expected version `state.version` (0 for an unseen stream).
 - `encode_event(e)` / `decode_event(type, schema, data)` convert to and from the store's
   (type, schema, JSON bytes); `stream_of(e)` is the event's stream.
-- `evolve(state, event)` folds an event into its stream's state; `AccountState` keeps the
-  pending timers and effects, so the timer driver and outbox are rebuilt from it alone.
+- `evolve_stream(states, stream, event)` folds an event into its stream's state
+  (`evolve_account` / `evolve_application`); `AccountState` keeps the pending timers and
+  effects, so the timer driver and outbox are rebuilt from it alone.
 
 The vocabulary (states, flags, timer purposes, ...) is typed in `vocabulary.py`; every move
 between states is in the table of `transitions.py`, checked as each move is made. `TimerFired`
@@ -18,7 +19,7 @@ is the event; the timer driver's input is `TimerDue`.
 """
 
 from . import events, inputs
-from .application import StreamStates, decide, decide_application, evolve, evolve_stream
+from .application import StreamStates, decide, decide_application, evolve_stream
 from .codec import (
     EVENT_TYPES,
     UPCASTERS,
@@ -190,7 +191,6 @@ __all__ = [
     "encode_event",
     "event_id",
     "events",
-    "evolve",
     "evolve_account",
     "evolve_application",
     "evolve_stream",

@@ -1,10 +1,10 @@
 """`decide` for the application stream (enablement, enrolment, IP lists), and the dispatchers.
 
-`decide(state, input, now, settings, app)` and `evolve(state, event)` route to the account or
-the application functions by the input's or event's kind, so the daemon can treat every
-stream alike: load the stream's state, decide, append at `state.version`, evolve.
-`evolve_stream(states, stream, event)` is the one router for whoever keeps every stream's
-state (the projection, the engine's pass, the test harness): the stream says which evolve.
+`decide(state, input, now, settings, app)` routes to the account or the application function
+by the input's kind, so the daemon can treat every stream alike: load the stream's state,
+decide, append at `state.version`, evolve. `evolve_stream(states, stream, event)` is the one
+router from an event to its evolve, for whoever keeps every stream's state (the projection,
+the engine's pass, the test harness): the stream says which evolve.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Protocol
 
 from . import events as ev
 from . import inputs as inp
-from .codec import stream_of
 from .decide import decide_account
 from .settings import MigrationSettings
 from .state import AccountState, ApplicationState, evolve_account, evolve_application
@@ -116,19 +115,6 @@ def decide(
         raise TypeError("an application input needs the application state")
     # Not an AccountInput, so an ApplicationInput: mypy cannot narrow to the other subclass.
     return decide_application(state, command, now, settings)  # type: ignore[arg-type]
-
-
-def evolve(
-    state: AccountState | ApplicationState | None, event: ev.Event
-) -> AccountState | ApplicationState:
-    """Route to `evolve_account` or `evolve_application` by the event's stream."""
-    if account_of(stream_of(event)) is not None:
-        if state is not None and not isinstance(state, AccountState):
-            raise TypeError("an account event needs the account's state")
-        return evolve_account(state, event)
-    if state is not None and not isinstance(state, ApplicationState):
-        raise TypeError("an application event needs the application state")
-    return evolve_application(state, event)
 
 
 class StreamStates(Protocol):
