@@ -1,9 +1,9 @@
 """The states folded from the log: `AccountState` per account, `ApplicationState` once.
 
 `evolve_account` and `evolve_application` are the only ways a state changes (whoever keeps
-every stream's state calls them through `evolve_stream`); neither fails on an event it has no use for (it still counts it
-in `version`, which the daemon passes as the stream's expected version). States are frozen:
-evolve returns a new one, so a caller's copy never changes.
+every stream's state calls them through `evolve_stream`); neither fails on an event it has no
+use for (it still counts it in `version`, which the daemon passes as the stream's expected
+version). States are frozen: evolve returns a new one, so a caller's copy never changes.
 """
 
 from __future__ import annotations
