@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon.domain import codec, events, inputs, triggers, vocabulary
+from daemon.domain.decide import TIMER_DISPATCH
 from eventstore import GENESIS, EventStore, NewEvent, schema
 
 ROOT = Path(__file__).parent.parent
@@ -107,6 +108,17 @@ def test_the_state_machine_document_names_the_inputs_of_the_code() -> None:
         and cls is not inputs.AccountInput
     }
     assert documented == account_inputs
+
+
+def test_the_timer_table_names_the_states_where_each_timer_acts() -> None:
+    """docs/state-machine.md says, per timer purpose, the states in which its firing acts, as
+    decide's dispatch on (purpose, state) has them."""
+    text = section(doc("state-machine.md"), "Timers")
+    documented: set[tuple[str, str]] = set()
+    for row in re.findall(r"^\| `(\w+)` \|.*\| ([^|]*) \|$", text, flags=re.M):
+        purpose, acts = row
+        documented |= {(purpose, state) for state in re.findall(r"`(\w+)`", acts.split(":")[0])}
+    assert documented == set(TIMER_DISPATCH)
 
 
 def test_every_cited_docs_anchor_exists() -> None:

@@ -353,7 +353,7 @@ def _on_timer(b: _Builder, t: inp.TimerDue) -> None:
             lateness=t.fired_at - due,
         )
     )
-    handler = _TIMERS.get((purpose, b.state.state))
+    handler = TIMER_DISPATCH.get((purpose, b.state.state))
     if handler is not None:
         handler(b, due)
 
@@ -416,7 +416,7 @@ def _no_stop_stall(b: _Builder, due: datetime) -> None:
     b.move("stalled", due, f"no stop observed {due - b.first_auth_at} after the first auth")
 
 
-_TIMERS: dict[tuple[TimerPurpose, State], Callable[[_Builder, datetime], None]] = {
+TIMER_DISPATCH: dict[tuple[TimerPurpose, State], Callable[[_Builder, datetime], None]] = {
     ("stop_grace", "first_auth"): _stop_overdue,
     ("running_grace", "second_auth"): _running_overdue,
     ("second_step", "stopped_waiting"): _second_step_due,
