@@ -58,6 +58,7 @@ CHECKPOINT_EVERY_SECONDS = 600.0
 
 
 def migration_settings(config: Config) -> MigrationSettings:
+    """The domain's settings from the `[migration]` section (seconds become durations)."""
     m = config.migration
     return MigrationSettings(
         delay=timedelta(seconds=m.delay_seconds),

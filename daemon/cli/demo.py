@@ -46,6 +46,8 @@ DONE_STATES = ("static", "stalled")
 
 @dataclass
 class DemoOptions:
+    """The `staticipd demo` options, with the defaults the command line shows."""
+
     accounts: int = 200
     database: Path | None = None
     time_scale: float = 600.0
@@ -59,6 +61,8 @@ class DemoOptions:
 
 @dataclass
 class DemoResult:
+    """How a demo ended: where its log and key are, the final funnel, and accounts to look at."""
+
     database: Path
     checkpoint_key: Path
     funnel: dict[str, int]

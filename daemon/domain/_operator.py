@@ -14,6 +14,7 @@ from .vocabulary import OperatorCommand
 def on_operator(
     b: _Builder, at: datetime, c: inp.ResetAccount | inp.ExcludeAccount | inp.MarkResolved
 ) -> None:
+    """Record an operator command on the account, then carry it out where it applies."""
     s = b.state
     action: Action = None
     command: OperatorCommand

@@ -220,6 +220,7 @@ def on_broken(b: _Builder, at: datetime, meaning: BrokenFlag) -> tuple[str, Acti
 
 
 def not_repaired(b: _Builder) -> str:
+    """Why the step is requested again: flags a restart cannot repair, only the user."""
     return (
         f"the account is flagged {' and '.join(broken(b))} after the second step, which "
         "cannot repair it: the user must re-authenticate"

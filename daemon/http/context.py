@@ -67,6 +67,7 @@ def storage_guard() -> _StorageGuard:
 
 
 def describe_account(state: AccountState | None, account_id: str) -> dict[str, Any]:
+    """The account as the API shows it: its state as JSON, without the timer bookkeeping."""
     if state is None:
         return {"account_id": account_id, "state": "unknown"}
     # One encoder for every field, so every time reads the same way ("...Z").

@@ -47,11 +47,15 @@ _MAX_PAGE = 1000
 
 
 class EnableBody(msgspec.Struct):
+    """Body of `POST /v1/migration/enable`."""
+
     actor: str = "operator"
     reason: str = ""
 
 
 class EnrollBody(msgspec.Struct):
+    """Body of `POST /v1/enrollments`: the accounts, their wave and (optionally) policy."""
+
     account_ids: Annotated[list[_Id], msgspec.Meta(min_length=1, max_length=100_000)]
     wave: _Id
     policy: Policy | None = None
@@ -60,6 +64,8 @@ class EnrollBody(msgspec.Struct):
 
 
 class AccountCommandBody(msgspec.Struct):
+    """Body of an operator command on one account: the reason is required, for the audit."""
+
     reason: Annotated[str, msgspec.Meta(min_length=1)]
     actor: str = "operator"
 

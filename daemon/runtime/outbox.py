@@ -60,6 +60,8 @@ Record = Callable[[OutcomeReport], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
+    """How often and how far apart an effect is attempted before the outbox gives up."""
+
     max_attempts: int = 8
     backoff_base: float = 2.0
     backoff_max: float = 600.0

@@ -28,6 +28,8 @@ MAX_SLEEP_SECONDS = 60.0
 
 @dataclass(frozen=True, slots=True)
 class DueTimer:
+    """A pending timer as the driver keeps it: which, whose, and when it is due."""
+
     timer_id: str
     account_id: str
     due_at: datetime
