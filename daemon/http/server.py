@@ -17,7 +17,7 @@ from daemon import __version__
 from daemon.domain import FLAGS
 from daemon.http import ingest, operator
 from daemon.http.context import RUNTIME, Runtime
-from daemon.http.errors import ApiError, error_middleware
+from daemon.http.errors import error_middleware
 from daemon.metrics import ACCOUNTS, ACCOUNTS_FLAGGED, LOG_POSITION
 from daemon.runtime.live import LiveProjection
 
@@ -123,4 +123,4 @@ def build_app(runtime: Runtime) -> web.Application:
     return app
 
 
-__all__ = ["ApiError", "build_app"]
+__all__ = ["build_app"]

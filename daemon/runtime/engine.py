@@ -33,9 +33,9 @@ from daemon.domain import (
 )
 from daemon.runtime.live import LiveProjection
 from daemon.runtime.planner import Decision, Pass, PassPlanner, Request
-from eventstore import AppendResult, EventStore, NewEvent, StoreClosed, WrongExpectedVersion
+from eventstore import AppendResult, EventStore, NewEvent, StoreClosed
 
-__all__ = ["Decision", "Engine", "WrongExpectedVersion"]
+__all__ = ["Decision", "Engine"]
 
 log = structlog.get_logger(__name__)
 

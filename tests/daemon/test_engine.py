@@ -29,7 +29,7 @@ from daemon.domain import (
 )
 from daemon.runtime.engine import Engine
 from daemon.runtime.live import LiveProjection
-from eventstore import EventStore
+from eventstore import EventStore, WrongExpectedVersion
 from tests.daemon.test_planner import T0, running
 
 pytestmark = pytest.mark.anyio
@@ -275,7 +275,7 @@ async def test_no_account_decision_reads_application_state_that_was_not_committe
         AuthReported(input_id="auth", account_id="acc-1", occurred_at=T0 + timedelta(seconds=5))
     )
     results = await asyncio.gather(enable, auth, return_exceptions=True)
-    assert isinstance(results[0], daemon.runtime.engine.WrongExpectedVersion)
+    assert isinstance(results[0], WrongExpectedVersion)
     assert not path.live.projection.application.migration_enabled
     assert path.live.projection.account("acc-1").state == "dynamic"
 
