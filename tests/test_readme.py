@@ -104,3 +104,35 @@ def test_verify_names_the_kinds_and_fields_of_a_bad_move_as_the_code_reports_the
     documented_kinds = re.findall(r"`(\w+)`", kinds.group(1))
     assert documented_kinds == list(get_args(get_type_hints(MoveFinding)["kind"]))
     assert re.findall(r"`(\w+)`", fields.group(1)) == list(MoveFinding.__struct_fields__)
+
+
+def documented_invocations() -> list[tuple[str, str]]:
+    """(subcommand, the rest) of each `staticipd <subcommand> ...` README shows: the lines of
+    its shell blocks (comments dropped) and its inline code spans."""
+    shown = [line.split("#")[0] for block in blocks("sh") for line in block.splitlines()]
+    prose = re.sub(r"```.*?```", "", README, flags=re.S)
+    shown += re.findall(r"`([^`]*staticipd [^`]*)`", prose)
+    found = []
+    for text in shown:
+        match = re.search(r"staticipd ([a-z][a-z-]*)(.*)", text, flags=re.S)
+        if match:
+            found.append((match.group(1), match.group(2)))
+    return found
+
+
+def test_every_documented_option_exists_with_the_choices_shown() -> None:
+    """Each `--option` README shows after a subcommand is one it takes, with the `a|b` choices."""
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    commands = subparsers.choices  # type: ignore[union-attr]
+    checked = 0
+    for command, rest in documented_invocations():
+        if command not in commands:
+            continue  # test_every_documented_command_exists names it
+        options = {o: a for a in commands[command]._actions for o in a.option_strings}
+        for option, choices in re.findall(r"(--[a-z][a-z-]*)(?: ([a-z]+(?:\|[a-z]+)+))?", rest):
+            assert option in options, f"staticipd {command} has no {option}"
+            if choices:
+                assert tuple(choices.split("|")) == tuple(options[option].choices), option
+            checked += 1
+    assert checked >= 15  # the shell blocks and the demo's options were read
