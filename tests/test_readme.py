@@ -10,6 +10,7 @@ from typing import get_args, get_type_hints
 import msgspec
 import pytest
 
+from daemon import exitcodes
 from daemon.cli.main import build_parser
 from daemon.config import load_config
 from daemon.runtime.audit import MoveFinding
@@ -136,3 +137,14 @@ def test_every_documented_option_exists_with_the_choices_shown() -> None:
                 assert tuple(choices.split("|")) == tuple(options[option].choices), option
             checked += 1
     assert checked >= 15  # the shell blocks and the demo's options were read
+
+
+def test_the_exit_statuses_are_the_ones_the_commands_return() -> None:
+    """README's "Exit status" sentence gives the numbers daemon/exitcodes.py names."""
+    sentence = " ".join(README.split("Exit status: ", 1)[1].split(", said in one")[0].split())
+    numbers = re.findall(r"(?:^|, )(\d+) (fine|the check found a problem|usage)", sentence)
+    assert numbers == [
+        (str(exitcodes.OK), "fine"),
+        (str(exitcodes.PROBLEM), "the check found a problem"),
+        (str(exitcodes.USAGE), "usage"),
+    ]
