@@ -309,3 +309,19 @@ def test_imports_inside_functions_and_type_checking_blocks_count() -> None:
         ("daemon.provider.sandbox.settings", 6),
         ("daemon.provider.sandbox", 6),
     }
+
+
+def test_no_part_of_the_daemon_starts_a_task_outside_a_task_group() -> None:
+    """Every background task of the process runs in an anyio task group, so a crash of any of
+    them takes the process down; the sandbox (tests and demo only) is left aside."""
+    unsupervised = ("create_task", "ensure_future")
+    found = []
+    for module, path in modules().items():
+        if not within(module, "daemon") or within(module, "daemon.provider.sandbox"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+                if name in unsupervised:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} calls {name}")
+    assert_none(found, "a task started outside a task group")
