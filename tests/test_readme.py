@@ -148,3 +148,31 @@ def test_the_exit_statuses_are_the_ones_the_commands_return() -> None:
         (str(exitcodes.PROBLEM), "the check found a problem"),
         (str(exitcodes.USAGE), "usage"),
     ]
+
+
+def test_where_things_live_names_real_files_and_every_room() -> None:
+    """README's map of the tree names files that exist in the room it puts them in, and names
+    every sub-package and module directly under daemon/."""
+    root = Path(__file__).parent.parent
+    tree = README.split("## Where things live", 1)[1].split("```", 2)[1]
+    room = ""
+    named: set[str] = set()
+    for line in tree.splitlines():
+        if match := re.match(r"^((?:daemon|eventstore)/[\w/.]*)", line):
+            room = match.group(1).rstrip("/")
+            named.add(room)
+            if room.endswith(".py"):  # a module of daemon/ itself, or the plumbing's line of them
+                room = ""
+                head = line.split("  ", 1)[0]
+                named |= {f"daemon/{w}" for w in re.findall(r"\b\w+\.py\b", head)}
+        elif (match := re.match(r"^  (\w+(?:\.py|/))", line)) and room:
+            named.add(f"{room}/{match.group(1).rstrip('/')}")
+    assert [n for n in sorted(named) if not (root / n).exists()] == []
+    daemon = root / "daemon"
+    parts = {
+        f"daemon/{p.name}"
+        for p in daemon.iterdir()
+        if (p.is_dir() and (p / "__init__.py").exists())
+        or (p.suffix == ".py" and not p.name.startswith("__"))
+    }
+    assert sorted(parts - named) == []
