@@ -1,8 +1,9 @@
 """A pure in-memory stand-in for the daemon loop: dedupe, decide, append, evolve.
 
-Used by the tests (and reusable by the daemon's tests) to drive the domain with inputs and get
-the log it would write. Appends are what the daemon does: the events of one input get the ids
-`event_id(input_id, i)`, an input whose first event id exists is a redelivery and is skipped.
+For the tests and the benchmarks only (no module of daemon/ imports it; a test says so): it
+drives the domain with inputs and gives the log the daemon would write. Appends are what the
+daemon does: the events of one input get the ids `event_id(input_id, i)`, an input whose first
+event id exists is a redelivery and is skipped.
 """
 
 from __future__ import annotations
