@@ -23,6 +23,7 @@ from daemon.domain import (
     AccountState,
     Input,
     IpListObserved,
+    State,
     sync_state_meaning,
 )
 from daemon.domain.vocabulary import IpListKind
@@ -34,7 +35,13 @@ log = structlog.get_logger(__name__)
 Submit = Callable[[Sequence[Input]], Awaitable[object]]
 
 # States whose next step depends on something the provider reports.
-WAITING_ON_PROVIDER = ("first_auth", "stopped_waiting", "second_step_due", "second_auth", "stalled")
+WAITING_ON_PROVIDER: tuple[State, ...] = (
+    "first_auth",
+    "stopped_waiting",
+    "second_step_due",
+    "second_auth",
+    "stalled",
+)
 
 
 async def _pause(interval: float, rng: random.Random, retry_after: float | None = None) -> None:

@@ -25,6 +25,7 @@ from daemon.domain import (
     ApplicationState,
     Event,
     PendingEffect,
+    State,
     decode_event,
     evolve_stream,
     stream_of,
@@ -129,7 +130,7 @@ class Projection:
     def __len__(self) -> int:
         return len(self._accounts)
 
-    def ids_in(self, state: str) -> frozenset[str]:
+    def ids_in(self, state: State) -> frozenset[str]:
         """The ids of the accounts in `state`."""
         return frozenset(self._by_state.get(state, ()))
 
