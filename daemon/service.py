@@ -198,7 +198,7 @@ class Daemon:
                 ("dynamic", "static") if self.config.provider.static_ip_path else ("dynamic",)
             )
             watcher = IpListWatcher(
-                provider, self._submit_ip_lists, interval=pollers.ip_list_interval_seconds,
+                provider, self.submit_ip_lists, interval=pollers.ip_list_interval_seconds,
                 environments=environments,
             )  # fmt: skip
             reconciler = Reconciler(
@@ -255,7 +255,8 @@ class Daemon:
         sdnotify.notify("READY=1")
         sdnotify.notify(f"STATUS=serving; log position {live.position}")
 
-    async def _submit_ip_lists(self, inputs: Sequence[Input]) -> object:
+    async def submit_ip_lists(self, inputs: Sequence[Input]) -> object:
+        """Record the IP-list watcher's observations; on a change, run `ip_change_command`."""
         decisions = await self.engine.submit(inputs, source="ip-list-watcher")
         changed = [e for d in decisions for e in d.events if isinstance(e, IpListChanged)]
         for event in changed:

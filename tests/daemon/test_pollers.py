@@ -76,7 +76,7 @@ async def test_rotation_is_recorded_with_added_and_removed(
 ) -> None:
     """When the dynamic list rotates, the log gets an IpListChanged naming what came and went."""
     async with start_daemon(setup) as d:
-        watcher = IpListWatcher(client, d.daemon._submit_ip_lists, interval=3600, clock=clock.utc)
+        watcher = IpListWatcher(client, d.daemon.submit_ip_lists, interval=3600, clock=clock.utc)
         assert await watcher.poll_once() is None
         before, _ = sandbox.ip_list("dynamic")
         clock.now += ROTATION + 1
@@ -95,7 +95,7 @@ async def test_unchanged_list_is_recorded_as_unchanged(setup, start_daemon, clie
     """Polling again before a rotation records IpListUnchanged, not another change."""
     async with start_daemon(setup) as d:
         watcher = IpListWatcher(
-            client, d.daemon._submit_ip_lists, interval=3600,
+            client, d.daemon.submit_ip_lists, interval=3600,
             environments=("dynamic", "static"), clock=clock.utc,
         )  # fmt: skip
         await watcher.poll_once()
@@ -148,7 +148,7 @@ async def test_change_command_receives_the_plain_allowlist(
     setup.env["STATICIPD_POLLERS__IP_CHANGE_COMMAND"] = json.dumps(command)
     async with start_daemon(setup) as d:
         watcher = IpListWatcher(
-            client, d.daemon._submit_ip_lists, interval=3600,
+            client, d.daemon.submit_ip_lists, interval=3600,
             environments=("dynamic", "static"), clock=clock.utc,
         )  # fmt: skip
         await watcher.poll_once()
