@@ -15,13 +15,6 @@ from .state import AccountState, ApplicationState, evolve_account
 from .transitions import InputKind, TransitionError, check
 from .vocabulary import Flag, State, TimerPurpose
 
-MIGRATING: tuple[State, ...] = (
-    "first_auth",
-    "stopped_waiting",
-    "second_step_due",
-    "second_auth",
-    "stalled",
-)
 Action = Callable[["Builder"], None] | None
 
 

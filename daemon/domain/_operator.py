@@ -6,9 +6,9 @@ from datetime import datetime
 
 from . import events as ev
 from . import inputs as inp
-from ._builder import MIGRATING, Action
+from ._builder import Action
 from ._builder import Builder as _Builder
-from .vocabulary import OperatorCommand
+from .vocabulary import MIGRATING, OperatorCommand
 
 
 def on_operator(

@@ -80,5 +80,14 @@ ReauthStage = Literal["second_step", "reminder", "retry"]
 
 STATES: tuple[State, ...] = get_args(State)
 """Every migration state, in funnel order."""
+MIGRATING: tuple[State, ...] = (
+    "first_auth",
+    "stopped_waiting",
+    "second_step_due",
+    "second_auth",
+    "stalled",
+)
+"""The states of a migration under way, from the first auth to `stalled`: where the provider's
+reports still move the account and where the operator may mark it resolved."""
 FLAGS: tuple[Flag, ...] = get_args(Flag)
 TIMER_PURPOSES: tuple[TimerPurpose, ...] = get_args(TimerPurpose)

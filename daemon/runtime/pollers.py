@@ -23,10 +23,9 @@ from daemon.domain import (
     AccountState,
     Input,
     IpListObserved,
-    State,
     sync_state_meaning,
 )
-from daemon.domain.vocabulary import IpListKind
+from daemon.domain.vocabulary import MIGRATING, IpListKind
 from daemon.provider.client import ProviderClient, ProviderError, RateLimited
 from daemon.runtime.projections import Projection
 
@@ -34,14 +33,8 @@ log = structlog.get_logger(__name__)
 
 Submit = Callable[[Sequence[Input]], Awaitable[object]]
 
-# States whose next step depends on something the provider reports.
-WAITING_ON_PROVIDER: tuple[State, ...] = (
-    "first_auth",
-    "stopped_waiting",
-    "second_step_due",
-    "second_auth",
-    "stalled",
-)
+# States whose next step depends on something the provider reports: a migration under way.
+WAITING_ON_PROVIDER = MIGRATING
 
 
 async def _pause(interval: float, rng: random.Random, retry_after: float | None = None) -> None:
