@@ -221,10 +221,11 @@ class PassPlanner(Generic[T]):
         decided: list[Decided[T]] = []
         failed: list[tuple[Request[T], Exception]] = []
         for index, request in enumerate(batch):
+            overlay.begin()
             try:
                 d = self._decide(request, overlay, now)
             except Exception as exc:  # a bug in one decision must not fail the others
-                overlay.forget()
+                overlay.rollback()
                 failed.append((request, exc))
                 continue
             decided.append(d)
@@ -369,12 +370,15 @@ def metadata(
 class _Overlay:
     """The projection as this pass's decisions left it: their events, written or not yet."""
 
-    __slots__ = ("_accounts", "_projection", "application")
+    __slots__ = ("_accounts", "_application_before", "_before", "_projection", "application")
 
     def __init__(self, projection: ProjectionView) -> None:
         self._projection = projection
-        self._accounts: dict[str, AccountState | None] = {}
+        self._accounts: dict[str, AccountState] = {}
         self.application: ApplicationState = projection.application
+        # What the current request's decision replaced, so a failed one can be undone alone.
+        self._before: dict[str, AccountState | None] = {}
+        self._application_before = self.application
 
     def account(self, account_id: str) -> AccountState | None:
         try:
@@ -387,7 +391,10 @@ class _Overlay:
         return self.account(account_id) if account_id else None
 
     def put_account(self, state: AccountState) -> None:
-        self._accounts[state.account_id] = state
+        account_id = state.account_id
+        if account_id not in self._before:
+            self._before[account_id] = self._accounts.get(account_id)
+        self._accounts[account_id] = state
 
     def version(self, stream: str) -> int:
         account_id = account_of(stream)
@@ -396,10 +403,21 @@ class _Overlay:
         state = self.account(account_id)
         return state.version if state else 0
 
-    def forget(self) -> None:
-        """Drop what a failed decision may have left half-applied: start from the projection."""
-        self._accounts.clear()
-        self.application = self._projection.application
+    def begin(self) -> None:
+        """Start a request's decision: what it changes from here on can be rolled back."""
+        self._before.clear()
+        self._application_before = self.application
+
+    def rollback(self) -> None:
+        """Undo what a failed decision may have left half-applied, and nothing before it: the
+        pass's earlier decisions stay, so the requests after it are decided on them."""
+        for account_id, before in self._before.items():
+            if before is None:
+                del self._accounts[account_id]
+            else:
+                self._accounts[account_id] = before
+        self._before.clear()
+        self.application = self._application_before
 
 
 def _learn_recorded(request: Request[T], outcome: AppendResult) -> bool:

@@ -195,6 +195,32 @@ def test_a_decision_that_raises_fails_only_its_request(monkeypatch: pytest.Monke
     assert isinstance(error, RuntimeError)
 
 
+def test_a_decision_that_raises_keeps_the_earlier_decisions_of_its_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failed decision is undone alone: later inputs are decided on the pass's earlier
+    decisions and without its half-applied events, so their calls expect the right versions."""
+    real = daemon.runtime.planner.metadata
+
+    def metadata(inp: Any, *args: Any) -> Any:
+        if inp.input_id == "v2:acc-2:0":  # after its events were folded into the pass's state
+            raise RuntimeError("a bug after deciding")
+        return real(inp, *args)
+
+    monkeypatch.setattr(daemon.runtime.planner, "metadata", metadata)
+    p = planner(
+        request("a", running(0)),
+        request("b", running(0, "acc-2")),
+        request("c", running(1)),
+        request("d", running(1, "acc-2")),
+    )
+    pass_ = p.decide_pass(p.take(), Projection(), T0)
+    assert tokens(pass_.requests) == ["a", "c", "d"]
+    first, third, fourth = pass_.calls
+    assert third.expected == {"account-acc-1": len(first.events)}
+    assert fourth.expected == {"account-acc-2": 0}
+
+
 def test_metadata_names_cause_and_correlation() -> None:
     """The recorded input points at the outside message, what it caused at the recorded input;
     without a request id the account's migration cycle correlates them."""
