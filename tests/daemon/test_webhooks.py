@@ -12,7 +12,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.provider.webhooks import MalformedWebhook, parse_notifications, verify_signature
+from daemon.provider.webhooks import (
+    MalformedWebhook,
+    parse_delivery,
+    parse_notifications,
+    verify_signature,
+)
 
 SECRET = b"client-secret-1"
 OLD_SECRET = b"client-secret-0"
@@ -155,8 +160,8 @@ def test_v2_same_account_different_date_is_a_different_delivery() -> None:
     assert a.input_id != b.input_id
 
 
-def test_v2_unknown_trigger_and_message_object_parse() -> None:
-    """Unknown triggers and non-account objects parse, keeping their object type and id."""
+def test_v2_unknown_account_trigger_parses_and_message_delta_is_skipped() -> None:
+    """An unknown account trigger is a notification; a message delta is counted and skipped."""
     body = {
         "deltas": [
             delta("a", "account.teleported"),
@@ -174,13 +179,11 @@ def test_v2_unknown_trigger_and_message_object_parse() -> None:
             },
         ]
     }
-    unknown, message = parse_notifications(json.dumps(body).encode())
+    delivery = parse_delivery(json.dumps(body).encode())
+    [unknown] = delivery.notifications
     assert unknown.trigger == "account.teleported"
-    assert message.details == {
-        "object_id": "msg-9",
-        "attributes": {"thread_id": "t"},
-        "object": "message",
-    }
+    assert delivery.skipped == ["message/message.created"]
+    assert delivery.malformed == []
 
 
 def test_v2_empty_deltas_is_no_notification() -> None:
