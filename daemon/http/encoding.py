@@ -56,7 +56,7 @@ def decode_content(body: bytes, header: str | None, limit: int) -> bytes:
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
-    # A gzip stream may hold several members one after the other (RFC 1952 §2.2).
+    # A gzip stream may hold several members one after the other (RFC 1952, section 2.2).
     out = bytearray()
     while True:
         decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -67,7 +67,7 @@ def _gunzip(data: bytes, limit: int) -> bytes:
 
 
 def _inflate(data: bytes, limit: int) -> bytes:
-    # HTTP's "deflate" is the zlib format (RFC 9110 §8.4.1.2); some senders send raw deflate.
+    # HTTP's "deflate" is the zlib format (RFC 9110, section 8.4.1.2); some send raw deflate.
     out = bytearray()
     zlib_header = len(data) >= 2 and data[0] & 0x0F == 8 and ((data[0] << 8) | data[1]) % 31 == 0
     wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
