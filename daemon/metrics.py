@@ -47,7 +47,7 @@ Metric = Counter | Gauge
 WEBHOOKS = Counter("staticipd_webhooks_total", "Webhook deliveries by result.", ("result",))
 WEBHOOK_DELTAS = Counter(
     "staticipd_webhook_deltas_total",
-    "Webhook deltas recorded or recognised as duplicates.",
+    "Webhook deltas recorded, recognised as duplicates, skipped (other objects) or quarantined.",
     ("result",),
 )
 AUTH_EVENTS = Counter(

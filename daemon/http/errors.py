@@ -18,6 +18,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from daemon.http.encoding import DecodedTooLarge, UndecodableBody, decode_content
 from daemon.validation import validation_field
 
 __all__ = [
@@ -29,10 +30,12 @@ __all__ = [
     "Unauthorized",
     "bind_log_context",
     "decode_body",
+    "decode_limited",
     "error_middleware",
     "error_response",
     "json_answer",
     "read_limited_body",
+    "read_raw_body",
     "request_id",
     "require_bearer",
 ]
@@ -245,8 +248,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         structlog.contextvars.reset_contextvars(**tokens)
 
 
-async def read_limited_body(request: web.Request, limit: int) -> bytes:
-    """The raw body, refused with 413 when over `limit` bytes.
+async def read_raw_body(request: web.Request, limit: int) -> bytes:
+    """The body's bytes as sent (any `Content-Encoding` still applied), 413 when over `limit`.
 
     Refuses by Content-Length before reading a byte, and counts while reading so a chunked
     or lying sender cannot push more than `limit` (+ one chunk) into memory.
@@ -266,6 +269,29 @@ async def read_limited_body(request: web.Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def decode_limited(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """`raw` with its `Content-Encoding` undone: 413 past `limit` decoded bytes, else 415.
+
+    The decoder stops as soon as the decoded size passes `limit`, so a small compressed
+    bomb costs at most `limit` bytes of work (daemon/http/encoding.py).
+    """
+    try:
+        return decode_content(raw, content_encoding, limit)
+    except DecodedTooLarge as exc:
+        raise PayloadTooLarge(str(exc)) from None
+    except UndecodableBody as exc:
+        raise ApiError(415, "unsupported_encoding", str(exc), field="Content-Encoding") from None
+
+
+async def read_limited_body(request: web.Request, limit: int) -> bytes:
+    """The body, its gzip/deflate `Content-Encoding` undone; 413 over `limit` bytes (sent or
+    decoded), 415 for another coding or data that does not decode."""
+    raw = await read_raw_body(request, limit)
+    if not request.headers.get("Content-Encoding"):
+        return raw
+    return decode_limited(raw, request.headers.get("Content-Encoding"), limit)
 
 
 def require_bearer(request: web.Request, tokens: Sequence[str]) -> None:

@@ -8,7 +8,7 @@ and answered 400 naming the field.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
@@ -18,16 +18,19 @@ from aiohttp import web
 from daemon import logs, metrics
 from daemon.domain import AuthReported, first_event_id
 from daemon.http.context import RUNTIME, Runtime, describe_account, storage_guard
+from daemon.http.encoding import DecodedTooLarge, UndecodableBody, decode_content
 from daemon.http.errors import (
     ApiError,
+    PayloadTooLarge,
     bind_log_context,
     decode_body,
     json_answer,
     read_limited_body,
+    read_raw_body,
     request_id,
     require_bearer,
 )
-from daemon.provider.webhooks import MalformedWebhook, parse_notifications, verify_signature
+from daemon.provider.webhooks import MalformedWebhook, parse_delivery, verify_signature
 from eventstore import new_event_id
 
 log = structlog.get_logger(__name__)
@@ -64,29 +67,48 @@ async def webhook_challenge(request: web.Request) -> web.Response:
 @routes.post("/webhooks/nylas")
 async def receive_webhook(request: web.Request) -> web.Response:
     rt: Runtime = request.app[RUNTIME]
-    body = await read_limited_body(request, rt.config.http.max_body_bytes)
+    limit = rt.config.http.max_body_bytes
+    # The signature covers the bytes as sent: checked before any Content-Encoding is undone.
+    raw = await read_raw_body(request, limit)
     if not verify_signature(
-        body, request.headers.get("X-Nylas-Signature"), rt.secrets.webhook_secrets
+        raw, request.headers.get("X-Nylas-Signature"), rt.secrets.webhook_secrets
     ):
         rt.metrics.inc(metrics.WEBHOOKS, result="bad_signature")
         raise ApiError(401, "bad_signature", "missing or wrong X-Nylas-Signature")
+    received_at = datetime.now(UTC)
     try:
-        inputs = parse_notifications(body)
-    except MalformedWebhook as exc:
-        with storage_guard():
-            new = await rt.engine.quarantine(
-                body, source="webhook", field=exc.field, reason=exc.reason
-            )
+        body = decode_content(raw, request.headers.get("Content-Encoding"), limit)
+    except DecodedTooLarge as exc:
+        raise PayloadTooLarge(str(exc)) from None
+    except UndecodableBody as exc:
+        # Signed by the provider, so kept (once) as sent for a look; the sender gets a 400.
+        await _quarantine(rt, raw, "Content-Encoding", str(exc))
         rt.metrics.inc(metrics.WEBHOOKS, result="malformed")
-        log.warning("webhook.quarantined", field=exc.field, reason=exc.reason, new=new)
+        raise ApiError(400, "undecodable_body", str(exc), field="Content-Encoding") from None
+    try:
+        delivery = parse_delivery(body, received_at=received_at)
+    except MalformedWebhook as exc:
+        await _quarantine(rt, body, exc.field, exc.reason)
+        rt.metrics.inc(metrics.WEBHOOKS, result="malformed")
         raise ApiError(400, "malformed_body", exc.reason, field=exc.field) from None
+    for bad in delivery.malformed:
+        # One unreadable account delta is kept alone (with its index) and costs nobody else.
+        await _quarantine(rt, bad.raw, bad.field, bad.reason)
+    skipped, quarantined = len(delivery.skipped), len(delivery.malformed)
+    rt.metrics.inc(metrics.WEBHOOK_DELTAS, quarantined, result="quarantined")
+    inputs = delivery.notifications
+    if quarantined and not inputs and not skipped:
+        # Nothing in the delivery was usable: a 400, like a body that is no delivery at all.
+        rt.metrics.inc(metrics.WEBHOOKS, result="malformed")
+        first = delivery.malformed[0]
+        raise ApiError(400, "malformed_body", first.reason, field=first.field)
     if inputs:
         # The first delivery's ids (and how many came with it) go on every line of this request.
-        first = inputs[0]
+        first_input = inputs[0]
         bind_log_context(
             request,
-            account_id=first.account_id,
-            delivery_id=first.input_id,
+            account_id=first_input.account_id,
+            delivery_id=first_input.input_id,
             delivery_count=len(inputs),
         )
     with storage_guard():
@@ -98,9 +120,30 @@ async def receive_webhook(request: web.Request) -> web.Response:
     rt.metrics.inc(metrics.WEBHOOKS, result="accepted")
     rt.metrics.inc(metrics.WEBHOOK_DELTAS, recorded, result="recorded")
     rt.metrics.inc(metrics.WEBHOOK_DELTAS, duplicates, result="duplicate")
+    rt.metrics.inc(metrics.WEBHOOK_DELTAS, skipped, result="skipped")
     if logs.enabled("debug"):
-        log.debug("webhook.accepted", recorded=recorded, duplicates=duplicates)
-    return json_answer({"recorded": recorded, "duplicates": duplicates})
+        log.debug(
+            "webhook.accepted",
+            recorded=recorded,
+            duplicates=duplicates,
+            skipped=skipped,
+            quarantined=quarantined,
+        )
+    return json_answer(
+        {
+            "recorded": recorded,
+            "duplicates": duplicates,
+            "skipped": skipped,
+            "quarantined": quarantined,
+        }
+    )
+
+
+async def _quarantine(rt: Runtime, body: bytes, field: str, reason: str) -> None:
+    """Keep a signed but unreadable body (or delta) in the log once, however often it comes."""
+    with storage_guard():
+        new = await rt.engine.quarantine(body, source="webhook", field=field, reason=reason)
+    log.warning("webhook.quarantined", field=field, reason=reason, new=new)
 
 
 @routes.post("/v1/auth-events")

@@ -106,6 +106,9 @@ def build_app(runtime: Runtime) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware],
         client_max_size=runtime.config.http.max_body_bytes,
+        # Bodies as sent: the webhook signature covers the bytes before any Content-Encoding
+        # is undone, and routes decode within the body limit themselves (errors.read_limited_body).
+        handler_args={"auto_decompress": False},
     )
     app[RUNTIME] = runtime
     app.add_routes(routes)

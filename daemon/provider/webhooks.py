@@ -1,8 +1,10 @@
 """Provider webhooks without I/O: verify the signature of raw bytes, then parse v2/v3 bodies.
 
-Sans-I/O on purpose: the HTTP listener hands bytes in and gets the engine's `ProviderNotified`
-inputs (or a `MalformedWebhook` naming the field) back, so the same code serves tests, replay
-and benchmarks, and a delta is described in this one place.
+Sans-I/O on purpose: the HTTP listener hands bytes in and gets a `Delivery` back (the engine's
+`ProviderNotified` inputs, the deltas skipped as not about accounts, and the account deltas it
+cannot read), or a `MalformedWebhook` naming the field when the body is no delivery at all. The
+same code serves tests, replay and benchmarks, and a delta is described in this one place
+(docs/provider.md#webhook-bodies-v2, docs/provider.md#webhook-bodies-v3).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from daemon.domain import ProviderNotified
 from daemon.validation import validation_field
 
 __all__ = [
+    "Delivery",
+    "MalformedDelta",
     "MalformedWebhook",
+    "parse_delivery",
     "parse_notifications",
     "verify_signature",
 ]
@@ -95,14 +100,15 @@ class _V3Object(msgspec.Struct):
 class _V3Data(msgspec.Struct):
     object: dict[str, Any]
     application_id: str | None = None
+    grant_id: Any = None  # some notifications name the grant here as well
 
 
 class _V3Body(msgspec.Struct):
     specversion: str
     type: _NonEmpty
     id: _NonEmpty
-    time: _UnixSeconds
     data: _V3Data
+    time: _UnixSeconds | None = None  # absent from bodies on older schema pages
     source: str | None = None
     webhook_delivery_attempt: int | None = None
 
@@ -115,13 +121,40 @@ def _utc(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def parse_notifications(body: bytes) -> list[ProviderNotified]:
-    """Decode a v2 (`deltas`) or v3 (`specversion`) webhook body into the engine's inputs.
+class MalformedDelta(msgspec.Struct, frozen=True):
+    """One delta of a v2 batch that is about an account but cannot be read: quarantined alone.
 
-    Each input's id is its dedupe key (`v3:<id>`, `v2:<sha256 of the delta's canonical JSON>`),
-    its time is UTC and its details keep the provider's fields, the object type under `object`.
-    Raises `MalformedWebhook` naming the field (e.g. `$.deltas[0].date`) for invalid UTF-8,
-    bytes that are not JSON, or a body of the wrong shape. Unknown triggers parse fine.
+    `raw` is the delta's canonical JSON (sorted keys, compact), so a redelivery is kept once.
+    """
+
+    index: int
+    field: str
+    reason: str
+    raw: bytes
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """What one signed body holds: the notifications to record, what is not about accounts
+    (counted and skipped: `object/trigger` names), and the account deltas that cannot be read."""
+
+    notifications: list[ProviderNotified]
+    skipped: list[str] = []
+    malformed: list[MalformedDelta] = []
+
+
+def parse_delivery(body: bytes, *, received_at: datetime | None = None) -> Delivery:
+    """Decode a v2 (`deltas`) or v3 (`specversion`) webhook body, one delta at a time.
+
+    Each notification's id is its dedupe key (`v3:<id>`, `v2:<sha256 of the delta's canonical
+    JSON>`), its time is UTC and its details keep the provider's fields, the object type under
+    `object`. The account is always the body's account field (v2 `object_data.account_id`, v3
+    the grant id), never the object's own id. Deltas about other objects (messages, calendars,
+    contacts, ...) are skipped whatever their shape; an account delta that cannot be read is
+    returned in `malformed` with its index, and never costs the other deltas of the batch.
+    A v3 body without `time` is dated `received_at` (default: now) and says so in its details
+    (`time_missing`). Raises `MalformedWebhook` naming the field only when the body is not a
+    delivery at all: invalid UTF-8, not JSON, not an object, no `deltas` array nor
+    `specversion`, or a v3 grant notification without its id, type or grant.
     """
     try:
         text = body.decode("utf-8")
@@ -136,20 +169,63 @@ def parse_notifications(body: bytes) -> list[ProviderNotified]:
     if "deltas" in raw:
         return _parse_v2(raw)
     if "specversion" in raw:
-        return [_parse_v3(raw)]
+        return _parse_v3(raw, received_at or datetime.now(UTC))
     raise MalformedWebhook("$", "expected a v2 body with `deltas` or a v3 body with `specversion`")
 
 
-def _parse_v2(raw: dict[str, Any]) -> list[ProviderNotified]:
-    try:
-        decoded = msgspec.convert(raw, _V2Body)
-    except msgspec.ValidationError as exc:
-        raise _malformed(exc) from None
-    notifications = []
-    for delta, raw_delta in zip(decoded.deltas, raw["deltas"], strict=True):
+def parse_notifications(
+    body: bytes, *, received_at: datetime | None = None
+) -> list[ProviderNotified]:
+    """The notifications of `parse_delivery`, strictly: the first malformed delta raises
+    `MalformedWebhook` naming its field (for tests, replay and benchmarks)."""
+    delivery = parse_delivery(body, received_at=received_at)
+    if delivery.malformed:
+        first = delivery.malformed[0]
+        raise MalformedWebhook(first.field, first.reason)
+    return delivery.notifications
+
+
+def _about_account(delta: dict[str, Any]) -> bool | None:
+    """True for an account delta, False for another object's, None when it does not say."""
+    obj, trigger = delta.get("object"), delta.get("type")
+    if obj == "account" or (isinstance(trigger, str) and trigger.startswith("account.")):
+        return True
+    if (isinstance(obj, str) and obj) or (isinstance(trigger, str) and trigger):
+        return False
+    return None
+
+
+def _parse_v2(raw: dict[str, Any]) -> Delivery:
+    deltas = raw["deltas"]
+    if not isinstance(deltas, list):
+        raise MalformedWebhook("$.deltas", f"expected an array, got {_json_type(deltas)}")
+    notifications: list[ProviderNotified] = []
+    skipped: list[str] = []
+    malformed: list[MalformedDelta] = []
+    for index, raw_delta in enumerate(deltas):
         # v2 gives no delivery id: the digest of the delta's canonical JSON (sorted keys,
         # compact) identifies a redelivery whatever the key order or spacing of the retry.
-        digest = hashlib.sha256(msgspec.json.encode(raw_delta, order="sorted")).hexdigest()
+        canonical = msgspec.json.encode(raw_delta, order="sorted")
+        prefix = f"$.deltas[{index}]"
+        if not isinstance(raw_delta, dict):
+            reason = f"expected an object, got {_json_type(raw_delta)}"
+            malformed.append(MalformedDelta(index, prefix, reason, canonical))
+            continue
+        about = _about_account(raw_delta)
+        if about is False:
+            skipped.append(f"{raw_delta.get('object')}/{raw_delta.get('type')}")
+            continue
+        if about is None:
+            reason = "neither `object` nor `type` says what the delta is about"
+            malformed.append(MalformedDelta(index, f"{prefix}.object", reason, canonical))
+            continue
+        try:
+            delta = msgspec.convert(raw_delta, _V2Delta)
+        except msgspec.ValidationError as exc:
+            field, reason = validation_field(exc, prefix)
+            malformed.append(MalformedDelta(index, field, reason, canonical))
+            continue
+        digest = hashlib.sha256(canonical).hexdigest()
         data = delta.object_data
         details: dict[str, Any] = {}
         if data.id is not None and data.id != data.account_id:
@@ -169,16 +245,27 @@ def _parse_v2(raw: dict[str, Any]) -> list[ProviderNotified]:
                 details=details,
             )
         )
-    return notifications
+    return Delivery(notifications, skipped, malformed)
 
 
-def _parse_v3(raw: dict[str, Any]) -> ProviderNotified:
+def _json_type(value: object) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
+        type(value), "null" if value is None else "number"
+    )
+
+
+def _parse_v3(raw: dict[str, Any], received_at: datetime) -> Delivery:
+    trigger = raw.get("type")
+    if isinstance(trigger, str) and trigger and not trigger.startswith("grant."):
+        # Messages, calendars, events, ...: not about the account; skipped whatever the shape.
+        return Delivery([], [f"{trigger.split('.', 1)[0]}/{trigger}"])
     try:
         decoded = msgspec.convert(raw, _V3Body)
     except msgspec.ValidationError as exc:
         raise _malformed(exc) from None
+    grant_id = decoded.data.object.get("grant_id", decoded.data.grant_id)
     try:
-        grant = msgspec.convert(decoded.data.object, _V3Object)
+        grant = msgspec.convert({"grant_id": grant_id}, _V3Object)
     except msgspec.ValidationError as exc:
         raise _malformed(exc, prefix="$.data.object") from None
     details = {k: v for k, v in decoded.data.object.items() if k != "grant_id"}
@@ -186,13 +273,16 @@ def _parse_v3(raw: dict[str, Any]) -> ProviderNotified:
         details["delivery_attempt"] = decoded.webhook_delivery_attempt
     if decoded.data.application_id is not None:
         details["application_id"] = decoded.data.application_id
+    if decoded.time is None:
+        details["time_missing"] = True  # dated by the time of receipt
     # v3 nests the object type in the trigger ("grant.updated" -> "grant").
     details["object"] = str(details.get("object") or decoded.type.split(".", 1)[0])
-    return ProviderNotified(
+    notification = ProviderNotified(
         input_id=f"v3:{decoded.id}",
         account_id=grant.grant_id,
         trigger=decoded.type,
-        occurred_at=_utc(decoded.time),
+        occurred_at=_utc(decoded.time) if decoded.time is not None else received_at,
         api_version=3,
         details=details,
     )
+    return Delivery([notification])

@@ -76,7 +76,7 @@ async def test_webhook_acknowledged_only_after_its_events_are_in_the_log(running
     assert resp.status == 200
     recorded = running.setup.events_of("ProviderNotificationRecorded", "account-acc-1")
     assert [e["data"]["trigger"] for e in recorded] == ["account.running"]
-    assert (await resp.json()) == {"recorded": 1, "duplicates": 0}
+    assert (await resp.json()) == {"recorded": 1, "duplicates": 0, "skipped": 0, "quarantined": 0}
 
 
 async def test_all_deltas_of_one_delivery_are_recorded(running, v2: V2) -> None:
@@ -290,33 +290,33 @@ async def test_each_notification_is_recorded_with_its_delivery_id_object_and_det
     running, v3
 ) -> None:
     """v2 deltas are kept under their digest, v3 under its id, each with its object and details."""
-    message = {
+    account = {
         "date": 1_717_430_400,
-        "object": "message",
-        "type": "message.created",
+        "object": "account",
+        "type": "account.sync_error",
         "object_data": {
             "account_id": "acc-d",
-            "id": "msg-9",
-            "object": "message",
-            "attributes": {"thread_id": "t"},
+            "id": "obj-9",
+            "object": "account",
+            "attributes": {"reason": "t"},
             "metadata": None,
         },
     }
-    assert (await running.post_webhook(json.dumps({"deltas": [message]}).encode())).status == 200
+    assert (await running.post_webhook(json.dumps({"deltas": [account]}).encode())).status == 200
     reauth = v3("evt-d", "grant-d", code=25027, email="user@example.com")
     assert (await running.post_webhook(reauth)).status == 200
 
-    digest = hashlib.sha256(json.dumps(message, sort_keys=True, separators=(",", ":")).encode())
+    digest = hashlib.sha256(json.dumps(account, sort_keys=True, separators=(",", ":")).encode())
     (v2_event,) = running.setup.events_of("ProviderNotificationRecorded", "account-acc-d")
     assert v2_event["event_id"] == f"v2:{digest.hexdigest()}#0"
-    assert v2_event["data"]["trigger"] == "message.created"
+    assert v2_event["data"]["trigger"] == "account.sync_error"
     assert v2_event["data"]["api_version"] == 2
-    assert v2_event["data"]["meaning"] == "unrecognised"
+    assert v2_event["data"]["meaning"] == "sync_error"
     assert v2_event["data"]["occurred_at"].startswith("2024-06-03T16:00:00")
     assert v2_event["data"]["details"] == {
-        "object_id": "msg-9",
-        "attributes": {"thread_id": "t"},
-        "object": "message",
+        "object_id": "obj-9",
+        "attributes": {"reason": "t"},
+        "object": "account",
     }
     (v3_event,) = running.setup.events_of("ProviderNotificationRecorded", "account-grant-d")
     assert v3_event["event_id"] == "v3:evt-d#0"

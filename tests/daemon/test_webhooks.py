@@ -12,7 +12,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.provider.webhooks import MalformedWebhook, parse_notifications, verify_signature
+from daemon.provider.webhooks import (
+    MalformedWebhook,
+    parse_delivery,
+    parse_notifications,
+    verify_signature,
+)
 
 SECRET = b"client-secret-1"
 OLD_SECRET = b"client-secret-0"
@@ -155,8 +160,8 @@ def test_v2_same_account_different_date_is_a_different_delivery() -> None:
     assert a.input_id != b.input_id
 
 
-def test_v2_unknown_trigger_and_message_object_parse() -> None:
-    """Unknown triggers and non-account objects parse, keeping their object type and id."""
+def test_v2_unknown_account_trigger_parses_and_message_delta_is_skipped() -> None:
+    """An unknown account trigger is a notification; a message delta is counted and skipped."""
     body = {
         "deltas": [
             delta("a", "account.teleported"),
@@ -174,13 +179,11 @@ def test_v2_unknown_trigger_and_message_object_parse() -> None:
             },
         ]
     }
-    unknown, message = parse_notifications(json.dumps(body).encode())
+    delivery = parse_delivery(json.dumps(body).encode())
+    [unknown] = delivery.notifications
     assert unknown.trigger == "account.teleported"
-    assert message.details == {
-        "object_id": "msg-9",
-        "attributes": {"thread_id": "t"},
-        "object": "message",
-    }
+    assert delivery.skipped == ["message/message.created"]
+    assert delivery.malformed == []
 
 
 def test_v2_empty_deltas_is_no_notification() -> None:
@@ -301,3 +304,113 @@ def test_arbitrary_json_never_crashes_the_parser(value: object) -> None:
     for body in (value, {"deltas": value}, {"specversion": "1.0", "data": value}):
         with contextlib.suppress(MalformedWebhook):
             parse_notifications(json.dumps(body).encode())
+
+
+# --- one delta at a time ---
+
+CALENDAR_DELTA = {  # the provider's docs: a calendar delta has `time` and `source`, no `date`
+    "object": "calendar",
+    "type": "calendar.updated",
+    "source": "/google/events/realtime",
+    "id": "FUuYVEHL5gJxB85oKoNxt74890",
+    "time": 1602623196,
+    "object_data": {"account_id": "a", "object": "calendar", "id": "cal-1"},
+}
+
+
+def test_one_malformed_account_delta_never_costs_its_neighbours() -> None:
+    """A batch with a good delta, a calendar delta and an account delta without date gives one
+    notification, one skipped delta and one malformed delta named by its index."""
+    broken = delta("c", "account.invalid")
+    del broken["date"]
+    body = {"deltas": [delta("b", "account.running"), CALENDAR_DELTA, broken]}
+    delivery = parse_delivery(json.dumps(body).encode())
+    assert [(n.account_id, n.trigger) for n in delivery.notifications] == [("b", "account.running")]
+    assert delivery.skipped == ["calendar/calendar.updated"]
+    [bad] = delivery.malformed
+    assert (bad.index, bad.field) == (2, "$.deltas[2].date")
+    assert json.loads(bad.raw) == broken
+
+
+@pytest.mark.parametrize(
+    ("odd", "field"),
+    [(17, "$.deltas[1]"), (None, "$.deltas[1]"), ({"date": 1}, "$.deltas[1].object")],
+    ids=["number", "null", "says-nothing"],
+)
+def test_a_delta_that_is_not_readable_is_malformed_alone(odd: object, field: str) -> None:
+    """A delta that is no object, or says neither object nor type, is malformed at its index."""
+    body = {"deltas": [delta("a"), odd]}
+    delivery = parse_delivery(json.dumps(body).encode())
+    assert len(delivery.notifications) == 1
+    assert [m.field for m in delivery.malformed] == [field]
+
+
+def test_the_account_is_the_account_field_never_the_object_id() -> None:
+    """A delta whose object id differs from its account id is about `object_data.account_id`."""
+    d = delta("acct-1", "account.stopped")
+    d["object_data"]["id"] = "something-else"
+    [n] = parse_notifications(json.dumps({"deltas": [d]}).encode())
+    assert n.account_id == "acct-1"
+    assert n.details["object_id"] == "something-else"
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [delta("a"), delta("b", "account.stopped"), CALENDAR_DELTA, {"date": 1}, 3, {}]
+        )
+        | st.dictionaries(st.sampled_from(["object", "type", "date", "object_data"]), st.text()),
+        max_size=8,
+    )
+)
+def test_every_delta_is_recorded_skipped_or_malformed_exactly_once(deltas: list[object]) -> None:
+    """Whatever a batch holds, each of its deltas ends in exactly one of the three lists."""
+    delivery = parse_delivery(json.dumps({"deltas": deltas}).encode())
+    total = len(delivery.notifications) + len(delivery.skipped) + len(delivery.malformed)
+    assert total == len(deltas)
+    assert [m.index for m in delivery.malformed] == sorted({m.index for m in delivery.malformed})
+
+
+# --- v3 variety ---
+
+
+def test_v3_without_time_is_dated_by_receipt_and_says_so() -> None:
+    """A v3 body without `time` gets the time of receipt and `time_missing` in its details."""
+    body = {k: v for k, v in V3_UPDATED.items() if k != "time"}
+    received = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
+    [n] = parse_notifications(json.dumps(body).encode(), received_at=received)
+    assert n.occurred_at == received
+    assert n.details["time_missing"] is True
+    [dated] = parse_notifications(json.dumps(V3_UPDATED).encode(), received_at=received)
+    assert "time_missing" not in dated.details
+
+
+def test_v3_opaque_ids_and_extra_fields_are_kept() -> None:
+    """A v3 id that is no UUID is the dedupe key as given; unknown fields stay in the details."""
+    body = json.loads(json.dumps(V3_UPDATED))
+    body["id"] = "Kkx2QQB7TWjWM3KXRQQn562394"
+    body["data"]["object"]["metric"] = 1934
+    body["extra_top_level"] = {"x": 1}
+    [n] = parse_notifications(json.dumps(body).encode())
+    assert n.input_id == "v3:Kkx2QQB7TWjWM3KXRQQn562394"
+    assert n.details["metric"] == 1934
+
+
+def test_v3_notifications_about_other_objects_are_skipped() -> None:
+    """A v3 message or calendar notification is skipped, whatever it lacks."""
+    for body in (
+        {"specversion": "1.0", "type": "message.created", "id": "m1"},
+        {"specversion": "1.0", "type": "calendar.created", "data": None},
+    ):
+        delivery = parse_delivery(json.dumps(body).encode())
+        assert delivery.notifications == []
+        assert len(delivery.skipped) == 1
+
+
+def test_v3_grant_named_beside_the_object_is_the_account() -> None:
+    """A v3 body naming the grant in `data.grant_id` rather than the object is still read."""
+    body = json.loads(json.dumps(V3_UPDATED))
+    del body["data"]["object"]["grant_id"]
+    body["data"]["grant_id"] = "grant-9"
+    [n] = parse_notifications(json.dumps(body).encode())
+    assert n.account_id == "grant-9"

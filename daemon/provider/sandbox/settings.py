@@ -109,6 +109,12 @@ class SandboxSettings:
     # v2: chance that a POST carries several queued deltas, and the most it carries.
     batch_probability: float = 0.0
     max_deltas_per_post: int = 5
+    # Content-Encoding of every delivery, signed as sent (the provider's opt-in compression).
+    webhook_content_encoding: Literal["identity", "gzip", "deflate"] = "identity"
+    # Chance that a delivery is joined by notifications about other objects, in the published
+    # shapes (docs/provider.md#webhook-bodies-v2): v2 adds message/calendar deltas to the batch,
+    # v3 sends a calendar notification of its own. The daemon must skip them and lose nothing.
+    other_object_deltas: float = 0.0
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:

@@ -9,14 +9,17 @@ but a 200 within ``delivery_timeout`` is a failed attempt and is retried as the 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import hmac
 import itertools
 import json
 import random
 import secrets
+import string
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +60,7 @@ V3_CODES: dict[str, int] = {
     "grant.expired": 25009,
 }
 V3_REAUTH_CODE = 25027
+_ID_ALPHABET = string.ascii_letters + string.digits
 
 
 def nylas_signature(key: str, body: bytes) -> str:
@@ -121,7 +125,27 @@ class SenderStats:
     challenges_ok: int = 0
     challenges_failed: int = 0
     deltas: int = 0
+    # Deliveries sent compressed, and notifications about other objects mixed in.
+    compressed: int = 0
+    other_deltas: int = 0
     extra: dict[str, int] = field(default_factory=dict)
+
+
+def _message_delta(em: Emission) -> dict[str, Any]:
+    """A message.created delta of the account, shaped like the official Node SDK's fixture."""
+    return {
+        "date": int(em.date),
+        "object": "message",
+        "type": "message.created",
+        "object_data": {
+            "namespace_id": em.account_id,
+            "account_id": em.account_id,
+            "object": "message",
+            "attributes": {"thread_id": f"thread-{em.account_id}", "received_date": int(em.date)},
+            "id": f"msg-{em.account_id}-{int(em.date)}",
+            "metadata": None,
+        },
+    }
 
 
 class WebhookSender:
@@ -143,12 +167,20 @@ class WebhookSender:
         self._session: aiohttp.ClientSession | None = None
         self._idle = asyncio.Event()
         self._idle.set()
-        # Ids come from their own seeded stream so they do not shift the fault draws.
+        # Ids and the other objects' notifications come from their own seeded streams so they do
+        # not shift the fault draws.
         self._id_rng = random.Random(f"{settings.seed}:notification-ids")
+        self._other_rng = random.Random(f"{settings.seed}:other-objects")
         self.integration_id = self._new_uuid()
 
     def _new_uuid(self) -> str:
         return str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4))
+
+    def _new_notification_id(self) -> str:
+        """An opaque id shaped like the published ones (``Kkx2QQB7TWjWM3KXRQQn562394``): twenty
+        letters and digits, then six digits; not a UUID (docs/provider.md#webhook-bodies-v3)."""
+        head = "".join(self._id_rng.choice(_ID_ALPHABET) for _ in range(20))
+        return head + "".join(self._id_rng.choice(string.digits) for _ in range(6))
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
@@ -235,12 +267,18 @@ class WebhookSender:
             return
         groups = [kept] if dest.version == 2 else [[e] for e in kept]
         faults = self.settings.faults
+        deliveries = []
         for group in groups:
-            # The sandbox's v3 notification ids are UUIDs (the provider's are opaque strings:
-            # docs/provider.md#webhook-bodies-v3); seeded so runs repeat.
-            delivery = _Delivery(self._new_uuid(), group)
+            # Opaque ids like the provider's (docs/provider.md#webhook-bodies-v3); seeded so runs
+            # repeat.
+            delivery = _Delivery(self._new_notification_id(), group)
+            others = self._other_rng.random() < self.settings.other_object_deltas
             if dest.version == 2:
-                delivery.body = self._v2_body(group)
+                delivery.body = self._v2_body(group, others)
+            deliveries.append(delivery)
+            if dest.version == 3 and others:
+                deliveries.append(self._v3_other(group[0]))
+        for delivery in deliveries:
             if self._rng.random() < faults.webhook_drop:
                 self.stats.dropped += 1
                 continue
@@ -286,8 +324,8 @@ class WebhookSender:
     def _dumps(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode()
 
-    def _v2_body(self, group: list[Emission]) -> bytes:
-        deltas = []
+    def _v2_body(self, group: list[Emission], others: bool = False) -> bytes:
+        deltas: list[dict[str, Any]] = []
         for em in group:
             object_data = {
                 "namespace_id": em.account_id,
@@ -305,7 +343,56 @@ class WebhookSender:
                     "object_data": object_data,
                 }
             )
+        if others:
+            # A message and a calendar delta of one of the accounts, in the shapes the provider
+            # publishes (the calendar delta has `time` and `source`, no `date`), somewhere in the
+            # batch.
+            em = group[0]
+            self.stats.other_deltas += 2
+            for extra in (_message_delta(em), self._calendar_delta(em)):
+                deltas.insert(self._other_rng.randint(0, len(deltas)), extra)
         return self._dumps({"deltas": deltas})
+
+    def _calendar_delta(self, em: Emission) -> dict[str, Any]:
+        return {
+            "object": "calendar",
+            "type": "calendar.updated",
+            "source": "/google/events/realtime",
+            "id": self._new_notification_id(),
+            "time": int(em.date),
+            "object_data": {
+                "namespace_id": em.account_id,
+                "account_id": em.account_id,
+                "object": "calendar",
+                "attributes": None,
+                "id": f"cal-{em.account_id}",
+                "metadata": None,
+            },
+        }
+
+    def _v3_other(self, em: Emission) -> _Delivery:
+        """A v3 calendar notification of the account's grant, shaped like the schema pages'
+        (no ``time``): a delivery of its own, with no emission behind it."""
+        self.stats.other_deltas += 1
+        body = {
+            "specversion": "1.0",
+            "type": "calendar.created",
+            "source": "gma/nylas_core_sync/google/events/realtime",
+            "id": self._new_notification_id(),
+            "data": {
+                "application_id": self.settings.application_id,
+                "object": {
+                    "grant_id": em.account_id,
+                    "id": f"cal-{em.account_id}",
+                    "is_primary": False,
+                    "name": "Calendar",
+                    "object": "calendar",
+                    "read_only": False,
+                    "timezone": "America/New_York",
+                },
+            },
+        }
+        return _Delivery(self._new_notification_id(), [], body=self._dumps(body))
 
     def _v3_body(self, delivery: _Delivery, attempt: int) -> bytes:
         em = delivery.emissions[0]
@@ -355,12 +442,20 @@ class WebhookSender:
 
     async def _attempt(self, dest: Destination, delivery: _Delivery, attempt: int) -> bool:
         assert self._session is not None
-        body = delivery.body if dest.version == 2 else self._v3_body(delivery, attempt)
+        fixed = dest.version == 2 or not delivery.emissions
+        body = delivery.body if fixed else self._v3_body(delivery, attempt)
+        headers = {"Content-Type": "application/json"}
+        encoding = self.settings.webhook_content_encoding
+        if encoding != "identity":
+            # Compressed, then signed: the signature covers the bytes as sent.
+            body = gzip.compress(body, mtime=0) if encoding == "gzip" else zlib.compress(body)
+            headers["Content-Encoding"] = encoding
+            self.stats.compressed += 1
         key = self.settings.client_secret if dest.version == 2 else (dest.webhook_secret or "")
         bad = delivery.bad_signature and attempt == 1
         sig = nylas_signature(key + ("-wrong" if bad else ""), body)
         self.stats.bad_signatures += int(bad)
-        headers = {"Content-Type": "application/json", "X-Nylas-Signature": sig}
+        headers["X-Nylas-Signature"] = sig
         status: int | None = None
         self.stats.posts += 1
         try:
