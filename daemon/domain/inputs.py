@@ -121,7 +121,8 @@ class TimerDue(AccountInput, frozen=True, kw_only=True):
 
 
 class EffectOutcome(AccountInput, frozen=True, kw_only=True):
-    """The outbox's outcome of one attempt at an effect."""
+    """The outbox's outcome of one attempt at an effect, or (`progressed`) one step of it done;
+    `step` names that step (`input_id` is then `<effect_key>:<attempt>:<step>`)."""
 
     effect_key: str
     outcome: EffectOutcomeKind
@@ -129,6 +130,7 @@ class EffectOutcome(AccountInput, frozen=True, kw_only=True):
     detail: str = ""
     occurred_at: UtcDatetime
     next_attempt_at: UtcDatetime | None = None
+    step: str = ""
 
 
 class AccountObserved(AccountInput, frozen=True, kw_only=True):

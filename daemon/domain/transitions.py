@@ -186,6 +186,7 @@ def trigger_of(recorded: ev.Event) -> Trigger | None:
             return TIMER_TRIGGERS[recorded.purpose]
         case (
             ev.EffectSucceeded()
+            | ev.EffectProgressed()
             | ev.EffectAttemptFailed()
             | ev.EffectAbandoned()
             | ev.EffectOutcomeIgnored()

@@ -62,6 +62,10 @@ def performer(session: aiohttp.ClientSession, url: str, **overrides: Any) -> Eff
     return EffectPerformer(session, **{**options, **overrides})
 
 
+async def no_steps(step: str, detail: str) -> None:
+    raise AssertionError(f"no step expected, got {step}")
+
+
 def reauth(key: str = "acc-1:reauth:1:0") -> OutboxItem:
     effect = ReauthRequested(
         occurred_at=T0, account_id="acc-1", idempotency_key=key, stage="second_step",
@@ -72,7 +76,7 @@ def reauth(key: str = "acc-1:reauth:1:0") -> OutboxItem:
 
 async def test_an_accepted_message_is_signed_for_the_application_with_the_effects_key(app) -> None:
     fake, url, session = app
-    detail = await performer(session, url)(reauth())
+    detail = await performer(session, url)(reauth(), no_steps)
     assert "accepted" in detail
     [(headers, body)] = fake.received
     message = Webhook(SECRET).verify(body, headers)  # raises unless the signature is right
@@ -86,7 +90,7 @@ async def test_a_refusal_gives_up(app, status: int) -> None:
     fake, url, session = app
     fake.answers.append(web.Response(status=status))
     with pytest.raises(PermanentEffectError, match=str(status)):
-        await performer(session, url)(reauth())
+        await performer(session, url)(reauth(), no_steps)
 
 
 @pytest.mark.parametrize("status", [408, 409, 425, 429, 500, 503])
@@ -96,16 +100,16 @@ async def test_a_busy_or_failing_application_is_retried_after_the_time_it_asks(
     fake, url, session = app
     fake.answers.append(web.Response(status=status, headers={"Retry-After": "7"}))
     with pytest.raises(NotifyFailed) as info:
-        await performer(session, url)(reauth())
+        await performer(session, url)(reauth(), no_steps)
     assert info.value.retry_after == 7
 
 
 async def test_without_a_notify_url_or_secret_the_message_gives_up(app) -> None:
     _, url, session = app
     with pytest.raises(PermanentEffectError, match="notify URL"):
-        await performer(session, "")(reauth())
+        await performer(session, "")(reauth(), no_steps)
     with pytest.raises(PermanentEffectError, match="notify_secret"):
-        await performer(session, url, notify_secrets=lambda: [])(reauth())
+        await performer(session, url, notify_secrets=lambda: [])(reauth(), no_steps)
 
 
 async def test_a_restart_without_the_provider_api_gives_up(app) -> None:
@@ -114,4 +118,4 @@ async def test_a_restart_without_the_provider_api_gives_up(app) -> None:
         occurred_at=T0, account_id="acc-1", idempotency_key="k", due_at=T0, reminder=0, reason="r"
     )
     with pytest.raises(PermanentEffectError, match="provider API is not configured"):
-        await performer(session, url)(OutboxItem("k", "acc-1", effect))
+        await performer(session, url)(OutboxItem("k", "acc-1", effect), no_steps)

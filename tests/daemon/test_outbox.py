@@ -13,6 +13,7 @@ from daemon.runtime.outbox import (
     OutboxItem,
     OutcomeReport,
     PermanentEffectError,
+    Progress,
     RetryPolicy,
 )
 
@@ -28,7 +29,7 @@ class Harness:
         self.reports: list[OutcomeReport] = []
         self.outbox = Outbox(self.perform, self.record, rng=random.Random(1), **outbox_kwargs)
 
-    async def perform(self, effect: OutboxItem) -> str:
+    async def perform(self, effect: OutboxItem, progress: Progress) -> str:
         self.calls.append((effect.key, effect.attempts + 1))
         if self.fail_times.get(effect.key, 0) > effect.attempts:
             if effect.key.startswith("perm"):
@@ -113,7 +114,7 @@ async def test_concurrency_is_bounded() -> None:
     running = peak = 0
     done: list[str] = []
 
-    async def perform(effect: OutboxItem) -> str:
+    async def perform(effect: OutboxItem, progress: Progress) -> str:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
