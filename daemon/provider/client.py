@@ -209,6 +209,15 @@ class ProviderClient:
         """Full jitter: uniform in [0, min(max, base * 2**attempt)] (AWS architecture blog)."""
         return self._rng.uniform(0, min(self._backoff_max, self._backoff_base * 2**attempt))
 
+    @property
+    def max_attempts(self) -> int:
+        """How many times one logical call is tried."""
+        return self._max_attempts
+
+    async def pause(self, attempt: int) -> None:
+        """Wait the backoff before try `attempt + 1` of a call the caller repeats itself."""
+        await self._sleep(self._backoff(attempt))
+
     async def _request(
         self,
         method: str,

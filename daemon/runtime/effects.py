@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import msgspec
@@ -37,6 +37,7 @@ from daemon.provider.client import (
     NotFound,
     ProviderAccount,
     ProviderClient,
+    ProviderUnavailable,
     retry_after_seconds,
 )
 from daemon.runtime.outbox import OutboxItem, PermanentEffectError, Progress
@@ -173,8 +174,8 @@ async def _restart(provider: ProviderClient, pending: OutboxItem, progress: Prog
         elif account.sync_state == "running":
             return "the provider shows the account running; not restarted"
         else:
-            answer = await provider.downgrade(account_id)
-            await progress(DOWNGRADED, _said("downgrade", answer))
+            said = await _act(provider, account_id, "downgrade", done=_cancelled)
+            await progress(DOWNGRADED, said)
     else:
         account = await _look_up(provider, account_id)
         if not _cancelled(account):
@@ -182,8 +183,35 @@ async def _restart(provider: ProviderClient, pending: OutboxItem, progress: Prog
                 f"upgraded before: the provider shows billing_state={account.billing_state}, "
                 f"sync_state={account.sync_state}"
             )
-    answer = await provider.upgrade(account_id)
-    return "sync stopped and started at the provider; " + _said("upgrade", answer)
+    said = await _act(provider, account_id, "upgrade", done=lambda a: not _cancelled(a))
+    return "sync stopped and started at the provider; " + said
+
+
+async def _act(
+    provider: ProviderClient,
+    account_id: str,
+    action: Literal["downgrade", "upgrade"],
+    done: Callable[[ProviderAccount], bool],
+) -> str:
+    """Downgrade or upgrade; after a 5xx answer, read the account before calling again.
+
+    A 5xx means the provider has finished with the request but may have acted on it: the
+    account says whether it did (`done`), and the call is repeated only if it did not. A
+    timeout or a dropped connection ends the attempt instead (the provider may still be at
+    work); the next attempt reads the account first.
+    """
+    call = provider.downgrade if action == "downgrade" else provider.upgrade
+    for attempt in range(provider.max_attempts):
+        try:
+            return _said(action, await call(account_id))
+        except ProviderUnavailable as exc:
+            if exc.status is None or attempt + 1 == provider.max_attempts:
+                raise
+            failed = exc.status
+        await provider.pause(attempt)
+        if done(await _look_up(provider, account_id)):
+            return f"{action} answered {failed}, but the provider shows it done"
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 async def _look_up(provider: ProviderClient, account_id: str) -> ProviderAccount:

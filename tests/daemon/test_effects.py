@@ -138,6 +138,7 @@ class Provider:
         self.calls: list[str] = []
         self.hang_after: set[str] = set()  # act, then answer too late for the client
         self.bodies: dict[str, web.Response] = {}
+        self.act_then_fail: set[str] = set()  # act, then answer the scripted error anyway
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         action = request.path.rsplit("/", 1)[1]
@@ -146,7 +147,8 @@ class Provider:
             return web.json_response(self.account)
         self.calls.append(action)
         answer = self.bodies.pop(action, None) or web.json_response({"success": True})
-        if answer.status < 300:  # a refusal changes nothing
+        if answer.status < 300 or action in self.act_then_fail:  # a refusal changes nothing
+            self.act_then_fail.discard(action)
             self.account["billing_state"] = "cancelled" if action == "downgrade" else "paid"
         if action in self.hang_after:
             await anyio.sleep(2)
@@ -162,7 +164,7 @@ async def provider() -> AsyncIterator[tuple[Provider, ProviderClient]]:
     await server.start_server()
     async with aiohttp.ClientSession() as session:
         base = str(server.make_url("")).rstrip("/")
-        yield fake, ProviderClient(base, "cid", "key", session, timeout=0.5)
+        yield fake, ProviderClient(base, "cid", "key", session, timeout=0.5, backoff_max=0.01)
     await server.close()
 
 
@@ -309,3 +311,29 @@ async def test_any_2xx_downgrade_answer_lets_the_restart_go_on(provider, body) -
     await attempt(client, log)
     assert fake.calls == ["get", "downgrade", "upgrade"]
     assert [step for step, _ in log.steps] == ["downgraded"]
+
+
+async def test_a_5xx_without_the_action_done_is_called_again_in_the_same_attempt(provider) -> None:
+    """A downgrade answered 503 and not done: the account shows it, so it is sent again."""
+    fake, client = provider
+    fake.bodies["downgrade"] = web.Response(status=503)
+    log = Log()
+    await attempt(client, log)
+    assert fake.calls == ["get", "downgrade", "get", "downgrade", "upgrade"]
+    assert [step for step, _ in log.steps] == ["downgraded"]
+
+
+@pytest.mark.parametrize("action", ["downgrade", "upgrade"])
+async def test_a_5xx_after_the_action_was_done_is_not_repeated(provider, action: str) -> None:
+    """A call the provider did but answered 500: the account shows it done, so it is not sent
+    again and the restart goes on."""
+    fake, client = provider
+    fake.bodies[action] = web.Response(status=500)
+    fake.act_then_fail.add(action)
+    log = Log()
+    detail = await attempt(client, log)
+    assert fake.calls.count("downgrade") == 1
+    assert fake.calls.count("upgrade") == 1
+    assert [step for step, _ in log.steps] == ["downgraded"]
+    said = detail if action == "upgrade" else log.steps[0][1]
+    assert said.endswith(f"{action} answered 500, but the provider shows it done")
