@@ -52,6 +52,9 @@ _ENV_ALIASES = {"DATABASE": ("database", "path")}
 # (docs/provider.md#the-ip-address-endpoints), and every list polled is one call: this is the
 # floor for one list.
 MIN_IP_LIST_INTERVAL = 360
+# The provider moves an account only if its second auth comes at least 30 minutes after the
+# first (docs/provider.md#the-static-ip-move): a shorter delay would ask users too early.
+PROVIDER_MOVE_DELAY = 1800
 
 _Positive = Annotated[float, msgspec.Meta(gt=0)]
 _PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -176,6 +179,14 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
     def __post_init__(self) -> None:
         _split_listen(self.listen)
+        delay = self.migration.delay_seconds
+        if delay < PROVIDER_MOVE_DELAY and not self.provider.sandbox:
+            raise ValueError(
+                f"migration.delay_seconds = {delay:g} is below {PROVIDER_MOVE_DELAY}: the "
+                "provider moves an account only when its second auth comes at least 30 minutes "
+                "after the first, so an earlier second step would not take (only a sandbox "
+                "provider, provider.sandbox = true, may use a shorter delay)"
+            )
         interval = self.pollers.ip_list_interval_seconds
         # One poll calls the provider once per list (dynamic, plus static when its path is
         # set), and the ~10 calls an hour are counted per application, not per list: the

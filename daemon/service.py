@@ -295,10 +295,12 @@ class Daemon:
         await self.engine.submit(
             [
                 EffectOutcome(
-                    input_id=f"outcome:{effect.key}:{report.attempt}",
+                    input_id=f"outcome:{effect.key}:{report.attempt}"
+                    + (f":{report.step}" if report.step else ""),
                     account_id=effect.account_id, effect_key=effect.key,
                     outcome=report.outcome, attempt=report.attempt, detail=report.detail,
                     occurred_at=report.at, next_attempt_at=report.next_attempt_at,
+                    step=report.step,
                 )
             ],
             source="outbox",
@@ -375,7 +377,7 @@ def _feed(live: LiveProjection, timers: TimerDriver, outbox: Outbox) -> None:
         if state is None:
             return []
         return [
-            OutboxItem(key, account_id, p.effect, p.attempts, p.next_attempt_at)
+            OutboxItem(key, account_id, p.effect, p.attempts, p.next_attempt_at, p.steps)
             for key, p in state.pending_effects.items()
         ]
 

@@ -457,7 +457,9 @@ def _on_outcome(b: _Builder, at: datetime, o: inp.EffectOutcome) -> None:
             )
         )
         return
-    if o.outcome == "failed_retrying":
+    if o.outcome == "progressed":
+        b.emit(ev.EffectProgressed(**common, attempt=o.attempt, step=o.step, detail=o.detail))
+    elif o.outcome == "failed_retrying":
         b.emit(
             ev.EffectAttemptFailed(
                 **common, attempt=o.attempt, detail=o.detail, next_attempt_at=o.next_attempt_at

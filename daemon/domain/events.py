@@ -224,6 +224,16 @@ class EffectSucceeded(AccountEvent, frozen=True, kw_only=True):
     detail: str = ""
 
 
+class EffectProgressed(AccountEvent, frozen=True, kw_only=True):
+    """One step of an effect is done (a sync restart's downgrade); the effect stays pending, and
+    a later attempt goes on after this step instead of doing it again."""
+
+    idempotency_key: str
+    attempt: int
+    step: str
+    detail: str = ""
+
+
 class EffectAttemptFailed(AccountEvent, frozen=True, kw_only=True):
     """An attempt failed; the outbox tries again at `next_attempt_at`."""
 
@@ -345,4 +355,5 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     IpListChanged,
     IpListUnchanged,
     InputQuarantined,
+    EffectProgressed,
 )

@@ -2,7 +2,8 @@
 
 Each input is a frozen msgspec struct with a deterministic `input_id` (the delivery dedupe key
 of a webhook, the application's auth event id, `timer:<timer_id>` for a timer firing, the
-command id of an operator command, `<effect_key>:<attempt>` for an effect outcome) and the time
+command id of an operator command, `outcome:<effect_key>:<attempt>` for an effect outcome, with
+`:<step>` for a step done) and the time
 it occurred. The daemon names the events of one input `<input_id>#<i>` (see `streams.py`), so a
 redelivered input is found by the existence of `<input_id>#0`.
 """
@@ -121,7 +122,8 @@ class TimerDue(AccountInput, frozen=True, kw_only=True):
 
 
 class EffectOutcome(AccountInput, frozen=True, kw_only=True):
-    """The outbox's outcome of one attempt at an effect."""
+    """The outbox's outcome of one attempt at an effect, or (`progressed`) one step of it done;
+    `step` names that step."""
 
     effect_key: str
     outcome: EffectOutcomeKind
@@ -129,6 +131,7 @@ class EffectOutcome(AccountInput, frozen=True, kw_only=True):
     detail: str = ""
     occurred_at: UtcDatetime
     next_attempt_at: UtcDatetime | None = None
+    step: str = ""
 
 
 class AccountObserved(AccountInput, frozen=True, kw_only=True):

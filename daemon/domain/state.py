@@ -22,11 +22,13 @@ _V = TypeVar("_V")
 
 
 class PendingEffect(msgspec.Struct, frozen=True, kw_only=True):
-    """An effect not yet done: the intent event and the attempts the log knows of."""
+    """An effect not yet done: the intent event, the attempts the log knows of, and the steps of
+    it recorded as done (a sync restart's downgrade), in order."""
 
     effect: ev.EffectEvent
     attempts: int = 0
     next_attempt_at: UtcDatetime | None = None
+    steps: tuple[str, ...] = ()
 
 
 class AccountState(msgspec.Struct, frozen=True, kw_only=True):
@@ -126,6 +128,14 @@ def evolve_account(state: AccountState | None, event: ev.Event) -> AccountState:
                 updated = replace(
                     current, attempts=event.attempt, next_attempt_at=event.next_attempt_at
                 )
+                changes["pending_effects"] = {
+                    **state.pending_effects,
+                    event.idempotency_key: updated,
+                }
+        case ev.EffectProgressed():
+            current = state.pending_effects.get(event.idempotency_key)
+            if current is not None and event.step not in current.steps:
+                updated = replace(current, steps=(*current.steps, event.step))
                 changes["pending_effects"] = {
                     **state.pending_effects,
                     event.idempotency_key: updated,

@@ -187,6 +187,7 @@ def input_kind_of(recorded: ev.Event) -> InputKind | None:
             return TIMER_INPUT_KINDS[recorded.purpose]
         case (
             ev.EffectSucceeded()
+            | ev.EffectProgressed()
             | ev.EffectAttemptFailed()
             | ev.EffectAbandoned()
             | ev.EffectOutcomeIgnored()

@@ -65,7 +65,9 @@ Meaning = Literal[
 Policy = Literal["notify", "restart"]
 """The second step: ask the user to re-authenticate, or restart the account's sync."""
 
-EffectOutcomeKind = Literal["succeeded", "failed_retrying", "gave_up"]
+EffectOutcomeKind = Literal["succeeded", "progressed", "failed_retrying", "gave_up"]
+"""How an attempt at an effect ended, or (`progressed`) one step of it done, the attempt going
+on."""
 
 IpListKind = Literal["static", "dynamic"]
 

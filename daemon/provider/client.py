@@ -3,6 +3,9 @@
 Retries transient failures (5xx, timeouts, connection errors) with exponential backoff and full
 jitter, honours 429 (`Retry-After`, else `X-RateLimit-Reset`), and turns everything else into
 typed `ProviderError`s. The API key is only ever put in the Authorization header, never logged.
+A call that changes an account (downgrade, upgrade) is repeated only when the provider surely did
+not act on it (429, no connection made); after anything else the caller reads the account first
+(docs/provider.md#the-management-api).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import base64
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -20,7 +24,12 @@ import anyio
 import msgspec
 import structlog
 
+from daemon import __version__
+
 __all__ = [
+    "API_VERSION",
+    "USER_AGENT",
+    "ActionAnswer",
     "AuthRejected",
     "IpList",
     "NotFound",
@@ -35,6 +44,11 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 _RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+
+# What the official v2 SDK sends with every call that the API may act on: the API version it
+# was written against, and a User-Agent naming the client (docs/provider.md#the-management-api).
+API_VERSION = "2.5"
+USER_AGENT = f"staticipd/{__version__}"
 
 
 class ProviderError(Exception):
@@ -93,8 +107,16 @@ class _IpAddresses(msgspec.Struct):
     updated_at: Any = None
 
 
-class _Success(msgspec.Struct):
-    success: bool
+class ActionAnswer(msgspec.Struct, frozen=True):
+    """A 2xx answer to downgrade or upgrade: the call was done, whatever the body says.
+
+    `account` is the account object when the provider sent one; `note` says what was odd about
+    the body (empty: nothing), for the effect's recorded detail.
+    """
+
+    status: int
+    account: ProviderAccount | None = None
+    note: str = ""
 
 
 class _ErrorBody(msgspec.Struct):
@@ -159,7 +181,13 @@ class ProviderClient:
         # HTTP Basic with the secret as user and an empty password
         # (docs/provider.md#the-management-api).
         token = base64.b64encode(f"{api_key}:".encode()).decode("ascii")
-        self._headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+        self._headers = {
+            "Authorization": f"Basic {token}",
+            "Accept": "application/json",
+            "Nylas-API-Version": API_VERSION,
+            "User-Agent": USER_AGENT,
+            "X-Nylas-Client-Id": client_id,
+        }
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_attempts = max(1, max_attempts)
@@ -181,6 +209,15 @@ class ProviderClient:
         """Full jitter: uniform in [0, min(max, base * 2**attempt)] (AWS architecture blog)."""
         return self._rng.uniform(0, min(self._backoff_max, self._backoff_base * 2**attempt))
 
+    @property
+    def max_attempts(self) -> int:
+        """How many times one logical call is tried."""
+        return self._max_attempts
+
+    async def pause(self, attempt: int) -> None:
+        """Wait the backoff before try `attempt + 1` of a call the caller repeats itself."""
+        await self._sleep(self._backoff(attempt))
+
     async def _request(
         self,
         method: str,
@@ -188,8 +225,13 @@ class ProviderClient:
         *,
         params: dict[str, int] | None = None,
         attempts: int | None = None,
-    ) -> tuple[int, bytes]:
-        """One logical call with retries; returns (status, body) of a 2xx or 404 answer."""
+        changes_account: bool = False,
+    ) -> _Answer:
+        """One logical call with retries; returns a 2xx or 404 answer.
+
+        With `changes_account`, only a 429 or a connection never made is tried again (the
+        provider cannot have acted), and a 2xx whose body cannot be read is still an answer.
+        """
         url = self._base + path
         reason = "no attempt made"
         attempts = attempts or self._max_attempts
@@ -199,15 +241,24 @@ class ProviderClient:
                 async with self._session.request(
                     method, url, params=params, headers=self._headers, timeout=self._timeout
                 ) as response:
-                    body = await response.read()
                     status = response.status
                     headers = response.headers
+                    try:
+                        body = await response.read()
+                    except (TimeoutError, aiohttp.ClientError) as exc:
+                        if not (changes_account and 200 <= status < 300):
+                            raise
+                        return _Answer(status, b"", f"body unreadable ({type(exc).__name__})")
             except (TimeoutError, aiohttp.ClientError) as exc:
                 reason = f"{type(exc).__name__}"
+                if changes_account and not isinstance(exc, aiohttp.ClientConnectorError):
+                    raise ProviderUnavailable(
+                        f"{method} {path}: {reason}; the provider may have acted on it"
+                    ) from None
                 delay = self._backoff(attempt)
             else:
                 if status < 300 or status == 404:
-                    return status, body
+                    return _Answer(status, body)
                 if status == 429:
                     wait = retry_after_seconds(headers, self._clock())
                     if wait is None:
@@ -217,8 +268,13 @@ class ProviderClient:
                     if last:
                         raise RateLimited(wait)
                     reason, delay = "HTTP 429", wait
-                elif status in _RETRYABLE_STATUS:
+                elif status in _RETRYABLE_STATUS and not changes_account:
                     reason, delay = f"HTTP {status}", self._backoff(attempt)
+                elif status in _RETRYABLE_STATUS:
+                    raise ProviderUnavailable(
+                        f"{method} {path}: HTTP {status}; the provider may have acted on it",
+                        status=status,
+                    )
                 else:
                     raise _error_for(status, body)
             if last:
@@ -228,53 +284,56 @@ class ProviderClient:
         raise ProviderUnavailable(f"{method} {path} failed after {attempts} attempts: {reason}")
 
     async def list_accounts(self) -> AsyncIterator[ProviderAccount]:
-        """Every account of the application, page by page (limit/offset)."""
+        """Every account of the application, page by page (limit/offset) until an empty page.
+
+        A page shorter than asked for is not taken as the last: the provider may cap its pages
+        (docs/provider.md#the-management-api). A page with no account not already seen ends the
+        walk too, so a provider that ignores `offset` cannot keep it going for ever.
+        """
         offset = 0
+        seen: set[str] = set()
         while True:
             params = {"limit": self._page_size, "offset": offset}
-            status, body = await self._request("GET", self._path("/accounts"), params=params)
-            if status == 404:
+            answer = await self._request("GET", self._path("/accounts"), params=params)
+            if answer.status == 404:
                 raise NotFound("account list endpoint not found", status=404)
-            page = _decode(_decode_accounts, body)
-            for account in page:
-                yield account
-            if len(page) < self._page_size:
+            page: list[ProviderAccount] = _decode(_decode_accounts, answer.body)
+            if not page:
                 return
+            fresh = [account for account in page if account.id not in seen]
+            if not fresh:
+                log.warning("provider.paging_stuck", offset=offset, page=len(page))
+                return
+            for account in fresh:
+                seen.add(account.id)
+                yield account
             offset += len(page)
 
     async def get_account(self, account_id: str) -> ProviderAccount | None:
         """One account, or None if the provider does not know it."""
-        status, body = await self._request("GET", self._path(f"/accounts/{account_id}"))
-        return None if status == 404 else _decode(_decode_account, body)
+        answer = await self._request("GET", self._path(f"/accounts/{account_id}"))
+        return None if answer.status == 404 else _decode(_decode_account, answer.body)
 
-    async def _account_action(self, account_id: str, action: str) -> ProviderAccount | None:
-        status, body = await self._request("POST", self._path(f"/accounts/{account_id}/{action}"))
-        if status == 404:
+    async def _account_action(self, account_id: str, action: str) -> ActionAnswer:
+        answer = await self._request(
+            "POST", self._path(f"/accounts/{account_id}/{action}"), changes_account=True
+        )
+        if answer.status == 404:
             raise NotFound(f"account {account_id} not found", status=404)
-        # The provider's SDKs disagree: `{"success": true}` or the account object
-        # (docs/provider.md#the-management-api).
-        try:
-            raw = msgspec.json.decode(body) if body.strip() else {"success": True}
-        except msgspec.DecodeError:
-            raise ProviderError(f"{action}: response is not JSON", status=status) from None
-        if isinstance(raw, dict) and "success" in raw and "id" not in raw:
-            if not _decode_success(raw).success:
-                raise ProviderError(f"{action} of {account_id} refused", status=status)
-            return None
-        return _decode(_decode_account, body)
+        if answer.unreadable:
+            return ActionAnswer(answer.status, note=answer.unreadable)
+        # Any 2xx is success, whatever the body: the SDKs disagree (`{"success": true}`, the
+        # account object, `{"success": "true"}` in one SDK's own tests), and an empty body is
+        # possible (docs/provider.md#the-management-api). The body only adds to the detail.
+        return _action_answer(answer.status, answer.body)
 
-    async def downgrade(self, account_id: str) -> ProviderAccount | None:
-        """Stop the account's sync (and billing); the account object if the provider sends one."""
+    async def downgrade(self, account_id: str) -> ActionAnswer:
+        """Stop the account's sync (and billing); any 2xx answer means it was done."""
         return await self._account_action(account_id, "downgrade")
 
-    async def upgrade(self, account_id: str) -> ProviderAccount | None:
-        """Re-queue the account's sync; the account object if the provider sends one."""
+    async def upgrade(self, account_id: str) -> ActionAnswer:
+        """Re-queue the account's sync; any 2xx answer means it was done."""
         return await self._account_action(account_id, "upgrade")
-
-    async def restart_sync(self, account_id: str) -> ProviderAccount | None:
-        """Stop then start the account's sync: the API's nearest twin of the dashboard restart."""
-        await self.downgrade(account_id)
-        return await self.upgrade(account_id)
 
     async def ip_addresses(self, environment: Literal["dynamic", "static"]) -> IpList:
         """The dynamic list (`/a/{client_id}/ip_addresses`) or the configured static list path."""
@@ -286,10 +345,10 @@ class ProviderClient:
             raise ProviderError("the static IP list path is not configured")
         # One attempt: the endpoint allows about 10 calls an hour, and the watcher's next poll
         # is the retry (retrying here would spend the hour's budget on one outage).
-        status, body = await self._request("GET", path, attempts=1)
-        if status == 404:
+        answer = await self._request("GET", path, attempts=1)
+        if answer.status == 404:
             raise NotFound(f"{environment} IP list not found at {path}", status=404)
-        decoded = _decode(_decode_ips, body)
+        decoded = _decode(_decode_ips, answer.body)
         updated_at = _epoch_to_utc(decoded.updated_at)
         if updated_at is None and decoded.updated_at is not None:
             log.warning("provider.ip_list_bad_updated_at", environment=environment)
@@ -310,6 +369,13 @@ def _epoch_to_utc(value: Any) -> datetime | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    body: bytes
+    unreadable: str = ""  # why a 2xx body could not be read (account-changing calls only)
+
+
 def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
     try:
         return decoder.decode(body)
@@ -317,11 +383,23 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         raise ProviderError(f"unexpected response from the provider: {exc}") from None
 
 
-def _decode_success(raw: dict[str, Any]) -> _Success:
+def _action_answer(status: int, body: bytes) -> ActionAnswer:
+    """What a 2xx answer to downgrade/upgrade said, noted rather than judged."""
+    if not body.strip():
+        return ActionAnswer(status, note="empty body")
     try:
-        return msgspec.convert(raw, _Success)
-    except msgspec.ValidationError as exc:
-        raise ProviderError(f"unexpected response from the provider: {exc}") from None
+        raw = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return ActionAnswer(status, note="body is not JSON")
+    if isinstance(raw, dict) and "id" in raw:
+        try:
+            return ActionAnswer(status, msgspec.convert(raw, ProviderAccount))
+        except msgspec.ValidationError:
+            return ActionAnswer(status, note="account object not readable")
+    if isinstance(raw, dict) and raw.get("success") is True:
+        return ActionAnswer(status)
+    shown = msgspec.json.encode(raw)[:120].decode(errors="replace")
+    return ActionAnswer(status, note=f"body {shown}")
 
 
 def _error_for(status: int, body: bytes) -> ProviderError:

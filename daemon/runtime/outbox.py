@@ -4,7 +4,10 @@ An effect (ask a user to re-authenticate, restart an account's sync, check an ac
 provider) is first an event in the log carrying an idempotency key. The pending ones are
 derived from the projection, never kept in a separate queue, so after a restart they resume with
 the same key. Each attempt's outcome is appended as an event too, which removes the effect from
-the pending set (succeeded, gave up) or moves its next attempt later (failed, retrying).
+the pending set (succeeded, gave up) or moves its next attempt later (failed, retrying). An
+effect of several steps (a sync restart: downgrade, then upgrade) also records each step done
+(progressed) as it happens; the pending item then carries the steps recorded, so a later attempt
+goes on from there.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class OutboxItem:
     effect: Any  # the domain's effect event, handed back to `perform` untouched
     attempts: int = 0  # attempts already made (recorded in the log)
     not_before: datetime | None = None
+    steps: tuple[str, ...] = ()  # steps of the effect recorded as done, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +56,13 @@ class OutcomeReport:
     detail: str
     at: datetime
     next_attempt_at: datetime | None
+    step: str = ""  # the step done (outcome `progressed`)
 
 
-Perform = Callable[[OutboxItem], Awaitable[str]]
+Progress = Callable[[str, str], Awaitable[None]]
+"""Records one step of an attempt as done: `await progress(step, detail)`; returns once it is
+in the log."""
+Perform = Callable[[OutboxItem, Progress], Awaitable[str]]
 Record = Callable[[OutcomeReport], Awaitable[None]]
 
 
@@ -155,9 +163,15 @@ class Outbox:
 
     async def _attempt(self, effect: OutboxItem) -> None:
         attempt = effect.attempts + 1
+
+        async def progress(step: str, detail: str) -> None:
+            report = OutcomeReport(effect, "progressed", attempt, detail, self._clock(), None, step)
+            await self._record_with_retry(report)
+            log.info("effect.progressed", key=effect.key, step=step, attempt=attempt, detail=detail)
+
         try:
             try:
-                detail = await self._perform(effect)
+                detail = await self._perform(effect, progress)
                 outcome: EffectOutcomeKind = "succeeded"
                 next_at = None
             except Exception as exc:  # every failure becomes a recorded outcome

@@ -63,6 +63,7 @@ default_policy = "restart"
 reminder_schedule_seconds = [10, 20]
 [provider]
 client_id = "abc"
+sandbox = true
 static_ip_path = "/a/{client_id}/static_ips"
 """,
     )
@@ -278,7 +279,10 @@ def test_secret_values_never_appear_in_repr(tmp_path: Path) -> None:
 def test_render_effective_masks_secrets(tmp_path: Path) -> None:
     """`check-config` output is valid JSON with every setting and no secret value."""
     creds = make_secrets_dir(tmp_path)
-    config = load_config(None, {"STATICIPD_MIGRATION__DELAY_SECONDS": "42"})
+    config = load_config(
+        None,
+        {"STATICIPD_MIGRATION__DELAY_SECONDS": "42", "STATICIPD_PROVIDER__SANDBOX": "true"},
+    )
     secrets = load_secrets(config, {"CREDENTIALS_DIRECTORY": str(creds)})
     text = render_effective(config, secrets)
     document = json.loads(text)

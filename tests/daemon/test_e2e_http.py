@@ -775,6 +775,7 @@ def second_step_firings(setup: Any, account_id: str) -> list[dict[str, Any]]:
 async def test_second_step_timer_fires_on_time_over_http(setup, start_daemon, v2: V2) -> None:
     """With a 1.5 s delay the second step comes due by itself, and never before its due time."""
     setup.env["STATICIPD_MIGRATION__DELAY_SECONDS"] = "1.5"
+    setup.env["STATICIPD_PROVIDER__SANDBOX"] = "true"  # a delay below 30 minutes
     async with start_daemon(setup) as d:
         await drive_to_stopped_waiting(d, "acc-timer", v2)
         await d.wait_until(lambda: d.account("acc-timer").state == "second_step_due", timeout=10)
@@ -790,6 +791,7 @@ async def test_second_step_timer_fires_on_time_over_http(setup, start_daemon, v2
 async def test_timer_due_while_stopped_fires_once_at_start_up(setup, start_daemon, v2) -> None:
     """A timer that came due while the daemon was down fires once at start-up, saying how late."""
     setup.env["STATICIPD_MIGRATION__DELAY_SECONDS"] = "1"
+    setup.env["STATICIPD_PROVIDER__SANDBOX"] = "true"  # a delay below 30 minutes
     async with start_daemon(setup) as d:
         await drive_to_stopped_waiting(d, "acc-late", v2)
         due = d.account("acc-late").second_step_due_at
@@ -857,6 +859,7 @@ async def test_reauth_request_is_signed_and_keeps_its_id_across_retries(
 ) -> None:
     """The app receives a verifiable signed request; after two 500s the retry has the same id."""
     setup.env["STATICIPD_MIGRATION__DELAY_SECONDS"] = "0.5"
+    setup.env["STATICIPD_PROVIDER__SANDBOX"] = "true"  # a delay below 30 minutes
     secret = setup.secret("notify_secret")
     async with Receiver([500, 500, 200]) as receiver:
         setup.env["STATICIPD_NOTIFY__URL"] = receiver.url
@@ -880,6 +883,7 @@ async def test_reauth_request_is_signed_and_keeps_its_id_across_retries(
 async def test_pending_effect_resumes_after_a_restart(setup, start_daemon, v2: V2) -> None:
     """An effect that failed before a restart is retried after it, with the same webhook-id."""
     setup.env["STATICIPD_MIGRATION__DELAY_SECONDS"] = "0.5"
+    setup.env["STATICIPD_PROVIDER__SANDBOX"] = "true"  # a delay below 30 minutes
     setup.env["STATICIPD_OUTBOX__BACKOFF_BASE_SECONDS"] = "1"
     setup.env["STATICIPD_OUTBOX__BACKOFF_MAX_SECONDS"] = "1"
     secret = setup.secret("notify_secret")

@@ -13,6 +13,7 @@ from daemon.runtime.outbox import (
     OutboxItem,
     OutcomeReport,
     PermanentEffectError,
+    Progress,
     RetryPolicy,
 )
 
@@ -28,7 +29,7 @@ class Harness:
         self.reports: list[OutcomeReport] = []
         self.outbox = Outbox(self.perform, self.record, rng=random.Random(1), **outbox_kwargs)
 
-    async def perform(self, effect: OutboxItem) -> str:
+    async def perform(self, effect: OutboxItem, progress: Progress) -> str:
         self.calls.append((effect.key, effect.attempts + 1))
         if self.fail_times.get(effect.key, 0) > effect.attempts:
             if effect.key.startswith("perm"):
@@ -113,7 +114,7 @@ async def test_concurrency_is_bounded() -> None:
     running = peak = 0
     done: list[str] = []
 
-    async def perform(effect: OutboxItem) -> str:
+    async def perform(effect: OutboxItem, progress: Progress) -> str:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
@@ -136,3 +137,50 @@ async def test_concurrency_is_bounded() -> None:
             tg.cancel_scope.cancel()
     assert sorted(done) == sorted(f"k{i}" for i in range(12))
     assert peak == 3
+
+
+async def test_a_step_is_recorded_mid_attempt_and_the_next_attempt_carries_it() -> None:
+    """A step done in an attempt is recorded before the attempt goes on; after the attempt
+    fails, the retry is handed the item with that step, under the next attempt number."""
+    seen: list[tuple[int, tuple[str, ...]]] = []
+    reports: list[OutcomeReport] = []
+    steps: tuple[str, ...] = ()
+
+    async def perform(effect: OutboxItem, progress: Progress) -> str:
+        seen.append((effect.attempts + 1, effect.steps))
+        if "downgraded" not in effect.steps:
+            await progress("downgraded", "downgrade answered 200")
+            assert [r.outcome for r in reports][-1] == "progressed"  # in the log already
+            raise ConnectionError("upgrade unreachable")
+        return "upgraded"
+
+    async def record(report: OutcomeReport) -> None:
+        nonlocal steps
+        reports.append(report)
+        e = report.effect
+        if report.outcome == "progressed":
+            steps = (*steps, report.step)
+            item = OutboxItem(e.key, e.account_id, e.effect, e.attempts, e.not_before, steps)
+            outbox.sync_account(e.account_id, [item])
+        elif report.outcome == "failed_retrying":
+            item = OutboxItem(
+                e.key, e.account_id, e.effect, report.attempt, report.next_attempt_at, steps
+            )
+            outbox.sync_account(e.account_id, [item])
+        else:
+            outbox.sync_account(e.account_id, [])
+
+    outbox = Outbox(perform, record, rng=random.Random(1), **FAST)
+    outbox.sync_account("a", [OutboxItem("restart", "a", None)])
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outbox.run)
+            while len(reports) < 3 or len(outbox):
+                await anyio.sleep(0.001)
+            tg.cancel_scope.cancel()
+    assert [(r.outcome, r.attempt, r.step) for r in reports] == [
+        ("progressed", 1, "downgraded"),
+        ("failed_retrying", 1, ""),
+        ("succeeded", 2, ""),
+    ]
+    assert seen == [(1, ()), (2, ("downgraded",))]

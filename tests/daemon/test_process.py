@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from daemon import exitcodes
+
 pytestmark = [pytest.mark.timeout(60)]
 
 READY_TIMEOUT = 20.0
@@ -406,3 +408,30 @@ def test_sigterm_lets_an_in_flight_request_finish(served: tuple[Any, int]) -> No
         (n,) = conn.execute(query).fetchone()
     conn.close()
     assert n == 1
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_a_delay_below_the_providers_30_minutes_is_refused_for_the_real_provider(
+    setup: Any, command: str
+) -> None:
+    """`check-config` and `serve` refuse `migration.delay_seconds` under 1800 unless the
+    provider is a sandbox, saying why, before anything runs."""
+    env = {**setup.env, "STATICIPD_MIGRATION__DELAY_SECONDS": "600"}
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon", command],
+        env=clean_env(env), cwd=setup.workdir, capture_output=True,
+        timeout=EXIT_TIMEOUT, check=False,
+    )  # fmt: skip
+    assert result.returncode == exitcodes.USAGE
+    message = result.stderr.decode()
+    assert "migration.delay_seconds = 600 is below 1800" in message
+    assert "provider.sandbox = true" in message
+    assert not setup.database.exists()
+    sandboxed = {**env, "STATICIPD_PROVIDER__SANDBOX": "true"}
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon", "check-config"],
+        env=clean_env(sandboxed), cwd=setup.workdir, capture_output=True,
+        timeout=EXIT_TIMEOUT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["migration"]["delay_seconds"] == 600

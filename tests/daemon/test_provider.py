@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
+from daemon import __version__
 from daemon.provider.client import (
     AuthRejected,
     NotFound,
@@ -97,7 +98,7 @@ def client(url: str, session: aiohttp.ClientSession, **kw: Any) -> ProviderClien
 
 
 async def test_list_accounts_pages_through_everything(fake, session) -> None:
-    """All accounts are listed across limit/offset pages, and paging stops at a short page."""
+    """All accounts are listed across limit/offset pages, and paging stops at an empty page."""
     provider, url = fake
     accounts = [a async for a in client(url, session, page_size=2).list_accounts()]
     assert [a.id for a in accounts] == [f"acc{i}" for i in range(5)]
@@ -106,7 +107,45 @@ async def test_list_accounts_pages_through_everything(fake, session) -> None:
     )
     assert accounts[0].sync_state == "running"
     offsets = [r.query["offset"] for r in provider.requests]
-    assert offsets == ["0", "2", "4"]
+    assert offsets == ["0", "2", "4", "5"]
+
+
+async def test_a_short_page_is_not_taken_as_the_last(fake, session) -> None:
+    """A provider that caps its pages below the size asked for still has every account listed."""
+    provider, url = fake
+    provider.accounts = [account(i) for i in range(7)]
+    capped = [web.json_response(provider.accounts[i : i + 3]) for i in (0, 3, 6)]
+    provider.script[f"/a/{CID}/accounts"] = [*capped, web.json_response([])]
+    accounts = [a async for a in client(url, session, page_size=100).list_accounts()]
+    assert [a.id for a in accounts] == [f"acc{i}" for i in range(7)]
+    assert [r.query["offset"] for r in provider.requests] == ["0", "3", "6", "7"]
+
+
+async def test_a_provider_ignoring_the_offset_cannot_keep_paging_for_ever(fake, session) -> None:
+    """If every page repeats accounts already seen, the listing ends instead of looping."""
+    provider, url = fake
+    same = [web.json_response(provider.accounts[:2]) for _ in range(3)]
+    provider.script[f"/a/{CID}/accounts"] = same
+    with capture_logs() as logs:
+        accounts = [a async for a in client(url, session, page_size=2).list_accounts()]
+    assert [a.id for a in accounts] == ["acc0", "acc1"]
+    assert len(provider.requests) == 2
+    assert [e["event"] for e in logs] == ["provider.paging_stuck"]
+
+
+async def test_requests_send_the_sdks_api_version_and_name_staticipd(fake, session) -> None:
+    """Every call carries the v2 SDK's API-version and client-id headers and a User-Agent
+    naming staticipd and its version."""
+    provider, url = fake
+    c = client(url, session)
+    await c.get_account("acc1")
+    [a async for a in c.list_accounts()]
+    provider.default[f"/a/{CID}/accounts/acc1/upgrade"] = {"success": True}
+    await c.upgrade("acc1")
+    for request in provider.requests:
+        assert request.headers["Nylas-API-Version"] == "2.5"
+        assert request.headers["X-Nylas-Client-Id"] == CID
+        assert request.headers["User-Agent"] == f"staticipd/{__version__}"
 
 
 async def test_requests_use_basic_auth_with_empty_password(fake, session) -> None:
@@ -130,38 +169,104 @@ async def test_get_account_known_and_unknown(fake, session) -> None:
 
 
 @pytest.mark.parametrize(
-    "answer",
-    [{"success": True}, account(1, billing_state="cancelled")],
-    ids=["success-object", "account-object"],
+    ("answer", "note"),
+    [
+        ({"success": True}, ""),
+        ({"success": "true"}, 'body {"success":"true"}'),
+        ({"success": True, "request_id": "r-1", "account_id": "acc1"}, ""),
+        (account(1, billing_state="cancelled"), ""),
+        ({"success": False}, 'body {"success":false}'),
+        ([], "body []"),
+    ],
+    ids=["success-true", "success-string", "extra-fields", "account-object", "false", "list"],
 )
-async def test_downgrade_tolerates_both_documented_answers(fake, session, answer) -> None:
-    """Downgrade succeeds whether the provider answers `{"success": true}` or the account."""
+async def test_any_2xx_answer_to_an_action_is_success(fake, session, answer, note) -> None:
+    """Downgrade succeeds on any 2xx, whatever the JSON body says; what is odd is noted."""
     provider, url = fake
     provider.default[f"/a/{CID}/accounts/acc1/downgrade"] = answer
     result = await client(url, session).downgrade("acc1")
-    assert (result is None) == ("success" in answer)
+    assert result.status == 200
+    assert result.note == note
+    assert (result.account is not None) == ("id" in answer)
 
 
-async def test_refused_action_is_an_error(fake, session) -> None:
-    """`{"success": false}` from the provider is reported as an error, not as done."""
+@pytest.mark.parametrize(
+    ("response", "note"),
+    [
+        (web.Response(status=200), "empty body"),
+        (web.Response(status=204), "empty body"),
+        (web.Response(status=200, text="OK"), "body is not JSON"),
+        (web.Response(status=202, text="<html>accepted</html>"), "body is not JSON"),
+    ],
+    ids=["empty-200", "no-content", "plain-text", "html"],
+)
+async def test_an_action_answer_without_json_is_still_success(
+    fake, session, response, note
+) -> None:
+    """An empty or non-JSON 2xx body to upgrade is success, the oddity noted, called once."""
     provider, url = fake
-    provider.default[f"/a/{CID}/accounts/acc1/upgrade"] = {"success": False}
-    with pytest.raises(ProviderError, match="refused"):
-        await client(url, session).upgrade("acc1")
+    provider.script[f"/a/{CID}/accounts/acc1/upgrade"] = [response]
+    result = await client(url, session).upgrade("acc1")
+    assert result.note == note
+    assert len(provider.requests) == 1
 
 
-async def test_restart_sync_downgrades_then_upgrades(fake, session) -> None:
-    """Restarting an account's sync calls downgrade then upgrade, in that order."""
+async def test_an_unreadable_body_after_2xx_is_noted_not_a_failure(session) -> None:
+    """A 2xx whose body breaks off mid-way still counts as done, with the breakage noted."""
+
+    async def truncated(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200)
+        response.content_length = 100
+        response.content_type = "application/json"
+        await response.prepare(request)
+        await response.write(b'{"succ')
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/a/cid/accounts/acc1/downgrade", truncated)
+    async with TestServer(app, host="127.0.0.1") as server:
+        base = str(server.make_url("")).rstrip("/")
+        result = await client(base, session).downgrade("acc1")
+    assert result.status == 200
+    assert result.note.startswith("body unreadable")
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_an_action_the_provider_may_have_done_is_not_repeated(fake, session, status) -> None:
+    """A 5xx to downgrade raises at once: repeating it blindly could downgrade twice."""
     provider, url = fake
-    provider.default[f"/a/{CID}/accounts/acc1/downgrade"] = {"success": True}
-    provider.default[f"/a/{CID}/accounts/acc1/upgrade"] = account(1)
-    result = await client(url, session).restart_sync("acc1")
-    assert result is not None
-    assert result.id == "acc1"
-    assert [(r.method, r.path.rsplit("/", 1)[1]) for r in provider.requests] == [
-        ("POST", "downgrade"),
-        ("POST", "upgrade"),
-    ]
+    provider.script[f"/a/{CID}/accounts/acc1/downgrade"] = [web.Response(status=status)]
+    with pytest.raises(ProviderUnavailable, match="may have acted"):
+        await client(url, session).downgrade("acc1")
+    assert len(provider.requests) == 1
+
+
+async def test_an_action_that_timed_out_is_not_repeated(fake, session) -> None:
+    """A downgrade without an answer in time is not sent again by the client."""
+    provider, url = fake
+
+    class Slow(web.Response):
+        async def prepare(self, request):  # type: ignore[override]
+            await anyio.sleep(1)
+            return await super().prepare(request)
+
+    provider.script[f"/a/{CID}/accounts/acc1/downgrade"] = [Slow(status=200)]
+    with pytest.raises(ProviderUnavailable, match="may have acted"):
+        await client(url, session, timeout=0.2).downgrade("acc1")
+    assert len(provider.requests) == 1
+
+
+async def test_a_rate_limited_action_is_retried(fake, session) -> None:
+    """A 429 to upgrade was not acted on, so the client waits and sends it again."""
+    provider, url = fake
+    path = f"/a/{CID}/accounts/acc1/upgrade"
+    provider.script[path] = [web.Response(status=429, headers={"Retry-After": "0"})]
+    provider.default[path] = {"success": True}
+    result = await client(url, session).upgrade("acc1")
+    assert result.status == 200
+    assert len(provider.requests) == 2
 
 
 async def test_action_on_unknown_account_is_not_found(fake, session) -> None:

@@ -73,7 +73,7 @@ step = st.one_of(
         account,
         minutes,
         st.integers(0, 5),
-        st.sampled_from(["succeeded", "failed_retrying", "gave_up"]),
+        st.sampled_from(["succeeded", "progressed", "failed_retrying", "gave_up"]),
     ),
     st.tuples(st.just("op"), account, st.sampled_from(["reset", "exclude", "resolve"])),
     st.tuples(st.just("redeliver"), st.integers(0, 50)),
@@ -188,6 +188,7 @@ class Run:
                         attempt=1,
                         occurred_at=self.now,
                         next_attempt_at=self.now + timedelta(minutes=1),
+                        step="downgraded" if s[4] == "progressed" else "",
                     )
                 )
         elif kind == "op":

@@ -353,6 +353,30 @@ def test_effect_outcomes_update_and_clear_pending_effects(flow):
     assert names(events) == ["EffectOutcomeIgnored"]
 
 
+def test_a_restarts_recorded_downgrade_stays_with_the_pending_effect(flow):
+    """A restart's downgrade is recorded as a step of the still pending effect, once, moving
+    nothing; a later success is the second step as before."""
+    flow.setup(policy="restart")
+    flow.auth(1)
+    flow.hook("account.stopped", 2)
+    [restart] = [e for e in flow.fire("second_step") if isinstance(e, SyncRestartRequested)]
+    key = restart.idempotency_key
+    events = flow.outcome(key, "progressed", step="downgraded", detail="downgrade answered 200")
+    assert names(events) == ["EffectProgressed"]
+    pending = flow.state().pending_effects[key]
+    assert (pending.steps, pending.attempts) == (("downgraded",), 0)
+    assert flow.state().state == "second_step_due"
+    flow.outcome(key, "failed_retrying", next_attempt_at=flow.now + timedelta(minutes=1))
+    flow.outcome(key, "progressed", attempt=2, step="downgraded")
+    assert flow.state().pending_effects[key].steps == ("downgraded",)
+    flow.outcome(key, "succeeded", attempt=2)
+    assert key not in flow.state().pending_effects
+    assert flow.state().state == "second_auth"
+    assert names(flow.outcome(key, "progressed", attempt=3, step="downgraded")) == [
+        "EffectOutcomeIgnored"
+    ]
+
+
 def test_reminder_requests_carry_the_users_email(flow):
     """The re-auth request names the email of the last auth, so the app can reach the user."""
     flow.setup()

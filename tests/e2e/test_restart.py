@@ -48,3 +48,50 @@ async def test_migration_survives_a_daemon_restart(e2e: SimpleNamespace, tmp_pat
     }
     fired_after = {d["timer_id"] for r, d in outcome.of_type("TimerFired") if r.position > cut}
     assert scheduled_before & fired_after
+
+
+async def test_a_restart_cut_between_downgrade_and_upgrade_only_upgrades_after(
+    e2e: SimpleNamespace, tmp_path: Path
+) -> None:
+    """Sync restarts whose downgrade was recorded but whose upgrade failed when the daemon
+    stopped are finished by the next daemon with the upgrade alone: never a second downgrade,
+    never an account left stopped."""
+    overrides = {"STATICIPD_OUTBOX__MAX_ATTEMPTS": "100"}
+    async with e2e.running(
+        tmp_path, accounts=12, policy="restart", seed=8, daemon_overrides=overrides
+    ) as run:
+        settings = run.sandbox.settings
+        settings.stopped_account_refuses = frozenset({"upgrade"})  # until the daemon restarts
+        settings.stopped_account_status = 503
+        await run.enrol()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run.users.authenticate_all)
+
+            def downgraded() -> int:
+                assert run.daemon is not None
+                return sum(
+                    1
+                    for _, _, pending in run.daemon.live.projection.pending_effects()
+                    if pending.steps == ("downgraded",)
+                )
+
+            with anyio.fail_after(20):
+                while downgraded() < 12:
+                    await anyio.sleep(0.05)
+            first = run.daemon
+            assert first is not None
+            await run.stop_daemon()
+            cut = first.live.position
+            settings.stopped_account_refuses = frozenset()
+            await run.start_daemon()
+            outcome = await e2e.finish(run, timeout=40)
+        answered = sum(run.sandbox.action_bodies.values())
+    assert list(outcome.states.values()).count("static") == 12
+    progressed = [d["idempotency_key"] for _, d in outcome.of_type("EffectProgressed")]
+    assert len(progressed) == len(set(progressed)) == 12
+    # One downgrade and one upgrade per account, the refused upgrades aside.
+    assert answered == 24
+    # Each downgrade was recorded by the first daemon, each success by the second.
+    for record, data in outcome.of_type("EffectProgressed", "EffectSucceeded"):
+        if ":restart:" in data["idempotency_key"]:
+            assert (record.position <= cut) == (record.type == "EffectProgressed"), record.type

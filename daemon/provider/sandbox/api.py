@@ -4,6 +4,8 @@ sandbox-only control endpoints under ``/sandbox/``.
 Provider routes (Basic auth, client secret as user, empty password; errors ``{"message","type"}``):
 ``GET /a/{client_id}/accounts`` (limit/offset), ``GET|PUT|DELETE /a/{client_id}/accounts/{id}``,
 ``POST /a/{client_id}/accounts/{id}/downgrade|upgrade``, ``GET /a/{client_id}/ip_addresses``.
+A downgrade/upgrade answers 200 with each body of ``action_bodies`` in turn; the account list's
+pages hold at most ``page_cap`` accounts when that is set.
 The static list's real endpoint is undocumented; the sandbox serves it at
 ``GET /a/{client_id}/ip_addresses?environment=static``, sharing the endpoint's 10/hour budget.
 With ``stopped_account_refuses`` set, PUT/downgrade/upgrade of an account whose sync is stopped
@@ -29,7 +31,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from .accounts import Account, AccountBook
-from .settings import BreakKind, SandboxSettings
+from .settings import ActionBody, BreakKind, SandboxSettings
 from .webhooks import Destination, WebhookSender
 
 
@@ -45,6 +47,7 @@ class Sandbox(Protocol):
     sender: WebhookSender
 
     def api_fault(self) -> str | None: ...
+    def next_action_body(self) -> ActionBody: ...
     def refuses(self, call: str, account: Account) -> bool: ...
     def ip_rate_check(self) -> float | None: ...
     def ip_list(self, environment: str) -> tuple[list[str], int]: ...
@@ -155,9 +158,12 @@ def _int_param(request: web.Request, name: str, default: int) -> int:
 
 
 async def list_accounts(request: web.Request) -> web.Response:
+    sandbox = _provider(request)
     limit = _int_param(request, "limit", 100)
+    if sandbox.settings.page_cap is not None:
+        limit = min(limit, sandbox.settings.page_cap)
     offset = _int_param(request, "offset", 0)
-    accounts = _provider(request).book.page(limit, offset)
+    accounts = sandbox.book.page(limit, offset)
     return web.json_response([a.as_json() for a in accounts])
 
 
@@ -186,18 +192,47 @@ async def delete_account(request: web.Request) -> web.Response:
     return web.json_response({"success": True})
 
 
-async def downgrade(request: web.Request) -> web.Response:
+async def downgrade(request: web.Request) -> web.StreamResponse:
     if (refusal := _refused(request, "downgrade")) is not None:
         return refusal
     _provider(request).downgrade(request.match_info["account_id"])
-    return web.json_response({"success": True})
+    return await _action_answer(request)
 
 
-async def upgrade(request: web.Request) -> web.Response:
+async def upgrade(request: web.Request) -> web.StreamResponse:
     if (refusal := _refused(request, "upgrade")) is not None:
         return refusal
     _provider(request).upgrade(request.match_info["account_id"])
-    return web.json_response({"success": True})
+    return await _action_answer(request)
+
+
+async def _action_answer(request: web.Request) -> web.StreamResponse:
+    """The 2xx answer to a downgrade/upgrade done, in the body variant whose turn it is."""
+    sandbox = _provider(request)
+    acct = _account_or_404(request)
+    match sandbox.next_action_body():
+        case "success":
+            return web.json_response({"success": True})
+        case "success_string":
+            return web.json_response({"success": "true"})
+        case "extra_fields":
+            return web.json_response(
+                {"success": True, "request_id": str(uuid.uuid4()), "account_id": acct.id}
+            )
+        case "account":
+            return web.json_response(acct.as_json())
+        case "empty":
+            return web.Response(status=200)
+        case "unreadable":
+            # The status and part of the body, then the connection drops.
+            response = web.StreamResponse(status=200)
+            response.content_type = "application/json"
+            response.content_length = 64
+            await response.prepare(request)
+            await response.write(b'{"succ')
+            if request.transport is not None:
+                request.transport.close()
+            return response
 
 
 async def ip_addresses(request: web.Request) -> web.Response:

@@ -19,7 +19,7 @@ from aiohttp import web
 from ._tasks import BackgroundTasks
 from .accounts import Account, AccountBook, Emission, IpLists
 from .api import build_app
-from .settings import BreakKind, SandboxSettings
+from .settings import ActionBody, BreakKind, SandboxSettings
 from .webhooks import Destination, WebhookSender
 
 
@@ -47,6 +47,8 @@ class SandboxProvider:
         self.api_requests = 0
         self.api_faults: dict[str, int] = {"429": 0, "5xx": 0, "timeout": 0}
         self.outcomes: dict[str, int] = {}
+        self.action_bodies: dict[str, int] = {}  # how often each downgrade/upgrade body was sent
+        self._action_turn = 0
         self._static_updated_at = int(clock())
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -169,6 +171,14 @@ class SandboxProvider:
 
     # -- API helpers ---------------------------------------------------------------------------
 
+    def next_action_body(self) -> ActionBody:
+        """The body variant of the next 2xx answer to a downgrade or upgrade (in turn)."""
+        bodies = self.settings.action_bodies
+        body = bodies[self._action_turn % len(bodies)]
+        self._action_turn += 1
+        self.action_bodies[body] = self.action_bodies.get(body, 0) + 1
+        return body
+
     def api_fault(self) -> str | None:
         """Draw an injected fault for one provider API call (seeded, so runs repeat)."""
         self.api_requests += 1
@@ -212,6 +222,7 @@ class SandboxProvider:
             "auth_outcomes": dict(self.outcomes),
             "api_requests": self.api_requests,
             "api_faults": dict(self.api_faults),
+            "action_bodies": dict(self.action_bodies),
             "webhooks": dataclasses.asdict(self.sender.stats),
             "destinations": [
                 {k: v for k, v in d.as_json().items() if k != "webhook_secret"}

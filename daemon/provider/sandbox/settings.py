@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 EarlySecondAuth = Literal["ignore", "move", "restart_clock"]
 BreakKind = Literal["invalid", "sync_error"]
+# The bodies a 2xx answer to downgrade/upgrade may have (docs/provider.md#the-management-api):
+# `{"success": true}`, `{"success": "true"}` (one SDK's own test mocks), `{"success": true}` with
+# extra fields, the account object (another SDK's fixtures), an empty body, and a body that breaks
+# off after the status (the connection drops mid-body).
+ActionBody = Literal["success", "success_string", "extra_fields", "account", "empty", "unreadable"]
+ACTION_BODIES: tuple[ActionBody, ...] = get_args(ActionBody)
 # Management calls the "sync has been stopped" refusal can be applied to
 # (docs/provider.md#what-is-verified-and-what-is-assumed).
 REFUSABLE_CALLS = frozenset({"update", "downgrade", "upgrade"})
@@ -82,6 +88,11 @@ class SandboxSettings:
     stopped_on_downgrade: bool = True
     # After upgrade the account is re-queued and runs "within about a minute".
     upgrade_delay: float = 30.0
+    # The body of each 2xx answer to downgrade/upgrade, taken in turn (members of ACTION_BODIES).
+    action_bodies: tuple[ActionBody, ...] = ("success",)
+    # The most accounts one page of the account list holds, whatever `limit` asks (None: no cap);
+    # nothing says the provider never caps its pages (docs/provider.md#the-management-api).
+    page_cap: int | None = None
     connected_on_create: bool = True
     # Modifying calls on an account whose sync is stopped fail with a fixed body
     # (docs/provider.md#what-is-verified-and-what-is-assumed);
@@ -122,6 +133,12 @@ class SandboxSettings:
         unknown = self.stopped_account_refuses - REFUSABLE_CALLS
         if unknown:
             raise ValueError(f"stopped_account_refuses: unknown calls {sorted(unknown)}")
+        self.action_bodies = tuple(self.action_bodies)
+        odd = set(self.action_bodies) - set(ACTION_BODIES)
+        if odd or not self.action_bodies:
+            raise ValueError(
+                f"action_bodies: one or more of {list(ACTION_BODIES)}, not {sorted(odd)}"
+            )
 
     def scaled(self, seconds: float) -> float:
         """Real seconds for a nominal provider duration."""
