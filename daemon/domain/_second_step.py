@@ -100,13 +100,22 @@ def not_moved(b: _Builder, at: datetime, why: str | None = None) -> None:
     request_step(b, retry, retry=True)
 
 
-def _why_reauth(b: _Builder, policy: Policy) -> str:
+def _which(b: _Builder, reminder: int, retry: bool) -> str:
+    """Which request of the second step this is, as the audit shows it: `reminder 1/2`."""
+    if retry:
+        return "second step again (the last one did not move the account)"
+    if reminder == 0:
+        return "second step"
+    return f"reminder {reminder}/{len(b.settings.reminder_schedule)}"
+
+
+def _why_reauth(b: _Builder, policy: Policy, which: str) -> str:
     flags = broken(b)
     if not flags:
-        return "second step: the user is asked to re-authenticate"
+        return f"{which}: the user is asked to re-authenticate"
     return (
-        f"the account is flagged {' and '.join(flags)}: only the user's re-authentication can "
-        f"repair it, so the user is asked whatever the policy ({policy})"
+        f"{which}: the account is flagged {' and '.join(flags)}: only the user's "
+        f"re-authentication can repair it, so the user is asked whatever the policy ({policy})"
     )
 
 
@@ -122,8 +131,7 @@ def _step_effect(
             idempotency_key=f"{b.id}:restart:{cycle}:{reminder}",
             due_at=due_at,
             reminder=reminder,
-            reason="second step by restarting the account's sync"
-            + ("; the last one did not move the account" if retry else ""),
+            reason=f"{_which(b, reminder, retry)}: the account's sync is restarted",
         )
     return ev.ReauthRequested(
         account_id=b.id,
@@ -133,8 +141,7 @@ def _step_effect(
         due_at=due_at,
         reminder=reminder,
         email=b.state.email,
-        reason=_why_reauth(b, policy)
-        + ("; the last second step did not move the account" if retry else ""),
+        reason=_why_reauth(b, policy, _which(b, reminder, retry)),
     )
 
 
@@ -159,7 +166,7 @@ def reauth_now(b: _Builder) -> None:
             due_at=b.second_step_due_at,
             reminder=s.reminders,
             email=s.email,
-            reason=_why_reauth(b, policy),
+            reason=_why_reauth(b, policy, _which(b, s.reminders, False)),
         )
     )
 

@@ -268,9 +268,10 @@ def _react(b: _Builder, at: datetime, meaning: Meaning) -> tuple[str, Action]:
                     b, stop_at, "stop observed after the first auth"
                 )
             if s.state == "dynamic":
+                # The usual order: the first auth stops the account, and the provider's
+                # webhook often arrives before the application's auth event.
                 return (
-                    "stop of an account without a first auth; remembered in case its auth "
-                    "arrives late"
+                    "stop before its auth event (the usual order); kept for the auth that follows"
                 ), None
             if s.state == "second_auth":
                 step_at = b.second_step_at

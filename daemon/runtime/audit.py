@@ -10,7 +10,7 @@ folds records into a fresh projection (`replay(...).funnel()` is the funnel at t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -20,6 +20,8 @@ from daemon.domain import (
     STATES,
     AccountsEnrolled,
     AccountState,
+    EffectAttemptFailed,
+    EffectSucceeded,
     InputKind,
     ReauthRequested,
     StateChanged,
@@ -126,11 +128,20 @@ def _reason(event: object) -> str:
         case UnknownEvent():
             return f"unreadable event (type {event.event_type}, schema {event.schema})"
         case TimerScheduled():
-            return f"{event.purpose} timer due {event.due_at.isoformat(timespec='seconds')}"
+            return f"{event.purpose} timer due {_when(event.due_at)}"
         case TimerFired():
-            return f"{event.purpose} timer fired, {event.lateness} after its due time"
+            return f"{event.purpose} timer fired, {_late(event.lateness)}"
         case ReauthRequested() if not event.reason:
             return f"ask the user to re-authenticate ({event.stage}, request {event.reminder})"
+        case EffectAttemptFailed():
+            then = (
+                f"; retry {_when(event.next_attempt_at)}"
+                if event.next_attempt_at
+                else "; not retried"
+            )
+            return f"attempt {event.attempt} failed: {event.detail}{then}"
+        case EffectSucceeded() if event.attempt > 1:
+            return f"retry succeeded (attempt {event.attempt}): {event.detail}"
     for field in ("reason", "detail"):
         value = getattr(event, field, None)
         if isinstance(value, str) and value:
@@ -139,11 +150,21 @@ def _reason(event: object) -> str:
     return f"effect {key}" if isinstance(key, str) else ""
 
 
+def _when(at: datetime) -> str:
+    """A time as the audit prints it: UTC, to the millisecond (steps of a demo are sub-second)."""
+    return at.isoformat(timespec="milliseconds")
+
+
+def _late(lateness: timedelta) -> str:
+    ms = lateness / timedelta(milliseconds=1)
+    return f"{ms:.0f} ms after its due time" if ms < 10_000 else f"{lateness} after its due time"
+
+
 def render_timeline(entries: Iterable[TimelineEntry]) -> str:
     """The timeline as text, one line per event."""
     lines = []
     for e in entries:
-        when = (e.occurred_at or e.recorded_at).isoformat(timespec="seconds")
+        when = _when(e.occurred_at or e.recorded_at)
         move = (
             f"{e.state_before} -> {e.state_after}"
             if e.state_before != e.state_after

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from daemon.cli.main import main
 from daemon.domain import (
     AuthReported,
+    EffectOutcome,
     EnableMigration,
     Enroll,
     IpListObserved,
@@ -233,6 +235,44 @@ def test_audit_explains_a_stalled_account(
     assert "AccountsEnrolled" in out
     assert "ReauthRequested" in out
     assert "second_step_due -> stalled" in out
+    assert "reminder 1/1: the user is asked to re-authenticate" in out
+    assert re.search(r"T\d\d:\d\d:\d\d\.\d{3}\+00:00", out), "times to the millisecond"
+
+
+def test_audit_shows_a_failed_attempt_and_its_retry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`audit` says an attempt failed and when it is retried, and that the retry succeeded; a
+    stop delivered before its auth event reads as the usual order, not as an anomaly."""
+    h = Harness(MigrationSettings(delay=timedelta(minutes=30)))
+
+    def at(minutes: float) -> datetime:
+        return T0 + timedelta(minutes=minutes)
+
+    h.handle(EnableMigration(input_id="op:1", occurred_at=at(0), actor="ops"), at(0))
+    h.handle(Enroll(input_id="op:2", occurred_at=at(0), account_ids=("x",), wave="w1",
+                    policy="notify", actor="ops"), at(0))  # fmt: skip
+    h.handle(ProviderNotified(input_id="v2:x:stop", account_id="x",
+                              trigger="account.stopped", occurred_at=at(1)), at(1))  # fmt: skip
+    h.handle(AuthReported(input_id="auth:x:1", account_id="x", occurred_at=at(1.01)), at(1.01))
+    (timer_id, due), *_ = h.accounts["x"].pending_timers.items()
+    h.handle(TimerDue(input_id=f"timer:{timer_id}", account_id="x", timer_id=timer_id,
+                      due_at=due, fired_at=at(32)), at(32))  # fmt: skip
+    (key, *_) = h.accounts["x"].pending_effects
+    attempts = ((1, "failed_retrying", "application answered 503", at(34)),
+                (2, "succeeded", "200", None))  # fmt: skip
+    for attempt, outcome, detail, retry_at in attempts:
+        h.handle(EffectOutcome(input_id=f"outcome:{key}:{attempt}", account_id="x",
+                               effect_key=key, outcome=outcome, attempt=attempt, detail=detail,
+                               occurred_at=at(32 + attempt), next_attempt_at=retry_at),
+                 at(32 + attempt))  # fmt: skip
+    path = tmp_path / "retry.db"
+    write_harness_log(h, path)
+    assert main(["audit", "x", "--database", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "stop before its auth event (the usual order)" in out
+    assert "attempt 1 failed: application answered 503; retry 2026-03-01T09:34:00.000+00:00" in out
+    assert "retry succeeded (attempt 2): 200" in out
 
 
 def test_audit_json_and_unknown_account(migrated: Path, capsys: pytest.CaptureFixture[str]) -> None:

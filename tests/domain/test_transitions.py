@@ -171,7 +171,7 @@ def test_stop_for_an_account_that_never_authenticated_is_remembered(flow):
     flow.setup()
     events = flow.hook("account.stopped", 2)
     assert flow.state().state == "dynamic"
-    assert "without a first auth" in events[0].reason
+    assert "the usual order" in events[0].reason
     flow.auth(1)  # the app reports the auth that happened before the stop
     s = flow.state()
     assert s.state == "stopped_waiting"
