@@ -15,6 +15,10 @@ order, and leaving it out lets ``verify()`` tell a renumbered deletion from an e
 Checkpoint signature: ``lower_hex(HMAC-SHA256(key, canonical_checkpoint))`` where
 ``canonical_checkpoint`` length-prefixes, as above, the fields ``"staticipd-checkpoint-v1"``,
 ``position`` (decimal), ``head_hash`` (hex), ``created_at`` (same text format) and ``key_id``.
+
+Key fingerprint (``key_fingerprint``), the ``key_id`` a checkpoint is written with by default:
+``"sha256:" + lower_hex(SHA-256("staticipd-checkpoint-key-id" + key))[:16]``. It names the key
+without revealing it, so a verifier holding another key can say so instead of crying tampering.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ __all__ = [
     "canonical_checkpoint",
     "canonical_row",
     "format_time",
+    "is_fingerprint",
+    "key_fingerprint",
     "parse_time",
     "row_hash",
     "sign_checkpoint",
@@ -38,6 +44,7 @@ __all__ = [
 GENESIS = "0" * 64
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _CHECKPOINT_TAG = b"staticipd-checkpoint-v1"
+_KEY_ID_TAG = b"staticipd-checkpoint-key-id"
 
 
 _LEN = struct.Struct(">I").pack
@@ -92,6 +99,16 @@ def sign_checkpoint(key: bytes, position: int, head_hash: str, created_at: str, 
     """Return the hex HMAC-SHA256 signature of a checkpoint under `key`."""
     msg = canonical_checkpoint(position, head_hash, created_at, key_id)
     return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+def key_fingerprint(key: bytes) -> str:
+    """Return the name of a checkpoint key that reveals nothing of it (see the module's text)."""
+    return "sha256:" + hashlib.sha256(_KEY_ID_TAG + key).hexdigest()[:16]
+
+
+def is_fingerprint(key_id: str) -> bool:
+    """True for a `key_id` of the `key_fingerprint` form (older checkpoints say `default`)."""
+    return key_id.startswith("sha256:") and len(key_id) == 23
 
 
 def format_time(dt: datetime) -> str:

@@ -21,7 +21,7 @@ import aiosqlite
 import anyio
 from anyio.abc import TaskStatus
 
-from .chain import GENESIS, format_time, sign_checkpoint
+from .chain import GENESIS, format_time, key_fingerprint, sign_checkpoint
 from .connections import (
     Opening,
     check_log_schema,
@@ -344,9 +344,11 @@ class EventStore:
 
         await writer.run_job(job)
 
-    async def checkpoint(self, key: bytes, key_id: str = "default") -> SignedCheckpoint:
-        """Sign and record the current head; the key is used here and never stored."""
+    async def checkpoint(self, key: bytes, key_id: str | None = None) -> SignedCheckpoint:
+        """Sign and record the current head; the key is used here and never stored, only named
+        by `key_id` (default: its fingerprint, `chain.key_fingerprint`)."""
         writer = self._require_writer("checkpoint")
+        key_id = key_fingerprint(key) if key_id is None else key_id
         created = datetime.now(UTC)
         created_text = format_time(created)
 

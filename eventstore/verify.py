@@ -15,7 +15,14 @@ from typing import Any
 
 import aiosqlite
 
-from .chain import GENESIS, canonical_row, row_hash, sign_checkpoint
+from .chain import (
+    GENESIS,
+    canonical_row,
+    is_fingerprint,
+    key_fingerprint,
+    row_hash,
+    sign_checkpoint,
+)
 from .schema import EVENT_COLUMNS, TRIGGERS
 
 __all__ = ["Damage", "RowVisitor", "VerifyReport", "verify_log"]
@@ -41,7 +48,9 @@ class Damage:
     there), what kind, and details.
 
     Kinds: edited, missing, inserted, reordered, broken_link, checkpoint_mismatch,
-    checkpoint_signature, truncated, triggers_missing.
+    checkpoint_signature, checkpoint_other_key, truncated, triggers_missing.
+    `checkpoint_other_key` is not tampering as such: the checkpoint names another key than the
+    one given, so its signature could not be checked (a wrong key, unless its name was edited).
     """
 
     position: int
@@ -62,6 +71,8 @@ class VerifyReport:
     head_hash: str
     checkpoints_checked: int
     damage: list[Damage] = field(default_factory=list)
+    # Checkpoints whose signature was checked under the key given (0 without a key).
+    signatures_checked: int = 0
     # False when verify stopped at its cap of findings: rows after `head_position` (the last row
     # read) were not checked, and neither were checkpoints past it.
     complete: bool = True
@@ -97,14 +108,25 @@ async def verify_log(
         "SELECT id, position, head_hash, created_at, key_id, signature FROM checkpoints"
         " ORDER BY position, id"
     )
+    given = key_fingerprint(checkpoint_key) if checkpoint_key is not None else None
+    signatures = 0
     for cp_id, pos, head_hash, created_at, key_id, signature in cp_rows:
         checkpoints.setdefault(pos, []).append((cp_id, head_hash))
-        if checkpoint_key is not None:
-            want = sign_checkpoint(checkpoint_key, pos, head_hash, created_at, key_id)
-            if not hmac.compare_digest(want, signature):
-                cp_damage.append(
-                    Damage(pos, "checkpoint_signature", f"checkpoint {cp_id} (key {key_id!r})")
-                )
+        if checkpoint_key is None:
+            continue
+        if is_fingerprint(key_id) and key_id != given:
+            detail = (
+                f"checkpoint {cp_id} names key {key_id}, the key given is {given}: "
+                "a wrong key, unless the checkpoint's key name was edited"
+            )
+            cp_damage.append(Damage(pos, "checkpoint_other_key", detail))
+            continue
+        signatures += 1
+        want = sign_checkpoint(checkpoint_key, pos, head_hash, created_at, key_id)
+        if not hmac.compare_digest(want, signature):
+            same = "the key given" if key_id == given else "no fingerprint to compare"
+            detail = f"checkpoint {cp_id} (key {key_id}: {same}): its signature does not match"
+            cp_damage.append(Damage(pos, "checkpoint_signature", detail))
     head_row = list(await conn.execute_fetchall("SELECT MAX(position) FROM events"))
     max_pos = head_row[0][0] or 0
 
@@ -188,6 +210,7 @@ async def verify_log(
         checkpoints_checked=cps_checked,
         damage=damage,
         complete=complete,
+        signatures_checked=signatures,
     )
 
 

@@ -39,7 +39,7 @@ from eventstore import (
     EventStore,
     EventStoreError,
 )
-from eventstore.chain import GENESIS, format_time
+from eventstore.chain import GENESIS, format_time, key_fingerprint
 from eventstore.verify import Damage
 
 
@@ -203,6 +203,8 @@ def verify_command(args: argparse.Namespace) -> int:
                         "head_hash": report.head_hash,
                         "checkpoints_checked": report.checkpoints_checked,
                         "checkpoint_key": key is not None,
+                        "checkpoint_key_fingerprint": key_fingerprint(key) if key else None,
+                        "signatures_checked": report.signatures_checked,
                         "anchors_checked": len(anchors),
                         "complete": report.complete,
                         "damage": [
@@ -218,9 +220,10 @@ def verify_command(args: argparse.Namespace) -> int:
             )
         elif ok:
             signed = (
-                f", {report.checkpoints_checked} signed checkpoint(s) valid"
+                f", {report.signatures_checked} signed checkpoint(s) valid"
                 if key is not None
-                else " (signed checkpoints not checked: no key given)"
+                else f", {report.checkpoints_checked} checkpoint(s) match the chain (their "
+                "signatures not checked: no key given)"
             )
             if anchors:
                 signed += f", {len(anchors)} expected hash(es) found"
@@ -231,7 +234,9 @@ def verify_command(args: argparse.Namespace) -> int:
             )
         else:
             for d in report.damage:
-                print(f"DAMAGE at position {d.position}: {d.kind}: {d.detail}")
+                # Another key is not evidence of tampering: say so rather than DAMAGE.
+                what = "WRONG KEY?" if d.kind == "checkpoint_other_key" else "DAMAGE"
+                print(f"{what} at position {d.position}: {d.kind}: {d.detail}")
             if not report.complete:
                 print(
                     f"verify stopped after {len(report.damage)} findings at position "

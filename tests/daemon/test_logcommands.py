@@ -475,7 +475,7 @@ def test_verify_finds_the_key_in_the_secrets_dir(
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     monkeypatch.delenv("STATICIPD_SECRETS_DIR", raising=False)
     assert main(["verify", "--database", str(db)]) == 1  # the credentials' key is wrong
-    assert "checkpoint_signature" in capsys.readouterr().out
+    assert "checkpoint_other_key" in capsys.readouterr().out
     (secrets / "checkpoint_key").write_bytes(b"right-key\n")
     monkeypatch.setenv("STATICIPD_SECRETS_DIR", str(secrets))
     assert main(["verify", "--database", str(db)]) == 0
@@ -808,3 +808,32 @@ def test_verify_reports_a_forged_move_with_its_position(
     )
     assert f"BAD MOVE at position {after}: wrong_from_state: account gone:" in out
     assert "the account was in static" in out
+
+
+def test_verify_tells_a_wrong_key_from_tampering_and_json_agrees(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With another key `verify` says the checkpoint names another key, not DAMAGE; without a
+    key text and `--json` both say no signature was checked."""
+    db, wrong = tmp_path / "log.db", tmp_path / "wrong"
+    wrong.write_bytes(b"not the checkpoint key\n")
+    build_log(db, key=b"checkpoint-secret")
+    assert main(["verify", "--database", str(db), "--checkpoint-key-file", str(wrong)]) == 1
+    out = capsys.readouterr().out
+    assert "WRONG KEY? at position 20: checkpoint_other_key" in out
+    assert "DAMAGE" not in out
+    assert main(["verify", "--database", str(db), "--checkpoint-key-file", str(wrong),
+                 "--json"]) == 1  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["signatures_checked"] == 0
+    assert doc["checkpoint_key"] is True
+    assert doc["checkpoint_key_fingerprint"].startswith("sha256:")
+    assert main(["verify", "--database", str(db)]) == 0
+    assert "1 checkpoint(s) match the chain (their signatures not checked" in (
+        capsys.readouterr().out
+    )
+    assert main(["verify", "--database", str(db), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["checkpoint_key"], doc["signatures_checked"], doc["checkpoints_checked"]) == (
+        False, 0, 1,
+    )  # fmt: skip

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from eventstore import EventStore, NewEvent
-from eventstore.chain import canonical_row, row_hash
+from eventstore.chain import canonical_row, key_fingerprint, row_hash
 from eventstore.connections import connect_readonly
 from eventstore.schema import MIGRATIONS
 from eventstore.verify import verify_log
@@ -320,7 +320,22 @@ async def test_forged_checkpoint_fails_signature(log: Path) -> None:
     report = await verify(log)
     assert [(d.position, d.kind) for d in report.damage] == [(N, "checkpoint_signature")]
     wrong_key = await verify(log, b"another key")
-    assert wrong_key.damage[0].kind == "checkpoint_signature"
+    assert [d.kind for d in wrong_key.damage] == ["checkpoint_other_key"]
+    assert key_fingerprint(KEY) in wrong_key.damage[0].detail
+
+
+async def test_a_wrong_key_is_told_from_a_forged_checkpoint(log: Path) -> None:
+    """Verified with another key, an intact log reports that key, not tampering; with the right
+    key, the same checkpoint passes."""
+    async with await EventStore.open(log) as store:
+        cp = await store.checkpoint(KEY)
+    assert cp.key_id == key_fingerprint(KEY)
+    report = await verify(log, b"not the key")
+    assert [d.kind for d in report.damage] == ["checkpoint_other_key"]
+    assert report.signatures_checked == 0
+    right = await verify(log, KEY)
+    assert right.ok
+    assert right.signatures_checked == 1
 
 
 async def test_truncated_log(log: Path) -> None:
