@@ -7,12 +7,21 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint format bench clean
 
+DEMO_STAMP := $(VENV)/.demo-stamp
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+# The demo needs only the project; the test tools come with `make test` (and lint, bench).
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -e .
+	touch $(DEMO_STAMP)
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	touch $(STAMP)
+	$(PIP) -e '.[test]'
+	touch $(STAMP) $(DEMO_STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/staticipd demo
 
 test: $(STAMP)

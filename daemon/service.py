@@ -428,6 +428,8 @@ def load(args: argparse.Namespace) -> tuple[Config, Secrets, Callable[[], tuple[
     """The configuration and secrets, and how to read both again (SIGHUP)."""
     env = dict(os.environ)
     path = Path(args.config) if args.config else None
+    if getattr(args, "database", None) is not None:  # --database wins, as for the log commands
+        env["STATICIPD_DATABASE"] = str(args.database)
 
     def reload() -> tuple[Config, Secrets]:
         config = load_config(path, env)

@@ -10,6 +10,8 @@ work on.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import secrets as pysecrets
 import sys
 import tempfile
@@ -24,11 +26,13 @@ import anyio
 import structlog
 
 from daemon import exitcodes, logs
+from daemon.cli.logcommands import open_log
 from daemon.config import load_config, load_secrets
 from daemon.provider.sandbox import SandboxProvider, SandboxSettings
 from daemon.provider.sandbox.users import SimulatedUsers, UsersSettings
 from daemon.provider.standardwebhooks import generate_secret
 from daemon.service import Daemon
+from eventstore import EventStoreError
 
 log = structlog.get_logger(__name__)
 
@@ -64,17 +68,21 @@ class DemoResult:
     """How a demo ended: where its log and key are, the final funnel, and accounts to look at."""
 
     database: Path
-    checkpoint_key: Path
+    checkpoint_key: Path | None  # None: the log is in a temporary directory and its key is gone
     funnel: dict[str, int]
     finished: bool
     interrupted: bool
     url: str
     sample_account: str | None
     stalled_account: str | None
+    head: tuple[int, str] = (0, "")  # the log's last position and hash when the demo ended
 
 
-def write_secrets(directory: Path, client_secret: str) -> dict[str, str]:
-    """Fresh secrets for a daemon talking to the sandbox, as files (mode 600) in `directory`."""
+def write_secrets(
+    directory: Path, client_secret: str, checkpoint_key: str | None = None
+) -> dict[str, str]:
+    """Fresh secrets for a daemon talking to the sandbox, as files (mode 600) in `directory`;
+    `checkpoint_key` is the key of an existing log the daemon goes on with."""
     values = {
         # v2 webhooks are signed with the application's client secret
         # (docs/provider.md#webhook-signatures),
@@ -84,7 +92,7 @@ def write_secrets(directory: Path, client_secret: str) -> dict[str, str]:
         "auth_events_token": pysecrets.token_urlsafe(24),
         "operator_token": pysecrets.token_urlsafe(24),
         "notify_secret": generate_secret(),
-        "checkpoint_key": pysecrets.token_urlsafe(32),
+        "checkpoint_key": checkpoint_key or pysecrets.token_urlsafe(32),
     }
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     for name, value in values.items():
@@ -110,12 +118,14 @@ class SandboxWorld:
         seed: int = 7,
         never_answer: float = NEVER_ANSWER,
         database: Path | None = None,
+        checkpoint_key: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.scale = 1.0 / time_scale
         self.seed = seed
         self.never_answer = never_answer
         self.database = database or workdir / "staticipd.db"
+        self.checkpoint_key = checkpoint_key
         self.env: dict[str, str] = {}
         self.values: dict[str, str] = {}
 
@@ -126,7 +136,9 @@ class SandboxWorld:
         )
         await self.sandbox.start()
         credentials = self.workdir / "credentials"
-        self.values = write_secrets(credentials, self.sandbox.settings.client_secret)
+        self.values = write_secrets(
+            credentials, self.sandbox.settings.client_secret, self.checkpoint_key
+        )
         self.users = SimulatedUsers(
             self.sandbox.base_url,
             "http://127.0.0.1:0",  # set by `daemon_listening` once the daemon is up
@@ -181,53 +193,81 @@ class SandboxWorld:
 
 
 async def run_demo(opts: DemoOptions) -> DemoResult:
-    workdir = Path(tempfile.mkdtemp(prefix="staticipd-demo-"))
-    world = SandboxWorld(
-        workdir, time_scale=opts.time_scale, seed=opts.seed, database=opts.database
-    )
-    await world.start()
+    """Run a demo; its secrets live in a temporary directory removed when it ends, and only the
+    log (and, for a log the user named, its checkpoint key beside it) stays."""
+    database = opts.database or Path(tempfile.mkdtemp(prefix="staticipd-demo-")) / "staticipd.db"
+    kept_key = key_beside(database) if opts.database else None
+    with tempfile.TemporaryDirectory(prefix="staticipd-demo-secrets-") as secrets_dir:
+        world = SandboxWorld(
+            Path(secrets_dir), time_scale=opts.time_scale, seed=opts.seed, database=database,
+            checkpoint_key=_read_key(kept_key) if kept_key and kept_key.exists() else None,
+        )  # fmt: skip
+        await world.start()
+        if kept_key is not None and not kept_key.exists():
+            _write_key(kept_key, world.values["checkpoint_key"])
+        try:
+            result = await _run_world(world, opts)
+        finally:
+            await world.stop()
+    async with open_log(database) as store:
+        result.head = await store.head()
+    return result
+
+
+async def _run_world(world: SandboxWorld, opts: DemoOptions) -> DemoResult:
     database, sandbox, users = world.database, world.sandbox, world.users
     daemon = world.daemon(opts.port)
     out = opts.out
     live_view = out.isatty() if opts.live_view is None else opts.live_view
     result: DemoResult | None = None
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(daemon.run)
-            with anyio.fail_after(30):
-                await daemon.ready.wait()
-            url = await world.daemon_listening(daemon)
-            print(f"staticipd demo: {opts.accounts} accounts, time x{opts.time_scale:g}", file=out)
-            print(f"  log:         {database}", file=out)
-            print(f"  status page: {url}/  (while the demo runs)", file=out)
-            print(f"  sandbox:     {sandbox.base_url} (simulated provider)", file=out, flush=True)
-            account_ids = await _set_up(sandbox, users, url, world.values["operator_token"], opts)
-            users_scope = anyio.CancelScope()
-            tg.start_soon(_run_in, users_scope, users.authenticate_all)
-            finished = await _watch(daemon, account_ids, opts, out, live_view)
-            users_scope.cancel()  # users still waiting to authenticate stop with the demo
-            # The daemon handles SIGINT/SIGTERM itself: if it stopped, the user asked us to.
-            interrupted = daemon.stopped.is_set()
-            counts = daemon.live.projection.funnel()
-            projection = daemon.live.projection
-            static = sorted(projection.ids_in("static"))
-            stalled = sorted(projection.ids_in("stalled"))
-            result = DemoResult(
-                database=database,
-                checkpoint_key=workdir / "credentials" / "checkpoint_key",
-                funnel=counts,
-                finished=finished,
-                interrupted=interrupted,
-                url=url,
-                sample_account=static[0] if static else None,
-                stalled_account=stalled[0] if stalled else None,
-            )
-            daemon.stopped.set()
-            tg.cancel_scope.deadline = anyio.current_time() + 30
-    finally:
-        await world.stop()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.run)
+        with anyio.fail_after(30):
+            await daemon.ready.wait()
+        url = await world.daemon_listening(daemon)
+        print(f"staticipd demo: {opts.accounts} accounts, time x{opts.time_scale:g}", file=out)
+        print(f"  log:         {database}", file=out)
+        print(f"  status page: {url}/  (while the demo runs)", file=out)
+        print(f"  sandbox:     {sandbox.base_url} (simulated provider)", file=out, flush=True)
+        account_ids = await _set_up(sandbox, users, url, world.values["operator_token"], opts)
+        users_scope = anyio.CancelScope()
+        tg.start_soon(_run_in, users_scope, users.authenticate_all)
+        finished = await _watch(daemon, account_ids, opts, out, live_view)
+        users_scope.cancel()  # users still waiting to authenticate stop with the demo
+        # The daemon handles SIGINT/SIGTERM itself: if it stopped, the user asked us to.
+        interrupted = daemon.stopped.is_set()
+        projection = daemon.live.projection
+        static = sorted(projection.ids_in("static"))
+        stalled = sorted(projection.ids_in("stalled"))
+        result = DemoResult(
+            database=database,
+            checkpoint_key=key_beside(database) if opts.database else None,
+            funnel=projection.funnel(),
+            finished=finished,
+            interrupted=interrupted,
+            url=url,
+            sample_account=static[0] if static else None,
+            stalled_account=stalled[0] if stalled else None,
+        )
+        daemon.stopped.set()
+        tg.cancel_scope.deadline = anyio.current_time() + 30
     assert result is not None
     return result
+
+
+def key_beside(database: Path) -> Path:
+    """Where the demo keeps the checkpoint key of a log the user named: beside it."""
+    return database.with_name(database.name + ".checkpoint-key")
+
+
+def _read_key(path: Path) -> str:
+    return path.read_text().strip()
+
+
+def _write_key(path: Path, key: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
 
 
 async def _run_in(scope: anyio.CancelScope, job: Callable[[], Awaitable[object]]) -> None:
@@ -289,6 +329,10 @@ def demo_command(args: argparse.Namespace) -> int:
     if args.accounts < 1 or args.time_scale <= 0:
         print("staticipd: --accounts must be >= 1 and --time-scale > 0", file=sys.stderr)
         return exitcodes.USAGE
+    refusal = _refusal(args.database, args.go_on)
+    if refusal is not None:
+        print(f"staticipd: demo: {refusal}", file=sys.stderr)
+        return exitcodes.USAGE
     logs.configure_logging("warning", "console")
     opts = DemoOptions(
         accounts=args.accounts,
@@ -303,6 +347,12 @@ def demo_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nstaticipd demo: interrupted", file=sys.stderr)
         return exitcodes.INTERRUPTED
+    except Exception as exc:  # an ExceptionGroup from the task group, or one error
+        reason = _why_it_could_not_start(exc, opts)
+        if reason is None:
+            raise
+        print(f"staticipd: demo: {reason}", file=sys.stderr)
+        return exitcodes.USAGE
     db = result.database
     # The way the user ran us (`.venv/bin/staticipd` from `make demo`) works for the next commands.
     prog = sys.argv[0] if Path(sys.argv[0]).name == "staticipd" else "staticipd"
@@ -312,7 +362,11 @@ def demo_command(args: argparse.Namespace) -> int:
         print(f"  {prog} audit {result.sample_account} --database {db}")
     if result.stalled_account:
         print(f"  {prog} audit {result.stalled_account} --database {db}   # never answered")
-    print(f"  {prog} verify --database {db} --checkpoint-key-file {result.checkpoint_key}")
+    if result.checkpoint_key is not None:
+        print(f"  {prog} verify --database {db} --checkpoint-key-file {result.checkpoint_key}")
+    else:  # the key went with the demo's secrets: vouch for the head written down here instead
+        position, digest = result.head
+        print(f"  {prog} verify --database {db} --expect {position}:{digest}")
     print(f"  {prog} replay --database {db}")
     print(f"  {prog} status --database {db}")
     if result.interrupted:
@@ -322,3 +376,42 @@ def demo_command(args: argparse.Namespace) -> int:
         print("staticipd demo: not every account finished in time", file=sys.stderr)
         return exitcodes.PROBLEM
     return exitcodes.OK
+
+
+def _refusal(database: Path | None, go_on: bool) -> str | None:
+    """Why the demo will not start on `database`, said before anything runs; None: it will."""
+    if database is None:
+        if go_on:
+            return "--continue needs the --database of an earlier demo"
+        return None
+    key = key_beside(database)
+    if database.exists() and database.stat().st_size > 0:
+        if not go_on:
+            return (
+                f"{database} already holds a log; name a new --database, or add --continue to "
+                "go on with that demo's log"
+            )
+        if not key.exists():
+            return f"cannot go on with {database}: its checkpoint key {key} is missing"
+        return None
+    if go_on:
+        return f"--continue: there is no earlier demo's log at {database}"
+    parent = database.parent
+    if not parent.is_dir():
+        return f"cannot create the log {database}: no directory {parent}"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create the log {database}: {parent} is not writable"
+    return None
+
+
+def _why_it_could_not_start(exc: BaseException, opts: DemoOptions) -> str | None:
+    """One line for a failure to start that the user can fix (a busy port, a log that cannot be
+    opened); None for anything else, which is a bug and keeps its traceback."""
+    if isinstance(exc, BaseExceptionGroup):
+        reasons = (_why_it_could_not_start(e, opts) for e in exc.exceptions)
+        return next((r for r in reasons if r is not None), None)
+    if isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EACCES):
+        return f"cannot listen on 127.0.0.1:{opts.port}: {exc.strerror}"
+    if isinstance(exc, EventStoreError):
+        return f"cannot open the log {opts.database or 'in a temporary directory'}: {exc}"
+    return None

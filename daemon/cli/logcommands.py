@@ -260,7 +260,11 @@ def export_command(args: argparse.Namespace) -> int:
     """One JSON object per line with the exact stored fields, so the chain can be recomputed
     outside this program (see eventstore.chain for the canonical encoding)."""
     _at_least(args.from_position, 1, "--from")
-    _at_least(args.to_position, 0, "--to")
+    _at_least(args.to_position, 1, "--to")
+    if args.to_position is not None and args.from_position > args.to_position:
+        raise CommandError(
+            f"--from {args.from_position} is after --to {args.to_position}", exitcodes.USAGE
+        )
 
     async def main() -> int:
         async with open_log(args.database) as store:

@@ -18,15 +18,10 @@ from pathlib import Path
 from daemon import __version__, exitcodes
 
 
-def _log(p: argparse.ArgumentParser) -> None:
+def _log(p: argparse.ArgumentParser, helps: str = "the event log (default: the configuration's, "
+         "as `serve` would open it)") -> None:  # fmt: skip
     """The options of a command that reads the log: which log, and where to find the config."""
-    p.add_argument(
-        "--database",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="the event log (default: the configuration's, as `serve` would open it)",
-    )
+    p.add_argument("--database", type=Path, default=None, metavar="PATH", help=helps)
     _config(p)
 
 
@@ -42,6 +37,26 @@ def _config(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="TOML configuration file (default: $STATICIPD_CONFIG; none = embedded defaults)",
     )
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless there is none to show or the help names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose `--help` starts with what it does and shows the defaults."""
+    return sub.add_parser(
+        name, help=summary, description=summary[0].upper() + summary[1:] + ".",
+        formatter_class=_Formatter,
+    )  # fmt: skip
 
 
 def _run(module: str, function: str) -> Callable[[argparse.Namespace], int]:
@@ -64,25 +79,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"staticipd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("serve", help="run the daemon (HTTP listener, timers, effects, pollers)")
-    _config(p)
+    p = _command(sub, "serve", "run the daemon (HTTP listener, timers, effects, pollers)")
+    _log(p, "the event log, created if missing (default: `[database] path` of the "
+         "configuration, else staticipd.db in $STATE_DIRECTORY or here)")  # fmt: skip
     p.set_defaults(handler=_run("daemon.service", "serve_command"))
 
-    p = sub.add_parser(
-        "check-config", help="validate the configuration, print it with secrets masked"
-    )
-    _config(p)
+    p = _command(sub, "check-config", "validate the configuration, print it with secrets masked")
+    _log(p, "the event log `serve --database` would open (default: the configuration's)")
     p.set_defaults(handler=_run("daemon.service", "check_config_command"))
 
-    p = sub.add_parser("demo", help="the daemon on a sandbox provider with simulated users")
-    p.add_argument("--accounts", type=int, default=200, help="simulated accounts (default 200)")
+    p = _command(sub, "demo", "the daemon on a sandbox provider with simulated users")
+    p.add_argument("--accounts", type=int, default=200, help="simulated accounts")
     p.add_argument(
         "--database",
         type=Path,
         default=None,
         metavar="PATH",
-        help="keep the demo's log here (default: in a new temporary directory)",
+        help="keep the demo's log here, and its checkpoint key beside it as "
+        "PATH.checkpoint-key (default: in a new temporary directory, the key not kept); "
+        "a file that already holds a log is refused without --continue",
     )
+    p.add_argument(
+        "--continue", dest="go_on", action="store_true",
+        help="go on with an earlier demo's --database log, with the key kept beside it "
+        "(another --seed gives new simulated accounts)",
+    )  # fmt: skip
     p.add_argument(
         "--time-scale",
         type=float,
@@ -90,12 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="compress provider and migration times S-fold (default 600: 30 min -> 3 s)",
     )
-    p.add_argument("--policy", choices=("notify", "restart", "mixed"), default="mixed")
-    p.add_argument("--seed", type=int, default=7, help="seed of the simulation (default 7)")
-    p.add_argument("--port", type=int, default=0, help="daemon port (default: a free one)")
+    p.add_argument(
+        "--policy", choices=("notify", "restart", "mixed"), default="mixed",
+        help="the second step: notify asks each user to authenticate again, restart restarts "
+        "the account's sync at the provider, mixed enrols half the accounts in a wave of each",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=7, help="seed of the simulation")
+    p.add_argument(
+        "--port", type=int, default=0, help="daemon port on 127.0.0.1 (default: a free one)"
+    )
     p.set_defaults(handler=_run("daemon.cli.demo", "demo_command"))
 
-    p = sub.add_parser("replay", help="rebuild every projection from the log and print the funnel")
+    p = _command(sub, "replay", "rebuild every projection from the log and print the funnel")
     _log(p)
     _json(p)
     until = p.add_mutually_exclusive_group()
@@ -105,13 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_run("daemon.cli.logcommands", "replay_command"))
 
-    p = sub.add_parser("audit", help="an account's full timeline: inputs, decisions, effects")
+    p = _command(sub, "audit", "an account's full timeline: inputs, decisions, effects")
     p.add_argument("account_id", metavar="ACCOUNT_ID")
     _log(p)
     _json(p)
     p.set_defaults(handler=_run("daemon.cli.logcommands", "audit_command"))
 
-    p = sub.add_parser("verify", help="check the hash chain and the signed checkpoints")
+    p = _command(sub, "verify", "check the hash chain and the signed checkpoints")
     _log(p)
     _json(p)
     p.add_argument(
@@ -133,21 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_run("daemon.cli.logcommands", "verify_command"))
 
-    p = sub.add_parser("status", help="the funnel per state, accounts due next, stalled accounts")
+    p = _command(sub, "status", "the funnel per state, accounts due next, stalled accounts")
     _log(p)
     _json(p)
     p.set_defaults(handler=_run("daemon.cli.logcommands", "status_command"))
 
-    p = sub.add_parser("export", help="the log as JSON lines, each with its hash")
+    p = _command(sub, "export", "the log as JSON lines, each with its hash")
     _log(p)
-    p.add_argument("--from", dest="from_position", type=int, default=1, metavar="POS")
-    p.add_argument("--to", dest="to_position", type=int, default=None, metavar="POS")
-    p.add_argument("--format", choices=("jsonl",), default="jsonl")
+    p.add_argument("--from", dest="from_position", type=int, default=1, metavar="POS",
+                   help="first position to export")  # fmt: skip
+    p.add_argument("--to", dest="to_position", type=int, default=None, metavar="POS",
+                   help="last position to export (default: the head)")  # fmt: skip
+    p.add_argument("--format", choices=("jsonl",), default="jsonl", help="output format")
     p.set_defaults(handler=_run("daemon.cli.logcommands", "export_command"))
 
-    p = sub.add_parser("allowlist", help="the provider's IP lists as a firewall allowlist")
+    p = _command(sub, "allowlist", "the provider's IP lists as a firewall allowlist")
     _log(p)
-    p.add_argument("--format", choices=("plain", "json", "nftables", "iptables"), default="plain")
+    p.add_argument(
+        "--format", choices=("plain", "json", "nftables", "iptables"), default="plain",
+        help="plain: one address or range per line; json; or rules for nftables or iptables",
+    )  # fmt: skip
     p.set_defaults(handler=_run("daemon.cli.logcommands", "allowlist_command"))
     return parser
 
@@ -159,6 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return exitcodes.USAGE
     try:
-        return args.handler(args)
+        status: int = args.handler(args)
+        sys.stdout.flush()  # here, where a reader gone away can still be handled
+        return status
     except KeyboardInterrupt:
         return exitcodes.INTERRUPTED
+    except BrokenPipeError:
+        # `staticipd check-config | head -1`: the reader has what it wanted. End quietly, and
+        # keep the interpreter's own last flush from failing again on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return exitcodes.OK

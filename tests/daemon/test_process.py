@@ -435,3 +435,33 @@ def test_a_delay_below_the_providers_30_minutes_is_refused_for_the_real_provider
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["migration"]["delay_seconds"] == 600
+
+
+def test_serve_takes_database_like_every_other_command(tmp_path: Path) -> None:
+    """`serve --database PATH` opens that log, whatever the configuration's default."""
+    port = free_port()
+    env = {"STATICIPD_LISTEN": f"127.0.0.1:{port}", "STATICIPD_DATABASE": str(tmp_path / "no")}
+    chosen = tmp_path / "chosen" / "log.db"
+    chosen.parent.mkdir()
+    with spawn(env, tmp_path, port, "serve", "--database", str(chosen)) as child:
+        assert child.request("GET", "/readyz")[0] == 200
+        assert child.stop() == 0
+    assert chosen.exists()
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["--help"], ["export", "--help"]])
+def test_a_reader_gone_away_ends_the_command_quietly(tmp_path: Path, command: list[str]) -> None:
+    """`staticipd check-config | head -1`: output into a closed pipe is no traceback, status 0."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "daemon", *command], env=clean_env({}), cwd=tmp_path,
+            stdin=subprocess.DEVNULL, stdout=write, stderr=subprocess.PIPE, timeout=60,
+            check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert done.stderr == b""
+    assert done.returncode == 0

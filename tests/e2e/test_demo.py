@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,6 +43,57 @@ def test_demo_on_a_named_database_leaves_a_log_the_audit_tools_read(tmp_path: Pa
         assert result.returncode == 0, (command, result.stdout[-1000:], result.stderr[-1000:])
     audit = staticipd("audit", account.group(1), "--database", str(db), cwd=tmp_path).stdout
     assert "-> static" in audit
+    # The key stays beside the named log, and the printed verify checks its signatures.
+    key = tmp_path / "demo.db.checkpoint-key"
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    printed = re.search(r"staticipd (verify .*)", done.stdout)
+    assert printed is not None
+    verified = staticipd(*printed.group(1).split(), cwd=tmp_path)
+    assert verified.returncode == 0, verified.stdout
+    assert "signed checkpoint(s) valid" in verified.stdout
+    # Run again on the same log: refused in one line, unless continued on purpose.
+    again = staticipd(*args, "--database", str(db), cwd=tmp_path)
+    assert again.returncode == 2
+    assert again.stderr.count("\n") == 1
+    assert "already holds a log" in again.stderr
+    assert "--continue" in again.stderr
+    go_on = [*args, "--seed", "4", "--database", str(db), "--continue"]
+    assert staticipd(*go_on, cwd=tmp_path, timeout=90).returncode == 0
+    verified = staticipd(*printed.group(1).split(), cwd=tmp_path)
+    assert verified.returncode == 0, verified.stdout
+    assert "2 signed checkpoint(s) valid" in verified.stdout
+
+
+def test_the_default_demo_leaves_its_log_and_no_secret_file(tmp_path: Path) -> None:
+    """Without --database the log stays in a temporary directory, every secret file is gone,
+    and the printed verify command vouches for the head the demo ended at."""
+    args = ["demo", "--accounts", "8", "--time-scale", "1200", "--policy", "notify"]
+    done = staticipd(*args, cwd=tmp_path, timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    left = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert [p.name for p in left] == ["staticipd.db"], left
+    printed = re.search(r"staticipd (verify --database \S+ --expect \d+:[0-9a-f]{64})", done.stdout)
+    assert printed is not None, done.stdout
+    verified = staticipd(*printed.group(1).split(), cwd=tmp_path)
+    assert verified.returncode == 0, verified.stdout
+    assert "1 expected hash(es) found" in verified.stdout
+
+
+def test_demo_start_failures_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    """A busy --port or a --database that cannot be created: one line on stderr, status 2."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = staticipd("demo", "--accounts", "2", "--port", str(port), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("staticipd: demo: cannot listen on")
+    assert "Traceback" not in done.stderr
+    nowhere = tmp_path / "no" / "such" / "dir" / "demo.db"
+    done = staticipd("demo", "--database", str(nowhere), cwd=tmp_path)
+    assert done.returncode == 2
+    want = f"staticipd: demo: cannot create the log {nowhere}: no directory {nowhere.parent}\n"
+    assert done.stderr == want
 
 
 def test_ctrl_c_stops_the_demo_promptly_and_keeps_a_valid_log(tmp_path: Path) -> None:
