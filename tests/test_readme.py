@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import get_args, get_type_hints
@@ -13,6 +16,8 @@ import pytest
 from daemon import exitcodes
 from daemon.cli.main import build_parser
 from daemon.config import load_config
+from daemon.http.ingest import AuthEventBody
+from daemon.provider.standardwebhooks import decode_secret
 from daemon.runtime.audit import MoveFinding
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -176,3 +181,44 @@ def test_where_things_live_names_real_files_and_every_room() -> None:
         or (p.suffix == ".py" and not p.name.startswith("__"))
     }
     assert sorted(parts - named) == []
+
+
+def test_the_real_host_recipe_makes_secrets_and_requests_the_daemon_takes(tmp_path: Path) -> None:
+    """The recipe's key commands make a `whsec_` key and tokens the daemon reads, and its curl
+    body is an auth event the daemon accepts."""
+    recipe = README.split("### On a real host, step by step", 1)[1].split("\n### ", 1)[0]
+    setup, calls = blocks_in(recipe)
+    whsec = re.search(r"python3 -c '(.*?)' > notify_secret", setup)
+    token = re.search(r"new\(\) \{ python3 -c '(.*?)'; \}", setup)
+    assert whsec is not None
+    assert token is not None
+    run = [sys.executable, "-c"]
+    key = subprocess.run([*run, whsec.group(1)], capture_output=True, text=True, check=True)
+    assert key.stdout.startswith("whsec_")
+    assert len(decode_secret(key.stdout.strip())) == 32
+    made = subprocess.run([*run, token.group(1)], capture_output=True, text=True, check=True)
+    assert len(made.stdout.strip()) >= 32
+    body = re.search(r"-d '(\{.*?\})'", calls)
+    assert body is not None
+    event = msgspec.json.decode(body.group(1).encode(), type=AuthEventBody)
+    assert event.account_id == "<account id>"
+    assert "/v1/summary" in calls
+
+
+def blocks_in(text: str) -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+
+
+def test_every_subcommand_help_describes_it_and_shows_its_defaults() -> None:
+    """`staticipd COMMAND --help` starts with what the command does, and every option that has
+    a default says it."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        assert command.description, name
+        for action in command._actions:
+            if action.default not in (None, False, [], argparse.SUPPRESS):
+                assert action.help is not None, (name, action.dest)
+                assert "default" in command._get_formatter()._expand_help(action) or (
+                    "default" in action.help
+                ), (name, action.dest)

@@ -445,11 +445,12 @@ def test_a_read_only_copy_verifies(tmp_path: Path, capsys: pytest.CaptureFixture
         (["export", "--from", "0"], "--from must be from 1 to 9223372036854775807, not 0"),
         (
             ["export", "--to", str(2**64)],
-            f"--to must be from 0 to 9223372036854775807, not {2**64}",
+            f"--to must be from 1 to 9223372036854775807, not {2**64}",
         ),
+        (["export", "--from", "9", "--to", "5"], "--from 9 is after --to 5"),
         (["verify", "--checkpoint-key-file", "/missing/key"], "cannot read the checkpoint key"),
     ],
-    ids=["until", "position", "export-from", "export-to-huge", "key-file"],
+    ids=["until", "position", "export-from", "export-to-huge", "export-backwards", "key-file"],
 )
 def test_usage_errors_exit_2_with_one_line(
     migrated: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
