@@ -17,7 +17,7 @@ from aiohttp import web
 
 from daemon import logs, metrics
 from daemon.domain import AuthReported, first_event_id
-from daemon.http.context import RUNTIME, Runtime, describe_account, storage_guard
+from daemon.http.context import ID_PATTERN, RUNTIME, Runtime, describe_account, storage_guard
 from daemon.http.encoding import DecodedTooLarge, UndecodableBody, decode_content
 from daemon.http.errors import (
     ApiError,
@@ -37,7 +37,7 @@ log = structlog.get_logger(__name__)
 
 routes = web.RouteTableDef()
 
-_NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+_NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=512, pattern=ID_PATTERN)]
 
 
 class AuthEventBody(msgspec.Struct, forbid_unknown_fields=False):
