@@ -258,6 +258,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             # body shorter than its Content-Length): the request is malformed, not our fault.
             log.info("http.error", status=400, code="malformed_request", path=request.path)
             response = malformed_request(rid, "malformed HTTP request body")
+            response.force_close()  # the rest of the connection's bytes cannot be trusted
+        except ConnectionResetError:
+            # The client went away while we read its body: nobody to answer, nothing broken.
+            log.info("http.client_gone", path=request.path)
+            response = malformed_request(rid, "connection lost while reading the body")
+            response.force_close()
         except web.HTTPException as exc:
             if exc.status < 400:
                 exc.headers[REQUEST_ID_HEADER] = rid

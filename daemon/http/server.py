@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import _ErrInfo  # what the parser queues for a refused request
 from aiohttp.web_request import BaseRequest
 
 from daemon import __version__
@@ -173,6 +174,24 @@ class JsonErrorRequestHandler(web.RequestHandler):
     """
 
     __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        """As aiohttp, and when the parser refuses the body of the request being handled (a bad
+        chunk after the headers), the route's read fails with `RequestPayloadError` at once.
+
+        aiohttp 3.14 drops that request's body stream without ending it and queues an error
+        answer behind the request: the route would wait for the rest of the body until the
+        client gives up. (`_messages` and `_current_request` are aiohttp's own; the hostile
+        input tests pin this behaviour.)
+        """
+        queued = len(self._messages)
+        super().data_received(data)
+        current = self._current_request
+        if current is None or len(self._messages) <= queued:
+            return
+        if isinstance(self._messages[-1][0], _ErrInfo):
+            current.content.set_exception(web.RequestPayloadError("malformed body framing"))
+            current.content.feed_eof()  # no lingering read of a body that will never end
 
     def handle_error(
         self,
