@@ -229,8 +229,10 @@ def malformed_request(rid: str, message: str = "malformed HTTP request") -> web.
 def _from_aiohttp(exc: web.HTTPException) -> web.Response:
     headers = {k: exc.headers[k] for k in _KEPT_HEADERS if k in exc.headers}
     code = _CODES.get(exc.status, "error")
-    # aiohttp's texts ("405: Method Not Allowed") are generic and safe to show.
-    return error_response(exc.status, code, exc.reason, headers=headers)
+    # aiohttp's texts ("405: Method Not Allowed") are generic and safe to show; a 400 of its own
+    # is about the HTTP message, so it names `request` like the parser's refusals.
+    field = "request" if exc.status == 400 else None
+    return error_response(exc.status, code, exc.reason, field=field, headers=headers)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

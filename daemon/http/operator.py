@@ -126,7 +126,10 @@ def read_cursor(cursor: str) -> str | None:
         given = base64.urlsafe_b64decode(mac + "=" * (-len(mac) % 4))
     except (binascii.Error, ValueError):
         return None
-    if _b64(raw) != encoded or not hmac.compare_digest(given, _cursor_mac(raw)):
+    # Only the canonical spelling: base64's spare bits would let one cursor have many forms.
+    if _b64(raw) != encoded or _b64(given) != mac:
+        return None
+    if not hmac.compare_digest(given, _cursor_mac(raw)):
         return None
     return raw.decode("utf-8", "surrogatepass")
 

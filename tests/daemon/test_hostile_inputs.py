@@ -22,8 +22,10 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
-from daemon.http.operator import issue_cursor
+from daemon.http.operator import issue_cursor, read_cursor
 from tests.daemon.conftest import DaemonSetup, RunningDaemon, new_setup, run_daemon, v2_body
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -871,6 +873,10 @@ async def test_hostile_request_gets_its_documented_answer(hostile: RunningDaemon
         assert error["code"] == row.code, error
     if row.field is not ANY:
         assert error["field"] == row.field, error
+    if row.status == 400:
+        assert error["field"], error
+    if row.status == 405:
+        assert answer.headers.get("allow"), answer.raw[:600]
     for secret in setup.all_secret_values():
         assert secret.encode() not in answer.raw
     assert b"Traceback" not in answer.raw
@@ -882,6 +888,22 @@ async def test_hostile_request_gets_its_documented_answer(hostile: RunningDaemon
         assert last_type == "InputQuarantined"
     async with hostile.http.get("/healthz") as resp:
         assert resp.status == 200
+
+
+@given(st.text(min_size=1, max_size=512))
+def test_a_cursor_it_issued_reads_back_as_its_account(account_id: str) -> None:
+    """Whatever the account id, the cursor handed out for it pages from exactly that id."""
+    assert read_cursor(issue_cursor(account_id)) == account_id
+
+
+@given(st.text(max_size=200), st.text(min_size=1, max_size=40))
+def test_a_cursor_it_did_not_issue_is_never_read(account_id: str, forged: str) -> None:
+    """Made-up text, or an issued cursor with anything changed, never reads as an account."""
+    assert read_cursor(forged) is None or forged == issue_cursor(read_cursor(forged) or "")
+    issued = issue_cursor(account_id)
+    assume(forged != issued)
+    assert read_cursor(issued + forged) is None
+    assert read_cursor(forged + issued) is None
 
 
 async def test_a_request_is_answered_while_200_clients_stall(hostile: RunningDaemon) -> None:
