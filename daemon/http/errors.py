@@ -176,6 +176,8 @@ def decode_body(raw: bytes, decoder: msgspec.json.Decoder[T]) -> T:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
         field, reason = validation_field(exc)
+        if reason.startswith("Expected `str` matching regex"):
+            reason = "must not contain control characters"  # the one pattern ids have (context)
         raise ApiError(400, "invalid_body", reason, field=field) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}", field="$") from None

@@ -875,6 +875,7 @@ async def test_hostile_request_gets_its_documented_answer(hostile: RunningDaemon
         assert error["field"] == row.field, error
     if row.status == 400:
         assert error["field"], error
+        assert "regex" not in error["message"], error
     if row.status == 405:
         assert answer.headers.get("allow"), answer.raw[:600]
     for secret in setup.all_secret_values():
