@@ -38,7 +38,7 @@ from daemon.domain import (
 )
 from daemon.domain.vocabulary import IpListKind
 from daemon.http.context import Runtime
-from daemon.http.server import build_app
+from daemon.http.server import AppRunner, build_app
 from daemon.metrics import EFFECTS, EVENTS_APPENDED, TIMERS_FIRED, Metrics
 from daemon.provider import allowlist
 from daemon.provider.client import ProviderClient
@@ -143,7 +143,7 @@ class Daemon:
             )
             self.timers, self.outbox = timers, outbox
             _feed(live, timers, outbox)
-            runner = web.AppRunner(
+            runner = AppRunner(
                 app, shutdown_timeout=config.http.shutdown_grace_seconds, access_log=None
             )
             await runner.setup()

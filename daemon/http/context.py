@@ -19,6 +19,10 @@ from eventstore import EventStore, StorageUnavailable, StoreClosed, WriterBusy
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 
+# Ids sent in bodies (account, event, wave) hold no control characters: they end up in log
+# lines, terminals and listings. `\Z`, not `$`, which would let a final newline through.
+ID_PATTERN = r"^[^\x00-\x1f\x7f]*\Z"
+
 
 @dataclass
 class Runtime:

@@ -8,18 +8,30 @@ the projection caught up; `/metrics` is Prometheus text; `/` is a status page wi
 from __future__ import annotations
 
 import html
+import re
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
+import structlog
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import _ErrInfo  # what the parser queues for a refused request
+from aiohttp.web_request import BaseRequest
 
 from daemon import __version__
 from daemon.domain import FLAGS
 from daemon.http import ingest, operator
 from daemon.http.context import RUNTIME, Runtime
-from daemon.http.errors import error_middleware
+from daemon.http.errors import (
+    REQUEST_ID_HEADER,
+    error_middleware,
+    error_response,
+    malformed_request,
+    new_request_id,
+)
 from daemon.metrics import ACCOUNTS, ACCOUNTS_FLAGGED, LOG_POSITION
 from daemon.runtime.live import LiveProjection
+
+log = structlog.get_logger(__name__)
 
 
 def flag_counts(live: LiveProjection) -> dict[str, int]:
@@ -126,4 +138,117 @@ def build_app(runtime: Runtime) -> web.Application:
     return app
 
 
-__all__ = ["build_app"]
+# What the answer to a request aiohttp's parser refused says, by the parser's exception class.
+# The parser's own texts quote the request's bytes, so only a short known sentence is shown.
+_PARSER_SAYS: tuple[tuple[type[Exception], str], ...] = (
+    (http_exceptions.LineTooLong, "a request line or header line is too long"),
+    (http_exceptions.BadStatusLine, "malformed request line"),  # BadHttpMethod too
+    (http_exceptions.InvalidURLError, "malformed request line"),
+    (http_exceptions.InvalidHeader, "malformed header"),
+    (http_exceptions.PayloadEncodingError, "malformed body framing"),
+)
+# The first line of other parser texts ("Duplicate Content-Length", "Too many headers
+# received", ...) is shown when it is plain words; anything quoting bytes is not.
+_PLAIN_SENTENCE = re.compile(r"[A-Za-z][A-Za-z0-9 ,.'`()_-]{0,99}")
+
+
+def _parser_message(exc: BaseException | None) -> str:
+    for kind, text in _PARSER_SAYS:
+        if isinstance(exc, kind):
+            return text
+    if isinstance(exc, http_exceptions.HttpProcessingError):
+        first = exc.message.strip().split("\n", 1)[0].rstrip(":").strip()
+        if _PLAIN_SENTENCE.fullmatch(first) and "b'" not in first and 'b"' not in first:
+            return f"malformed HTTP request: {first}"
+    return "malformed HTTP request"
+
+
+class JsonErrorRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler, answering what never reaches a route in the JSON shape.
+
+    aiohttp answers a request its parser refuses (an over-long header, a bad request line,
+    conflicting lengths, a bad chunk, too many headers) through `handle_error`, outside the
+    application and its middlewares, with a text page quoting the request's bytes. Here such a
+    request gets `error_response`'s shape and an `X-Request-Id`, and the log line names only the
+    exception class.
+    """
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        """As aiohttp, and when the parser refuses the body of the request being handled (a bad
+        chunk after the headers), the route's read fails with `RequestPayloadError` at once.
+
+        aiohttp 3.14 drops that request's body stream without ending it and queues an error
+        answer behind the request: the route would wait for the rest of the body until the
+        client gives up. (`_messages` and `_current_request` are aiohttp's own; the hostile
+        input tests pin this behaviour.)
+        """
+        queued = len(self._messages)
+        super().data_received(data)
+        current = self._current_request
+        if current is None or len(self._messages) <= queued:
+            return
+        if isinstance(self._messages[-1][0], _ErrInfo):
+            current.content.set_exception(web.RequestPayloadError("malformed body framing"))
+            current.content.feed_eof()  # no lingering read of a body that will never end
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        rid = new_request_id()
+        if status >= 500:
+            log.error(
+                "http.unhandled", status=status, kind=type(exc).__name__, request_id=rid,
+                exc_info=exc,
+            )  # fmt: skip
+        else:
+            log.info(
+                "http.malformed_request", status=status, kind=type(exc).__name__, request_id=rid
+            )
+        # Part of an answer already went out: nothing more can be said on this connection.
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error answer")
+        if status == 400:
+            response = malformed_request(rid, _parser_message(exc))
+        elif status == 504:
+            response = error_response(504, "timeout", "the request took too long")
+        else:
+            response = error_response(
+                status, "internal_error", f"internal error; quote request id {rid} to the operator"
+            )
+        response.headers[REQUEST_ID_HEADER] = rid
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    """aiohttp's low-level server, making a `JsonErrorRequestHandler` per connection."""
+
+    def __call__(self) -> web.RequestHandler:
+        # web.Server.__call__ is `RequestHandler(self, loop=self._loop, **self._kwargs)` with no
+        # hook for the class; the same call with ours.
+        return JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class AppRunner(web.AppRunner):
+    """`web.AppRunner` whose server answers HTTP-level errors as JSON (JsonErrorRequestHandler)."""
+
+    __slots__ = ()
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()  # the app's startup hooks run here, as usual
+        return _Server(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=plain._loop,
+            **plain._kwargs,
+        )
+
+
+__all__ = ["AppRunner", "JsonErrorRequestHandler", "build_app"]
