@@ -63,6 +63,7 @@ class FunnelHistory(msgspec.Struct, kw_only=True):
     bucket_seconds: int = 1
     states: list[str] = []
     counts: list[list[int]] = []
+    last: datetime | None = None  # the latest time recorded
 
     def record(self, at: datetime, counts: list[int]) -> None:
         """Note the funnel `counts` as they are at `at` (an earlier time counts as the last)."""
@@ -78,6 +79,7 @@ class FunnelHistory(msgspec.Struct, kw_only=True):
             self.bucket_seconds *= 2
             index = int((at - self.start).total_seconds()) // self.bucket_seconds
         index = max(index, len(self.counts) - 1)
+        self.last = at if self.last is None or at > self.last else self.last
         while len(self.counts) < index:
             self.counts.append(self.counts[-1] if self.counts else counts)
         if len(self.counts) == index:
@@ -86,11 +88,13 @@ class FunnelHistory(msgspec.Struct, kw_only=True):
             self.counts[index] = counts
 
     def times(self) -> list[datetime]:
-        """The end of each bucket."""
-        if self.start is None:
+        """The end of each bucket (of the last, the latest time recorded in it)."""
+        if self.start is None or self.last is None:
             return []
         width = timedelta(seconds=self.bucket_seconds)
-        return [self.start + width * (i + 1) for i in range(len(self.counts))]
+        ends = [self.start + width * (i + 1) for i in range(len(self.counts))]
+        ends[-1] = max(min(ends[-1], self.last), ends[-2] if len(ends) > 1 else self.start)
+        return ends
 
 
 class _Snapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -492,10 +496,11 @@ def _static_seconds(state: AccountState) -> float | None:
 
 
 def _duration_bucket(seconds: float) -> int:
-    """0 for under a second; then n for [ratio**(n-1), ratio**n) seconds."""
-    if seconds < 1:
+    """0 for under a millisecond; then n for [ratio**(n-1), ratio**n) milliseconds."""
+    milliseconds = seconds * 1000
+    if milliseconds < 1:
         return 0
-    return 1 + int(math.log(seconds) / math.log(DURATION_RATIO))
+    return 1 + int(math.log(milliseconds) / math.log(DURATION_RATIO))
 
 
 def _quantile(histogram: dict[int, int], q: float) -> float | None:
@@ -508,5 +513,5 @@ def _quantile(histogram: dict[int, int], q: float) -> float | None:
     for bucket in sorted(histogram):
         seen += histogram[bucket]
         if seen >= rank:
-            return 0.0 if bucket == 0 else DURATION_RATIO ** (bucket - 0.5)
+            return 0.0 if bucket == 0 else DURATION_RATIO ** (bucket - 0.5) / 1000
     raise AssertionError("unreachable: the ranks add up to the total")
