@@ -127,7 +127,7 @@ def render(view: StatusView) -> str:
     )
     total = sum(view.funnel.values())
     tiles = "".join(
-        f'<div class="tile"><i style="background:{COLOURS[s]}"></i>'
+        f'<div class="tile" data-state="{s}"><i style="background:{COLOURS[s]}"></i>'
         f"<b>{view.funnel[s]:,}</b><span>{e(LABELS[s])}</span></div>"
         for s in STATES
     )
