@@ -9,6 +9,8 @@ costs the same with a thousand accounts as with a million.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import html
 import math
 from dataclasses import dataclass
@@ -75,22 +77,16 @@ async def gather(rt: Runtime, now: datetime | None = None) -> StatusView:
     """What the page shows now: the projection's aggregates and the log's head."""
     now = now or datetime.now(UTC)
     projection = rt.live.projection
-    head: tuple[int, str] | None
-    checkpoint: SignedCheckpoint | None
-    try:
-        head = await rt.store.head()
-        checkpoint = await rt.store.last_checkpoint()
-    except EventStoreError:  # the page still shows the rest; the log's part reads unavailable
-        head, checkpoint = None, None
     app = projection.application
-    return StatusView(
+    # The projection's part first: the log's head, read after, is never behind it.
+    view = StatusView(
         now=now,
         migration_enabled=app.migration_enabled,
         enabled_at=app.enabled_at,
         sandbox=rt.config.provider.sandbox,
         time_scale=rt.config.provider.time_scale,
         funnel=projection.funnel(),
-        history=projection.history,
+        history=copy.deepcopy(projection.history),
         waves=projection.wave_progress(),
         flags=projection.flag_counts(),
         timers=projection.timer_counts(),
@@ -98,9 +94,15 @@ async def gather(rt: Runtime, now: datetime | None = None) -> StatusView:
         effects_retrying=projection.effects_retrying,
         ip_lists=dict(app.ip_lists),
         position=projection.position,
-        head=head,
-        checkpoint=checkpoint,
+        head=None,
+        checkpoint=None,
     )
+    try:
+        head = await rt.store.head()
+        checkpoint = await rt.store.last_checkpoint()
+    except EventStoreError:  # the page still shows the rest; the log's part reads unavailable
+        return view
+    return dataclasses.replace(view, head=head, checkpoint=checkpoint)
 
 
 def render(view: StatusView) -> str:
@@ -206,15 +208,17 @@ def funnel_chart(history: FunnelHistory, time_scale: float = 1.0) -> str:
                 f'd="M{upper} L{lower} Z"><title>{html.escape(LABELS[state])}</title></path>'
             )
         below = above
-    ticks = 6
-    for k in range(ticks + 1):
-        t = xs_time[0] + timedelta(seconds=span * k / ticks)
-        anchor = "start" if k == 0 else "end" if k == ticks else "middle"
+    every = next((t for t in _TIME_STEPS if span / t <= 7), _TIME_STEPS[-1])
+    first = math.ceil(xs_time[0].timestamp() / every) * every
+    tick = first
+    while tick <= xs_time[-1].timestamp():
+        t = datetime.fromtimestamp(tick, UTC)
         parts.append(
             f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{_H - _BOTTOM}" y2="{_H - _BOTTOM + 5}" '
             f'class="tick"/><text x="{x(t):.1f}" y="{_H - _BOTTOM + 18}" '
-            f'text-anchor="{anchor}" class="axis">{_tick_label(t, span)}</text>'
+            f'text-anchor="middle" class="axis">{_tick_label(t, every)}</text>'
         )
+        tick += every
     parts.append(
         f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{_H - _BOTTOM}" y2="{_H - _BOTTOM}" '
         'class="baseline"/>'
@@ -239,12 +243,17 @@ def _nice_step(top: int) -> int:
     return 10 * magnitude
 
 
-def _tick_label(t: datetime, span: float) -> str:
-    if span < 3 * 60:
+# Steps between the time axis' ticks (seconds): the first giving at most 7 ticks is used.
+_TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
+               43200, 86400, 172800, 604800, 2592000)  # fmt: skip
+
+
+def _tick_label(t: datetime, every: int) -> str:
+    if every < 60:
         return t.strftime("%H:%M:%S")
-    if span < 2 * 86400:
-        return t.strftime("%H:%M")
-    return t.strftime("%b %d %H:%M")
+    if every < 86400:
+        return t.strftime("%H:%M") if t.hour or t.minute else t.strftime("%b %d")
+    return t.strftime("%b %d")
 
 
 def _legend(funnel: dict[str, int]) -> str:

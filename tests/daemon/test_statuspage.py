@@ -104,6 +104,8 @@ async def test_status_page_shows_waves_chart_next_steps_and_the_log_head(running
     assert "secret-7" not in html
     assert "someone@example.com" not in html
     assert 'id="sandbox"' not in html  # a real provider's page carries no sandbox banner
+    assert "<script" not in html.lower()  # no JavaScript, and nothing fetched from elsewhere
+    assert not re.search(r'(src|href)="(https?:)?//', html)
 
 
 async def test_status_page_of_an_empty_log(running) -> None:
