@@ -94,6 +94,8 @@ class ProviderConfig(_Section, frozen=True):
     api_version: Literal[2, 3] = 2
     client_id: str = ""
     sandbox: bool = False
+    # A sandbox's times run this many times faster than the provider's (shown on the status page).
+    time_scale: _Positive = 1.0
     timeout_seconds: _Positive = 10.0
     # The provider does not document where an application's static IP list lives
     # (docs/provider.md#the-ip-address-endpoints); empty means "not configured, don't poll it".

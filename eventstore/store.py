@@ -483,6 +483,21 @@ class EventStore:
         )
         return [SignedCheckpoint(p, h, datetime.fromisoformat(c), k, s) for p, h, c, k, s in rows]
 
+    async def last_checkpoint(self) -> SignedCheckpoint | None:
+        """Return the latest recorded checkpoint (one indexed row), or None if there is none."""
+        rows = await self._fetch(
+            "SELECT position, head_hash, created_at, key_id, signature"
+            " FROM checkpoints ORDER BY id DESC LIMIT 1",
+            (),
+        )
+        return (
+            SignedCheckpoint(
+                rows[0][0], rows[0][1], datetime.fromisoformat(rows[0][2]), *rows[0][3:]
+            )
+            if rows
+            else None
+        )
+
     async def verify(
         self,
         checkpoint_key: bytes | None = None,

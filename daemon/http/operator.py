@@ -150,16 +150,37 @@ async def _submit(request: web.Request, rt: Runtime, inp: Input) -> bool:
 @routes.get("/v1/summary")
 async def summary(request: web.Request) -> web.Response:
     rt = _runtime(request)
-    app_state = rt.live.projection.application
+    projection = rt.live.projection
+    app_state = projection.application
+    # Kept by the projection as accounts change: no scan of the accounts or enrolments here.
+    progress = projection.wave_progress()
     return web.json_response(
         {
             "migration_enabled": app_state.migration_enabled,
             "enabled_at": app_state.enabled_at.isoformat() if app_state.enabled_at else None,
-            "funnel": rt.live.projection.funnel(),
-            "waves": app_state.waves(),
+            "funnel": projection.funnel(),
+            "waves": {wave: p.enrolled for wave, p in progress.items()},
+            "wave_progress": {
+                wave: {
+                    "enrolled": p.enrolled,
+                    "waiting": p.waiting,
+                    "static": p.states["static"],
+                    "stalled": p.states["stalled"],
+                    "states": p.states,
+                    "first_auth_to_static_seconds": {
+                        "median": _rounded(p.static_seconds_median),
+                        "p90": _rounded(p.static_seconds_p90),
+                    },
+                }
+                for wave, p in progress.items()
+            },
             "position": rt.live.position,
         }
     )
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 @routes.get("/v1/accounts")
@@ -189,9 +210,10 @@ async def list_accounts(request: web.Request) -> web.Response:
         state=state, wave=q.get("wave") or None, limit=limit, after=after
     )
     next_cursor = issue_cursor(page.next_cursor) if page.next_cursor is not None else None
+    shown = rt.live.projection.with_enrollment
     return web.json_response(
         {
-            "accounts": [describe_account(a, a.account_id) for a in page.accounts],
+            "accounts": [describe_account(shown(a), a.account_id) for a in page.accounts],
             "next_cursor": next_cursor,
         }
     )
@@ -204,7 +226,9 @@ async def get_account(request: web.Request) -> web.Response:
     state = rt.live.projection.account(account_id)
     if state is None:
         raise ApiError(404, "unknown_account", f"no account {account_id!r} in the log")
-    return web.json_response(describe_account(state, account_id))
+    return web.json_response(
+        describe_account(rt.live.projection.with_enrollment(state), account_id)
+    )
 
 
 @routes.get("/v1/accounts/{account_id}/timeline")
@@ -272,6 +296,8 @@ async def account_command(request: web.Request) -> web.Response:
     duplicate = await _submit(request, rt, inp)
     log.info("operator.account_command", command=request.match_info["command"], duplicate=duplicate)
     state = rt.live.projection.account(account_id)
+    if state is not None:
+        state = rt.live.projection.with_enrollment(state)
     return web.json_response(
         {"duplicate": duplicate, "account": describe_account(state, account_id)}
     )

@@ -1,15 +1,13 @@
 """The HTTP listener: the aiohttp application, what its routes share, and the probes.
 
 `/healthz` says the process is alive; `/readyz` says the log is open, the writer healthy and
-the projection caught up; `/metrics` is Prometheus text; `/` is a status page with the funnel
-(aggregate counts only, no account ids or addresses, so it can be shown on a wall screen).
+the projection caught up; `/metrics` is Prometheus text; `/` is the status page (statuspage.py:
+aggregate counts only, no account ids or addresses, so it can be shown on a wall screen).
 """
 
 from __future__ import annotations
 
-import html
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -18,8 +16,7 @@ from aiohttp.web_protocol import _ErrInfo  # what the parser queues for a refuse
 from aiohttp.web_request import BaseRequest
 
 from daemon import __version__
-from daemon.domain import FLAGS
-from daemon.http import ingest, operator
+from daemon.http import ingest, operator, statuspage
 from daemon.http.context import RUNTIME, Runtime
 from daemon.http.errors import (
     REQUEST_ID_HEADER,
@@ -36,11 +33,7 @@ log = structlog.get_logger(__name__)
 
 def flag_counts(live: LiveProjection) -> dict[str, int]:
     """Accounts per flag (invalid, sync_error, running_overdue, ...): what needs a look."""
-    counts: dict[str, int] = dict.fromkeys(FLAGS, 0)
-    for account in live.projection:
-        for flag in account.flags:
-            counts[flag] = counts.get(flag, 0) + 1
-    return counts
+    return live.projection.flag_counts()
 
 
 routes = web.RouteTableDef()
@@ -77,41 +70,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 @routes.get("/")
 async def status_page(request: web.Request) -> web.Response:
-    rt = request.app[RUNTIME]
-    counts = rt.live.projection.funnel()
-    total = sum(counts.values()) or 1
-    rows = "".join(
-        f"<tr><th>{html.escape(state)}</th><td>{n}</td>"
-        f'<td><div class="bar" style="width:{100 * n / total:.1f}%"></div></td></tr>'
-        for state, n in counts.items()
-    )
-    app_state = rt.live.projection.application
-    page = _PAGE.format(
-        version=__version__,
-        enabled="enabled" if app_state.migration_enabled else "not enabled",
-        position=rt.live.position,
-        rows=rows,
-        now=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        waves=html.escape(", ".join(f"{w} ({n})" for w, n in app_state.waves().items()) or "none"),
-        flags=html.escape(
-            ", ".join(f"{f} {n}" for f, n in flag_counts(rt.live).items() if n) or "none"
-        ),
-    )
-    return web.Response(text=page, content_type="text/html")
-
-
-_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="5"><title>staticipd status</title>
-<style>body{{font:15px system-ui,sans-serif;margin:2em;max-width:46em}}
-th{{text-align:left;padding-right:1em;font-weight:500}}td{{padding:.2em .6em}}
-.bar{{background:#3a7;height:.8em;min-width:1px}}table{{width:100%}}small{{color:#666}}</style>
-</head><body><h1>staticipd</h1>
-<p>Migration <b>{enabled}</b> · waves: {waves} · log position {position}</p>
-<p>Flagged accounts: {flags}</p>
-<table>{rows}</table>
-<p><small>staticipd {version} · {now} · refreshes every 5 s ·
-<a href="/metrics">metrics</a> · <a href="/readyz">readiness</a></small></p>
-</body></html>"""
+    view = await statuspage.gather(request.app[RUNTIME])
+    return web.Response(text=statuspage.render(view), content_type="text/html")
 
 
 def build_app(runtime: Runtime) -> web.Application:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -748,7 +749,8 @@ async def test_status_page_shows_the_funnel_without_account_ids(running) -> None
         assert resp.status == 200
         assert resp.content_type == "text/html"
         page = await resp.text()
-    assert "<th>first_auth</th><td>1</td>" in page
+    assert '<div class="tile" data-state="first_auth">' in page
+    assert re.search(r'data-state="first_auth"><i [^>]*></i><b>1</b>', page)
     assert "secret-account-42" not in page
     assert "person@example.com" not in page
 
