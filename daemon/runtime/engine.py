@@ -209,7 +209,10 @@ class Engine:
         """Keep a signed but unreadable body in the log once, however often it is redelivered.
 
         Returns True when it was new. The body is kept as text where it decodes, else as hex.
+        Refused (StoreClosed, nothing written) like `submit` once `stop_intake` named `source`.
         """
+        if source in self._refused:
+            raise StoreClosed("the daemon is stopping; retry")
         digest = hashlib.sha256(body).hexdigest()
         try:
             text: str | None = body.decode("utf-8")

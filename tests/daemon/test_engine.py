@@ -392,6 +392,8 @@ async def test_stopping_the_intake_refuses_queued_requests_and_finishes_those_in
         await asyncio.wait_for(queued, 5)
     with pytest.raises(daemon.runtime.engine.StoreClosed):
         await engine.submit([running(4)], source="webhook")
+    with pytest.raises(daemon.runtime.engine.StoreClosed):
+        await engine.quarantine(b"?", source="webhook", field="$", reason="unreadable")
     gate.set()
     [first], [third] = await asyncio.wait_for(asyncio.gather(in_flight, other), 10)
     assert not first.duplicate
