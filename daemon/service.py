@@ -439,8 +439,10 @@ async def _drain(runner: web.AppRunner, runtime: Runtime, grace: float) -> None:
     open, or the keep-alive linger has passed with no request running.
 
     The listener stays open meanwhile: a request arriving now is refused at once (503,
-    `Connection: close`) rather than reset. aiohttp's own shutdown (`runner.cleanup()`) would
-    stop reading from open connections at once and hold a request's answer for the whole grace.
+    `Connection: close`) rather than reset. aiohttp's own shutdown (`runner.cleanup()`, called
+    after this) closes the listener, stops reading from every open connection at once (a
+    keep-alive client's next request would get no answer), then waits `shutdown_timeout` for
+    running handlers and cancels them.
     """
     server = runner.server
     start = anyio.current_time()
