@@ -82,7 +82,8 @@ class HttpConfig(_Section, frozen=True):
     """Limits of the HTTP listener."""
 
     max_body_bytes: _PositiveInt = 1024 * 1024
-    shutdown_grace_seconds: _NonNegative = 10.0
+    # Within the provider's 10 s wait for an answer, with margin (README, "Under systemd").
+    shutdown_grace_seconds: _NonNegative = 5.0
     # uvloop (the `fast` extra) carries about 15 % more webhooks a second (bench/bench_ingest.py).
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
 

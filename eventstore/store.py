@@ -369,6 +369,25 @@ class EventStore:
 
         return await writer.run_job(job)
 
+    async def probe(self) -> bool:
+        """Whether the log can be written again, checked without writing: True when it can.
+
+        The writer takes the write lock (BEGIN IMMEDIATE), reads the head and gives the lock
+        back, between append batches. Success clears `last_error`, so `healthy` is True again
+        without waiting for a caller's append; failure keeps (or sets) it.
+        """
+
+        async def job(conn: aiosqlite.Connection) -> None:
+            await conn.execute_fetchall(
+                "SELECT position FROM events ORDER BY position DESC LIMIT 1"
+            )
+
+        try:
+            await self._require_writer("probe").run_job(job)
+        except EventStoreError:
+            return False
+        return True
+
     # -- reading --------------------------------------------------------------------------------
 
     async def read_all(

@@ -1,8 +1,9 @@
 """The HTTP listener: the aiohttp application, what its routes share, and the probes.
 
-`/healthz` says the process is alive; `/readyz` says the log is open, the writer healthy and
-the projection caught up; `/metrics` is Prometheus text; `/` is the status page (statuspage.py:
-aggregate counts only, no account ids or addresses, so it can be shown on a wall screen).
+`/healthz` says the process is alive; `/readyz` says the log is open, the writer healthy (an
+unhealthy log is probed until it is usable again, daemon/service.py) and the projection caught
+up; `/metrics` is Prometheus text; `/` is the status page (statuspage.py: aggregate counts only,
+no account ids or addresses, so it can be shown on a wall screen).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from aiohttp.web_request import BaseRequest
 
 from daemon import __version__
 from daemon.http import ingest, operator, statuspage
-from daemon.http.context import RUNTIME, Runtime
+from daemon.http.context import RUNTIME, Runtime, close_while_stopping, refuse_while_stopping
 from daemon.http.errors import (
     REQUEST_ID_HEADER,
     error_middleware,
@@ -76,13 +77,14 @@ async def status_page(request: web.Request) -> web.Response:
 
 def build_app(runtime: Runtime) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[error_middleware, refuse_while_stopping],
         client_max_size=runtime.config.http.max_body_bytes,
         # Bodies as sent: the webhook signature covers the bytes before any Content-Encoding
         # is undone, and routes decode within the body limit themselves (errors.read_limited_body).
         handler_args={"auto_decompress": False},
     )
     app[RUNTIME] = runtime
+    app.on_response_prepare.append(close_while_stopping)
     app.add_routes(routes)
     app.add_routes(ingest.routes)
     app.add_routes(operator.routes)

@@ -144,6 +144,22 @@ async def test_locked_database_is_storage_unavailable(tmp_path: Path) -> None:
         assert (await store.head())[0] == 1
 
 
+async def test_a_probe_brings_the_store_back_to_healthy_without_an_append(tmp_path: Path) -> None:
+    """While the write lock is held elsewhere a probe fails; once released a probe makes the
+    store healthy again, and writes nothing."""
+    path = tmp_path / "log.db"
+    async with await EventStore.open(path, busy_timeout=0.05) as store:
+        lock = WriteLock(path)
+        with pytest.raises(StorageUnavailable):
+            await store.append([ev("a")])
+        assert not await store.probe()
+        assert not store.healthy
+        lock.release()
+        assert await store.probe()
+        assert store.healthy
+        assert (await store.head())[0] == 0
+
+
 async def test_disk_full_writes_nothing(store: EventStore) -> None:
     """A full database fails the whole batch with StorageUnavailable and leaves no partial rows."""
     await store.append([ev("a")])
