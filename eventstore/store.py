@@ -251,6 +251,12 @@ class EventStore:
         """False once closed or while the last write failed on storage (for /readyz)."""
         return not self._closed and self.last_error is None
 
+    def writer_stalled_for(self) -> float:
+        """Seconds the writer has had work without committing any: 0 while it waits for work
+        (and for a read-only store), growing while a write hangs or one write after another
+        fails, infinite once it ended. What a watchdog checks (see `Writer.stalled_for`)."""
+        return self._writer.stalled_for() if self._writer is not None else 0.0
+
     @property
     def last_error(self) -> EventStoreError | None:
         return self._writer.last_error if self._writer is not None else None
