@@ -21,6 +21,7 @@ import aiosqlite
 import anyio
 from anyio.abc import TaskStatus
 
+from .backup import backup_log
 from .chain import GENESIS, format_time, key_fingerprint, sign_checkpoint
 from .connections import (
     Opening,
@@ -374,6 +375,16 @@ class EventStore:
             return SignedCheckpoint(pos, hsh, datetime.fromisoformat(created_text), key_id, sig)
 
         return await writer.run_job(job)
+
+    async def backup(self, dest: str | os.PathLike[str]) -> tuple[int, str]:
+        """Copy the log, consistent at one commit, to the new file `dest` while the writer (this
+        store's or another process's) keeps writing; return the copy's head (position, hash).
+
+        Works on a read-only store too. FileExistsError when `dest` exists; see
+        `eventstore.backup.backup_log` for how the copy is made and made durable.
+        """
+        self._check_open()
+        return await backup_log(self._path, dest, busy_timeout=self._busy_timeout)
 
     # -- reading --------------------------------------------------------------------------------
 
