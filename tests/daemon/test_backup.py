@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from daemon.cli.main import main
+from daemon.cli.main import build_parser, main
 from tests.daemon.test_logcommands import build_log
 
 KEY = b"checkpoint-secret"
@@ -100,3 +101,84 @@ def test_backup_of_a_damaged_log_keeps_the_copy_and_exits_1(
     out = capsys.readouterr().out
     assert "DAMAGE in the copy at position 7: edited" in out
     assert dest.exists()
+
+
+README = (Path(__file__).parent.parent.parent / "README.md").read_text()
+SYSTEMD = Path(__file__).parent.parent.parent / "systemd"
+
+
+def test_readme_names_every_field_of_backup_json(
+    log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The `--json` fields README lists for `backup` are exactly those it prints, in order."""
+    text = " ".join(README.split("`--json` gives", 1)[1].split("It takes", 1)[0].split())
+    documented = re.findall(r"`(\w+)`", text)
+    assert main(["backup", str(tmp_path / "copy.db"), "--database", str(log), "--json"]) == 0
+    assert documented == list(json.loads(capsys.readouterr().out))
+
+
+def test_backup_refuses_a_partial_file_left_by_another_run(
+    log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `DEST.partial` that exists (a backup running, or one interrupted) is left alone: exit 2."""
+    partial = tmp_path / "copy.db.partial"
+    partial.write_bytes(b"another run's")
+    assert main(["backup", str(tmp_path / "copy.db"), "--database", str(log)]) == 2
+    assert "copy.db.partial already exists" in capsys.readouterr().err
+    assert partial.read_bytes() == b"another run's"
+    assert not (tmp_path / "copy.db").exists()
+
+
+def test_backup_without_a_log_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No log at `--database`: one line, exit 2, and no copy made."""
+    argv = ["backup", str(tmp_path / "copy.db"), "--database", str(tmp_path / "none.db")]
+    assert main(argv) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def unit(name: str) -> dict[str, list[str]]:
+    """A unit file's settings, each key with its values in order (continuation lines joined)."""
+    settings: dict[str, list[str]] = {}
+    text = (SYSTEMD / name).read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_the_backup_service_runs_a_backup_the_cli_accepts_into_its_one_writable_dir() -> None:
+    """The example service runs `staticipd backup` with options the command takes, into a file
+    named by the UTC date in the only directory it may write, and is sandboxed as README says."""
+    service = unit("staticipd-backup.service")
+    (start,) = service["ExecStart"]
+    *shell, script = shlex.split(start)  # /bin/sh -c 'SCRIPT'
+    assert shell == ["/bin/sh", "-c"]
+    words = shlex.split(script)
+    assert words[:3] == ["exec", "/opt/staticipd/.venv/bin/staticipd", "backup"]
+    argv = words[3:]
+    # systemd turns %% into %: the file is named by the UTC date.
+    assert argv[-1] == "/var/backups/staticipd/staticipd-$(date -u +%%Y-%%m-%%d).db"
+    args = build_parser().parse_args(["backup", *argv])
+    assert args.database == Path("/var/lib/staticipd/staticipd.db")
+    assert service["ReadWritePaths"] == ["/var/backups/staticipd"]
+    assert service["CapabilityBoundingSet"] == ["CAP_DAC_READ_SEARCH"]
+    assert service["ProtectSystem"] == ["strict"]
+    assert service["PrivateNetwork"] == ["yes"]
+    assert "StateDirectory" not in service  # it would make the state directory writable
+    (post,) = service["ExecStartPost"]
+    assert "/var/backups/staticipd" in post
+    assert "-mtime +14 -delete" in post
+
+
+def test_the_backup_timer_runs_nightly_and_catches_up() -> None:
+    """The timer fires at 03:00 (up to 30 minutes later) and catches up a missed night."""
+    timer = unit("staticipd-backup.timer")
+    assert timer["OnCalendar"] == ["*-*-* 03:00:00"]
+    assert timer["RandomizedDelaySec"] == ["30min"]
+    assert timer["Persistent"] == ["true"]
+    assert timer["Unit"] == ["staticipd-backup.service"]
+    assert unit("staticipd.service")["WatchdogSec"] == ["30s"]

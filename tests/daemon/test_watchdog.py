@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from tests.daemon.conftest import DaemonSetup, run_daemon, v2_body
 
@@ -78,7 +79,7 @@ async def test_pings_stop_while_the_writer_is_stuck_on_a_lock_and_resume_after(
     still answers requests, so systemd would restart the process; they resume once it commits."""
     usec = 1_000_000
     period = usec / 2_000_000
-    with watchdog_socket(monkeypatch, usec) as sock:
+    with watchdog_socket(monkeypatch, usec) as sock, capture_logs() as logs:
         async with run_daemon(setup) as running:
             await next_ping(sock)
             lock = sqlite3.connect(setup.database, isolation_level=None)
@@ -115,3 +116,6 @@ async def test_pings_stop_while_the_writer_is_stuck_on_a_lock_and_resume_after(
                 lock.close()
             await running.post_webhook(v2_body("after", "account.running"))
             await next_ping(sock)
+    stalls = [e for e in logs if e["event"] == "watchdog.writer_stalled"]
+    assert len(stalls) == 1  # said once per stall, not at every skipped ping
+    assert stalls[0]["seconds"] >= period
