@@ -3,6 +3,7 @@ loop turns and the log's writer commits, and stops when the writer is stuck on s
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
 import sqlite3
@@ -16,6 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.daemon.conftest import DaemonSetup, run_daemon, v2_body
+from tests.daemon.test_process import free_port, spawn
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -119,3 +121,35 @@ async def test_pings_stop_while_the_writer_is_stuck_on_a_lock_and_resume_after(
     stalls = [e for e in logs if e["event"] == "watchdog.writer_stalled"]
     assert len(stalls) == 1  # said once per stall, not at every skipped ping
     assert stalls[0]["seconds"] >= period
+
+
+@pytest.mark.parametrize("own_pid", [True, False])
+def test_serve_pings_only_when_the_watchdog_is_its_own(setup: DaemonSetup, own_pid: bool) -> None:
+    """`staticipd serve` under `WATCHDOG_USEC` pings after READY=1; told the watchdog is another
+    process's (`WATCHDOG_PID`), it sends none."""
+    port = free_port()
+    setup.env.update({"STATICIPD_LISTEN": f"127.0.0.1:{port}", "STATICIPD_LOGGING__FORMAT": "json"})
+    with tempfile.TemporaryDirectory(prefix="wd-") as short:
+        path = str(Path(short) / "notify")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            sock.settimeout(20)
+            env = {**setup.env, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
+            if not own_pid:
+                env["WATCHDOG_PID"] = "1"
+            with spawn(env, setup.workdir, port) as child:
+                assert sock.recv(4096) == b"READY=1"
+                if own_pid:
+                    pings = 0
+                    while pings < 3:
+                        pings += sock.recv(4096) == PING
+                else:
+                    # Long enough for several pings at 0.2 s, had any been sent.
+                    child.request("GET", "/healthz")
+                    sock.settimeout(1.0)
+                    heard = []
+                    with contextlib.suppress(TimeoutError):
+                        while True:
+                            heard.append(sock.recv(4096))
+                    assert PING not in heard
+                assert child.stop() == 0
