@@ -12,6 +12,7 @@ SIGHUP: reload the secrets and the log level without a restart.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib.util
 import os
@@ -93,6 +94,7 @@ class Daemon:
         self.stopped = anyio.Event()
         self.bound_port: int | None = None
         self.ready = anyio.Event()
+        self._stall_logged = False
 
     async def run(self) -> None:
         config = self.config
@@ -218,7 +220,28 @@ class Daemon:
                 interval=pollers.reconciler_interval_seconds,
             )  # fmt: skip
             jobs += [("ip-list-watcher", watcher.run), ("reconciler", reconciler.run)]
+        period = sdnotify.watchdog_period()
+        if period is not None:  # the unit sets WatchdogSec=
+            alive = functools.partial(self._writer_alive, period)
+            jobs.append(("watchdog", functools.partial(sdnotify.keep_alive, period, alive)))
         return jobs
+
+    def _writer_alive(self, limit: float) -> bool:
+        """Whether the watchdog may ping: the store's writer committed, or had nothing to do,
+        within the last `limit` seconds. A writer stuck on storage stops the pings, so systemd
+        restarts the process; the event loop is checked by the ping task running at all."""
+        stalled = self.store.writer_stalled_for()
+        if stalled < limit:
+            self._stall_logged = False
+            return True
+        if not self._stall_logged:
+            self._stall_logged = True
+            log.error(
+                "watchdog.writer_stalled",
+                seconds=round(stalled, 1),
+                detail="no keep-alive to systemd until the log's writer commits again",
+            )
+        return False
 
     def _provider(self, session: aiohttp.ClientSession) -> ProviderClient | None:
         p = self.config.provider

@@ -21,6 +21,7 @@ import aiosqlite
 import anyio
 from anyio.abc import TaskStatus
 
+from .backup import backup_log
 from .chain import GENESIS, format_time, key_fingerprint, sign_checkpoint
 from .connections import (
     Opening,
@@ -251,6 +252,12 @@ class EventStore:
         """False once closed or while the last write failed on storage (for /readyz)."""
         return not self._closed and self.last_error is None
 
+    def writer_stalled_for(self) -> float:
+        """Seconds the writer has had work without committing any: 0 while it waits for work
+        (and for a read-only store), growing while a write hangs or one write after another
+        fails, infinite once it ended. What a watchdog checks (see `Writer.stalled_for`)."""
+        return self._writer.stalled_for() if self._writer is not None else 0.0
+
     @property
     def last_error(self) -> EventStoreError | None:
         return self._writer.last_error if self._writer is not None else None
@@ -387,6 +394,16 @@ class EventStore:
         except EventStoreError:
             return False
         return True
+
+    async def backup(self, dest: str | os.PathLike[str]) -> tuple[int, str]:
+        """Copy the log, consistent at one commit, to the new file `dest` while the writer (this
+        store's or another process's) keeps writing; return the copy's head (position, hash).
+
+        Works on a read-only store too. FileExistsError when `dest` exists; see
+        `eventstore.backup.backup_log` for how the copy is made and made durable.
+        """
+        self._check_open()
+        return await backup_log(self._path, dest, busy_timeout=self._busy_timeout)
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -272,3 +272,28 @@ async def test_recorded_at_never_goes_back_even_when_the_clock_does_across_a_res
         await store.append([ev()])
         times = [r.recorded_at async for r in store.read_all()]
     assert times == [noon, noon, noon]
+
+
+async def test_a_writer_stuck_on_a_lock_reports_how_long_it_has_stalled(tmp_path: Path) -> None:
+    """A writer waiting for work counts as healthy; one stuck on a held lock reports a growing
+    stall until its write commits, which a watchdog reads to stop its keep-alive pings."""
+    async with EventStore.open(tmp_path / "log.db", busy_timeout=30) as store:
+        await store.append([ev()])
+        assert store.writer_stalled_for() == 0.0
+        lock = WriteLock(tmp_path / "log.db")
+        try:
+            pending = asyncio.ensure_future(store.append([ev()]))
+            with anyio.fail_after(10):
+                while store.writer_stalled_for() == 0.0:
+                    await anyio.sleep(0.01)
+            first = store.writer_stalled_for()
+            await anyio.sleep(0.05)
+            assert store.writer_stalled_for() > first
+            assert not pending.done()
+        finally:
+            lock.release()
+        await pending
+        with anyio.fail_after(10):
+            while store.writer_stalled_for() != 0.0:  # back to waiting for work
+                await anyio.sleep(0.01)
+    assert store.writer_stalled_for() == float("inf")  # closed: no writer left to vouch for
