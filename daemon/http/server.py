@@ -15,10 +15,11 @@ from aiohttp import web
 
 from daemon import __version__
 from daemon.domain import FLAGS
-from daemon.http import ingest, operator
+from daemon.http import ingest, openapi, operator
 from daemon.http.context import RUNTIME, Runtime
 from daemon.http.errors import error_middleware
-from daemon.metrics import ACCOUNTS, ACCOUNTS_FLAGGED, LOG_POSITION
+from daemon.http.requestmetrics import request_metrics_middleware
+from daemon.metrics import ACCOUNTS, ACCOUNTS_FLAGGED, CONTENT_TYPE, LOG_POSITION
 from daemon.runtime.live import LiveProjection
 
 
@@ -58,9 +59,9 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     return web.Response(
-        text=rt.metrics.render(), content_type="text/plain", charset="utf-8",
-        headers={"X-Content-Type-Options": "nosniff"},
-    )  # fmt: skip
+        body=rt.metrics.render(),
+        headers={"Content-Type": CONTENT_TYPE, "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @routes.get("/")
@@ -104,7 +105,8 @@ th{{text-align:left;padding-right:1em;font-weight:500}}td{{padding:.2em .6em}}
 
 def build_app(runtime: Runtime) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware],
+        # Outermost first: the latency middleware sees the status error_middleware answered.
+        middlewares=[request_metrics_middleware(runtime.metrics), error_middleware],
         client_max_size=runtime.config.http.max_body_bytes,
         # Bodies as sent: the webhook signature covers the bytes before any Content-Encoding
         # is undone, and routes decode within the body limit themselves (errors.read_limited_body).
@@ -114,6 +116,7 @@ def build_app(runtime: Runtime) -> web.Application:
     app.add_routes(routes)
     app.add_routes(ingest.routes)
     app.add_routes(operator.routes)
+    app.add_routes(openapi.routes)
     runtime.metrics.read(
         ACCOUNTS,
         lambda: [({"state": s}, n) for s, n in runtime.live.projection.funnel().items()],
