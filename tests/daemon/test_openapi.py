@@ -111,7 +111,8 @@ async def test_an_idempotency_key_that_is_not_utf8_is_a_400_not_a_500(running) -
                 answer += await stream.receive()
     head, _, payload = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 "), head
-    assert json.loads(payload)["error"]["field"] == "Idempotency-Key"
+    error = json.loads(payload)["error"]
+    assert (error["code"], error["field"]) == ("invalid_header", "Idempotency-Key")
 
 
 # --- the running daemon against its document ---------------------------------------------------
