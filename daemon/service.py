@@ -253,17 +253,21 @@ class Daemon:
     def _timed(self, perform: Perform) -> Perform:
         """`perform`, with each attempt's duration observed by effect and result."""
 
+        def observe(item: OutboxItem, started: float, result: str) -> None:
+            self.metrics.observe(
+                EFFECT_DURATION, time.perf_counter() - started,
+                effect=type(item.effect).__name__, result=result,
+            )  # fmt: skip
+
         async def timed(item: OutboxItem, progress: Progress) -> str:
-            started, result = time.perf_counter(), "error"
+            started = time.perf_counter()
             try:
                 detail = await perform(item, progress)
-                result = "ok"
-                return detail
-            finally:
-                self.metrics.observe(
-                    EFFECT_DURATION, time.perf_counter() - started,
-                    effect=type(item.effect).__name__, result=result,
-                )  # fmt: skip
+            except Exception:  # an attempt cancelled at shutdown is not counted
+                observe(item, started, "error")
+                raise
+            observe(item, started, "ok")
+            return detail
 
         return timed
 

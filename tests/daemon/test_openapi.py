@@ -93,6 +93,14 @@ def test_security_schemes_name_the_bearer_tokens_and_the_webhook_signature() -> 
 
 
 @pytest.mark.anyio
+async def test_the_document_is_served_without_auth(running) -> None:
+    """`GET /openapi.json` answers the document as JSON to anyone (no token)."""
+    async with running.http.get("/openapi.json") as resp:
+        assert (resp.status, resp.content_type) == (200, JSON)
+        assert await resp.json() == document()
+
+
+@pytest.mark.anyio
 async def test_an_idempotency_key_that_is_not_utf8_is_a_400_not_a_500(running) -> None:
     """Found by fuzzing: a key of raw non-UTF-8 bytes is refused naming the header, not a 500."""
     body = b'{"reason": "r"}'
