@@ -75,7 +75,7 @@ def test_every_documented_command_exists() -> None:
 @pytest.mark.anyio
 async def test_every_documented_route_exists() -> None:
     """Every route in the README's HTTP API table is served by the listener."""
-    from daemon.http import ingest, operator, server
+    from daemon.http import ingest, openapi, operator, server
 
     table = README.split("## HTTP API", 1)[1].split("\n\n**", 1)[0]
     documented = {
@@ -83,7 +83,7 @@ async def test_every_documented_route_exists() -> None:
         for m, p in re.findall(r"^\| `(GET|POST) ([^`]+)`", table, flags=re.M)
     }
     served = set()
-    for routes in (server.routes, ingest.routes, operator.routes):
+    for routes in (server.routes, ingest.routes, operator.routes, openapi.routes):
         for route in routes:
             served.add((route.method, route.path))  # type: ignore[attr-defined]
     normalised = {
