@@ -167,6 +167,7 @@ async def test_a_thousand_refused_or_abandoned_requests_log_a_bounded_number_of_
             )
         await anyio.sleep(0.5)
         caused = log_buffer.getvalue().splitlines()[before:]
+    assert (logs.RATE_LIMIT_LINES, logs.RATE_LIMIT_WINDOW) == (10, 60.0)  # as README says
     parsed = [json.loads(line) for line in caused]
     kinds = [line["event"] for line in parsed]
     assert 0 < kinds.count("http.refused") <= logs.RATE_LIMIT_LINES
