@@ -27,9 +27,13 @@ FRAGMENT = 8
 
 @pytest.fixture
 def log_buffer() -> Iterator[io.StringIO]:
-    """The daemon's real logging configuration, at debug, writing JSON lines into a buffer."""
+    """The daemon's real logging configuration, at info, writing JSON lines into a buffer.
+
+    End-to-end tests lower it to debug; at info, the debug lines of a daemon an earlier test
+    stopped (aiosqlite's worker threads finishing) cannot reach a unit test's buffer.
+    """
     out = io.StringIO()
-    logs.configure_logging("debug", "json", stream=out)
+    logs.configure_logging("info", "json", stream=out)
     logs.register_secrets([], replace=True)
     yield out
     logs.register_secrets([], replace=True)
@@ -132,6 +136,7 @@ async def test_no_secret_token_or_signature_reaches_any_log_line(
     even 8 characters of one, at any level, whether logged by the daemon or by aiohttp."""
     body = v2("acc-secrecy", "account.connected")
     sig = setup.sign(body)
+    logs.set_level("debug")  # every line, at every level
     async with start_daemon(setup) as d:
         logs.register_secrets(d.daemon.secrets.values())
         secret_values = setup.all_secret_values()
@@ -154,6 +159,7 @@ async def test_a_thousand_refused_or_abandoned_requests_log_a_bounded_number_of_
 ) -> None:
     """Hang-ups and unparseable requests are short info lines without a traceback, and a client
     repeating them cannot fill the journal: each kind is rate-limited."""
+    logs.set_level("debug")  # every line, at every level
     async with start_daemon(setup) as d:
         port = d.daemon.bound_port
         assert port is not None
