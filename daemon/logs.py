@@ -373,7 +373,10 @@ def _rate_limited_kind(event: Any, logger_name: str | None) -> str | None:
     if logger_name is not None:  # a stdlib record
         if event == "log.suppressed" and logger_name == _summary_log.name:
             return None
-        return event if logger_name.startswith("aiohttp") else None
+        if not logger_name.startswith("aiohttp"):
+            return None
+        # A tamed line by its name; any other by its logger (an access line's text is unique).
+        return event if isinstance(event, str) and event.startswith("http.") else logger_name
     return event if isinstance(event, str) and event.startswith("http.") else None
 
 

@@ -279,3 +279,12 @@ def test_any_stretch_of_a_registered_secret_is_masked(log_buffer: io.StringIO) -
     assert line["account_id"] == REDACTED
     assert line["detail"] == f"got {REDACTED}!"
     assert not leaks(json.dumps(line), [token, key.hex()])
+
+
+def test_aiohttp_lines_are_limited_per_logger_whatever_their_text(log_buffer: io.StringIO) -> None:
+    """aiohttp's own lines (an access line differs for every request) share one limit per
+    logger, so varying the request does not get a client past it."""
+    for i in range(3 * logs.RATE_LIMIT_LINES):
+        logging.getLogger("aiohttp.access").info('127.0.0.1 "GET /%d HTTP/1.1" 404', i)
+    lines = log_buffer.getvalue().splitlines()
+    assert len(lines) == logs.RATE_LIMIT_LINES
