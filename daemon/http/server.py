@@ -176,9 +176,12 @@ class JsonErrorRequestHandler(web.RequestHandler):
                 exc_info=exc,
             )  # fmt: skip
         else:
+            # The same line as any refusal by the parser (daemon/logs.py): the error's class
+            # and a fixed reason, never the request's bytes; rate-limited like every http.* line.
             log.info(
-                "http.malformed_request", status=status, kind=type(exc).__name__, request_id=rid
-            )
+                "http.refused", status=status, error=type(exc).__name__,
+                reason=_parser_message(exc), request_id=rid,
+            )  # fmt: skip
         # Part of an answer already went out: nothing more can be said on this connection.
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send an error answer")
