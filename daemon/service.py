@@ -147,6 +147,7 @@ class Daemon:
         self.engine, self.live, self.store = engine, live, store
         runtime = Runtime(config, store, live, engine, self.metrics, self.secrets)
         self.runtime = runtime
+        await self._write_allowlist()  # the file mirrors the log, also after a missed write
         app = build_app(runtime)
 
         async def reconciled(inputs: Sequence[Input]) -> object:
@@ -343,15 +344,34 @@ class Daemon:
         sdnotify.notify(f"STATUS=serving; log position {live.position}")
 
     async def submit_ip_lists(self, inputs: Sequence[Input]) -> object:
-        """Record the IP-list watcher's observations; on a change, run `ip_change_command`."""
+        """Record the IP-list watcher's observations; on a change, rewrite the allowlist file
+        and run `ip_change_command`."""
         decisions = await self.engine.submit(inputs, source="ip-list-watcher")
         changed = [e for d in decisions for e in d.events if isinstance(e, IpListChanged)]
         for event in changed:
             self.metrics.inc(IP_LIST_CHANGES, kind=event.kind)
             log.info("ip_list.changed", kind=event.kind, added=event.added, removed=event.removed)
+        if changed:
+            await self._write_allowlist()
         if changed and self.config.pollers.ip_change_command:
             await self._run_ip_change_command()
         return decisions
+
+    async def _write_allowlist(self) -> None:
+        """Replace the allowlist file with the recorded IP lists, atomically, when it differs
+        (nothing before the first list is recorded); a failure is logged, not fatal."""
+        ip_lists = self.live.projection.application.ip_lists
+        path = self.config.allowlist.path
+        if not ip_lists:
+            return
+        try:
+            text = allowlist.render_file(ip_lists)
+            written = await anyio.to_thread.run_sync(allowlist.replace_file, path, text)
+        except (OSError, allowlist.AllowlistError) as exc:
+            log.error("allowlist.write_failed", path=str(path), error=str(exc))
+            return
+        if written:
+            log.info("allowlist.written", path=str(path), lists=sorted(ip_lists))
 
     async def _run_ip_change_command(self) -> None:
         """Hand the new allowlist (plain, one network a line) to the operator's command on stdin."""

@@ -222,3 +222,22 @@ def test_every_subcommand_help_describes_it_and_shows_its_defaults() -> None:
                 assert "default" in command._get_formatter()._expand_help(action) or (
                     "default" in action.help
                 ), (name, action.dest)
+
+
+def test_the_allowlist_file_example_is_what_the_daemon_writes() -> None:
+    """README's example allowlist file is byte for byte what the daemon writes for those lists."""
+    from datetime import datetime
+
+    from daemon.domain.state import KnownIpList
+    from daemon.provider.allowlist import render_file
+
+    part = README.split("#### The allowlist file", 1)[1]
+    example = re.search(r"```text\n(.*?)```", part, flags=re.S)
+    assert example is not None
+    lines = example.group(1).splitlines()
+    kinds = lines[0].removeprefix("# staticipd allowlist: provider IP lists ").split(", ")
+    changed = datetime.fromisoformat(lines[1].removeprefix("# changed_at: "))
+    addresses = tuple(line.split("/")[0] if line.endswith(("/32", "/128")) else line
+                      for line in lines[2:])  # fmt: skip
+    lists = {kind: KnownIpList(addresses=addresses, changed_at=changed) for kind in kinds}
+    assert render_file(lists) == example.group(1)
