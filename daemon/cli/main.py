@@ -29,6 +29,10 @@ def _json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
+def _key_file(p: argparse.ArgumentParser, helps: str) -> None:
+    p.add_argument("--checkpoint-key-file", type=Path, metavar="PATH", help=helps)
+
+
 def _config(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -141,14 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "verify", "check the hash chain and the signed checkpoints")
     _log(p)
     _json(p)
-    p.add_argument(
-        "--checkpoint-key-file",
-        type=Path,
-        metavar="PATH",
-        help="key of the signed checkpoints (default: checkpoint_key in the configuration's "
-        "secrets_dir, else in $CREDENTIALS_DIRECTORY; without a key the signatures are not "
-        "checked)",
-    )
+    _key_file(p, "key of the signed checkpoints (default: checkpoint_key in the configuration's "
+              "secrets_dir, else in $CREDENTIALS_DIRECTORY; without a key the signatures are not "
+              "checked)")  # fmt: skip
     p.add_argument(
         "--expect",
         action="append",
@@ -169,13 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _log(p)
     _json(p)
-    p.add_argument(
-        "--checkpoint-key-file",
-        type=Path,
-        metavar="PATH",
-        help="key of the signed checkpoints, to check the copy's signatures (default: as for "
-        "verify; without a key the signatures are not checked)",
-    )
+    _key_file(p, "key of the signed checkpoints, to check the copy's signatures (default: as "
+              "for verify; without a key the signatures are not checked)")  # fmt: skip
     p.set_defaults(handler=_run("daemon.cli.logcommands", "backup_command"))
 
     p = _command(sub, "status", "the funnel per state, accounts due next, stalled accounts")
