@@ -30,9 +30,10 @@ from daemon.domain import (
     evolve_stream,
     stream_of,
 )
+from daemon.domain.state import decode_hook, encode_hook
 from eventstore import RecordedEvent
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 
 
 class _Snapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,8 +50,8 @@ class Page(msgspec.Struct, frozen=True):
     next_cursor: str | None
 
 
-_encoder = msgspec.json.Encoder(order="deterministic")
-_snapshot_decoder = msgspec.json.Decoder(_Snapshot)
+_encoder = msgspec.json.Encoder(order="deterministic", enc_hook=encode_hook)
+_snapshot_decoder = msgspec.json.Decoder(_Snapshot, dec_hook=decode_hook)
 
 
 class Projection:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.domain import AccountsEnrolled, TimerCancelled, TimerScheduled
-from daemon.runtime.projections import Projection
+from daemon.runtime.projections import SNAPSHOT_FORMAT, Projection
 
 
 def build(flow) -> Projection:
@@ -130,7 +130,7 @@ def test_projections_that_differ_are_not_equal(flow):
 
 def test_snapshot_of_another_format_is_refused():
     """A snapshot written by another format version is not loaded silently."""
-    data = Projection().to_snapshot().replace(b'"format":1', b'"format":9')
+    data = Projection().to_snapshot().replace(b'"format":%d' % SNAPSHOT_FORMAT, b'"format":9')
     with pytest.raises(ValueError, match="format 9"):
         Projection.from_snapshot(data)
 

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from daemon.domain import (
     APPLICATION_STREAM,
     AccountObserved,
+    AccountsEnrolled,
     AccountState,
+    ApplicationState,
     AuthReported,
     EffectOutcome,
     EffectRequested,
@@ -31,6 +33,7 @@ from daemon.domain import (
     evolve_stream,
     first_event_id,
 )
+from daemon.domain.state import evolve_application
 from daemon.domain.testing import Harness
 from daemon.runtime.projections import Projection
 
@@ -330,3 +333,31 @@ def test_any_input_sequence_keeps_the_invariants(policy, steps, cut):
     # every input was recorded: each given input has its first event
     ids = {logged.event_id for logged in log}
     assert all(first_event_id(inp.input_id) in ids for inp in run.given)
+
+
+enrolments = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=5),
+        st.sampled_from(("w1", "w2", "w3")),
+    ),
+    max_size=12,
+)
+
+
+@given(enrolments)
+def test_enrolments_keep_wave_sizes_and_never_change_an_earlier_state(
+    waves: list[tuple[list[str], str]],
+) -> None:
+    """For any sequence of enrolments the accounts per wave match the enrolments, an account
+    enrolled again moves to its new wave, and every earlier application state is unchanged."""
+    state = ApplicationState()
+    history: list[tuple[ApplicationState, dict[str, str]]] = []
+    for accounts, wave in waves:
+        history.append((state, {a: e.wave for a, e in state.enrollments.items()}))
+        event = AccountsEnrolled(occurred_at=T0, account_ids=tuple(accounts), wave=wave,
+                                 policy="notify", actor="ops", reason="")  # fmt: skip
+        state = evolve_application(state, event)
+        counts = Counter(e.wave for e in state.enrollments.values())
+        assert state.waves() == dict(counts)
+    for earlier, seen in history:
+        assert {a: e.wave for a, e in earlier.enrollments.items()} == seen
