@@ -349,10 +349,11 @@ def replay_command(args: argparse.Namespace) -> int:
             # The whole log is compared with the snapshot in one pass: stop at the snapshot's
             # position to compare, then go on to the head.
             whole = until_time is None and args.position is None
-            if whole and (snapshot := await store.load_snapshot(SNAPSHOT_NAME)):
-                position, blob = snapshot
+            if whole and (snapshot := await store.load_snapshot_parts(SNAPSHOT_NAME)):
+                position, header, parts = snapshot
                 await _fold(store, projection, min(position, last), progress)
-                divergence = _compare_with_snapshot(projection, position, blob)
+                divergence = _compare_with_snapshot(projection, position, header, parts)
+                del snapshot, parts
             await _fold(store, projection, last, progress, until_time)
             progress.close()
         funnel = _ordered(projection.funnel())
@@ -393,10 +394,12 @@ class _SnapshotComparison(TypedDict):
     error: NotRequired[str]
 
 
-def _compare_with_snapshot(at: Projection, position: int, blob: bytes) -> _SnapshotComparison:
+def _compare_with_snapshot(
+    at: Projection, position: int, header: bytes, parts: list[tuple[str, bytes]]
+) -> _SnapshotComparison:
     """Compare the log replayed up to the snapshot's position with the snapshot."""
     try:
-        snap = Projection.from_snapshot(blob)
+        snap = Projection.from_parts(header, parts)
     except Exception as exc:
         return {"position": position, "matches": False, "error": f"unreadable: {exc}",
                 "differing_accounts": []}  # fmt: skip

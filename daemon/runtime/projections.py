@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 import msgspec
+from immutables import Map
 
 from daemon.domain import (
     APPLICATION_STREAM,
@@ -30,17 +31,47 @@ from daemon.domain import (
     evolve_stream,
     stream_of,
 )
-from daemon.domain.state import decode_hook, encode_hook
+from daemon.domain.state import Enrollment, decode_hook, encode_hook
 from eventstore import RecordedEvent
 
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
+# Accounts kept decoded (the most recently used); the others are kept encoded, about 300 bytes
+# each, and decoded (a couple of microseconds) when read.
+HOT_ACCOUNTS = 50_000
+
+_record_encoder = msgspec.msgpack.Encoder(order="deterministic", enc_hook=encode_hook)
+_record_decoder = msgspec.msgpack.Decoder(AccountState)
 
 
-class _Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+class _Header(msgspec.Struct, frozen=True, array_like=True):
+    """A snapshot's header: the application's state but its enrolments, which are kept with
+    their accounts so that no value grows with the number of accounts."""
+
     format: int
     position: int
     application: ApplicationState
-    accounts: list[AccountState]
+
+
+class _Part(msgspec.Struct, frozen=True, array_like=True):
+    """One account in a snapshot: what its indexes need, its enrolment, and the state itself
+    (encoded), so a start-up builds the indexes without decoding any state."""
+
+    state: State
+    earliest: datetime | None
+    effects: bool
+    flags: tuple[str, ...]
+    enrollment: Enrollment | None
+    record: msgspec.Raw
+
+
+class _Whole(msgspec.Struct, frozen=True, array_like=True):
+    header: msgspec.Raw
+    parts: list[tuple[str, msgspec.Raw]]
+
+
+_header_decoder = msgspec.msgpack.Decoder(_Header, dec_hook=decode_hook)
+_part_decoder = msgspec.msgpack.Decoder(_Part)
+_whole_decoder = msgspec.msgpack.Decoder(_Whole)
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -51,18 +82,70 @@ class Page(msgspec.Struct, frozen=True):
 
 
 _encoder = msgspec.json.Encoder(order="deterministic", enc_hook=encode_hook)
-_snapshot_decoder = msgspec.json.Decoder(_Snapshot, dec_hook=decode_hook)
+
+
+class TakenSnapshot:
+    """A snapshot captured at `position`, encoded a slice at a time (`encode`)."""
+
+    __slots__ = ("complete", "enrollments", "header", "items", "position")
+
+    def __init__(
+        self,
+        position: int,
+        header: bytes,
+        complete: bool,
+        items: list[tuple[str, AccountState | bytes]],
+        enrollments: Map[str, Enrollment],
+    ) -> None:
+        self.position = position
+        self.header = header
+        self.complete = complete
+        self.items = items
+        self.enrollments = enrollments
+
+    def encode(self, start: int, stop: int) -> list[tuple[str, bytes]]:
+        """The parts of items[start:stop], each with what its account's indexes need."""
+        parts = []
+        for account_id, held in self.items[start:stop]:
+            if isinstance(held, bytes):
+                record, state = held, _record_decoder.decode(held)
+            else:
+                record, state = _record_encoder.encode(held), held
+            part = _Part(
+                state=state.state,
+                earliest=min(state.pending_timers.values(), default=None),
+                effects=bool(state.pending_effects),
+                flags=tuple(sorted(state.flags)),
+                enrollment=self.enrollments.get(account_id),
+                record=msgspec.Raw(record),
+            )
+            parts.append((account_id, _record_encoder.encode(part)))
+        return parts
 
 
 class Projection:
-    """Accounts by id with indexes by state, by due time and by pending effects."""
+    """Accounts by id with indexes by state, by due time, by pending effects and by flag.
 
-    def __init__(self) -> None:
+    Each account is kept as its encoded state (`_records`); the most recently used are kept
+    decoded too (`_hot`, at most `hot_limit`), and a hot state newer than its record
+    (`_stale`) is encoded when it leaves the hot set or goes into a snapshot. `_dirty` holds
+    the accounts changed since the last snapshot taken, so a snapshot writes only those.
+    """
+
+    def __init__(self, hot_limit: int = HOT_ACCOUNTS) -> None:
         self.position = 0
         self.application = ApplicationState()
-        self._accounts: dict[str, AccountState] = {}
+        self._records: dict[str, bytes] = {}
+        self._hot: dict[str, AccountState] = {}
+        self._hot_limit = max(1, hot_limit)
+        self._stale: set[str] = set()
+        self._dirty: set[str] = set()
+        # False until the stored parts are known to match this projection but `_dirty`: the
+        # next snapshot then writes every account (complete) instead of what changed.
+        self._parts_in_step = False
         self._by_state: dict[str, set[str]] = {state: set() for state in STATES}
         self._with_effects: set[str] = set()
+        self._flags: dict[str, int] = {}
         # The due-time index: each account's earliest pending due time, and a heap of
         # (earliest due, account id) over it. Entries are never removed in place (a heap has
         # no cheap delete); one whose due time is no longer the account's earliest is stale,
@@ -85,29 +168,58 @@ class Projection:
         stream = stream_of(event)
         evolve_stream(self, stream, event)
         if stream == APPLICATION_STREAM and isinstance(event, AccountsEnrolled):
-            # Enrolment is the first sight of an account for the funnel.
+            # Enrolment is the first sight of an account for the funnel; the enrolment is
+            # kept with the account in snapshots.
             for account_id in event.account_ids:
-                if account_id not in self._accounts:
+                if account_id not in self._records:
                     self.put_account(AccountState(account_id=account_id))
+                self._dirty.add(account_id)
         self.position = position
         return True
 
     def put_account(self, state: AccountState) -> None:
         """Keep an account's new state, and index it."""
-        old = self._accounts.get(state.account_id)
-        if old is not None and old.state != state.state:
-            self._by_state.setdefault(old.state, set()).discard(state.account_id)
-        self._by_state.setdefault(state.state, set()).add(state.account_id)
-        self._accounts[state.account_id] = state
-        if state.pending_effects:
-            self._with_effects.add(state.account_id)
-        else:
-            self._with_effects.discard(state.account_id)
-        self._index_due(state)
-
-    def _index_due(self, state: AccountState) -> None:
         account_id = state.account_id
-        earliest = min(state.pending_timers.values(), default=None)
+        old = self._peek(account_id)
+        if old is not None and old.state != state.state:
+            self._by_state.setdefault(old.state, set()).discard(account_id)
+        self._by_state.setdefault(state.state, set()).add(account_id)
+        if old is None or old.flags != state.flags:
+            for flag in old.flags if old is not None else ():
+                self._flags[flag] -= 1
+            for flag in state.flags:
+                self._flags[flag] = self._flags.get(flag, 0) + 1
+        if state.pending_effects:
+            self._with_effects.add(account_id)
+        else:
+            self._with_effects.discard(account_id)
+        self._index_due(account_id, min(state.pending_timers.values(), default=None))
+        self._records.setdefault(account_id, b"")
+        self._stale.add(account_id)
+        self._dirty.add(account_id)
+        self._remember(state)
+
+    def _remember(self, state: AccountState) -> None:
+        """Make `state` the newest of the hot set, and encode what falls out of it."""
+        hot = self._hot
+        hot.pop(state.account_id, None)
+        hot[state.account_id] = state
+        while len(hot) > self._hot_limit:
+            oldest = next(iter(hot))
+            leaving = hot.pop(oldest)
+            if oldest in self._stale:
+                self._records[oldest] = _record_encoder.encode(leaving)
+                self._stale.discard(oldest)
+
+    def _peek(self, account_id: str) -> AccountState | None:
+        """The account's state, decoded if it is not hot, without making it hot."""
+        state = self._hot.get(account_id)
+        if state is not None:
+            return state
+        record = self._records.get(account_id)
+        return None if record is None else _record_decoder.decode(record)
+
+    def _index_due(self, account_id: str, earliest: datetime | None) -> None:
         if earliest == self._earliest.get(account_id):
             return
         if earliest is None:
@@ -126,10 +238,18 @@ class Projection:
     # --- queries ---------------------------------------------------------------------------
 
     def account(self, account_id: str) -> AccountState | None:
-        return self._accounts.get(account_id)
+        """The account's state (None if unknown); it joins the hot set."""
+        state = self._peek(account_id)
+        if state is not None:
+            self._remember(state)
+        return state
 
     def __len__(self) -> int:
-        return len(self._accounts)
+        return len(self._records)
+
+    def flag_counts(self) -> dict[str, int]:
+        """Accounts per flag raised on them now (kept as flags change, not counted per call)."""
+        return {flag: n for flag, n in sorted(self._flags.items()) if n}
 
     def ids_in(self, state: State) -> frozenset[str]:
         """The ids of the accounts in `state`."""
@@ -168,17 +288,20 @@ class Projection:
             if self._earliest.get(account_id) != due or account_id in opened:
                 continue  # stale, or a second entry after the earliest came back to `due`
             opened.add(account_id)
-            for timer_id, timer_due in self._accounts[account_id].pending_timers.items():
+            account = self._peek(account_id)
+            assert account is not None
+            for timer_id, timer_due in account.pending_timers.items():
                 heapq.heappush(candidates, (timer_due, account_id, timer_id))
         return result
 
     def pending_effects(self) -> list[tuple[str, str, PendingEffect]]:
         """Every pending effect as (account_id, idempotency_key, pending), by account and key."""
-        return [
-            (account_id, key, pending)
-            for account_id in sorted(self._with_effects)
-            for key, pending in sorted(self._accounts[account_id].pending_effects.items())
-        ]
+        found: list[tuple[str, str, PendingEffect]] = []
+        for account_id in sorted(self._with_effects):
+            account = self._peek(account_id)
+            assert account is not None
+            found.extend((account_id, k, p) for k, p in sorted(account.pending_effects.items()))
+        return found
 
     def funnel(self) -> dict[str, int]:
         """Number of accounts per state, every state present, in funnel order."""
@@ -189,7 +312,7 @@ class Projection:
         result: dict[str, dict[str, int]] = {}
         for account_id, enrollment in self.application.enrollments.items():
             counts = result.setdefault(enrollment.wave, dict.fromkeys(STATES, 0))
-            state = self._accounts.get(account_id)
+            state = self._peek(account_id)
             counts[state.state if state else "dynamic"] += 1
         return result
 
@@ -204,44 +327,109 @@ class Projection:
         """Accounts ordered by id, filtered by state and/or wave, after the cursor `after`."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        ids: Iterable[str] = self._by_state.get(state, ()) if state else self._accounts
+        ids: Iterable[str] = self._by_state.get(state, ()) if state else self._records
         if wave is not None:
             enrollments = self.application.enrollments
             ids = [i for i in ids if (e := enrollments.get(i)) is not None and e.wave == wave]
         # The page and one more (to know whether there is a next page), without sorting them all.
         chosen = heapq.nsmallest(limit + 1, (i for i in ids if after is None or i > after))
         cursor = chosen[limit - 1] if len(chosen) > limit else None
-        return Page([self._accounts[i] for i in chosen[:limit]], cursor)
+        return Page([self._known(i) for i in chosen[:limit]], cursor)
+
+    def _known(self, account_id: str) -> AccountState:
+        state = self._peek(account_id)
+        assert state is not None, account_id
+        return state
 
     def __iter__(self) -> Iterator[AccountState]:
-        return iter(self._accounts.values())
+        """Every account's state, decoding each that is not hot (for checks and tests)."""
+        return (self._known(i) for i in list(self._records))
 
     # --- snapshots and comparison ------------------------------------------------------------
 
-    def to_snapshot(self) -> bytes:
-        """The whole projection as bytes (indexes are rebuilt on load)."""
-        accounts = [self._accounts[i] for i in sorted(self._accounts)]
-        snapshot = _Snapshot(
-            format=SNAPSHOT_FORMAT,
-            position=self.position,
-            application=self.application,
-            accounts=accounts,
+    def take_snapshot(self) -> TakenSnapshot:
+        """Capture a snapshot at this position: the accounts changed since the last one taken
+        (every account, `complete`, when the stored parts may not match). Only references are
+        taken here (states and records never change once made); `TakenSnapshot.encode` does
+        the work, a slice at a time. `snapshot_failed` gives them back if the write fails."""
+        complete = not self._parts_in_step
+        ids = sorted(self._records) if complete else sorted(self._dirty)
+        hot, records = self._hot, self._records
+        items = [(i, hot[i] if i in self._stale else records[i]) for i in ids]
+        self._dirty = set()
+        self._parts_in_step = True
+        header = _record_encoder.encode(
+            _Header(
+                SNAPSHOT_FORMAT,
+                self.position,
+                msgspec.structs.replace(self.application, enrollments=Map()),
+            )
         )
-        return _encoder.encode(snapshot)
+        return TakenSnapshot(self.position, header, complete, items, self.application.enrollments)
+
+    def snapshot_failed(self, taken: TakenSnapshot) -> None:
+        """A snapshot taken was not stored: its accounts go into the next one again."""
+        self._dirty.update(account_id for account_id, _ in taken.items)
+        if taken.complete:
+            self._parts_in_step = False
+
+    @classmethod
+    def from_parts(
+        cls, header: bytes, parts: Iterable[tuple[str, bytes]], hot_limit: int = HOT_ACCOUNTS
+    ) -> Projection:
+        """A projection from a snapshot's header and parts; ValueError for another format.
+
+        The indexes are built from what each part repeats, without decoding any state."""
+        head = _header_decoder.decode(header)
+        if head.format != SNAPSHOT_FORMAT:
+            raise ValueError(f"snapshot format {head.format}, expected {SNAPSHOT_FORMAT}")
+        projection = cls(hot_limit)
+        projection.position = head.position
+        records, by_state, earliest = projection._records, projection._by_state, {}
+        flags: dict[str, int] = {}
+        shared: dict[Enrollment, Enrollment] = {}  # one object per enrolment, as in the log
+        enrolled: dict[str, Enrollment] = {}
+        for account_id, blob in parts:
+            part = _part_decoder.decode(blob)
+            records[account_id] = bytes(part.record)
+            by_state.setdefault(part.state, set()).add(account_id)
+            if part.earliest is not None:
+                earliest[account_id] = part.earliest
+            if part.effects:
+                projection._with_effects.add(account_id)
+            for flag in part.flags:
+                flags[flag] = flags.get(flag, 0) + 1
+            if part.enrollment is not None:
+                enrolled[account_id] = shared.setdefault(part.enrollment, part.enrollment)
+        projection._earliest = earliest
+        projection._flags = flags
+        projection._rebuild_due_heap()  # one heapify instead of a push per account
+        projection.application = msgspec.structs.replace(
+            head.application, enrollments=Map(enrolled)
+        )
+        projection._parts_in_step = True
+        return projection
+
+    def to_snapshot(self) -> bytes:
+        """The whole projection as one value (for comparisons and tests; the daemon writes
+        `take_snapshot`'s parts): the same bytes for equal projections."""
+        dirty, in_step = self._dirty, self._parts_in_step
+        self._parts_in_step = False
+        try:
+            taken = self.take_snapshot()
+        finally:
+            self._dirty, self._parts_in_step = dirty, in_step
+        parts = [(i, msgspec.Raw(p)) for i, p in taken.encode(0, len(taken.items))]
+        return _record_encoder.encode(_Whole(msgspec.Raw(taken.header), parts))
 
     @classmethod
     def from_snapshot(cls, data: bytes) -> Projection:
         """A projection from `to_snapshot()`'s bytes; ValueError for another format."""
-        snapshot = _snapshot_decoder.decode(data)
-        if snapshot.format != SNAPSHOT_FORMAT:
-            raise ValueError(f"snapshot format {snapshot.format}, expected {SNAPSHOT_FORMAT}")
-        projection = cls()
-        projection.position = snapshot.position
-        projection.application = snapshot.application
-        for state in snapshot.accounts:
-            projection.put_account(state)
-        projection._rebuild_due_heap()  # one heapify instead of a push per account
-        return projection
+        try:
+            whole = _whole_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"not a snapshot of format {SNAPSHOT_FORMAT}: {exc}") from None
+        return cls.from_parts(bytes(whole.header), ((i, bytes(p)) for i, p in whole.parts))
 
     def _indexes(self) -> bytes:
         """The derived indexes in canonical form (the heap as the set of its live entries)."""
@@ -262,7 +450,7 @@ class Projection:
         accounts, so a test (or an operator's check) can catch a wrong funnel or a lost timer.
         """
         fresh = Projection()
-        for account in self._accounts.values():
+        for account in self:
             fresh.put_account(account)
         problems = []
         for state in STATES:

@@ -210,7 +210,11 @@ def save_snapshot(path: Path, position: int, projection: Projection | None = Non
                 snap = Projection()
                 async for rec in store.read_all(1, position):
                     snap.apply_record(rec)
-            await store.save_snapshot(SNAPSHOT_NAME, position, snap.to_snapshot())
+            taken = snap.take_snapshot()
+            parts = taken.encode(0, len(taken.items))
+            await store.save_snapshot_parts(
+                SNAPSHOT_NAME, position, taken.header, parts, complete=True
+            )
 
     anyio.run(save)
 
