@@ -49,6 +49,7 @@ class _Header(msgspec.Struct, frozen=True, array_like=True):
 
     format: int
     position: int
+    head_hash: str  # the hash of the log's row at `position` ("" if unknown)
     application: ApplicationState
 
 
@@ -134,6 +135,9 @@ class Projection:
 
     def __init__(self, hot_limit: int = HOT_ACCOUNTS) -> None:
         self.position = 0
+        # The hash of the row at `position` when folded from stored records: a snapshot with
+        # it can be checked against the log before it is trusted.
+        self.head_hash = ""
         self.application = ApplicationState()
         self._records: dict[str, bytes] = {}
         self._hot: dict[str, AccountState] = {}
@@ -158,13 +162,15 @@ class Projection:
     def apply_record(self, record: RecordedEvent) -> Event:
         """Decode a stored record (upcast to the current schema) and fold it; the event."""
         event = decode_event(record.type, record.schema, record.data)
-        self.apply(record.position, event)
+        if self.apply(record.position, event):
+            self.head_hash = record.hash
         return event
 
     def apply(self, position: int, event: Event) -> bool:
         """Fold the event at `position`; False (and no change) if that position was applied."""
         if position <= self.position:
             return False
+        self.head_hash = ""
         stream = stream_of(event)
         evolve_stream(self, stream, event)
         if stream == APPLICATION_STREAM and isinstance(event, AccountsEnrolled):
@@ -362,6 +368,7 @@ class Projection:
             _Header(
                 SNAPSHOT_FORMAT,
                 self.position,
+                self.head_hash,
                 msgspec.structs.replace(self.application, enrollments=Map()),
             )
         )
@@ -385,6 +392,7 @@ class Projection:
             raise ValueError(f"snapshot format {head.format}, expected {SNAPSHOT_FORMAT}")
         projection = cls(hot_limit)
         projection.position = head.position
+        projection.head_hash = head.head_hash
         records, by_state, earliest = projection._records, projection._by_state, {}
         flags: dict[str, int] = {}
         shared: dict[Enrollment, Enrollment] = {}  # one object per enrolment, as in the log

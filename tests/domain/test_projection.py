@@ -132,7 +132,7 @@ def test_projections_that_differ_are_not_equal(flow):
 
 def test_snapshot_of_another_format_is_refused():
     """A snapshot written by another format version is not loaded silently."""
-    header = msgspec.msgpack.encode([9, 0, ApplicationState()], enc_hook=encode_hook)
+    header = msgspec.msgpack.encode([9, 0, "", ApplicationState()], enc_hook=encode_hook)
     with pytest.raises(ValueError, match="format 9"):
         Projection.from_parts(header, [])
     with pytest.raises(ValueError, match=f"format {SNAPSHOT_FORMAT}"):
