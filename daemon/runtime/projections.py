@@ -244,9 +244,11 @@ class Projection:
     # --- queries ---------------------------------------------------------------------------
 
     def account(self, account_id: str) -> AccountState | None:
-        """The account's state (None if unknown); it joins the hot set."""
-        state = self._peek(account_id)
-        if state is not None:
+        """The account's state (None if unknown); a cold one joins the hot set (which keeps
+        the most recently changed or fetched accounts)."""
+        state = self._hot.get(account_id)
+        if state is None and (record := self._records.get(account_id)) is not None:
+            state = _record_decoder.decode(record)
             self._remember(state)
         return state
 
@@ -373,6 +375,10 @@ class Projection:
             )
         )
         return TakenSnapshot(self.position, header, complete, items, self.application.enrollments)
+
+    def rewrite_all(self) -> None:
+        """Make the next snapshot write every account (the stored parts are gone or unknown)."""
+        self._parts_in_step = False
 
     def snapshot_failed(self, taken: TakenSnapshot) -> None:
         """A snapshot taken was not stored: its accounts go into the next one again."""
