@@ -82,7 +82,8 @@ class HttpConfig(_Section, frozen=True):
     """Limits of the HTTP listener."""
 
     max_body_bytes: _PositiveInt = 1024 * 1024
-    shutdown_grace_seconds: _NonNegative = 10.0
+    # Within the provider's 10 s wait for an answer, with margin (README, "Under systemd").
+    shutdown_grace_seconds: _NonNegative = 5.0
     # uvloop (the `fast` extra) carries about 15 % more webhooks a second (bench/bench_ingest.py).
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
 
@@ -94,6 +95,8 @@ class ProviderConfig(_Section, frozen=True):
     api_version: Literal[2, 3] = 2
     client_id: str = ""
     sandbox: bool = False
+    # A sandbox's times run this many times faster than the provider's (shown on the status page).
+    time_scale: _Positive = 1.0
     timeout_seconds: _Positive = 10.0
     # The provider does not document where an application's static IP list lives
     # (docs/provider.md#the-ip-address-endpoints); empty means "not configured, don't poll it".

@@ -3,14 +3,16 @@
 The store's writer, the engine, the live projection, the HTTP listener, the timer driver, the
 outbox and the pollers run side by side; if any of them dies the group is cancelled and the
 process exits non-zero rather than running half-alive. The writer runs in an outer group, so
-it outlives the others for the shutdown's snapshot and checkpoint. SIGTERM/SIGINT: stop
-accepting, let in-flight requests finish (bounded grace), flush the writer, write a snapshot,
-exit 0. SIGHUP: reload the secrets and the log level without a restart.
+it outlives the others for the shutdown's snapshot and checkpoint. SIGTERM/SIGINT: answer every
+new or still queued HTTP write 503 (`Retry-After`, `Connection: close`), let the requests being
+recorded finish (bounded grace), close the listener, flush the writer, write a snapshot, exit 0.
+SIGHUP: reload the secrets and the log level without a restart.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib.util
 import os
@@ -38,7 +40,7 @@ from daemon.domain import (
 )
 from daemon.domain.vocabulary import IpListKind
 from daemon.http.context import Runtime
-from daemon.http.server import build_app
+from daemon.http.server import AppRunner, build_app
 from daemon.metrics import EFFECTS, EVENTS_APPENDED, TIMERS_FIRED, Metrics
 from daemon.provider import allowlist
 from daemon.provider.client import ProviderClient
@@ -55,6 +57,15 @@ log = structlog.get_logger(__name__)
 SNAPSHOT_EVERY_EVENTS = 10_000
 SNAPSHOT_EVERY_SECONDS = 300.0
 CHECKPOINT_EVERY_SECONDS = 600.0
+# The engine sources of the HTTP routes: refused at SIGTERM (503), the others run to the end.
+HTTP_SOURCES = ("webhook", "auth-event", "operator")
+# After SIGTERM, keep-alive connections stay open this long (within the grace) so a client's
+# next request gets its 503 and `Connection: close` rather than a closed socket.
+KEEPALIVE_LINGER_SECONDS = 1.0
+_DRAIN_POLL_SECONDS = 0.02
+# While the store is unhealthy it is probed, first after this many seconds, then doubling.
+STORAGE_PROBE_FIRST_SECONDS = 0.5
+STORAGE_PROBE_MAX_SECONDS = 4.0
 
 
 def migration_settings(config: Config) -> MigrationSettings:
@@ -83,6 +94,7 @@ class Daemon:
         self.stopped = anyio.Event()
         self.bound_port: int | None = None
         self.ready = anyio.Event()
+        self._stall_logged = False
 
     async def run(self) -> None:
         config = self.config
@@ -143,9 +155,8 @@ class Daemon:
             )
             self.timers, self.outbox = timers, outbox
             _feed(live, timers, outbox)
-            runner = web.AppRunner(
-                app, shutdown_timeout=config.http.shutdown_grace_seconds, access_log=None
-            )
+            # What the grace leaves unfinished (`_drain`) aiohttp cancels after this long.
+            runner = AppRunner(app, shutdown_timeout=_CANCEL_AFTER_SECONDS, access_log=None)
             await runner.setup()
             drained = False
             try:
@@ -160,10 +171,12 @@ class Daemon:
                     self.ready.set()
                     await self.stopped.wait()
                     runtime.stopping = True
+                    refused = engine.stop_intake(HTTP_SOURCES)
                     sdnotify.notify("STOPPING=1")
-                    log.info("daemon.stopping", position=live.position)
-                    # Stop accepting and let in-flight requests finish (bounded by the grace)
-                    # while the writer and the projection still run, so they can be answered.
+                    log.info("daemon.stopping", position=live.position, refused=refused)
+                    # Let in-flight requests finish (bounded by the grace) while the writer
+                    # and the projection still run, so they can be answered; then close.
+                    await _drain(runner, runtime, config.http.shutdown_grace_seconds)
                     await runner.cleanup()
                     drained = True
                     tg.cancel_scope.cancel()
@@ -191,6 +204,7 @@ class Daemon:
             ("timers", timers.run),
             ("outbox", outbox.run),
             ("snapshots", lambda: self._snapshots(self.store, live)),
+            ("storage-probe", lambda: _probe_storage(self.store)),
         ]
         if provider is not None:
             pollers = self.config.pollers
@@ -206,7 +220,28 @@ class Daemon:
                 interval=pollers.reconciler_interval_seconds,
             )  # fmt: skip
             jobs += [("ip-list-watcher", watcher.run), ("reconciler", reconciler.run)]
+        period = sdnotify.watchdog_period()
+        if period is not None:  # the unit sets WatchdogSec=
+            alive = functools.partial(self._writer_alive, period)
+            jobs.append(("watchdog", functools.partial(sdnotify.keep_alive, period, alive)))
         return jobs
+
+    def _writer_alive(self, limit: float) -> bool:
+        """Whether the watchdog may ping: the store's writer committed, or had nothing to do,
+        within the last `limit` seconds. A writer stuck on storage stops the pings, so systemd
+        restarts the process; the event loop is checked by the ping task running at all."""
+        stalled = self.store.writer_stalled_for()
+        if stalled < limit:
+            self._stall_logged = False
+            return True
+        if not self._stall_logged:
+            self._stall_logged = True
+            log.error(
+                "watchdog.writer_stalled",
+                seconds=round(stalled, 1),
+                detail="no keep-alive to systemd until the log's writer commits again",
+            )
+        return False
 
     def _provider(self, session: aiohttp.ClientSession) -> ProviderClient | None:
         p = self.config.provider
@@ -414,6 +449,55 @@ async def _essential(
         raise
     if not may_return:
         raise RuntimeError(f"{name} stopped unexpectedly")
+
+
+# aiohttp's `shutdown_timeout` (web_protocol.RequestHandler.shutdown): waited once for a handler
+# still running after our own grace, and once more after cancelling it.
+_CANCEL_AFTER_SECONDS = 0.5
+
+
+async def _drain(runner: web.AppRunner, runtime: Runtime, grace: float) -> None:
+    """Wait, at most `grace` seconds, until no request is being handled and no connection is
+    open, or the keep-alive linger has passed with no request running.
+
+    The listener stays open meanwhile: a request arriving now is refused at once (503,
+    `Connection: close`) rather than reset. aiohttp's own shutdown (`runner.cleanup()`, called
+    after this) closes the listener, stops reading from every open connection at once (a
+    keep-alive client's next request would get no answer), then waits `shutdown_timeout` for
+    running handlers and cancels them.
+    """
+    server = runner.server
+    start = anyio.current_time()
+    linger_until = start + min(KEEPALIVE_LINGER_SECONDS, grace)
+    with anyio.move_on_after(grace):
+        while True:
+            open_connections = len(server.connections) if server is not None else 0
+            if runtime.requests_in_flight == 0 and (
+                open_connections == 0 or anyio.current_time() >= linger_until
+            ):
+                break
+            await anyio.sleep(_DRAIN_POLL_SECONDS)
+    if runtime.requests_in_flight:
+        log.warning(
+            "daemon.grace_ended",
+            requests_in_flight=runtime.requests_in_flight,
+            detail="requests still being recorded are closed without an answer",
+        )
+
+
+async def _probe_storage(store: EventStore) -> None:
+    """While the log is unhealthy, probe it (with backoff) so `/readyz` recovers by itself."""
+    delay = STORAGE_PROBE_FIRST_SECONDS
+    while True:
+        await anyio.sleep(delay)
+        if store.healthy:
+            delay = STORAGE_PROBE_FIRST_SECONDS
+            continue
+        if await store.probe():
+            log.info("storage.recovered")
+            delay = STORAGE_PROBE_FIRST_SECONDS
+        else:
+            delay = min(delay * 2, STORAGE_PROBE_MAX_SECONDS)
 
 
 def _port_of(runner: web.AppRunner) -> int | None:

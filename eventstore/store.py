@@ -22,6 +22,7 @@ import aiosqlite
 import anyio
 from anyio.abc import TaskStatus
 
+from .backup import backup_log
 from .chain import GENESIS, format_time, key_fingerprint, sign_checkpoint
 from .connections import (
     Opening,
@@ -252,6 +253,12 @@ class EventStore:
         """False once closed or while the last write failed on storage (for /readyz)."""
         return not self._closed and self.last_error is None
 
+    def writer_stalled_for(self) -> float:
+        """Seconds the writer has had work without committing any: 0 while it waits for work
+        (and for a read-only store), growing while a write hangs or one write after another
+        fails, infinite once it ended. What a watchdog checks (see `Writer.stalled_for`)."""
+        return self._writer.stalled_for() if self._writer is not None else 0.0
+
     @property
     def last_error(self) -> EventStoreError | None:
         return self._writer.last_error if self._writer is not None else None
@@ -369,6 +376,35 @@ class EventStore:
             return SignedCheckpoint(pos, hsh, datetime.fromisoformat(created_text), key_id, sig)
 
         return await writer.run_job(job)
+
+    async def probe(self) -> bool:
+        """Whether the log can be written again, checked without writing: True when it can.
+
+        The writer takes the write lock (BEGIN IMMEDIATE), reads the head and gives the lock
+        back, between append batches. Success clears `last_error`, so `healthy` is True again
+        without waiting for a caller's append; failure keeps (or sets) it.
+        """
+
+        async def job(conn: aiosqlite.Connection) -> None:
+            await conn.execute_fetchall(
+                "SELECT position FROM events ORDER BY position DESC LIMIT 1"
+            )
+
+        try:
+            await self._require_writer("probe").run_job(job)
+        except EventStoreError:
+            return False
+        return True
+
+    async def backup(self, dest: str | os.PathLike[str]) -> tuple[int, str]:
+        """Copy the log, consistent at one commit, to the new file `dest` while the writer (this
+        store's or another process's) keeps writing; return the copy's head (position, hash).
+
+        Works on a read-only store too. FileExistsError when `dest` exists; see
+        `eventstore.backup.backup_log` for how the copy is made and made durable.
+        """
+        self._check_open()
+        return await backup_log(self._path, dest, busy_timeout=self._busy_timeout)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -568,6 +604,21 @@ class EventStore:
             (),
         )
         return [SignedCheckpoint(p, h, datetime.fromisoformat(c), k, s) for p, h, c, k, s in rows]
+
+    async def last_checkpoint(self) -> SignedCheckpoint | None:
+        """Return the latest recorded checkpoint (one indexed row), or None if there is none."""
+        rows = await self._fetch(
+            "SELECT position, head_hash, created_at, key_id, signature"
+            " FROM checkpoints ORDER BY id DESC LIMIT 1",
+            (),
+        )
+        return (
+            SignedCheckpoint(
+                rows[0][0], rows[0][1], datetime.fromisoformat(rows[0][2]), *rows[0][3:]
+            )
+            if rows
+            else None
+        )
 
     async def verify(
         self,

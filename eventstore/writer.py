@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -98,12 +100,27 @@ class Writer:
         self._started = False
         self._finished = False
         self._exited = anyio.Event()
+        # For a watchdog: is the loop waiting for work, and when did it last commit or go idle.
+        self._idle = True
+        self._progress_at = time.monotonic()
 
     # -- callers' side -------------------------------------------------------------------------
 
     @property
     def closed(self) -> bool:
         return self._closing
+
+    def stalled_for(self) -> float:
+        """Seconds the writer has had work without committing any (0 while it waits for work).
+
+        It grows while a write hangs (a lock held, storage that does not answer) and while one
+        write after another fails; an idle writer is healthy. Infinite once the writer ended.
+        """
+        if self._finished:
+            return math.inf
+        if self._idle:
+            return 0.0
+        return time.monotonic() - self._progress_at
 
     def commit_signal(self) -> asyncio.Event:
         """Return the event that is set at the next commit (or at close); take it before reading."""
@@ -180,7 +197,7 @@ class Writer:
         in_flight: list[_AppendCall] = []
         try:
             while True:
-                item = pending if pending is not None else await self._queue.get()
+                item = pending if pending is not None else await self._next()
                 pending = None
                 if item is _STOP:
                     break
@@ -212,6 +229,17 @@ class Writer:
         finally:
             with anyio.CancelScope(shield=True):  # closing must finish, cancelled or not
                 await self._finish(in_flight)
+
+    async def _next(self) -> Any:
+        """The next queued item; waiting for one counts as progress (see `stalled_for`)."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        self._idle = True
+        try:
+            return await self._queue.get()
+        finally:
+            self._idle = False
+            self._progress_at = time.monotonic()
 
     async def _finish(self, in_flight: list[_AppendCall]) -> None:
         self._finished = True
@@ -300,6 +328,7 @@ class Writer:
                     call.future.set_exception(err)
             return
         self.last_error = None
+        self._progress_at = time.monotonic()
         self.head_position, self.head_hash = plan.head_position, plan.head_hash
         if plan.records and self.listeners:
             self._publish(plan.records)
@@ -334,6 +363,7 @@ class Writer:
                 job.future.set_exception(err)
             return
         self.last_error = None
+        self._progress_at = time.monotonic()
         if not job.future.done():
             job.future.set_result(result)
 

@@ -156,6 +156,7 @@ class SandboxWorld:
             "STATICIPD_PROVIDER__BASE_URL": self.sandbox.base_url,
             "STATICIPD_PROVIDER__CLIENT_ID": self.sandbox.settings.client_id,
             "STATICIPD_PROVIDER__SANDBOX": "true",
+            "STATICIPD_PROVIDER__TIME_SCALE": f"{1 / scale:g}",
             "STATICIPD_PROVIDER__STATIC_IP_PATH": "/a/{client_id}/ip_addresses?environment=static",
             "STATICIPD_NOTIFY__URL": notify_url,
             "STATICIPD_MIGRATION__DELAY_SECONDS": str(DELAY * scale),

@@ -1,4 +1,4 @@
-"""Read-only commands over the log: replay, audit, verify, status, export, allowlist.
+"""Read-only commands over the log: replay, audit, verify, status, export, allowlist, backup.
 
 None of them writes to the log or trusts a snapshot: each opens it read-only (a read-only
 copy works too; a file that is not a staticipd log is refused untouched) and rebuilds what it
@@ -527,6 +527,93 @@ def allowlist_command(args: argparse.Namespace) -> int:
             )
         except allowlist.AllowlistError as exc:
             raise CommandError(str(exc), exitcodes.PROBLEM) from exc
+        return exitcodes.OK
+
+    return run(main)
+
+
+@command
+def backup_command(args: argparse.Namespace) -> int:
+    """A consistent copy of the log, taken while the daemon writes (see eventstore.backup), then
+    verified: its chain and its signed checkpoints (their signatures with the key)."""
+    dest = Path(args.dest)
+    key = _checkpoint_key(args)
+
+    async def main() -> int:
+        async with open_log(args.database) as store:
+            try:
+                position, digest = await store.backup(dest)
+            except FileExistsError as exc:
+                hint = (
+                    "another backup is writing it, or one was interrupted: remove it"
+                    if str(exc.filename).endswith(".partial")
+                    else "a backup never replaces a file"
+                )
+                raise CommandError(
+                    f"{exc.filename} already exists ({hint})", exitcodes.USAGE
+                ) from exc
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise CommandError(f"cannot write {dest}: {reason}", exitcodes.USAGE) from exc
+        async with open_log(dest) as copy:
+            report = await copy.verify(key)
+            checkpoints = await copy.checkpoints()
+        last = checkpoints[-1] if checkpoints else None
+        expect = f"{position}:{digest}" if position else None
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "ok": report.ok,
+                        "dest": str(dest),
+                        "head_position": position,
+                        "head_hash": digest,
+                        "expect": expect,
+                        "events_checked": report.events_checked,
+                        "checkpoints_checked": report.checkpoints_checked,
+                        "checkpoint_key": key is not None,
+                        "signatures_checked": report.signatures_checked,
+                        "last_checkpoint": None
+                        if last is None
+                        else {
+                            "position": last.position,
+                            "head_hash": last.head_hash,
+                            "created_at": format_time(last.created_at),
+                            "key_id": last.key_id,
+                        },
+                        "damage": [
+                            {"position": d.position, "kind": d.kind, "detail": d.detail}
+                            for d in report.damage
+                        ],
+                    },
+                    indent=2,
+                )
+            )
+            return exitcodes.OK if report.ok else exitcodes.PROBLEM
+        if expect is None:
+            print(f"backed up an empty log to {dest}")
+        else:
+            print(f"backed up the log up to position {position} to {dest}")
+            print(f"head {expect} (check it later: staticipd verify --expect {expect})")
+        if not report.ok:
+            for d in report.damage:
+                what = "WRONG KEY?" if d.kind == "checkpoint_other_key" else "DAMAGE"
+                print(f"{what} in the copy at position {d.position}: {d.kind}: {d.detail}")
+            print(f"the copy is kept at {dest}; run staticipd verify on the log itself")
+            return exitcodes.PROBLEM
+        if last is None:
+            signed = "no signed checkpoint in it yet"
+        elif key is None:
+            signed = (
+                f"its last checkpoint (position {last.position}) matches the chain "
+                "(signatures not checked: no key given)"
+            )
+        else:
+            signed = (
+                f"its last signed checkpoint (position {last.position}) is valid "
+                f"({report.signatures_checked} signature(s) checked)"
+            )
+        print(f"copy verified: {report.events_checked:,} events, chain intact; {signed}")
         return exitcodes.OK
 
     return run(main)

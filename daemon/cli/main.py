@@ -160,6 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_run("daemon.cli.logcommands", "verify_command"))
 
+    p = _command(
+        sub, "backup", "copy the log consistently while the daemon runs, then verify the copy"
+    )
+    p.add_argument(
+        "dest", type=Path, metavar="DEST",
+        help="the new file to write (refused if it exists; written as DEST.partial, then renamed)",
+    )  # fmt: skip
+    _log(p)
+    _json(p)
+    p.add_argument(
+        "--checkpoint-key-file",
+        type=Path,
+        metavar="PATH",
+        help="key of the signed checkpoints, to check the copy's signatures (default: as for "
+        "verify; without a key the signatures are not checked)",
+    )
+    p.set_defaults(handler=_run("daemon.cli.logcommands", "backup_command"))
+
     p = _command(sub, "status", "the funnel per state, accounts due next, stalled accounts")
     _log(p)
     _json(p)

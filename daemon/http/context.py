@@ -1,5 +1,5 @@
 """What every route of the listener shares: the process's parts (`Runtime`), how storage
-trouble becomes a 503, and how an account is shown."""
+trouble and a stopping daemon become a 503, and how an account is shown."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from daemon.config import Config, Secrets
 from daemon.domain import AccountState
@@ -18,6 +19,14 @@ from daemon.runtime.live import LiveProjection
 from eventstore import EventStore, StorageUnavailable, StoreClosed, WriterBusy
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
+# What a request refused because the daemon is stopping is told: a restart takes a few seconds.
+STOPPING_RETRY_AFTER = 5
+# Methods that only read: still served while stopping (probes, status, operator reads).
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# Ids sent in bodies (account, event, wave) hold no control characters: they end up in log
+# lines, terminals and listings. `\Z`, not `$`, which would let a final newline through.
+ID_PATTERN = r"^[^\x00-\x1f\x7f]*\Z"
 
 
 @dataclass
@@ -31,6 +40,39 @@ class Runtime:
     metrics: Metrics
     secrets: Secrets
     stopping: bool = False
+    requests_in_flight: int = 0  # handlers running now (the shutdown waits for them)
+
+
+@web.middleware
+async def refuse_while_stopping(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Once the daemon is stopping, a request that would write is answered 503 at once.
+
+    It is refused before its body is read, so nothing of it is recorded; the sender retries
+    after `Retry-After`. Requests already running are counted so the shutdown can wait for them.
+    Inside `error_middleware`, which gives the refusal the JSON error shape.
+    """
+    rt = request.app[RUNTIME]
+    if rt.stopping and request.method not in _READS:
+        raise ServiceUnavailable(
+            "the daemon is stopping; retry shortly", retry_after=STOPPING_RETRY_AFTER
+        )
+    rt.requests_in_flight += 1
+    try:
+        return await handler(request)
+    finally:
+        rt.requests_in_flight -= 1
+
+
+async def close_while_stopping(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer given while stopping ends its connection (`Connection: close`).
+
+    A keep-alive client then opens a new connection for its next request (refused, or sent to
+    the next process) instead of writing into one the daemon is about to close.
+    """
+    if request.app[RUNTIME].stopping:
+        response.force_close()
+        # aiohttp writes the Connection header before this hook runs: say it here too.
+        response.headers["Connection"] = "close"
 
 
 class _StorageGuard:
@@ -50,7 +92,7 @@ class _StorageGuard:
             raise ServiceUnavailable("the event log is busy; retry shortly", retry_after=2) from exc
         if isinstance(exc, StoreClosed):
             raise ServiceUnavailable(
-                "the daemon is stopping; retry shortly", retry_after=5
+                "the daemon is stopping; retry shortly", retry_after=STOPPING_RETRY_AFTER
             ) from exc
         if isinstance(exc, StorageUnavailable):
             raise ServiceUnavailable(

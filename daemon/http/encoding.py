@@ -8,12 +8,14 @@ the limit, so a few kilobytes that inflate to gigabytes cost one limit's worth o
 
 from __future__ import annotations
 
+import re
 import zlib
 
 __all__ = [
     "DECODABLE",
     "DecodedTooLarge",
     "UndecodableBody",
+    "UnsupportedCoding",
     "content_codings",
     "decode_content",
 ]
@@ -22,6 +24,7 @@ __all__ = [
 DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
 _IDENTITY = frozenset({"", "identity"})
 _STEP = 64 * 1024
+_TOKEN = re.compile(r"[a-z0-9._+-]{1,32}")
 
 
 class DecodedTooLarge(ValueError):
@@ -30,6 +33,10 @@ class DecodedTooLarge(ValueError):
 
 class UndecodableBody(ValueError):
     """A coding we do not undo, or bytes that are not valid data of the named coding."""
+
+
+class UnsupportedCoding(UndecodableBody):
+    """A coding we do not undo (br, zstd, unknown names): the body was never looked at."""
 
 
 def content_codings(header: str | None) -> list[str]:
@@ -49,7 +56,9 @@ def decode_content(body: bytes, header: str | None, limit: int) -> bytes:
     codings = content_codings(header)
     for coding in reversed(codings):
         if coding not in DECODABLE:
-            raise UndecodableBody(f"Content-Encoding {coding!r} is not supported (gzip, deflate)")
+            # Named back only when it looks like a coding name: the header is the caller's text.
+            shown = repr(coding) if _TOKEN.fullmatch(coding) else "of this kind"
+            raise UnsupportedCoding(f"Content-Encoding {shown} is not supported (gzip, deflate)")
     for coding in reversed(codings):
         body = _gunzip(body, limit) if coding != "deflate" else _inflate(body, limit)
     return body

@@ -18,7 +18,12 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from daemon.http.encoding import DecodedTooLarge, UndecodableBody, decode_content
+from daemon.http.encoding import (
+    DecodedTooLarge,
+    UndecodableBody,
+    UnsupportedCoding,
+    decode_content,
+)
 from daemon.validation import validation_field
 
 __all__ = [
@@ -34,6 +39,8 @@ __all__ = [
     "error_middleware",
     "error_response",
     "json_answer",
+    "malformed_request",
+    "new_request_id",
     "read_limited_body",
     "read_raw_body",
     "request_id",
@@ -164,14 +171,20 @@ _encode = msgspec.json.Encoder().encode
 
 
 def decode_body(raw: bytes, decoder: msgspec.json.Decoder[T]) -> T:
-    """A JSON body decoded into its type, or 400 naming the field (or saying it is not JSON)."""
+    """A JSON body decoded into its type, or 400 naming the field (`$`: not JSON at all)."""
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
         field, reason = validation_field(exc)
+        if reason.startswith("Expected `str` matching regex"):
+            reason = "must not contain control characters"  # the one pattern ids have (context)
         raise ApiError(400, "invalid_body", reason, field=field) from None
     except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}", field="$") from None
+    except RecursionError:
+        # msgspec recurses once per level, even through the unknown fields it skips: arrays or
+        # objects nested thousands deep end here, not in a 500.
+        raise ApiError(400, "invalid_json", "body is nested too deeply", field="$") from None
 
 
 def request_id(request: web.Request) -> str:
@@ -193,16 +206,35 @@ def _incoming_id(request: web.Request) -> str:
     given = request.headers.get(REQUEST_ID_HEADER, "")
     if given and _SAFE_REQUEST_ID.fullmatch(given):
         return given
-    # A per-process random prefix and a counter: unique across restarts, and no syscall per
-    # request (uuid4 reads the OS random source every time).
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """A fresh request id: a per-process random prefix and a counter.
+
+    Unique across restarts, and no syscall per request (uuid4 reads the OS random source).
+    """
     return f"{_ID_PREFIX}{next(_id_counter):08x}"
+
+
+def malformed_request(rid: str, message: str = "malformed HTTP request") -> web.Response:
+    """400 `malformed_request` (field `request`): the HTTP message itself cannot be read.
+
+    `message` is ours, never the parser's text: that quotes the request's bytes (a bearer token
+    in an over-long header line, for one), which must not travel back or into a log line.
+    """
+    response = error_response(400, "malformed_request", message, field="request")
+    response.headers[REQUEST_ID_HEADER] = rid
+    return response
 
 
 def _from_aiohttp(exc: web.HTTPException) -> web.Response:
     headers = {k: exc.headers[k] for k in _KEPT_HEADERS if k in exc.headers}
     code = _CODES.get(exc.status, "error")
-    # aiohttp's texts ("405: Method Not Allowed") are generic and safe to show.
-    return error_response(exc.status, code, exc.reason, headers=headers)
+    # aiohttp's texts ("405: Method Not Allowed") are generic and safe to show; a 400 of its own
+    # is about the HTTP message, so it names `request` like the parser's refusals.
+    field = "request" if exc.status == 400 else None
+    return error_response(exc.status, code, exc.reason, field=field, headers=headers)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -225,6 +257,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response = error_response(
                 exc.status, exc.code, exc.message, field=exc.field, headers=exc.headers
             )
+        except web.RequestPayloadError:
+            # The body's framing broke after the handler started reading it (a bad chunk, a
+            # body shorter than its Content-Length): the request is malformed, not our fault.
+            log.info("http.error", status=400, code="malformed_request", path=request.path)
+            response = malformed_request(rid, "malformed HTTP request body")
+            response.force_close()  # the rest of the connection's bytes cannot be trusted
+        except ConnectionResetError:
+            # The client went away while we read its body: nobody to answer, nothing broken.
+            log.info("http.client_gone", path=request.path)
+            response = malformed_request(rid, "connection lost while reading the body")
+            response.force_close()
         except web.HTTPException as exc:
             if exc.status < 400:
                 exc.headers[REQUEST_ID_HEADER] = rid
@@ -272,7 +315,8 @@ async def read_raw_body(request: web.Request, limit: int) -> bytes:
 
 
 def decode_limited(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
-    """`raw` with its `Content-Encoding` undone: 413 past `limit` decoded bytes, else 415.
+    """`raw` with its `Content-Encoding` undone: 413 past `limit` decoded bytes, 415 for a
+    coding we do not undo, 400 `undecodable_body` for data that is not valid in its coding.
 
     The decoder stops as soon as the decoded size passes `limit`, so a small compressed
     bomb costs at most `limit` bytes of work (daemon/http/encoding.py).
@@ -281,13 +325,15 @@ def decode_limited(raw: bytes, content_encoding: str | None, limit: int) -> byte
         return decode_content(raw, content_encoding, limit)
     except DecodedTooLarge as exc:
         raise PayloadTooLarge(str(exc)) from None
-    except UndecodableBody as exc:
+    except UnsupportedCoding as exc:
         raise ApiError(415, "unsupported_encoding", str(exc), field="Content-Encoding") from None
+    except UndecodableBody as exc:
+        raise ApiError(400, "undecodable_body", str(exc), field="Content-Encoding") from None
 
 
 async def read_limited_body(request: web.Request, limit: int) -> bytes:
     """The body, its gzip/deflate `Content-Encoding` undone; 413 over `limit` bytes (sent or
-    decoded), 415 for another coding or data that does not decode."""
+    decoded), 415 for another coding, 400 for data that does not decode."""
     raw = await read_raw_body(request, limit)
     if not request.headers.get("Content-Encoding"):
         return raw
@@ -299,9 +345,12 @@ def require_bearer(request: web.Request, tokens: Sequence[str]) -> None:
 
     No configured token means nobody gets in: an unconfigured API is closed, not open.
     """
-    header = request.headers.get("Authorization", "")
-    scheme, _, presented = header.partition(" ")
+    headers = request.headers.getall("Authorization", [])
     challenge = {"WWW-Authenticate": 'Bearer realm="staticipd"'}
+    if len(headers) > 1:
+        # Which one would count is a guess a proxy and this daemon could make differently.
+        raise Unauthorized("more than one Authorization header", headers=challenge)
+    scheme, _, presented = (headers[0] if headers else "").partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
         raise Unauthorized("missing bearer token", headers=challenge)
     given = presented.strip().encode("utf-8", "surrogateescape")

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from daemon import logs, metrics
 from daemon.domain import AuthReported, first_event_id
-from daemon.http.context import RUNTIME, Runtime, describe_account, storage_guard
+from daemon.http.context import ID_PATTERN, RUNTIME, Runtime, describe_account, storage_guard
 from daemon.http.encoding import DecodedTooLarge, UndecodableBody, decode_content
 from daemon.http.errors import (
     ApiError,
@@ -37,7 +37,7 @@ log = structlog.get_logger(__name__)
 
 routes = web.RouteTableDef()
 
-_NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+_NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=512, pattern=ID_PATTERN)]
 
 
 class AuthEventBody(msgspec.Struct, forbid_unknown_fields=False):
@@ -70,9 +70,10 @@ async def receive_webhook(request: web.Request) -> web.Response:
     limit = rt.config.http.max_body_bytes
     # The signature covers the bytes as sent: checked before any Content-Encoding is undone.
     raw = await read_raw_body(request, limit)
-    if not verify_signature(
-        raw, request.headers.get("X-Nylas-Signature"), rt.secrets.webhook_secrets
-    ):
+    signatures = request.headers.getall("X-Nylas-Signature", [])
+    # One signature header or none: with two, which one counts would be a guess.
+    signature = signatures[0] if len(signatures) == 1 else None
+    if not verify_signature(raw, signature, rt.secrets.webhook_secrets):
         rt.metrics.inc(metrics.WEBHOOKS, result="bad_signature")
         raise ApiError(401, "bad_signature", "missing or wrong X-Nylas-Signature")
     received_at = datetime.now(UTC)

@@ -6,6 +6,11 @@ Commands are inputs like any other: recorded in the log before they are answered
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
 from datetime import UTC, datetime
 from typing import Annotated, TypeVar
 
@@ -24,7 +29,7 @@ from daemon.domain import (
     ResetAccount,
     account_stream,
 )
-from daemon.http.context import RUNTIME, Runtime, describe_account, storage_guard
+from daemon.http.context import ID_PATTERN, RUNTIME, Runtime, describe_account, storage_guard
 from daemon.http.errors import (
     ApiError,
     bind_log_context,
@@ -42,8 +47,12 @@ routes = web.RouteTableDef()
 _T = TypeVar("_T")
 
 _MAX_ID = 512
-_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_ID)]
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_ID, pattern=ID_PATTERN)]
 _MAX_PAGE = 1000
+# Listing cursors carry an HMAC under this per-process key: a cursor this process did not hand
+# out (made up, edited, a bare account id, from before a restart) is refused, never paged from.
+_CURSOR_KEY = secrets.token_bytes(32)
+_CURSOR_MAC_BYTES = 16
 
 
 class EnableBody(msgspec.Struct):
@@ -93,15 +102,36 @@ def _account_id(request: web.Request) -> str:
     return account_id
 
 
-def _plausible_id(text: str) -> bool:
-    """Text an account id could be: not too long, no control or undecodable characters.
+def _cursor_mac(account_id: bytes) -> bytes:
+    return hmac.new(_CURSOR_KEY, account_id, hashlib.sha256).digest()[:_CURSOR_MAC_BYTES]
 
-    The query parser turns bytes that are not UTF-8 into U+FFFD (or surrogates): such a cursor
-    was never handed out, and would silently page from an arbitrary place.
-    """
-    return len(text) <= _MAX_ID and not any(
-        ch == "\ufffd" or ch < " " or ch == "\x7f" or "\ud800" <= ch <= "\udfff" for ch in text
-    )
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def issue_cursor(account_id: str) -> str:
+    """The opaque `next_cursor` for a page ending before `account_id`: id and MAC, url-safe."""
+    raw = account_id.encode("utf-8", "surrogatepass")
+    return f"{_b64(raw)}.{_b64(_cursor_mac(raw))}"
+
+
+def read_cursor(cursor: str) -> str | None:
+    """The account id inside a cursor this process issued, or None for any other text."""
+    encoded, dot, mac = cursor.partition(".")
+    if not dot or len(cursor) > 2 * _MAX_ID + 64:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        given = base64.urlsafe_b64decode(mac + "=" * (-len(mac) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    # Only the canonical spelling: base64's spare bits would let one cursor have many forms.
+    if _b64(raw) != encoded or _b64(given) != mac:
+        return None
+    if not hmac.compare_digest(given, _cursor_mac(raw)):
+        return None
+    return raw.decode("utf-8", "surrogatepass")
 
 
 def _command_id(request: web.Request) -> str:
@@ -120,16 +150,37 @@ async def _submit(request: web.Request, rt: Runtime, inp: Input) -> bool:
 @routes.get("/v1/summary")
 async def summary(request: web.Request) -> web.Response:
     rt = _runtime(request)
-    app_state = rt.live.projection.application
+    projection = rt.live.projection
+    app_state = projection.application
+    # Kept by the projection as accounts change: no scan of the accounts or enrolments here.
+    progress = projection.wave_progress()
     return web.json_response(
         {
             "migration_enabled": app_state.migration_enabled,
             "enabled_at": app_state.enabled_at.isoformat() if app_state.enabled_at else None,
-            "funnel": rt.live.projection.funnel(),
-            "waves": app_state.waves(),
+            "funnel": projection.funnel(),
+            "waves": {wave: p.enrolled for wave, p in progress.items()},
+            "wave_progress": {
+                wave: {
+                    "enrolled": p.enrolled,
+                    "waiting": p.waiting,
+                    "static": p.states["static"],
+                    "stalled": p.states["stalled"],
+                    "states": p.states,
+                    "first_auth_to_static_seconds": {
+                        "median": _rounded(p.static_seconds_median),
+                        "p90": _rounded(p.static_seconds_p90),
+                    },
+                }
+                for wave, p in progress.items()
+            },
             "position": rt.live.position,
         }
     )
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 @routes.get("/v1/accounts")
@@ -149,18 +200,21 @@ async def list_accounts(request: web.Request) -> web.Response:
             400, "invalid_query", f"state must be one of {', '.join(STATES)}", field="state"
         )
     cursor = q.get("cursor") or None
-    if cursor is not None and not _plausible_id(cursor):
+    after = read_cursor(cursor) if cursor is not None else None
+    if cursor is not None and after is None:
         raise ApiError(
-            400, "invalid_query", "cursor must be an account id as returned in next_cursor",
+            400, "invalid_query", "cursor must be a next_cursor this daemon returned",
             field="cursor",
         )  # fmt: skip
     page = rt.live.projection.list_accounts(
-        state=state, wave=q.get("wave") or None, limit=limit, after=cursor
+        state=state, wave=q.get("wave") or None, limit=limit, after=after
     )
+    next_cursor = issue_cursor(page.next_cursor) if page.next_cursor is not None else None
+    shown = rt.live.projection.with_enrollment
     return web.json_response(
         {
-            "accounts": [describe_account(a, a.account_id) for a in page.accounts],
-            "next_cursor": page.next_cursor,
+            "accounts": [describe_account(shown(a), a.account_id) for a in page.accounts],
+            "next_cursor": next_cursor,
         }
     )
 
@@ -172,7 +226,9 @@ async def get_account(request: web.Request) -> web.Response:
     state = rt.live.projection.account(account_id)
     if state is None:
         raise ApiError(404, "unknown_account", f"no account {account_id!r} in the log")
-    return web.json_response(describe_account(state, account_id))
+    return web.json_response(
+        describe_account(rt.live.projection.with_enrollment(state), account_id)
+    )
 
 
 @routes.get("/v1/accounts/{account_id}/timeline")
@@ -240,6 +296,8 @@ async def account_command(request: web.Request) -> web.Response:
     duplicate = await _submit(request, rt, inp)
     log.info("operator.account_command", command=request.match_info["command"], duplicate=duplicate)
     state = rt.live.projection.account(account_id)
+    if state is not None:
+        state = rt.live.projection.with_enrollment(state)
     return web.json_response(
         {"duplicate": duplicate, "account": describe_account(state, account_id)}
     )

@@ -1,34 +1,40 @@
 """The HTTP listener: the aiohttp application, what its routes share, and the probes.
 
-`/healthz` says the process is alive; `/readyz` says the log is open, the writer healthy and
-the projection caught up; `/metrics` is Prometheus text; `/` is a status page with the funnel
-(aggregate counts only, no account ids or addresses, so it can be shown on a wall screen).
+`/healthz` says the process is alive; `/readyz` says the log is open, the writer healthy (an
+unhealthy log is probed until it is usable again, daemon/service.py) and the projection caught
+up; `/metrics` is Prometheus text; `/` is the status page (statuspage.py: aggregate counts only,
+no account ids or addresses, so it can be shown on a wall screen).
 """
 
 from __future__ import annotations
 
-import html
-from datetime import UTC, datetime
+import re
 from typing import Any
 
-from aiohttp import web
+import structlog
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import _ErrInfo  # what the parser queues for a refused request
+from aiohttp.web_request import BaseRequest
 
 from daemon import __version__
-from daemon.domain import FLAGS
-from daemon.http import ingest, operator
-from daemon.http.context import RUNTIME, Runtime
-from daemon.http.errors import error_middleware
+from daemon.http import ingest, operator, statuspage
+from daemon.http.context import RUNTIME, Runtime, close_while_stopping, refuse_while_stopping
+from daemon.http.errors import (
+    REQUEST_ID_HEADER,
+    error_middleware,
+    error_response,
+    malformed_request,
+    new_request_id,
+)
 from daemon.metrics import ACCOUNTS, ACCOUNTS_FLAGGED, LOG_POSITION
 from daemon.runtime.live import LiveProjection
+
+log = structlog.get_logger(__name__)
 
 
 def flag_counts(live: LiveProjection) -> dict[str, int]:
     """Accounts per flag (invalid, sync_error, running_overdue, ...): what needs a look."""
-    counts: dict[str, int] = dict.fromkeys(FLAGS, 0)
-    for account in live.projection:
-        for flag in account.flags:
-            counts[flag] = counts.get(flag, 0) + 1
-    return counts
+    return live.projection.flag_counts()
 
 
 routes = web.RouteTableDef()
@@ -65,52 +71,20 @@ async def metrics(request: web.Request) -> web.Response:
 
 @routes.get("/")
 async def status_page(request: web.Request) -> web.Response:
-    rt = request.app[RUNTIME]
-    counts = rt.live.projection.funnel()
-    total = sum(counts.values()) or 1
-    rows = "".join(
-        f"<tr><th>{html.escape(state)}</th><td>{n}</td>"
-        f'<td><div class="bar" style="width:{100 * n / total:.1f}%"></div></td></tr>'
-        for state, n in counts.items()
-    )
-    app_state = rt.live.projection.application
-    page = _PAGE.format(
-        version=__version__,
-        enabled="enabled" if app_state.migration_enabled else "not enabled",
-        position=rt.live.position,
-        rows=rows,
-        now=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        waves=html.escape(", ".join(f"{w} ({n})" for w, n in app_state.waves().items()) or "none"),
-        flags=html.escape(
-            ", ".join(f"{f} {n}" for f, n in flag_counts(rt.live).items() if n) or "none"
-        ),
-    )
-    return web.Response(text=page, content_type="text/html")
-
-
-_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="5"><title>staticipd status</title>
-<style>body{{font:15px system-ui,sans-serif;margin:2em;max-width:46em}}
-th{{text-align:left;padding-right:1em;font-weight:500}}td{{padding:.2em .6em}}
-.bar{{background:#3a7;height:.8em;min-width:1px}}table{{width:100%}}small{{color:#666}}</style>
-</head><body><h1>staticipd</h1>
-<p>Migration <b>{enabled}</b> · waves: {waves} · log position {position}</p>
-<p>Flagged accounts: {flags}</p>
-<table>{rows}</table>
-<p><small>staticipd {version} · {now} · refreshes every 5 s ·
-<a href="/metrics">metrics</a> · <a href="/readyz">readiness</a></small></p>
-</body></html>"""
+    view = await statuspage.gather(request.app[RUNTIME])
+    return web.Response(text=statuspage.render(view), content_type="text/html")
 
 
 def build_app(runtime: Runtime) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[error_middleware, refuse_while_stopping],
         client_max_size=runtime.config.http.max_body_bytes,
         # Bodies as sent: the webhook signature covers the bytes before any Content-Encoding
         # is undone, and routes decode within the body limit themselves (errors.read_limited_body).
         handler_args={"auto_decompress": False},
     )
     app[RUNTIME] = runtime
+    app.on_response_prepare.append(close_while_stopping)
     app.add_routes(routes)
     app.add_routes(ingest.routes)
     app.add_routes(operator.routes)
@@ -126,4 +100,117 @@ def build_app(runtime: Runtime) -> web.Application:
     return app
 
 
-__all__ = ["build_app"]
+# What the answer to a request aiohttp's parser refused says, by the parser's exception class.
+# The parser's own texts quote the request's bytes, so only a short known sentence is shown.
+_PARSER_SAYS: tuple[tuple[type[Exception], str], ...] = (
+    (http_exceptions.LineTooLong, "a request line or header line is too long"),
+    (http_exceptions.BadStatusLine, "malformed request line"),  # BadHttpMethod too
+    (http_exceptions.InvalidURLError, "malformed request line"),
+    (http_exceptions.InvalidHeader, "malformed header"),
+    (http_exceptions.PayloadEncodingError, "malformed body framing"),
+)
+# The first line of other parser texts ("Duplicate Content-Length", "Too many headers
+# received", ...) is shown when it is plain words; anything quoting bytes is not.
+_PLAIN_SENTENCE = re.compile(r"[A-Za-z][A-Za-z0-9 ,.'`()_-]{0,99}")
+
+
+def _parser_message(exc: BaseException | None) -> str:
+    for kind, text in _PARSER_SAYS:
+        if isinstance(exc, kind):
+            return text
+    if isinstance(exc, http_exceptions.HttpProcessingError):
+        first = exc.message.strip().split("\n", 1)[0].rstrip(":").strip()
+        if _PLAIN_SENTENCE.fullmatch(first) and "b'" not in first and 'b"' not in first:
+            return f"malformed HTTP request: {first}"
+    return "malformed HTTP request"
+
+
+class JsonErrorRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler, answering what never reaches a route in the JSON shape.
+
+    aiohttp answers a request its parser refuses (an over-long header, a bad request line,
+    conflicting lengths, a bad chunk, too many headers) through `handle_error`, outside the
+    application and its middlewares, with a text page quoting the request's bytes. Here such a
+    request gets `error_response`'s shape and an `X-Request-Id`, and the log line names only the
+    exception class.
+    """
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        """As aiohttp, and when the parser refuses the body of the request being handled (a bad
+        chunk after the headers), the route's read fails with `RequestPayloadError` at once.
+
+        aiohttp 3.14 drops that request's body stream without ending it and queues an error
+        answer behind the request: the route would wait for the rest of the body until the
+        client gives up. (`_messages` and `_current_request` are aiohttp's own; the hostile
+        input tests pin this behaviour.)
+        """
+        queued = len(self._messages)
+        super().data_received(data)
+        current = self._current_request
+        if current is None or len(self._messages) <= queued:
+            return
+        if isinstance(self._messages[-1][0], _ErrInfo):
+            current.content.set_exception(web.RequestPayloadError("malformed body framing"))
+            current.content.feed_eof()  # no lingering read of a body that will never end
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        rid = new_request_id()
+        if status >= 500:
+            log.error(
+                "http.unhandled", status=status, kind=type(exc).__name__, request_id=rid,
+                exc_info=exc,
+            )  # fmt: skip
+        else:
+            log.info(
+                "http.malformed_request", status=status, kind=type(exc).__name__, request_id=rid
+            )
+        # Part of an answer already went out: nothing more can be said on this connection.
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error answer")
+        if status == 400:
+            response = malformed_request(rid, _parser_message(exc))
+        elif status == 504:
+            response = error_response(504, "timeout", "the request took too long")
+        else:
+            response = error_response(
+                status, "internal_error", f"internal error; quote request id {rid} to the operator"
+            )
+        response.headers[REQUEST_ID_HEADER] = rid
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    """aiohttp's low-level server, making a `JsonErrorRequestHandler` per connection."""
+
+    def __call__(self) -> web.RequestHandler:
+        # web.Server.__call__ is `RequestHandler(self, loop=self._loop, **self._kwargs)` with no
+        # hook for the class; the same call with ours.
+        return JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class AppRunner(web.AppRunner):
+    """`web.AppRunner` whose server answers HTTP-level errors as JSON (JsonErrorRequestHandler)."""
+
+    __slots__ = ()
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()  # the app's startup hooks run here, as usual
+        return _Server(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=plain._loop,
+            **plain._kwargs,
+        )
+
+
+__all__ = ["AppRunner", "JsonErrorRequestHandler", "build_app"]

@@ -21,6 +21,7 @@ from daemon.domain import ProviderNotified
 from daemon.validation import validation_field
 
 __all__ = [
+    "MAX_DEPTH",
     "Delivery",
     "MalformedDelta",
     "MalformedWebhook",
@@ -31,6 +32,9 @@ __all__ = [
 
 # The provider signs with HMAC-SHA256 and sends 64 lower-case hex characters.
 _HEX_LEN = 64
+# Arrays and objects nested deeper than this are no delivery: the provider's bodies are a few
+# levels deep, and what is kept in the log must decode again at any stack depth on replay.
+MAX_DEPTH = 64
 
 
 def verify_signature(body: bytes, header: str | None, secrets: Sequence[bytes]) -> bool:
@@ -153,8 +157,9 @@ def parse_delivery(body: bytes, *, received_at: datetime | None = None) -> Deliv
     returned in `malformed` with its index, and never costs the other deltas of the batch.
     A v3 body without `time` is dated `received_at` (default: now) and says so in its details
     (`time_missing`). Raises `MalformedWebhook` naming the field only when the body is not a
-    delivery at all: invalid UTF-8, not JSON, not an object, no `deltas` array nor
-    `specversion`, or a v3 grant notification without its id, type or grant.
+    delivery at all: invalid UTF-8, not JSON, nested deeper than `MAX_DEPTH`, not an object,
+    no `deltas` array nor `specversion`, or a v3 grant notification without its id, type or
+    grant.
     """
     try:
         text = body.decode("utf-8")
@@ -164,6 +169,11 @@ def parse_delivery(body: bytes, *, received_at: datetime | None = None) -> Deliv
         raw = msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
         raise MalformedWebhook("$", f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # msgspec recurses once per level: thousands of `[` end here, not in a crash.
+        raise MalformedWebhook("$", f"body is nested deeper than {MAX_DEPTH} levels") from None
+    if _deeper_than(raw, MAX_DEPTH):
+        raise MalformedWebhook("$", f"body is nested deeper than {MAX_DEPTH} levels")
     if not isinstance(raw, dict):
         raise MalformedWebhook("$", f"expected a JSON object, got {type(raw).__name__}")
     if "deltas" in raw:
@@ -171,6 +181,23 @@ def parse_delivery(body: bytes, *, received_at: datetime | None = None) -> Deliv
     if "specversion" in raw:
         return _parse_v3(raw, received_at or datetime.now(UTC))
     raise MalformedWebhook("$", "expected a v2 body with `deltas` or a v3 body with `specversion`")
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """True if arrays/objects in `value` nest more than `limit` levels (no recursion here)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def parse_notifications(

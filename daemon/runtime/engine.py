@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 
 import anyio
@@ -80,13 +80,15 @@ class Engine:
         self._wake = anyio.Event()
         self._in_flight = 0
         self._stopped = False
+        self._refused: frozenset[str] = frozenset()
 
     async def submit(
         self, inputs: Sequence[Input], *, source: str, correlation_id: str | None = None
     ) -> list[Decision]:
         """Record `inputs` (one delivery, one transaction) and return what each became.
 
-        Queued until `run()` takes it; raises StoreClosed once the engine has stopped.
+        Queued until `run()` takes it; raises StoreClosed once the engine has stopped, or once
+        `stop_intake` refused `source`.
         """
         known: set[str] = set()
         if len(inputs) > 1:
@@ -96,6 +98,8 @@ class Engine:
             known = await self.store.stored_event_ids({first_event_id(i.input_id) for i in inputs})
         if self._stopped:
             raise StoreClosed("the engine stopped; retry")
+        if source in self._refused:
+            raise StoreClosed("the daemon is stopping; retry")
         future: _Answer = asyncio.get_running_loop().create_future()
         self._planner.add(Request(inputs, source, future, correlation_id, known))
         self._wake.set()
@@ -122,6 +126,23 @@ class Engine:
             self._stopped = True
             # Nobody is left waiting for an answer that will not come.
             _fail(self._planner.clear(), StoreClosed("the engine stopped; retry"))
+
+    def stop_intake(self, sources: Collection[str]) -> int:
+        """Refuse `sources` from now on and fail their requests not yet decided (StoreClosed).
+
+        Nothing of a failed request is written: it was still in the queue, so no pass holds it.
+        Requests already decided run on and are answered once committed (or failed). Other
+        sources (timers, outbox, pollers) are still served. Returns how many were failed.
+        """
+        self._refused = self._refused | frozenset(sources)
+        refused: list[Request[_Answer]] = []
+        for request in self._planner.clear():
+            if request.source in self._refused:
+                refused.append(request)
+            else:
+                self._planner.add(request)
+        _fail(refused, StoreClosed("the daemon is stopping; retry"))
+        return len(refused)
 
     def _next_batch(self) -> list[Request[_Answer]]:
         if self._in_flight >= _MAX_IN_FLIGHT:
@@ -188,7 +209,10 @@ class Engine:
         """Keep a signed but unreadable body in the log once, however often it is redelivered.
 
         Returns True when it was new. The body is kept as text where it decodes, else as hex.
+        Refused (StoreClosed, nothing written) like `submit` once `stop_intake` named `source`.
         """
+        if source in self._refused:
+            raise StoreClosed("the daemon is stopping; retry")
         digest = hashlib.sha256(body).hexdigest()
         try:
             text: str | None = body.decode("utf-8")

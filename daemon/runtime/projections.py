@@ -12,21 +12,26 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import msgspec
 from immutables import Map
+from msgspec.structs import replace
 
 from daemon.domain import (
     APPLICATION_STREAM,
+    FLAGS,
     STATES,
+    TIMER_PURPOSES,
     AccountsEnrolled,
     AccountState,
     ApplicationState,
     Event,
     PendingEffect,
     State,
+    StateChanged,
     decode_event,
     evolve_stream,
     stream_of,
@@ -38,6 +43,80 @@ SNAPSHOT_FORMAT = 3
 # Accounts kept decoded (the most recently used); the others are kept encoded, about 300 bytes
 # each, and decoded (a couple of microseconds) when read.
 HOT_ACCOUNTS = 50_000
+
+HISTORY_BUCKETS = 120
+"""The funnel's history keeps at most this many samples, however long the migration runs."""
+
+DURATION_RATIO = 1.05
+"""Times from first auth to `static` are counted in buckets this many times wider than the
+previous one; a median read from them is within 2.5 % of the exact one."""
+
+WAITING: tuple[State, ...] = ("first_auth", "stopped_waiting", "second_step_due", "second_auth")
+"""The states of an account on its way to `static` (started, neither static nor stalled)."""
+
+
+class FunnelHistory(msgspec.Struct, kw_only=True):
+    """Accounts per state over time, in at most `HISTORY_BUCKETS` buckets of equal width.
+
+    `counts[i]` is the funnel (in `STATES` order) at the end of the bucket starting
+    `start + i * bucket_seconds`, as the log's event times say. When time runs past the last
+    bucket, neighbouring buckets merge pairwise and the width doubles, so memory stays fixed
+    and the whole migration stays in view.
+    """
+
+    start: datetime | None = None
+    bucket_seconds: int = 1
+    states: list[str] = []
+    counts: list[list[int]] = []
+    last: datetime | None = None  # the latest time recorded
+
+    def record(self, at: datetime, counts: list[int]) -> None:
+        """Note the funnel `counts` as they are at `at` (an earlier time counts as the last)."""
+        if self.start is None or self.states != list(STATES):
+            self.start = at.replace(microsecond=0)
+            self.bucket_seconds = 1
+            self.states = list(STATES)
+            self.counts = []
+        index = max(int((at - self.start).total_seconds()) // self.bucket_seconds, 0)
+        while index >= HISTORY_BUCKETS:
+            last = len(self.counts) - 1
+            self.counts = [self.counts[min(2 * i + 1, last)] for i in range((last + 2) // 2)]
+            self.bucket_seconds *= 2
+            index = int((at - self.start).total_seconds()) // self.bucket_seconds
+        index = max(index, len(self.counts) - 1)
+        self.last = at if self.last is None or at > self.last else self.last
+        while len(self.counts) < index:
+            self.counts.append(self.counts[-1] if self.counts else counts)
+        if len(self.counts) == index:
+            self.counts.append(counts)
+        else:
+            self.counts[index] = counts
+
+    def times(self) -> list[datetime]:
+        """The end of each bucket (of the last, the latest time recorded in it)."""
+        if self.start is None or self.last is None:
+            return []
+        width = timedelta(seconds=self.bucket_seconds)
+        ends = [self.start + width * (i + 1) for i in range(len(self.counts))]
+        ends[-1] = max(min(ends[-1], self.last), ends[-2] if len(ends) > 1 else self.start)
+        return ends
+
+
+class WaveProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """One wave's accounts per state, and how long its static accounts took from first auth."""
+
+    states: dict[str, int]
+    static_seconds_median: float | None
+    static_seconds_p90: float | None
+
+    @property
+    def enrolled(self) -> int:
+        return sum(self.states.values())
+
+    @property
+    def waiting(self) -> int:
+        return sum(self.states[s] for s in WAITING)
+
 
 _record_encoder = msgspec.msgpack.Encoder(order="deterministic", enc_hook=encode_hook)
 _record_decoder = msgspec.msgpack.Decoder(AccountState)
@@ -51,6 +130,8 @@ class _Header(msgspec.Struct, frozen=True, array_like=True):
     position: int
     head_hash: str  # the hash of the log's row at `position` ("" if unknown)
     application: ApplicationState
+    # Not derivable from the accounts: the funnel over time.
+    history: FunnelHistory
 
 
 class _Part(msgspec.Struct, frozen=True, array_like=True):
@@ -61,6 +142,9 @@ class _Part(msgspec.Struct, frozen=True, array_like=True):
     earliest: datetime | None
     effects: bool
     flags: tuple[str, ...]
+    timers: tuple[str, ...]  # the purposes of its pending timers
+    retrying: int  # pending effects whose last attempt failed
+    static_seconds: float | None  # from first auth to static, once static
     enrollment: Enrollment | None
     record: msgspec.Raw
 
@@ -117,6 +201,9 @@ class TakenSnapshot:
                 earliest=min(state.pending_timers.values(), default=None),
                 effects=bool(state.pending_effects),
                 flags=tuple(sorted(state.flags)),
+                timers=tuple(sorted(state.timer_purposes.values())),
+                retrying=_retrying(state),
+                static_seconds=_static_seconds(state),
                 enrollment=self.enrollments.get(account_id),
                 record=msgspec.Raw(record),
             )
@@ -149,13 +236,22 @@ class Projection:
         self._parts_in_step = False
         self._by_state: dict[str, set[str]] = {state: set() for state in STATES}
         self._with_effects: set[str] = set()
-        self._flags: dict[str, int] = {}
         # The due-time index: each account's earliest pending due time, and a heap of
         # (earliest due, account id) over it. Entries are never removed in place (a heap has
         # no cheap delete); one whose due time is no longer the account's earliest is stale,
         # skipped when read and dropped when the heap is rebuilt.
         self._earliest: dict[str, datetime] = {}
         self._due_heap: list[tuple[datetime, str]] = []
+        # Aggregates for the status page and the summary, kept as accounts change (never
+        # recomputed by a scan): per enrolment wave the accounts per state and a histogram of
+        # times from first auth to static, accounts per flag, pending timers per purpose, and
+        # pending effects whose last attempt failed.
+        self._wave_states: dict[str, dict[str, int]] = {}
+        self._static_times: dict[str, dict[int, int]] = {}
+        self._flags: dict[str, int] = {}
+        self._timers: dict[str, int] = {}
+        self._retrying = 0
+        self.history = FunnelHistory()
 
     # --- folding ---------------------------------------------------------------------------
 
@@ -172,14 +268,23 @@ class Projection:
             return False
         self.head_hash = ""
         stream = stream_of(event)
+        enrolled = isinstance(event, AccountsEnrolled) and stream == APPLICATION_STREAM
+        enrolled_ids = event.account_ids if isinstance(event, AccountsEnrolled) else ()
+        if enrolled:
+            # A re-enrolment moves the account's counts to its new wave.
+            for account_id in enrolled_ids:
+                if (known := self._peek(account_id)) is not None:
+                    self._count(known, self._wave_of(account_id), -1)
         evolve_stream(self, stream, event)
-        if stream == APPLICATION_STREAM and isinstance(event, AccountsEnrolled):
-            # Enrolment is the first sight of an account for the funnel; the enrolment is
-            # kept with the account in snapshots.
-            for account_id in event.account_ids:
-                if account_id not in self._records:
+        if enrolled:
+            for account_id in enrolled_ids:
+                if (known := self._peek(account_id)) is not None:
+                    self._count(known, self._wave_of(account_id), 1)
+                else:  # enrolment is the first sight of an account for the funnel
                     self.put_account(AccountState(account_id=account_id))
-                self._dirty.add(account_id)
+                self._dirty.add(account_id)  # its part holds its enrolment
+        if enrolled or isinstance(event, StateChanged):
+            self.history.record(event.occurred_at, list(self.funnel().values()))
         self.position = position
         return True
 
@@ -187,14 +292,13 @@ class Projection:
         """Keep an account's new state, and index it."""
         account_id = state.account_id
         old = self._peek(account_id)
+        wave = self._wave_of(account_id)
+        if old is not None:
+            self._count(old, wave, -1)
+        self._count(state, wave, 1)
         if old is not None and old.state != state.state:
             self._by_state.setdefault(old.state, set()).discard(account_id)
         self._by_state.setdefault(state.state, set()).add(account_id)
-        if old is None or old.flags != state.flags:
-            for flag in old.flags if old is not None else ():
-                self._flags[flag] -= 1
-            for flag in state.flags:
-                self._flags[flag] = self._flags.get(flag, 0) + 1
         if state.pending_effects:
             self._with_effects.add(account_id)
         else:
@@ -216,6 +320,42 @@ class Projection:
             if oldest in self._stale:
                 self._records[oldest] = _record_encoder.encode(leaving)
                 self._stale.discard(oldest)
+
+    def _wave_of(self, account_id: str) -> str | None:
+        enrollment = self.application.enrollments.get(account_id)
+        return enrollment.wave if enrollment is not None else None
+
+    def _count(self, state: AccountState, wave: str | None, sign: int) -> None:
+        """Add (`sign` 1) or take away (-1) the account's part in the aggregates."""
+        self._add_counts(
+            wave, state.state, _static_seconds(state), state.flags,
+            state.timer_purposes.values(), _retrying(state), sign,
+        )  # fmt: skip
+
+    def _add_counts(
+        self,
+        wave: str | None,
+        state: str,
+        static_seconds: float | None,
+        flags: Iterable[str],
+        timers: Iterable[str],
+        retrying: int,
+        sign: int,
+    ) -> None:
+        if wave is not None:
+            states = self._wave_states.setdefault(wave, dict.fromkeys(STATES, 0))
+            states[state] = states.get(state, 0) + sign
+            if state == "static" and static_seconds is not None:
+                times = self._static_times.setdefault(wave, {})
+                bucket = _duration_bucket(static_seconds)
+                times[bucket] = times.get(bucket, 0) + sign
+                if not times[bucket]:
+                    del times[bucket]
+        for flag in flags:
+            self._flags[flag] = self._flags.get(flag, 0) + sign
+        for purpose in timers:
+            self._timers[purpose] = self._timers.get(purpose, 0) + sign
+        self._retrying += sign * retrying
 
     def _peek(self, account_id: str) -> AccountState | None:
         """The account's state, decoded if it is not hot, without making it hot."""
@@ -254,10 +394,6 @@ class Projection:
 
     def __len__(self) -> int:
         return len(self._records)
-
-    def flag_counts(self) -> dict[str, int]:
-        """Accounts per flag raised on them now (kept as flags change, not counted per call)."""
-        return {flag: n for flag, n in sorted(self._flags.items()) if n}
 
     def ids_in(self, state: State) -> frozenset[str]:
         """The ids of the accounts in `state`."""
@@ -316,13 +452,56 @@ class Projection:
         return {state: len(self._by_state.get(state, ())) for state in STATES}
 
     def waves(self) -> dict[str, dict[str, int]]:
-        """Per enrolment wave, the number of its accounts per state."""
-        result: dict[str, dict[str, int]] = {}
-        for account_id, enrollment in self.application.enrollments.items():
-            counts = result.setdefault(enrollment.wave, dict.fromkeys(STATES, 0))
-            state = self._peek(account_id)
-            counts[state.state if state else "dynamic"] += 1
+        """Per enrolment wave, the number of its accounts per state (every state present)."""
+        return {
+            wave: {s: counts.get(s, 0) for s in STATES}
+            for wave, counts in sorted(self._wave_states.items())
+            if any(counts.values())
+        }
+
+    def wave_progress(self) -> dict[str, WaveProgress]:
+        """Per enrolment wave, its accounts per state and how long `static` took them."""
+        result = {}
+        for wave, states in self.waves().items():
+            times = self._static_times.get(wave, {})
+            result[wave] = WaveProgress(
+                states=states,
+                static_seconds_median=_quantile(times, 0.5),
+                static_seconds_p90=_quantile(times, 0.9),
+            )
         return result
+
+    def flag_counts(self) -> dict[str, int]:
+        """Accounts per flag, every flag present."""
+        return {flag: self._flags.get(flag, 0) for flag in FLAGS}
+
+    def timer_counts(self) -> dict[str, int]:
+        """Pending timers per purpose (stop_grace, second_step, reminder, ...)."""
+        return {p: self._timers.get(p, 0) for p in TIMER_PURPOSES}
+
+    @property
+    def effects_retrying(self) -> int:
+        """Pending effects whose last attempt failed and that will be tried again."""
+        return self._retrying
+
+    def due_within(self, purpose: str, until: datetime, limit: int = 2000) -> tuple[int, bool]:
+        """How many pending `purpose` timers are due by `until`, looking at no more than the
+        `limit` earliest timers; and whether that many were looked at (so there may be more)."""
+        soonest = self.due_soonest(limit)
+        found = sum(
+            1
+            for due, account_id, timer_id in soonest
+            if due <= until and self._known(account_id).timer_purposes.get(timer_id) == purpose
+        )
+        return found, len(soonest) == limit and soonest[-1][0] <= until
+
+    def with_enrollment(self, state: AccountState) -> AccountState:
+        """The account as the operator sees it: one not in a migration cycle (none started, or
+        reset) shows the wave and policy it is enrolled with, from its enrolment on."""
+        enrollment = self.application.enrollments.get(state.account_id)
+        if enrollment is None or (state.wave is not None and state.state != "dynamic"):
+            return state
+        return replace(state, wave=enrollment.wave, policy=enrollment.policy)
 
     def list_accounts(
         self,
@@ -355,7 +534,7 @@ class Projection:
 
     # --- snapshots and comparison ------------------------------------------------------------
 
-    def take_snapshot(self) -> TakenSnapshot:
+    def take_snapshot(self, *, head_hash: str | None = None) -> TakenSnapshot:
         """Capture a snapshot at this position: the accounts changed since the last one taken
         (every account, `complete`, when the stored parts may not match). Only references are
         taken here (states and records never change once made); `TakenSnapshot.encode` does
@@ -370,8 +549,9 @@ class Projection:
             _Header(
                 SNAPSHOT_FORMAT,
                 self.position,
-                self.head_hash,
-                msgspec.structs.replace(self.application, enrollments=Map()),
+                self.head_hash if head_hash is None else head_hash,
+                replace(self.application, enrollments=Map()),
+                self.history,
             )
         )
         return TakenSnapshot(self.position, header, complete, items, self.application.enrollments)
@@ -399,8 +579,8 @@ class Projection:
         projection = cls(hot_limit)
         projection.position = head.position
         projection.head_hash = head.head_hash
+        projection.history = head.history
         records, by_state, earliest = projection._records, projection._by_state, {}
-        flags: dict[str, int] = {}
         shared: dict[Enrollment, Enrollment] = {}  # one object per enrolment, as in the log
         enrolled: dict[str, Enrollment] = {}
         for account_id, blob in parts:
@@ -411,26 +591,26 @@ class Projection:
                 earliest[account_id] = part.earliest
             if part.effects:
                 projection._with_effects.add(account_id)
-            for flag in part.flags:
-                flags[flag] = flags.get(flag, 0) + 1
+            wave = None
             if part.enrollment is not None:
                 enrolled[account_id] = shared.setdefault(part.enrollment, part.enrollment)
+                wave = part.enrollment.wave
+            projection._add_counts(
+                wave, part.state, part.static_seconds, part.flags, part.timers, part.retrying, 1
+            )
         projection._earliest = earliest
-        projection._flags = flags
         projection._rebuild_due_heap()  # one heapify instead of a push per account
-        projection.application = msgspec.structs.replace(
-            head.application, enrollments=Map(enrolled)
-        )
+        projection.application = replace(head.application, enrollments=Map(enrolled))
         projection._parts_in_step = True
         return projection
 
-    def to_snapshot(self) -> bytes:
+    def to_snapshot(self, *, head_hash: str | None = None) -> bytes:
         """The whole projection as one value (for comparisons and tests; the daemon writes
         `take_snapshot`'s parts): the same bytes for equal projections."""
         dirty, in_step = self._dirty, self._parts_in_step
         self._parts_in_step = False
         try:
-            taken = self.take_snapshot()
+            taken = self.take_snapshot(head_hash=head_hash)
         finally:
             self._dirty, self._parts_in_step = dirty, in_step
         parts = [(i, msgspec.Raw(p)) for i, p in taken.encode(0, len(taken.items))]
@@ -454,8 +634,21 @@ class Projection:
                 "with_effects": sorted(self._with_effects),
                 "earliest": self._earliest,
                 "due_heap": live_heap,
+                "aggregates": self._aggregates(),
             }
         )
+
+    def _aggregates(self) -> dict[str, object]:
+        """The counts kept for the status page, without the zeros."""
+        return {
+            "waves": self.waves(),
+            "static_times": {
+                w: {str(b): n for b, n in t.items()} for w, t in self._static_times.items() if t
+            },
+            "flags": {f: n for f, n in self._flags.items() if n},
+            "timers": {p: n for p, n in self._timers.items() if n},
+            "retrying": self._retrying,
+        }
 
     def check_indexes(self) -> list[str]:
         """What the indexes say that the accounts do not ([] when they agree).
@@ -464,9 +657,14 @@ class Projection:
         accounts, so a test (or an operator's check) can catch a wrong funnel or a lost timer.
         """
         fresh = Projection()
+        fresh.application = self.application
         for account in self:
             fresh.put_account(account)
         problems = []
+        if self._aggregates() != fresh._aggregates():
+            problems.append(
+                f"aggregates: kept {self._aggregates()}, accounts {fresh._aggregates()}"
+            )
         for state in STATES:
             have, want = self._by_state.get(state, set()), fresh._by_state[state]
             if have != want:
@@ -492,11 +690,51 @@ class Projection:
 
     def digest(self) -> str:
         """SHA-256 of the canonical snapshot and indexes: equal digests, equal projections."""
-        return hashlib.sha256(self.to_snapshot() + b"\n" + self._indexes()).hexdigest()
+        return hashlib.sha256(self._canonical() + b"\n" + self._indexes()).hexdigest()
+
+    def _canonical(self) -> bytes:
+        # What the projection holds, whether or not it was folded from stored records (which
+        # only adds the head's hash).
+        return self.to_snapshot(head_hash="")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Projection):
             return NotImplemented
-        return self.to_snapshot() == other.to_snapshot() and self._indexes() == other._indexes()
+        return self._canonical() == other._canonical() and self._indexes() == other._indexes()
 
     __hash__ = None  # type: ignore[assignment]  # mutable
+
+
+def _static_seconds(state: AccountState) -> float | None:
+    if state.first_auth_at is None or state.static_at is None:
+        return None
+    return max((state.static_at - state.first_auth_at).total_seconds(), 0.0)
+
+
+def _duration_bucket(seconds: float) -> int:
+    """0 for under a millisecond; then n for [ratio**(n-1), ratio**n) milliseconds."""
+    milliseconds = seconds * 1000
+    if milliseconds < 1:
+        return 0
+    return 1 + int(math.log(milliseconds) / math.log(DURATION_RATIO))
+
+
+def _quantile(histogram: dict[int, int], q: float) -> float | None:
+    """The nearest-rank `q` quantile of the histogram, as its bucket's geometric middle."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    rank = max(math.ceil(q * total), 1)
+    seen = 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        if seen >= rank:
+            return 0.0 if bucket == 0 else DURATION_RATIO ** (bucket - 0.5) / 1000
+    raise AssertionError("unreachable: the ranks add up to the total")
+
+
+def _retrying(state: AccountState) -> int:
+    """The account's pending effects whose last attempt failed (they will be tried again)."""
+    return (
+        sum(1 for p in state.pending_effects.values() if p.attempts) if state.pending_effects else 0
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -571,17 +572,22 @@ async def test_command_for_an_unknown_account_is_404_and_records_nothing(
         ("cursor=%ff%fe", "cursor"),
         ("cursor=a%00b", "cursor"),
         ("cursor=" + "x" * 600, "cursor"),
+        ("cursor=acc-a", "cursor"),
     ],
 )
 async def test_account_listing_refuses_an_unknown_state_or_garbage_cursor(
     running, query: str, field: str
 ) -> None:
-    """An unknown `state` or an undecodable cursor is a 400 naming it, not an empty page."""
-    await enable_and_enroll(running, ["acc-l"])
+    """An unknown `state`, or a cursor the daemon did not hand out (a bare account id too), is a
+    400 naming it, not an empty page; the cursors it hands out page on."""
+    await enable_and_enroll(running, ["acc-a", "acc-l"])
     status, body = await running.operator("GET", f"/v1/accounts?{query}")
     assert status == 400
     assert body["error"]["field"] == field
-    status, body = await running.operator("GET", "/v1/accounts?state=dynamic&cursor=acc-a")
+    _, first = await running.operator("GET", "/v1/accounts?limit=1")
+    status, body = await running.operator(
+        "GET", f"/v1/accounts?state=dynamic&cursor={first['next_cursor']}"
+    )
     assert (status, [a["account_id"] for a in body["accounts"]]) == (200, ["acc-l"])
 
 
@@ -743,7 +749,8 @@ async def test_status_page_shows_the_funnel_without_account_ids(running) -> None
         assert resp.status == 200
         assert resp.content_type == "text/html"
         page = await resp.text()
-    assert "<th>first_auth</th><td>1</td>" in page
+    assert '<div class="tile" data-state="first_auth">' in page
+    assert re.search(r'data-state="first_auth"><i [^>]*></i><b>1</b>', page)
     assert "secret-account-42" not in page
     assert "person@example.com" not in page
 

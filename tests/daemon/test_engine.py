@@ -373,3 +373,29 @@ async def test_the_engines_log_lines_do_not_carry_the_ids_of_a_request(path: Wri
     assert caller["request_id"] == "r-1"
     assert engine_lines
     assert all("request_id" not in e and "account_id" not in e for e in engine_lines)
+
+
+async def test_stopping_the_intake_refuses_queued_requests_and_finishes_those_in_flight(
+    path: WritePath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At SIGTERM a refused source's queued request fails (nothing written) and new ones are
+    refused; its request already appended is answered once committed; other sources go on."""
+    gate, appending = hold_commits(path, monkeypatch)
+    engine = path.engine
+    in_flight = asyncio.ensure_future(engine.submit([running(1)], source="webhook"))
+    await until(lambda: appending)  # appended, not yet committed
+    queued = asyncio.ensure_future(engine.submit([running(2)], source="webhook"))
+    other = asyncio.ensure_future(engine.submit([running(3)], source="timer"))
+    await until(lambda: len(engine._planner) == 2)  # both held behind acc-1's events in flight
+    assert engine.stop_intake({"webhook"}) == 1
+    with pytest.raises(daemon.runtime.engine.StoreClosed):
+        await asyncio.wait_for(queued, 5)
+    with pytest.raises(daemon.runtime.engine.StoreClosed):
+        await engine.submit([running(4)], source="webhook")
+    with pytest.raises(daemon.runtime.engine.StoreClosed):
+        await engine.quarantine(b"?", source="webhook", field="$", reason="unreadable")
+    gate.set()
+    [first], [third] = await asyncio.wait_for(asyncio.gather(in_flight, other), 10)
+    assert not first.duplicate
+    assert not third.duplicate
+    assert await path.stream("acc-1") == ["v2:acc-1:1#0", "v2:acc-1:3#0"]

@@ -10,7 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.http.encoding import DecodedTooLarge, UndecodableBody, decode_content
+from daemon.http.encoding import (
+    DecodedTooLarge,
+    UndecodableBody,
+    UnsupportedCoding,
+    decode_content,
+)
 
 LIMIT = 4096
 
@@ -55,9 +60,19 @@ def test_a_compressed_bomb_stops_at_the_limit() -> None:
 
 @pytest.mark.parametrize("header", ["br", "zstd", "compress", "gzip, br", "made-up"])
 def test_codings_we_do_not_undo_are_undecodable(header: str) -> None:
-    """br, zstd and unknown codings are refused before any decoding is tried."""
-    with pytest.raises(UndecodableBody, match="not supported"):
+    """br, zstd and unknown codings are refused before any decoding is tried (415 on the
+    bearer-token routes)."""
+    with pytest.raises(UnsupportedCoding, match="not supported"):
         decode_content(gzip.compress(b"{}"), header, LIMIT)
+
+
+def test_an_unknown_coding_is_named_back_only_when_it_looks_like_one() -> None:
+    """The refusal quotes a coding name, never arbitrary header text (a token put there)."""
+    with pytest.raises(UnsupportedCoding, match="'br'"):
+        decode_content(b"{}", "br", LIMIT)
+    with pytest.raises(UnsupportedCoding) as refused:
+        decode_content(b"{}", "Bearer s3cr3t-token/with spaces", LIMIT)
+    assert "s3cr3t" not in str(refused.value)
 
 
 @pytest.mark.parametrize(
@@ -67,9 +82,10 @@ def test_codings_we_do_not_undo_are_undecodable(header: str) -> None:
 )
 def test_bytes_that_are_not_gzip_are_undecodable(data: bytes) -> None:
     """Empty, garbage, truncated or trailing-junk gzip data is undecodable, never an exception
-    of another kind."""
-    with pytest.raises(UndecodableBody):
+    of another kind, and not mistaken for an unsupported coding (400, not 415)."""
+    with pytest.raises(UndecodableBody) as refused:
         decode_content(data, "gzip", LIMIT)
+    assert not isinstance(refused.value, UnsupportedCoding)
 
 
 @given(st.binary(max_size=3 * LIMIT), st.integers(min_value=1, max_value=2 * LIMIT))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import uuid
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.sdnotify import notify
+from daemon.sdnotify import notify, watchdog_period
 
 
 def test_sends_to_a_path_socket(tmp_path: Path) -> None:
@@ -54,3 +55,19 @@ def test_reads_the_process_environment(tmp_path: Path, monkeypatch: pytest.Monke
         monkeypatch.setenv("NOTIFY_SOCKET", str(path))
         assert notify("STOPPING=1")
         assert server.recv(4096) == b"STOPPING=1"
+
+
+def test_watchdog_period_is_half_of_watchdog_usec() -> None:
+    """With `WatchdogSec=30s` (WATCHDOG_USEC=30000000) the daemon pings every 15 seconds."""
+    assert watchdog_period({"WATCHDOG_USEC": "30000000"}) == 15.0
+    assert watchdog_period({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) == 15
+
+
+def test_no_watchdog_pings_unless_systemd_asks_this_process() -> None:
+    """No `WATCHDOG_USEC`, a malformed or zero one, or `WATCHDOG_PID` naming another process:
+    the daemon sends no keep-alive pings."""
+    assert watchdog_period({}) is None
+    assert watchdog_period({"WATCHDOG_USEC": "soon"}) is None
+    assert watchdog_period({"WATCHDOG_USEC": "0"}) is None
+    other = str(os.getpid() + 1)
+    assert watchdog_period({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": other}) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -9,9 +10,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.domain import AccountsEnrolled, ApplicationState, TimerCancelled, TimerScheduled
+from daemon.domain import (
+    STATES,
+    AccountsEnrolled,
+    ApplicationState,
+    Enroll,
+    TimerCancelled,
+    TimerScheduled,
+)
 from daemon.domain.state import encode_hook
-from daemon.runtime.projections import SNAPSHOT_FORMAT, Projection
+from daemon.runtime.projections import (
+    HISTORY_BUCKETS,
+    SNAPSHOT_FORMAT,
+    FunnelHistory,
+    Projection,
+    _duration_bucket,
+    _quantile,
+)
 
 
 def build(flow) -> Projection:
@@ -132,7 +147,9 @@ def test_projections_that_differ_are_not_equal(flow):
 
 def test_snapshot_of_another_format_is_refused():
     """A snapshot written by another format version is not loaded silently."""
-    header = msgspec.msgpack.encode([9, 0, "", ApplicationState()], enc_hook=encode_hook)
+    header = msgspec.msgpack.encode(
+        [9, 0, "", ApplicationState(), FunnelHistory()], enc_hook=encode_hook
+    )
     with pytest.raises(ValueError, match="format 9"):
         Projection.from_parts(header, [])
     with pytest.raises(ValueError, match=f"format {SNAPSHOT_FORMAT}"):
@@ -268,3 +285,106 @@ def test_equality_sees_a_drifted_effect_index(flow):
     assert projection != fresh
     assert projection.pending_effects() == []
     assert any("effects" in problem for problem in projection.check_indexes())
+
+
+# --- the aggregates kept for the status page and the summary -----------------------------------
+
+
+def test_wave_progress_counts_states_and_times_to_static(flow):
+    """Per wave: accounts per state, and first auth → static median and 90th percentile."""
+    flow.setup("a", "b", "c")
+    for account, minutes in (("a", 36), ("b", 50)):
+        flow.auth(1, account=account)
+        flow.hook("account.stopped", 2, account=account)
+        flow.fire("second_step", account=account)
+        flow.auth(minutes - 1, account=account)
+        flow.hook("account.running", minutes, account=account)
+        assert flow.state(account).state == "static"
+    projection = build(flow)
+    [(wave, progress)] = projection.wave_progress().items()
+    assert wave == "w1"
+    assert (progress.enrolled, progress.waiting) == (3, 0)
+    assert (progress.states["static"], progress.states["dynamic"]) == (2, 1)
+    # Nearest rank of [35 min, 49 min]: the median is the first, the 90th percentile the second.
+    assert progress.static_seconds_median == pytest.approx(35 * 60, rel=0.025)
+    assert progress.static_seconds_p90 == pytest.approx(49 * 60, rel=0.025)
+    assert projection.check_indexes() == []
+
+
+def test_re_enrolment_moves_an_account_to_its_new_wave(flow):
+    """An account enrolled again in another wave counts there, and only there."""
+    flow.setup("a", "b")
+    flow.h.handle(
+        Enroll(input_id="again", occurred_at=T0, actor="op", account_ids=("b",), wave="w2"),
+        T0,
+    )
+    projection = build(flow)
+    assert {w: p.enrolled for w, p in projection.wave_progress().items()} == {"w1": 1, "w2": 1}
+    assert projection.waves() == {w: p.states for w, p in projection.wave_progress().items()}
+    assert projection.check_indexes() == []
+    shown = projection.with_enrollment(projection.account("b"))  # type: ignore[arg-type]
+    assert (shown.wave, shown.policy) == ("w2", "notify")
+
+
+def test_flag_timer_and_retry_counts_follow_the_accounts(flow):
+    """Flags, pending timers per purpose and failing effects are counted as accounts change."""
+    flow.to_second_step_due()
+    projection = build(flow)
+    assert projection.timer_counts()["reminder"] == 1
+    [key] = flow.state().pending_effects
+    flow.outcome(key, "failed_retrying", next_attempt_at=flow.now + timedelta(minutes=1))
+    projection = build(flow)
+    assert projection.effects_retrying == 1
+    flow.outcome(key, "gave_up", attempt=2)
+    projection = build(flow)
+    assert projection.effects_retrying == 0
+    assert projection.flag_counts()["effect_gave_up"] == 1
+    assert projection.check_indexes() == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(min_value=-5, max_value=4000), st.integers(0, 50)), max_size=300
+    )
+)
+def test_funnel_history_stays_bounded_and_ends_on_the_latest_counts(steps):
+    """However long the run, the history keeps at most HISTORY_BUCKETS samples, its times
+    never go back, and its last sample is the latest funnel recorded."""
+    history = FunnelHistory()
+    at = T0
+    for seconds, n in steps:
+        at += timedelta(seconds=seconds)
+        counts = [n] * len(STATES)
+        history.record(at, counts)
+        assert len(history.counts) <= HISTORY_BUCKETS
+        assert history.counts[-1] == counts
+        times = history.times()
+        assert times == sorted(times)
+        assert len(times) == len(history.counts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    durations=st.lists(st.floats(min_value=0.001, max_value=1e7), min_size=1, max_size=60),
+    q=st.sampled_from([0.5, 0.9]),
+)
+def test_time_to_static_quantiles_are_within_two_and_a_half_percent(durations, q):
+    """The median and 90th percentile read from the histogram are within 2.5 % of the exact
+    nearest-rank ones, for any times from a millisecond to months."""
+    histogram: dict[int, int] = {}
+    for d in durations:
+        bucket = _duration_bucket(d)
+        histogram[bucket] = histogram.get(bucket, 0) + 1
+    exact = sorted(durations)[max(math.ceil(q * len(durations)), 1) - 1]
+    estimate = _quantile(histogram, q)
+    assert estimate == pytest.approx(exact, rel=0.025)
+
+
+def test_snapshot_keeps_the_funnel_history(flow):
+    """The funnel's history survives a snapshot (it is in the snapshot's header)."""
+    projection = build(busy_flow(flow))
+    assert projection.history.counts
+    restored = Projection.from_snapshot(projection.to_snapshot())
+    assert restored.history == projection.history
+    assert restored == projection

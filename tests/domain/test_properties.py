@@ -282,6 +282,7 @@ def test_any_input_sequence_keeps_the_invariants(policy, steps, cut):
     # (a) the live projection equals a fresh replay, and a snapshot at any point plus the tail
     full = replay(log)
     assert run.live == full
+    assert full.check_indexes() == []  # the kept counts agree with the accounts
     for account_id, state in run.h.accounts.items():
         assert full.account(account_id) == state
     cut = min(cut, len(log))

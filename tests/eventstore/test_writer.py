@@ -145,6 +145,22 @@ async def test_locked_database_is_storage_unavailable(tmp_path: Path) -> None:
         assert (await store.head())[0] == 1
 
 
+async def test_a_probe_brings_the_store_back_to_healthy_without_an_append(tmp_path: Path) -> None:
+    """While the write lock is held elsewhere a probe fails; once released a probe makes the
+    store healthy again, and writes nothing."""
+    path = tmp_path / "log.db"
+    async with await EventStore.open(path, busy_timeout=0.05) as store:
+        lock = WriteLock(path)
+        with pytest.raises(StorageUnavailable):
+            await store.append([ev("a")])
+        assert not await store.probe()
+        assert not store.healthy
+        lock.release()
+        assert await store.probe()
+        assert store.healthy
+        assert (await store.head())[0] == 0
+
+
 async def test_disk_full_writes_nothing(store: EventStore) -> None:
     """A full database fails the whole batch with StorageUnavailable and leaves no partial rows."""
     await store.append([ev("a")])
@@ -258,3 +274,28 @@ async def test_recorded_at_never_goes_back_even_when_the_clock_does_across_a_res
         await store.append([ev()])
         times = [r.recorded_at async for r in store.read_all()]
     assert times == [noon, noon, noon]
+
+
+async def test_a_writer_stuck_on_a_lock_reports_how_long_it_has_stalled(tmp_path: Path) -> None:
+    """A writer waiting for work counts as healthy; one stuck on a held lock reports a growing
+    stall until its write commits, which a watchdog reads to stop its keep-alive pings."""
+    async with EventStore.open(tmp_path / "log.db", busy_timeout=30) as store:
+        await store.append([ev()])
+        assert store.writer_stalled_for() == 0.0
+        lock = WriteLock(tmp_path / "log.db")
+        try:
+            pending = asyncio.ensure_future(store.append([ev()]))
+            with anyio.fail_after(10):
+                while store.writer_stalled_for() == 0.0:
+                    await anyio.sleep(0.01)
+            first = store.writer_stalled_for()
+            await anyio.sleep(0.05)
+            assert store.writer_stalled_for() > first
+            assert not pending.done()
+        finally:
+            lock.release()
+        await pending
+        with anyio.fail_after(10):
+            while store.writer_stalled_for() != 0.0:  # back to waiting for work
+                await anyio.sleep(0.01)
+    assert store.writer_stalled_for() == float("inf")  # closed: no writer left to vouch for
