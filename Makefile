@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench fuzz clean
 
 DEMO_STAMP := $(VENV)/.demo-stamp
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
@@ -38,6 +38,23 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Coverage-guided fuzzing (atheris) of the webhook signature checks, the webhook body parser
+# and the auth-event decoder, FUZZ_SECONDS each (tests/fuzz/). Where atheris does not install,
+# fuzz.py falls back to random mutations of the samples and says so.
+FUZZ_SECONDS ?= 15
+FUZZ_TARGETS := signature standard_webhooks webhook_body auth_event
+FUZZ_STAMP   := $(VENV)/.fuzz-stamp
+
+$(FUZZ_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,fuzz]' \
+	  || echo "atheris did not install: fuzz.py will use random mutations"
+	touch $(FUZZ_STAMP)
+
+fuzz: $(FUZZ_STAMP)
+	for target in $(FUZZ_TARGETS); do \
+	  $(BIN)/python tests/fuzz/fuzz.py $$target $(FUZZ_SECONDS) || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

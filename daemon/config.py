@@ -26,6 +26,7 @@ from daemon.validation import validation_field
 __all__ = [
     "ENV_PREFIX",
     "SECRET_NAMES",
+    "AllowlistConfig",
     "Config",
     "ConfigError",
     "DatabaseConfig",
@@ -139,6 +140,13 @@ class PollersConfig(_Section, frozen=True):
     ip_change_command: tuple[str, ...] = ()  # argv run when a list changes; empty: none
 
 
+class AllowlistConfig(_Section, frozen=True):
+    """The allowlist file a firewall reloads from (README.md, "The allowlist file")."""
+
+    # Relative to the current directory; `load_config` defaults it to the log's directory.
+    path: Path = Path("allowlist.txt")
+
+
 class TimersConfig(_Section, frozen=True):
     """How overdue timers are released after a restart."""
 
@@ -176,6 +184,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     migration: MigrationConfig = _section(MigrationConfig)
     notify: NotifyConfig = _section(NotifyConfig)
     pollers: PollersConfig = _section(PollersConfig)
+    allowlist: AllowlistConfig = _section(AllowlistConfig)
     timers: TimersConfig = _section(TimersConfig)
     outbox: OutboxConfig = _section(OutboxConfig)
     logging: LoggingConfig = _section(LoggingConfig)
@@ -316,7 +325,8 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> Config:
     """Build the effective configuration: defaults, then the TOML file, then `STATICIPD_*`.
 
     Without a database path, the log goes to `staticipd.db` in systemd's `$STATE_DIRECTORY`
-    (first entry) if set, else in the current directory. Raises `ConfigError`.
+    (first entry) if set, else in the current directory; without an allowlist path, the
+    allowlist file is `allowlist.txt` next to the log. Raises `ConfigError`.
     """
     data: dict[str, Any] = _read_toml(path) if path is not None else {}
     for key, value in _env_overrides(env).items():
@@ -332,6 +342,12 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> Config:
             data["database"] = {"path": default}
         elif isinstance(database, dict):
             data["database"] = {**database, "path": default}
+    allowlist = data.get("allowlist")
+    if allowlist is None or (isinstance(allowlist, dict) and "path" not in allowlist):
+        database_path = data["database"].get("path") if isinstance(data["database"], dict) else None
+        if isinstance(database_path, str | Path):
+            beside = Path(database_path).parent / "allowlist.txt"
+            data["allowlist"] = {**(allowlist or {}), "path": beside}
     try:
         return msgspec.convert(data, Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:

@@ -1,21 +1,64 @@
-"""Counters and gauges exposed at `/metrics` in the Prometheus text format (version 0.0.4).
+"""Counters, histograms and gauges exposed at `/metrics`, through the official Prometheus client.
 
 Every metric the daemon exposes is declared here once, with its name, help text, kind and label
 names; callers pass the declared object, so a misspelt metric is an error the checker reports
-rather than a new series nobody scrapes. Gauges that describe state (accounts per migration
-state, pending timers) are read from the projection when scraped, so they can never drift from
-the log; only event counts live here.
+rather than a new series nobody scrapes. Each `Metrics` owns its own `CollectorRegistry` (several
+daemons can run in one process, as the tests do), with the library's process, platform and
+garbage-collector collectors on it. Gauges that describe state (accounts per migration state,
+flags, the log position) are read from the projection when scraped, so they can never drift from
+the log; only counts and observations are kept here.
+
+Label values are bounded by construction: a route is its canonical path (`/v1/accounts/{id}`,
+never the URL asked for), a status an HTTP status or `error`, an operation or effect one of a few
+names the code chooses.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import ClassVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-Labels = tuple[tuple[str, str], ...]
+import prometheus_client
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "ACCOUNTS",
+    "ACCOUNTS_FLAGGED",
+    "AUTH_EVENTS",
+    "CONTENT_TYPE",
+    "DECLARED",
+    "EFFECTS",
+    "EFFECT_ATTEMPTS",
+    "EFFECT_DURATION",
+    "EVENTS_APPENDED",
+    "HTTP_REQUEST_DURATION",
+    "IP_LIST_CHANGES",
+    "LOG_BATCH_EVENTS",
+    "LOG_COMMIT_DURATION",
+    "LOG_POSITION",
+    "PROVIDER_REQUESTS",
+    "PROVIDER_REQUEST_DURATION",
+    "TIMERS_FIRED",
+    "TIMER_LATENESS",
+    "WEBHOOKS",
+    "WEBHOOK_DELTAS",
+    "Counter",
+    "Gauge",
+    "Histogram",
+    "Metrics",
+]
+
 GaugeReader = Callable[[], Iterable[tuple[Mapping[str, str], float]]]
+
+# The `_created` series double every counter and histogram and say nothing an operator graphs.
+# (The library leaves this function unannotated.)
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+"""The content type of `Metrics.render()`'s text (the library's latest text format)."""
 
 
 @dataclass(frozen=True)
@@ -26,10 +69,17 @@ class Counter:
     name: str
     help: str
     labels: tuple[str, ...] = ()
-    _label_set: frozenset[str] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_label_set", frozenset(self.labels))
+
+@dataclass(frozen=True)
+class Histogram:
+    """Observations (durations, sizes) counted into `buckets`, per combination of labels."""
+
+    kind: ClassVar[str] = "histogram"
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = prometheus_client.Histogram.DEFAULT_BUCKETS
 
 
 @dataclass(frozen=True)
@@ -42,7 +92,7 @@ class Gauge:
     labels: tuple[str, ...] = ()
 
 
-Metric = Counter | Gauge
+Metric = Counter | Histogram | Gauge
 
 WEBHOOKS = Counter("staticipd_webhooks_total", "Webhook deliveries by result.", ("result",))
 WEBHOOK_DELTAS = Counter(
@@ -58,6 +108,60 @@ EVENTS_APPENDED = Counter(
 )
 TIMERS_FIRED = Counter("staticipd_timers_fired_total", "Durable timers fired.")
 EFFECTS = Counter("staticipd_effects_total", "Effect attempts by outcome.", ("outcome",))
+PROVIDER_REQUESTS = Counter(
+    "staticipd_provider_requests_total",
+    "HTTP requests to the provider's API by operation and status (an HTTP status, or error).",
+    ("operation", "status"),
+)
+IP_LIST_CHANGES = Counter(
+    "staticipd_ip_list_changes_total",
+    "Changes of the provider's IP lists seen by the watcher, by list.",
+    ("kind",),
+)
+
+_FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+HTTP_REQUEST_DURATION = Histogram(
+    "staticipd_http_request_duration_seconds",
+    "Time to answer an HTTP request, by method, route (its path template) and status.",
+    ("method", "route", "status"),
+    _FAST,
+)
+LOG_COMMIT_DURATION = Histogram(
+    "staticipd_log_commit_duration_seconds",
+    "Time the log's writer took to commit one batch (BEGIN to COMMIT, fsync included).",
+    (),
+    _FAST,
+)
+LOG_BATCH_EVENTS = Histogram(
+    "staticipd_log_batch_events",
+    "Events written by one commit of the log's writer (group commit batch size).",
+    (),
+    (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 20000),
+)
+TIMER_LATENESS = Histogram(
+    "staticipd_timer_lateness_seconds",
+    "How long after its due time a durable timer fired.",
+    (),
+    (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0),
+)
+EFFECT_DURATION = Histogram(
+    "staticipd_effect_duration_seconds",
+    "Time one attempt at an effect took, by effect and result (ok or error).",
+    ("effect", "result"),
+    (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+EFFECT_ATTEMPTS = Histogram(
+    "staticipd_effect_attempts",
+    "Attempts an effect took until it settled, by effect and outcome (succeeded or gave_up).",
+    ("effect", "outcome"),
+    (1, 2, 3, 5, 8, 13, 21),
+)
+PROVIDER_REQUEST_DURATION = Histogram(
+    "staticipd_provider_request_duration_seconds",
+    "Time one HTTP request to the provider's API took, by operation.",
+    ("operation",),
+    (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
 
 ACCOUNTS = Gauge("staticipd_accounts", "Accounts per migration state.", ("state",))
 ACCOUNTS_FLAGGED = Gauge(
@@ -72,72 +176,121 @@ DECLARED: tuple[Metric, ...] = (
     EVENTS_APPENDED,
     TIMERS_FIRED,
     EFFECTS,
+    PROVIDER_REQUESTS,
+    IP_LIST_CHANGES,
+    HTTP_REQUEST_DURATION,
+    LOG_COMMIT_DURATION,
+    LOG_BATCH_EVENTS,
+    TIMER_LATENESS,
+    EFFECT_DURATION,
+    EFFECT_ATTEMPTS,
+    PROVIDER_REQUEST_DURATION,
     ACCOUNTS,
     ACCOUNTS_FLAGGED,
     LOG_POSITION,
 )
 """Every metric of the daemon; `Metrics()` registers them all."""
 
+_Key = tuple[str, tuple[tuple[str, str], ...]]
+
 
 class Metrics:
-    """The registry: counters incremented by the process, gauges computed at scrape time.
+    """One daemon's registry: counters and histograms fed by the process, gauges read at scrape.
 
     A gauge is exposed once something attaches its reader; until then it is left out.
+    `process_collectors=False` leaves out the library's process, platform and GC metrics.
     """
 
-    def __init__(self, declared: Iterable[Metric] = DECLARED) -> None:
-        self._metrics: dict[str, Metric] = {}
-        self._counts: dict[str, defaultdict[Labels, float]] = {}
-        self._readers: dict[str, GaugeReader] = {}
+    def __init__(
+        self, declared: Iterable[Metric] = DECLARED, *, process_collectors: bool = True
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self._declared: dict[str, Metric] = {}
+        self._families: dict[str, Any] = {}
+        # Label values -> the library's child: one dict lookup per `inc` on the hot path.
+        self._children: dict[_Key, Any] = {}
+        self._gauges = _ProjectionGauges()
         for metric in declared:
-            if metric.name in self._metrics:
+            if metric.name in self._declared:
                 raise ValueError(f"metric {metric.name} declared twice")
-            self._metrics[metric.name] = metric
+            self._declared[metric.name] = metric
             if isinstance(metric, Counter):
-                self._counts[metric.name] = defaultdict(float)
+                self._families[metric.name] = prometheus_client.Counter(
+                    metric.name, metric.help, metric.labels, registry=self.registry
+                )
+            elif isinstance(metric, Histogram):
+                self._families[metric.name] = prometheus_client.Histogram(
+                    metric.name,
+                    metric.help,
+                    metric.labels,
+                    registry=self.registry,
+                    buckets=metric.buckets,
+                )
+            else:
+                self._gauges.declared[metric.name] = metric
+        self.registry.register(self._gauges)
+        if process_collectors:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+
+    def _child(self, metric: Counter | Histogram, labels: dict[str, str]) -> Any:
+        key = (metric.name, tuple(labels.items()))
+        child = self._children.get(key)
+        if child is None:
+            child = self._new_child(metric, labels)
+            self._children[key] = child
+        return child
+
+    def _new_child(self, metric: Counter | Histogram, labels: dict[str, str]) -> Any:
+        if self._declared.get(metric.name) is not metric:
+            raise ValueError(f"metric {metric.name} is not registered here")
+        if set(labels) != set(metric.labels) or len(labels) != len(metric.labels):
+            raise ValueError(f"{metric.name} has labels {metric.labels}, not {tuple(labels)}")
+        family = self._families[metric.name]
+        return family.labels(**labels) if metric.labels else family
 
     def inc(self, counter: Counter, amount: float = 1.0, **labels: str) -> None:
-        if labels.keys() != counter._label_set:
-            raise ValueError(f"{counter.name} has labels {counter.labels}, not {tuple(labels)}")
-        key = tuple(labels.items()) if len(labels) < 2 else tuple(sorted(labels.items()))
-        self._counts[counter.name][key] += amount
+        """Add `amount` (default 1) to the counter's series with these label values."""
+        self._child(counter, labels).inc(amount)
+
+    def observe(self, histogram: Histogram, value: float, **labels: str) -> None:
+        """Count one observation (a duration in seconds, a size) into the histogram."""
+        self._child(histogram, labels).observe(value)
 
     def read(self, gauge: Gauge, reader: GaugeReader) -> None:
         """Attach what computes `gauge` at each scrape (replacing any earlier reader)."""
-        if self._metrics.get(gauge.name) is not gauge:
+        if self._declared.get(gauge.name) is not gauge:
             raise ValueError(f"gauge {gauge.name} is not registered here")
-        self._readers[gauge.name] = reader
+        self._gauges.readers[gauge.name] = reader
 
     def value(self, counter: Counter, **labels: str) -> float:
-        counts = self._counts.get(counter.name)
-        return 0.0 if counts is None else counts.get(tuple(sorted(labels.items())), 0.0)
+        """The counter's current total for these label values (0 when never counted)."""
+        name = counter.name if counter.name.endswith("_total") else f"{counter.name}_total"
+        return self.registry.get_sample_value(name, labels) or 0.0
 
-    def render(self) -> str:
-        lines: list[str] = []
-        for name, metric in sorted(self._metrics.items()):
-            if isinstance(metric, Counter):
-                samples = [(dict(k), v) for k, v in self._counts[name].items()]
-            elif name in self._readers:
-                samples = [(dict(labels), v) for labels, v in self._readers[name]()]
-            else:
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format (`CONTENT_TYPE`)."""
+        return prometheus_client.generate_latest(self.registry)
+
+
+class _ProjectionGauges(Collector):
+    """The gauges computed from the projection at each scrape, by the readers attached."""
+
+    def __init__(self) -> None:
+        self.declared: dict[str, Gauge] = {}
+        self.readers: dict[str, GaugeReader] = {}
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        # Names only, so the registry refuses a clash at registration, not at the first scrape.
+        return [GaugeMetricFamily(g.name, g.help, labels=g.labels) for g in self.declared.values()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, gauge in self.declared.items():
+            reader = self.readers.get(name)
+            if reader is None:
                 continue
-            lines.append(f"# HELP {name} {metric.help}")
-            lines.append(f"# TYPE {name} {metric.kind}")
-            for labels, value in samples:
-                lines.append(f"{name}{_labels(labels)} {_number(value)}")
-        return "\n".join(lines) + "\n"
-
-
-def _labels(labels: Mapping[str, str]) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items()))
-    return "{" + inner + "}"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+            family = GaugeMetricFamily(name, gauge.help, labels=gauge.labels)
+            for labels, value in reader():
+                family.add_metric([str(labels[label]) for label in gauge.labels], float(value))
+            yield family

@@ -18,6 +18,7 @@ import importlib.util
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,13 +42,33 @@ from daemon.domain import (
 from daemon.domain.vocabulary import IpListKind
 from daemon.http.context import Runtime
 from daemon.http.server import AppRunner, build_app
-from daemon.metrics import EFFECTS, EVENTS_APPENDED, TIMERS_FIRED, Metrics
+from daemon.metrics import (
+    EFFECT_ATTEMPTS,
+    EFFECT_DURATION,
+    EFFECTS,
+    EVENTS_APPENDED,
+    IP_LIST_CHANGES,
+    LOG_BATCH_EVENTS,
+    LOG_COMMIT_DURATION,
+    PROVIDER_REQUEST_DURATION,
+    PROVIDER_REQUESTS,
+    TIMER_LATENESS,
+    TIMERS_FIRED,
+    Metrics,
+)
 from daemon.provider import allowlist
 from daemon.provider.client import ProviderClient
 from daemon.runtime.effects import EffectPerformer
 from daemon.runtime.engine import Engine
 from daemon.runtime.live import LiveProjection
-from daemon.runtime.outbox import Outbox, OutboxItem, OutcomeReport, RetryPolicy
+from daemon.runtime.outbox import (
+    Outbox,
+    OutboxItem,
+    OutcomeReport,
+    Perform,
+    Progress,
+    RetryPolicy,
+)
 from daemon.runtime.pollers import IpListWatcher, Reconciler
 from daemon.runtime.timers import DueTimer, TimerDriver
 from eventstore import EventStore, EventStoreError
@@ -116,6 +137,7 @@ class Daemon:
     async def _run_with(self, store: EventStore) -> None:
         config = self.config
         live = await LiveProjection.load(store)
+        store.observe_commits(self._observe_commit)
         engine = Engine(
             store, live, migration_settings(config),
             on_appended=lambda src, new: self.metrics.inc(
@@ -125,6 +147,7 @@ class Daemon:
         self.engine, self.live, self.store = engine, live, store
         runtime = Runtime(config, store, live, engine, self.metrics, self.secrets)
         self.runtime = runtime
+        await self._write_allowlist()  # the file mirrors the log, also after a missed write
         app = build_app(runtime)
 
         async def reconciled(inputs: Sequence[Input]) -> object:
@@ -144,7 +167,7 @@ class Daemon:
                 notify_timeout=config.notify.timeout_seconds,
             )
             outbox = Outbox(
-                performer,
+                self._timed(performer),
                 self._record_outcome,
                 concurrency=config.outbox.concurrency,
                 policy=RetryPolicy(
@@ -251,8 +274,38 @@ class Daemon:
         return ProviderClient(
             p.base_url, p.client_id, key, session,
             api_version=p.api_version, timeout=p.timeout_seconds,
-            static_ip_path=p.static_ip_path or None,
+            static_ip_path=p.static_ip_path or None, observe=self._observe_provider,
         )  # fmt: skip
+
+    def _observe_commit(self, seconds: float, events: int) -> None:
+        self.metrics.observe(LOG_COMMIT_DURATION, seconds)
+        self.metrics.observe(LOG_BATCH_EVENTS, events)
+
+    def _observe_provider(self, operation: str, status: int, seconds: float) -> None:
+        label = str(status) if status else "error"
+        self.metrics.inc(PROVIDER_REQUESTS, operation=operation, status=label)
+        self.metrics.observe(PROVIDER_REQUEST_DURATION, seconds, operation=operation)
+
+    def _timed(self, perform: Perform) -> Perform:
+        """`perform`, with each attempt's duration observed by effect and result."""
+
+        def observe(item: OutboxItem, started: float, result: str) -> None:
+            self.metrics.observe(
+                EFFECT_DURATION, time.perf_counter() - started,
+                effect=type(item.effect).__name__, result=result,
+            )  # fmt: skip
+
+        async def timed(item: OutboxItem, progress: Progress) -> str:
+            started = time.perf_counter()
+            try:
+                detail = await perform(item, progress)
+            except Exception:  # an attempt cancelled at shutdown is not counted
+                observe(item, started, "error")
+                raise
+            observe(item, started, "ok")
+            return detail
+
+        return timed
 
     def _announce(self, store: EventStore, live: LiveProjection, provider: object) -> None:
         config, secrets = self.config, self.secrets
@@ -291,14 +344,34 @@ class Daemon:
         sdnotify.notify(f"STATUS=serving; log position {live.position}")
 
     async def submit_ip_lists(self, inputs: Sequence[Input]) -> object:
-        """Record the IP-list watcher's observations; on a change, run `ip_change_command`."""
+        """Record the IP-list watcher's observations; on a change, rewrite the allowlist file
+        and run `ip_change_command`."""
         decisions = await self.engine.submit(inputs, source="ip-list-watcher")
         changed = [e for d in decisions for e in d.events if isinstance(e, IpListChanged)]
         for event in changed:
+            self.metrics.inc(IP_LIST_CHANGES, kind=event.kind)
             log.info("ip_list.changed", kind=event.kind, added=event.added, removed=event.removed)
+        if changed:
+            await self._write_allowlist()
         if changed and self.config.pollers.ip_change_command:
             await self._run_ip_change_command()
         return decisions
+
+    async def _write_allowlist(self) -> None:
+        """Replace the allowlist file with the recorded IP lists, atomically, when it differs
+        (nothing before the first list is recorded); a failure is logged, not fatal."""
+        ip_lists = self.live.projection.application.ip_lists
+        path = self.config.allowlist.path
+        if not ip_lists:
+            return
+        try:
+            text = allowlist.render_file(ip_lists)
+            written = await anyio.to_thread.run_sync(allowlist.replace_file, path, text)
+        except (OSError, allowlist.AllowlistError) as exc:
+            log.error("allowlist.write_failed", path=str(path), error=str(exc))
+            return
+        if written:
+            log.info("allowlist.written", path=str(path), lists=sorted(ip_lists))
 
     async def _run_ip_change_command(self) -> None:
         """Hand the new allowlist (plain, one network a line) to the operator's command on stdin."""
@@ -324,6 +397,8 @@ class Daemon:
             source="timer",
         )  # fmt: skip
         self.metrics.inc(TIMERS_FIRED)
+        lateness = (fired_at - timer.due_at).total_seconds()
+        self.metrics.observe(TIMER_LATENESS, max(0.0, lateness))
 
     async def _record_outcome(self, report: OutcomeReport) -> None:
         effect = report.effect
@@ -341,6 +416,11 @@ class Daemon:
             source="outbox",
         )  # fmt: skip
         self.metrics.inc(EFFECTS, outcome=report.outcome)
+        if report.outcome in ("succeeded", "gave_up"):
+            self.metrics.observe(
+                EFFECT_ATTEMPTS, report.attempt,
+                effect=type(effect.effect).__name__, outcome=report.outcome,
+            )  # fmt: skip
 
     async def _snapshots(self, store: EventStore, live: LiveProjection) -> None:
         """A snapshot every 10,000 events or 5 minutes, whichever comes first (when anything

@@ -88,6 +88,8 @@ class Writer:
     ) -> None:
         self._conn = conn
         self.listeners: list[Callable[[list[RecordedEvent]], None]] = []
+        # Told (seconds from BEGIN to COMMIT, events written) after each committed batch.
+        self.commit_observers: list[Callable[[float, int], None]] = []
         self._queue: asyncio.Queue[Any] = asyncio.Queue(queue_size)
         self._max_batch = max_batch
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -284,6 +286,7 @@ class Writer:
 
     async def _write_batch(self, batch: list[_AppendCall]) -> None:
         conn = self._conn
+        started = time.perf_counter()
         try:
             async with self._transaction():
                 head = list(
@@ -330,6 +333,8 @@ class Writer:
         self.last_error = None
         self._progress_at = time.monotonic()
         self.head_position, self.head_hash = plan.head_position, plan.head_hash
+        if self.commit_observers:
+            self._observe(time.perf_counter() - started, len(plan.rows))
         if plan.records and self.listeners:
             self._publish(plan.records)
         outcomes = iter(plan.outcomes)
@@ -348,6 +353,13 @@ class Writer:
                 listener(new)
             except Exception:  # a listener's bug must not stop the log
                 self.listeners.remove(listener)
+
+    def _observe(self, seconds: float, events: int) -> None:
+        for observer in list(self.commit_observers):
+            try:
+                observer(seconds, events)
+            except Exception:  # an observer's bug must not stop the log
+                self.commit_observers.remove(observer)
 
     async def _do_job(self, job: _Job) -> None:
         if job.future.done():

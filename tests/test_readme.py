@@ -75,7 +75,7 @@ def test_every_documented_command_exists() -> None:
 @pytest.mark.anyio
 async def test_every_documented_route_exists() -> None:
     """Every route in the README's HTTP API table is served by the listener."""
-    from daemon.http import ingest, operator, server
+    from daemon.http import ingest, openapi, operator, server
 
     table = README.split("## HTTP API", 1)[1].split("\n\n**", 1)[0]
     documented = {
@@ -83,7 +83,7 @@ async def test_every_documented_route_exists() -> None:
         for m, p in re.findall(r"^\| `(GET|POST) ([^`]+)`", table, flags=re.M)
     }
     served = set()
-    for routes in (server.routes, ingest.routes, operator.routes):
+    for routes in (server.routes, ingest.routes, operator.routes, openapi.routes):
         for route in routes:
             served.add((route.method, route.path))  # type: ignore[attr-defined]
     normalised = {
@@ -222,3 +222,22 @@ def test_every_subcommand_help_describes_it_and_shows_its_defaults() -> None:
                 assert "default" in command._get_formatter()._expand_help(action) or (
                     "default" in action.help
                 ), (name, action.dest)
+
+
+def test_the_allowlist_file_example_is_what_the_daemon_writes() -> None:
+    """README's example allowlist file is byte for byte what the daemon writes for those lists."""
+    from datetime import datetime
+
+    from daemon.domain.state import KnownIpList
+    from daemon.provider.allowlist import render_file
+
+    part = README.split("#### The allowlist file", 1)[1]
+    example = re.search(r"```text\n(.*?)```", part, flags=re.S)
+    assert example is not None
+    lines = example.group(1).splitlines()
+    kinds = lines[0].removeprefix("# staticipd allowlist: provider IP lists ").split(", ")
+    changed = datetime.fromisoformat(lines[1].removeprefix("# changed_at: "))
+    addresses = tuple(line.split("/")[0] if line.endswith(("/32", "/128")) else line
+                      for line in lines[2:])  # fmt: skip
+    lists = {kind: KnownIpList(addresses=addresses, changed_at=changed) for kind in kinds}
+    assert render_file(lists) == example.group(1)

@@ -136,6 +136,11 @@ def read_cursor(cursor: str) -> str | None:
 
 def _command_id(request: web.Request) -> str:
     key = request.headers.get("Idempotency-Key")
+    if key and any("\ud800" <= ch <= "\udfff" for ch in key):
+        # Bytes that are not UTF-8 reach us as surrogates, which no event id can hold.
+        raise ApiError(
+            400, "invalid_header", "Idempotency-Key must be UTF-8 text", field="Idempotency-Key"
+        )
     return f"op:{key}" if key else f"op:{new_event_id()}"
 
 

@@ -17,7 +17,7 @@ from aiohttp.web_protocol import _ErrInfo  # what the parser queues for a refuse
 from aiohttp.web_request import BaseRequest
 
 from daemon import __version__
-from daemon.http import ingest, operator, statuspage
+from daemon.http import ingest, openapi, operator, statuspage
 from daemon.http.context import RUNTIME, Runtime, close_while_stopping, refuse_while_stopping
 from daemon.http.errors import (
     REQUEST_ID_HEADER,
@@ -26,7 +26,8 @@ from daemon.http.errors import (
     malformed_request,
     new_request_id,
 )
-from daemon.metrics import ACCOUNTS, ACCOUNTS_FLAGGED, LOG_POSITION
+from daemon.http.requestmetrics import request_metrics_middleware
+from daemon.metrics import ACCOUNTS, ACCOUNTS_FLAGGED, CONTENT_TYPE, LOG_POSITION
 from daemon.runtime.live import LiveProjection
 
 log = structlog.get_logger(__name__)
@@ -64,9 +65,9 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     return web.Response(
-        text=rt.metrics.render(), content_type="text/plain", charset="utf-8",
-        headers={"X-Content-Type-Options": "nosniff"},
-    )  # fmt: skip
+        body=rt.metrics.render(),
+        headers={"Content-Type": CONTENT_TYPE, "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @routes.get("/")
@@ -77,7 +78,12 @@ async def status_page(request: web.Request) -> web.Response:
 
 def build_app(runtime: Runtime) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, refuse_while_stopping],
+        # Outermost first: the latency middleware sees the status error_middleware answered.
+        middlewares=[
+            request_metrics_middleware(runtime.metrics),
+            error_middleware,
+            refuse_while_stopping,
+        ],
         client_max_size=runtime.config.http.max_body_bytes,
         # Bodies as sent: the webhook signature covers the bytes before any Content-Encoding
         # is undone, and routes decode within the body limit themselves (errors.read_limited_body).
@@ -88,6 +94,7 @@ def build_app(runtime: Runtime) -> web.Application:
     app.add_routes(routes)
     app.add_routes(ingest.routes)
     app.add_routes(operator.routes)
+    app.add_routes(openapi.routes)
     runtime.metrics.read(
         ACCOUNTS,
         lambda: [({"state": s}, n) for s, n in runtime.live.projection.funnel().items()],
@@ -169,9 +176,12 @@ class JsonErrorRequestHandler(web.RequestHandler):
                 exc_info=exc,
             )  # fmt: skip
         else:
+            # The same line as any refusal by the parser (daemon/logs.py): the error's class
+            # and a fixed reason, never the request's bytes; rate-limited like every http.* line.
             log.info(
-                "http.malformed_request", status=status, kind=type(exc).__name__, request_id=rid
-            )
+                "http.refused", status=status, error=type(exc).__name__,
+                reason=_parser_message(exc), request_id=rid,
+            )  # fmt: skip
         # Part of an answer already went out: nothing more can be said on this connection.
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send an error answer")

@@ -1,15 +1,20 @@
 """Renders the provider's IP lists as a firewall allowlist: plain, JSON, nftables or iptables.
 
 The addresses come from the IP-list poller's observations in the log; anything that is not an
-IPv4/IPv6 address or network is refused here rather than written into a firewall rule.
+IPv4/IPv6 address or network is refused here rather than written into a firewall rule. The
+daemon also keeps the allowlist file (`render_file`, written by `replace_file`) that a firewall
+outside its sandbox reloads from (README.md, "The allowlist file").
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from pathlib import Path
 
 from daemon.domain.state import KnownIpList
 
@@ -89,3 +94,44 @@ def render(
         lines += [f"-A {chain} -s {net} -j ACCEPT" for net in v6]
         lines += ["COMMIT"]
     return "\n".join(lines) + "\n"
+
+
+def render_file(ip_lists: Mapping[str, KnownIpList]) -> str:
+    """The allowlist file: two `#` lines naming the lists and the time of their latest change,
+    then one network a line (IPv4 first), as the `plain` format."""
+    changed = max((ip.changed_at for ip in ip_lists.values()), default=None)
+    header = (
+        f"# staticipd allowlist: provider IP lists {', '.join(sorted(ip_lists)) or 'none'}\n"
+        f"# changed_at: {changed.isoformat() if changed else 'never'}\n"
+    )
+    return header + render_observed(ip_lists, "plain")
+
+
+def replace_file(path: Path, text: str) -> bool:
+    """Replace `path` with `text` so that a reader sees the old content or the new, never a
+    part: a temporary file in the same directory, fsync, rename over `path`, fsync the
+    directory. Mode 644 (the lists are not secret). False, and nothing written, when the file
+    already holds `text`."""
+    data = text.encode()
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fchmod(file.fileno(), 0o644)
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return True

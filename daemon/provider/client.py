@@ -43,6 +43,9 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
+Observer = Callable[[str, int, float], None]
+"""Told of each HTTP request to the API: `(operation, status or 0 for no answer, seconds)`."""
+
 _RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 
 # What the official v2 SDK sends with every call that the API may act on: the API version it
@@ -171,6 +174,7 @@ class ProviderClient:
         page_size: int = 100,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.time,
+        observe: Observer | None = None,
     ) -> None:
         if api_version != 2:
             # v3 has no accounts, sync jobs, downgrade or upgrade
@@ -198,6 +202,7 @@ class ProviderClient:
         self._page_size = page_size
         self._sleep = sleep
         self._clock = clock
+        self._observe = observe
 
     def __repr__(self) -> str:
         return f"ProviderClient({self._base!r}, client_id={self._client_id!r})"
@@ -223,6 +228,7 @@ class ProviderClient:
         method: str,
         path: str,
         *,
+        operation: str,
         params: dict[str, int] | None = None,
         attempts: int | None = None,
         changes_account: bool = False,
@@ -237,6 +243,7 @@ class ProviderClient:
         attempts = attempts or self._max_attempts
         for attempt in range(attempts):
             last = attempt + 1 == attempts
+            started, status = time.perf_counter(), 0
             try:
                 async with self._session.request(
                     method, url, params=params, headers=self._headers, timeout=self._timeout
@@ -248,8 +255,10 @@ class ProviderClient:
                     except (TimeoutError, aiohttp.ClientError) as exc:
                         if not (changes_account and 200 <= status < 300):
                             raise
+                        self._observed(operation, status, started)
                         return _Answer(status, b"", f"body unreadable ({type(exc).__name__})")
             except (TimeoutError, aiohttp.ClientError) as exc:
+                self._observed(operation, status, started)
                 reason = f"{type(exc).__name__}"
                 if changes_account and not isinstance(exc, aiohttp.ClientConnectorError):
                     raise ProviderUnavailable(
@@ -257,6 +266,7 @@ class ProviderClient:
                     ) from None
                 delay = self._backoff(attempt)
             else:
+                self._observed(operation, status, started)
                 if status < 300 or status == 404:
                     return _Answer(status, body)
                 if status == 429:
@@ -283,6 +293,11 @@ class ProviderClient:
             await self._sleep(delay)
         raise ProviderUnavailable(f"{method} {path} failed after {attempts} attempts: {reason}")
 
+    def _observed(self, operation: str, status: int, started: float) -> None:
+        """Tell the observer about one HTTP request: its status (0: no answer) and duration."""
+        if self._observe is not None:
+            self._observe(operation, status, time.perf_counter() - started)
+
     async def list_accounts(self) -> AsyncIterator[ProviderAccount]:
         """Every account of the application, page by page (limit/offset) until an empty page.
 
@@ -294,7 +309,9 @@ class ProviderClient:
         seen: set[str] = set()
         while True:
             params = {"limit": self._page_size, "offset": offset}
-            answer = await self._request("GET", self._path("/accounts"), params=params)
+            answer = await self._request(
+                "GET", self._path("/accounts"), operation="list_accounts", params=params
+            )
             if answer.status == 404:
                 raise NotFound("account list endpoint not found", status=404)
             page: list[ProviderAccount] = _decode(_decode_accounts, answer.body)
@@ -311,12 +328,17 @@ class ProviderClient:
 
     async def get_account(self, account_id: str) -> ProviderAccount | None:
         """One account, or None if the provider does not know it."""
-        answer = await self._request("GET", self._path(f"/accounts/{account_id}"))
+        answer = await self._request(
+            "GET", self._path(f"/accounts/{account_id}"), operation="get_account"
+        )
         return None if answer.status == 404 else _decode(_decode_account, answer.body)
 
     async def _account_action(self, account_id: str, action: str) -> ActionAnswer:
         answer = await self._request(
-            "POST", self._path(f"/accounts/{account_id}/{action}"), changes_account=True
+            "POST",
+            self._path(f"/accounts/{account_id}/{action}"),
+            operation=action,
+            changes_account=True,
         )
         if answer.status == 404:
             raise NotFound(f"account {account_id} not found", status=404)
@@ -345,7 +367,8 @@ class ProviderClient:
             raise ProviderError("the static IP list path is not configured")
         # One attempt: the endpoint allows about 10 calls an hour, and the watcher's next poll
         # is the retry (retrying here would spend the hour's budget on one outage).
-        answer = await self._request("GET", path, attempts=1)
+        operation = f"ip_addresses_{environment}"
+        answer = await self._request("GET", path, operation=operation, attempts=1)
         if answer.status == 404:
             raise NotFound(f"{environment} IP list not found at {path}", status=404)
         decoded = _decode(_decode_ips, answer.body)

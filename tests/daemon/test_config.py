@@ -48,6 +48,16 @@ def test_database_defaults_to_systemd_state_directory(tmp_path: Path) -> None:
     assert config.database.path == tmp_path / "a" / "staticipd.db"
 
 
+def test_allowlist_file_defaults_to_the_logs_directory(tmp_path: Path) -> None:
+    """Without `[allowlist] path` the allowlist file sits next to the log; with it, where set."""
+    beside = load_config(None, {"STATICIPD_DATABASE": f"{tmp_path}/log/s.db"})
+    assert beside.allowlist.path == tmp_path / "log" / "allowlist.txt"
+    state = load_config(None, {"STATE_DIRECTORY": str(tmp_path)})
+    assert state.allowlist.path == tmp_path / "allowlist.txt"
+    chosen = load_config(None, {"STATICIPD_ALLOWLIST__PATH": f"{tmp_path}/fw/list.txt"})
+    assert chosen.allowlist.path == tmp_path / "fw" / "list.txt"
+
+
 def test_toml_file_sets_values(tmp_path: Path) -> None:
     """Values in the TOML file replace the defaults, section by section."""
     path = write(

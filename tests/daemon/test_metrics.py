@@ -1,21 +1,35 @@
-"""Metrics render in the Prometheus text format a scraper accepts."""
+"""Metrics render in the Prometheus text format a scraper accepts, one registry per daemon."""
 
 import re
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.metrics import (
     ACCOUNTS,
     DECLARED,
     EVENTS_APPENDED,
+    HTTP_REQUEST_DURATION,
     TIMERS_FIRED,
     Counter,
     Gauge,
+    Histogram,
     Metrics,
 )
 
 README = (Path(__file__).parent.parent.parent / "README.md").read_text()
+
+
+def families(m: Metrics) -> dict[str, dict[str, object]]:
+    """Metric family name -> {"type", "samples": {(sample name, sorted labels): value}}."""
+    return {
+        f.name: {
+            "type": f.type,
+            "samples": {(s.name, tuple(sorted(s.labels.items()))): s.value for s in f.samples},
+        }
+        for f in text_string_to_metric_families(m.render().decode())
+    }
 
 
 def test_counters_and_gauges_render_with_help_type_and_labels() -> None:
@@ -26,22 +40,59 @@ def test_counters_and_gauges_render_with_help_type_and_labels() -> None:
     state = {"static": 2}
     m.read(ACCOUNTS, lambda: [({"state": "static"}, state["static"])])
     state["static"] = 5
-    text = m.render()
+    text = m.render().decode()
     assert "# HELP staticipd_events_appended_total Events appended to the log, by source." in text
     assert "# TYPE staticipd_events_appended_total counter" in text
-    assert 'staticipd_events_appended_total{source="webhook"} 4' in text
-    assert "# TYPE staticipd_accounts gauge" in text
-    assert 'staticipd_accounts{state="static"} 5' in text
+    parsed = families(m)
+    assert parsed["staticipd_events_appended"]["samples"] == {
+        ("staticipd_events_appended_total", (("source", "webhook"),)): 4.0
+    }
+    assert parsed["staticipd_accounts"] == {
+        "type": "gauge",
+        "samples": {("staticipd_accounts", (("state", "static"),)): 5.0},
+    }
     assert m.value(EVENTS_APPENDED, source="webhook") == 4
     assert m.value(EVENTS_APPENDED, source="operator") == 0
 
 
+def test_histograms_count_observations_into_buckets() -> None:
+    """An observation lands in every bucket at or above it, and in the count and sum."""
+    m = Metrics(process_collectors=False)
+    labels = {"method": "GET", "route": "/v1/accounts/{account_id}", "status": "200"}
+    m.observe(HTTP_REQUEST_DURATION, 0.02, **labels)
+    m.observe(HTTP_REQUEST_DURATION, 3.0, **labels)
+    samples = families(m)["staticipd_http_request_duration_seconds"]["samples"]
+    key = tuple(sorted(labels.items()))
+    assert samples[("staticipd_http_request_duration_seconds_count", key)] == 2
+    assert samples[("staticipd_http_request_duration_seconds_sum", key)] == pytest.approx(3.02)
+    bucket = "staticipd_http_request_duration_seconds_bucket"
+    assert samples[(bucket, tuple(sorted({**labels, "le": "0.01"}.items())))] == 0
+    assert samples[(bucket, tuple(sorted({**labels, "le": "0.025"}.items())))] == 1
+    assert samples[(bucket, tuple(sorted({**labels, "le": "+Inf"}.items())))] == 2
+
+
 def test_every_counter_is_exposed_from_the_start_and_a_gauge_once_it_has_a_reader() -> None:
-    """A scraper sees every counter (at no samples yet), and no gauge nothing computes."""
-    text = Metrics().render()
+    """A scraper sees every counter and histogram (at no samples yet), and no gauge nothing
+    computes; no `_created` series."""
+    text = Metrics().render().decode()
     for metric in DECLARED:
-        assert (f"# TYPE {metric.name} counter" in text) == isinstance(metric, Counter)
+        assert (f"# TYPE {metric.name} {metric.kind}" in text) == (not isinstance(metric, Gauge))
     assert "staticipd_accounts" not in text
+    assert "_created" not in text
+
+
+def test_the_process_platform_and_gc_collectors_are_registered() -> None:
+    """The library's process, Python platform and garbage-collector metrics are exposed."""
+    names = set(families(Metrics()))
+    assert {"python_info", "python_gc_objects_collected", "process_cpu_seconds"} <= names
+    assert "python_info" not in set(families(Metrics(process_collectors=False)))
+
+
+def test_two_daemons_in_one_process_count_apart() -> None:
+    """Each Metrics has its own registry: one daemon's counts never show on another's."""
+    a, b = Metrics(), Metrics()
+    a.inc(TIMERS_FIRED)
+    assert (a.value(TIMERS_FIRED), b.value(TIMERS_FIRED)) == (1, 0)
 
 
 def test_a_label_the_counter_does_not_declare_is_refused() -> None:
@@ -51,7 +102,9 @@ def test_a_label_the_counter_does_not_declare_is_refused() -> None:
         m.inc(EVENTS_APPENDED, sourse="webhook")
     with pytest.raises(ValueError, match="staticipd_timers_fired_total"):
         m.inc(TIMERS_FIRED, source="timer")
-    assert "staticipd_events_appended_total{" not in m.render()
+    with pytest.raises(ValueError, match="staticipd_http_request_duration_seconds"):
+        m.observe(HTTP_REQUEST_DURATION, 1.0, route="/")
+    assert "staticipd_events_appended_total{" not in m.render().decode()
 
 
 def test_a_gauge_that_is_not_registered_cannot_be_read() -> None:
@@ -63,16 +116,18 @@ def test_a_gauge_that_is_not_registered_cannot_be_read() -> None:
 def test_label_values_are_escaped() -> None:
     """Quotes and newlines in label values cannot break the exposition format."""
     c = Counter("c_total", "c", ("route",))
-    m = Metrics([c])
+    m = Metrics([c], process_collectors=False)
     m.inc(c, route='a"b\nc')
-    assert 'c_total{route="a\\"b\\nc"} 1' in m.render()
+    assert 'c_total{route="a\\"b\\nc"} 1.0' in m.render().decode()
+    assert families(m)["c"]["samples"] == {("c_total", (("route", 'a"b\nc'),)): 1.0}
 
 
 def test_readme_lists_every_metric_with_its_labels_and_kind() -> None:
     """README's metrics paragraph names exactly the metrics the daemon exposes, with labels."""
     paragraph = README.split("**Metrics**", 1)[1].split("\n\n", 1)[0]
-    counters, gauges = paragraph.split("gauges read from the projection", 1)
-    for part, kind in ((counters, Counter), (gauges, Gauge)):
+    counters, rest = paragraph.split("histograms:", 1)
+    histograms, gauges = rest.split("gauges read from the projection", 1)
+    for part, kind in ((counters, Counter), (histograms, Histogram), (gauges, Gauge)):
         listed = {
             name: tuple(label.split("=")[0] for label in labels.split(",") if label)
             for name, labels in re.findall(r"`(staticipd_\w+)(?:\{([^}]*)\})?`", part)

@@ -157,6 +157,33 @@ async def test_change_command_receives_the_plain_allowlist(
     assert set(out.read_text().splitlines()) == expected
 
 
+async def test_allowlist_file_follows_the_recorded_lists(
+    setup, start_daemon, sandbox, client, clock
+) -> None:
+    """The daemon writes the allowlist file when a list is first seen and replaces it (a new
+    file renamed into place) when the list rotates; a daemon started later rewrites a lost one."""
+    path = setup.workdir / "allowlist.txt"  # the default: next to the log
+    async with start_daemon(setup) as d:
+        assert not path.exists()  # no list recorded yet, no file
+        watcher = IpListWatcher(client, d.daemon.submit_ip_lists, interval=3600, clock=clock.utc)
+        await watcher.poll_once()
+        before, _ = sandbox.ip_list("dynamic")
+        first = path.read_text()
+        inode = path.stat().st_ino
+        clock.now += ROTATION + 1
+        after, _ = sandbox.ip_list("dynamic")
+        await watcher.poll_once()
+        second = path.read_text()
+        assert path.stat().st_ino != inode
+    assert first.startswith("# staticipd allowlist: provider IP lists dynamic\n# changed_at: ")
+    networks = [line for line in second.splitlines() if not line.startswith("#")]
+    assert set(networks) == {f"{ip}/32" for ip in after} != {f"{ip}/32" for ip in before}
+    assert len(networks) == len(set(networks))
+    path.unlink()
+    async with start_daemon(setup):
+        assert path.read_text() == second
+
+
 # --- the reconciler ----------------------------------------------------------------------------
 
 

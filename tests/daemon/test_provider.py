@@ -345,6 +345,36 @@ async def test_server_errors_are_retried_then_succeed(fake, session) -> None:
     assert all(0 <= d <= 0.01 for d in delays)
 
 
+async def test_every_request_is_reported_with_its_operation_and_status(fake, session) -> None:
+    """The observer hears each HTTP request (retries too) by operation and status, 0 for none."""
+    provider, url = fake
+    path = f"/a/{CID}/accounts/acc1"
+    provider.script[path] = [web.Response(status=503)]
+    provider.default[path] = account(1)
+    provider.default[f"{path}/upgrade"] = {"success": True}
+    provider.default[f"/a/{CID}/ip_addresses"] = {"ip_addresses": ["1.2.3.4"], "updated_at": 10}
+    heard: list[tuple[str, int]] = []
+
+    def observe(operation: str, status: int, seconds: float) -> None:
+        assert seconds >= 0
+        heard.append((operation, status))
+
+    provider_client = client(url, session, observe=observe)
+    assert await provider_client.get_account("acc1") is not None
+    await provider_client.upgrade("acc1")
+    await provider_client.ip_addresses("dynamic")
+    assert heard == [
+        ("get_account", 503),
+        ("get_account", 200),
+        ("upgrade", 200),
+        ("ip_addresses_dynamic", 200),
+    ]
+    closed = client("http://127.0.0.1:9", session, observe=observe, max_attempts=1)
+    with pytest.raises(ProviderUnavailable):
+        await closed.get_account("acc1")
+    assert heard[-1] == ("get_account", 0)
+
+
 async def test_persistent_server_errors_give_up_as_unavailable(fake, session) -> None:
     """After the maximum attempts of 5xx answers the call raises ProviderUnavailable."""
     provider, url = fake

@@ -254,6 +254,37 @@ class EventStoreContract:
         assert calls == [1]
         assert (await store.head())[0] == 2
 
+    async def test_commit_observers_are_told_each_batch_duration_and_events_written(
+        self, store: EventStore
+    ) -> None:
+        """observe_commits gets (seconds, events) per committed batch; a duplicate writes 0."""
+        seen: list[tuple[float, int]] = []
+        remove = store.observe_commits(lambda seconds, events: seen.append((seconds, events)))
+        await store.append([ev("a", 1, event_id="x"), ev("b", 2)])
+        await store.append([ev("a", 1, event_id="x")])  # a duplicate: committed, nothing written
+        remove()
+        await store.append([ev("c", 3)])
+        assert [events for _, events in seen] == [2, 0]
+        assert all(seconds >= 0 for seconds, _ in seen)
+
+    async def test_a_failing_commit_observer_is_dropped_and_the_log_goes_on(
+        self, store: EventStore
+    ) -> None:
+        """An observer that raises is removed; appends keep working and listeners still hear."""
+        calls: list[int] = []
+        heard: list[int] = []
+
+        def broken(seconds: float, events: int) -> None:
+            calls.append(events)
+            raise RuntimeError("observer bug")
+
+        store.observe_commits(broken)
+        store.on_commit(lambda records: heard.extend(r.position for r in records))
+        await store.append([ev("a", 1)])
+        await store.append([ev("a", 2)])
+        assert calls == [1]
+        assert heard == [1, 2]
+
     async def test_consumer_positions(self, store: EventStore) -> None:
         """A consumer's position is None until set, then the last value set."""
         assert await store.get_consumer_position("proj") is None
