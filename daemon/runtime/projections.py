@@ -4,12 +4,13 @@
 applied are skipped, so a snapshot plus an overlapping tail is safe). It answers the daemon
 (states for `decide`, pending timers for the timer driver, pending effects for the outbox) and
 the operator API (funnel, waves, paged listings, the status page's counts). Accounts are kept
-encoded (MessagePack, about 300 bytes each) with the most recently used decoded, so a million
-fit in about 1 KB each with their indexes. A snapshot is a header and one part per account
-(`take_snapshot()`, `from_parts()`; docs/log-format.md), each written with only the accounts
-changed since the last; `to_snapshot()`/`from_snapshot()` are the same as one value, for tests
-and comparisons. `digest()` and `==` (which cover the derived indexes too) let a live
-projection be compared with a fresh replay, and `check_indexes()` says where the indexes drifted.
+encoded (MessagePack, about 300 bytes each) with the most recently used decoded, which keeps
+memory per account small (bench/bench_scale.py measures it). A snapshot is a header and one
+part per account (`take_snapshot()`, `from_parts()`; docs/log-format.md), each written with
+only the accounts changed since the last; `to_snapshot()`/`from_snapshot()` give the same as
+one value, for tests and comparisons. `digest()` and `==` (which cover the derived indexes
+too) let a live projection be compared with a fresh replay, and `check_indexes()` says where
+the indexes drifted.
 """
 
 from __future__ import annotations
