@@ -71,7 +71,8 @@ def test_the_default_demo_leaves_its_log_and_no_secret_file(tmp_path: Path) -> N
     done = staticipd(*args, cwd=tmp_path, timeout=90)
     assert done.returncode == 0, done.stderr[-2000:]
     left = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert [p.name for p in left] == ["staticipd.db"], left
+    # The log and the provider's IP lists as the firewall's allowlist (public, not a secret).
+    assert sorted(p.name for p in left) == ["allowlist.txt", "staticipd.db"], left
     printed = re.search(r"staticipd (verify --database \S+ --expect \d+:[0-9a-f]{64})", done.stdout)
     assert printed is not None, done.stdout
     verified = staticipd(*printed.group(1).split(), cwd=tmp_path)
