@@ -144,7 +144,9 @@ def drop_snapshot(database: Path) -> None:
 def snapshot_facts(database: Path) -> tuple[int, int]:
     with sqlite3.connect(database) as conn:
         row = conn.execute(
-            "SELECT position, length(blob) FROM snapshots WHERE name = ?", (SNAPSHOT_NAME,)
+            "SELECT position, length(blob) + (SELECT COALESCE(SUM(length(blob)), 0)"
+            " FROM snapshot_parts WHERE name = snapshots.name) FROM snapshots WHERE name = ?",
+            (SNAPSHOT_NAME,),
         ).fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
 

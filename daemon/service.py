@@ -60,7 +60,7 @@ from daemon.provider import allowlist
 from daemon.provider.client import ProviderClient
 from daemon.runtime.effects import EffectPerformer
 from daemon.runtime.engine import Engine
-from daemon.runtime.live import SNAPSHOT_NAME, LiveProjection
+from daemon.runtime.live import LiveProjection
 from daemon.runtime.outbox import (
     Outbox,
     OutboxItem,
@@ -452,9 +452,8 @@ class Daemon:
         log.info("checkpoint.written", position=signed.position, head_hash=signed.head_hash)
 
     async def _snapshot(self, store: EventStore, live: LiveProjection) -> None:
-        position, blob = live.snapshot()
-        await store.save_snapshot(SNAPSHOT_NAME, position, blob)
-        log.info("snapshot.written", position=position, bytes=len(blob))
+        position, parts, size = await live.write_snapshot()
+        log.info("snapshot.written", position=position, accounts=parts, bytes=size)
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

@@ -57,6 +57,16 @@ CREATE TABLE checkpoints (
     signature  TEXT    NOT NULL
 );
 """,
+    # A snapshot kept as keyed parts beside its header row in `snapshots`, so that writing one
+    # costs what changed since the last, and no value grows with the whole projection.
+    2: """
+CREATE TABLE snapshot_parts (
+    name TEXT NOT NULL,
+    key  TEXT NOT NULL,
+    blob BLOB NOT NULL,
+    PRIMARY KEY (name, key)
+) WITHOUT ROWID;
+""",
 }
 
 

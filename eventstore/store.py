@@ -9,6 +9,7 @@ from collections.abc import (
     AsyncIterator,
     Callable,
     Collection,
+    Iterable,
     Mapping,
     Sequence,
 )
@@ -501,6 +502,91 @@ class EventStore:
                 writer.listeners.remove(listener)
 
         return remove
+
+    async def save_snapshot_parts(
+        self,
+        name: str,
+        position: int,
+        header: bytes,
+        parts: Iterable[tuple[str, bytes | None]],
+        *,
+        complete: bool = False,
+    ) -> None:
+        """Bring the keyed snapshot `name` to the log up to `position`, in one transaction.
+
+        Each `(key, blob)` of `parts` is written (a `None` blob removes that key); with
+        `complete`, `parts` is the whole snapshot and every other key is removed. The header and
+        the parts change together, so a reader sees the snapshot before or after, never a mix.
+        Writing the parts that changed since the last snapshot costs what changed.
+        """
+        writer = self._require_writer("save_snapshot_parts")
+        now = format_time(datetime.now(UTC))
+        rows = list(parts)
+        upserts = [(name, k, bytes(b)) for k, b in rows if b is not None]
+        removals = [(name, k) for k, b in rows if b is None]
+
+        async def job(conn: aiosqlite.Connection) -> None:
+            if complete:
+                await conn.execute("DELETE FROM snapshot_parts WHERE name = ?", (name,))
+            await conn.execute(
+                "INSERT INTO snapshots (name, position, blob, saved_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
+                " blob = excluded.blob, saved_at = excluded.saved_at",
+                (name, position, bytes(header), now),
+            )
+            if removals:
+                await conn.executemany(
+                    "DELETE FROM snapshot_parts WHERE name = ? AND key = ?", removals
+                )
+            if upserts:
+                await conn.executemany(
+                    "INSERT INTO snapshot_parts (name, key, blob) VALUES (?, ?, ?)"
+                    " ON CONFLICT (name, key) DO UPDATE SET blob = excluded.blob",
+                    upserts,
+                )
+
+        await writer.run_job(job)
+
+    async def load_snapshot_parts(
+        self, name: str
+    ) -> tuple[int, bytes, list[tuple[str, bytes]]] | None:
+        """The keyed snapshot `name`: its position, header and parts (in key order); None when
+        there is none. Read in one read transaction, so header and parts agree."""
+        self._check_open()
+        try:
+            # Its own connection: one read transaction, whatever else the shared reader does.
+            conn = await connect_readonly(self._path, self._busy_timeout)
+        except Exception as exc:
+            raise translate(exc) from exc
+        try:
+            await conn.execute("BEGIN")
+            head = list(
+                await conn.execute_fetchall(
+                    "SELECT position, blob FROM snapshots WHERE name = ?", (name,)
+                )
+            )
+            # A log of schema 1 opened read-only (not migrated) has no parts: header only.
+            keyed = await conn.execute_fetchall(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshot_parts'"
+            )
+            parts = (
+                [
+                    (key, bytes(blob))
+                    for key, blob in await conn.execute_fetchall(
+                        "SELECT key, blob FROM snapshot_parts WHERE name = ? ORDER BY key", (name,)
+                    )
+                ]
+                if list(keyed)
+                else []
+            )
+            await conn.execute("COMMIT")
+        except Exception as exc:
+            raise translate(exc) from exc
+        finally:
+            await close_quietly(conn)
+        if not head:
+            return None
+        return head[0][0], bytes(head[0][1]), parts
 
     def observe_commits(self, observer: Callable[[float, int], None]) -> Callable[[], None]:
         """Call `observer(seconds, events)` after each committed append batch.

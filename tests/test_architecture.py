@@ -139,16 +139,17 @@ def test_eventstore_never_imports_the_daemon() -> None:
     )
 
 
-def test_the_domain_imports_only_the_standard_library_msgspec_and_itself() -> None:
+def test_the_domain_imports_only_the_standard_library_msgspec_immutables_and_itself() -> None:
     """decide/evolve stay pure: no storage, HTTP, async runtime, logging or other daemon room."""
 
     def foreign(target: str) -> bool:
         root = target.partition(".")[0]
-        return not (within(target, "daemon.domain") or root in STDLIB or root == "msgspec")
+        pure = root in STDLIB or root in ("msgspec", "immutables")
+        return not (within(target, "daemon.domain") or pure)
 
     assert_none(
         offending(lambda m: within(m, "daemon.domain"), foreign),
-        "daemon/domain/ imports beyond the standard library, msgspec and itself",
+        "daemon/domain/ imports beyond the standard library, msgspec, immutables and itself",
     )
 
 

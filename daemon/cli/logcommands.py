@@ -311,6 +311,36 @@ async def _fold(
     progress(projection.position, last)
 
 
+async def _from_snapshot(store: EventStore) -> tuple[Projection, str, str | None]:
+    """The projection at the head: the daemon's snapshot plus the log after it when the
+    snapshot is there, readable and agrees with the log (the row at its position has the hash
+    it names), else a replay from the first event. Also says which, and why not the snapshot."""
+    head, _ = await store.head()
+    snapshot = await store.load_snapshot_parts(SNAPSHOT_NAME)
+    why = "no snapshot"
+    if snapshot is not None:
+        position, header, parts = snapshot
+        del snapshot
+        try:
+            projection = Projection.from_parts(header, parts)
+        except ValueError as exc:
+            why = f"the snapshot is unreadable ({exc})"
+        else:
+            del parts
+            position = projection.position
+            row = [r.hash async for r in store.read_all(position, position)]
+            if position > head:
+                why = f"the snapshot is at position {position}, past the log's head {head}"
+            elif position and row != [projection.head_hash]:
+                why = f"the snapshot does not match the log at position {position}"
+            else:
+                progress = Progress("status")
+                await _fold(store, projection, head, progress)
+                progress.close()
+                return projection, "snapshot", None
+    return await _replayed(store), "replay", why
+
+
 async def _replayed(store: EventStore) -> Projection:
     """A fresh projection of the whole log (snapshots ignored), with a progress line on a
     terminal."""
@@ -349,10 +379,11 @@ def replay_command(args: argparse.Namespace) -> int:
             # The whole log is compared with the snapshot in one pass: stop at the snapshot's
             # position to compare, then go on to the head.
             whole = until_time is None and args.position is None
-            if whole and (snapshot := await store.load_snapshot(SNAPSHOT_NAME)):
-                position, blob = snapshot
+            if whole and (snapshot := await store.load_snapshot_parts(SNAPSHOT_NAME)):
+                position, header, parts = snapshot
                 await _fold(store, projection, min(position, last), progress)
-                divergence = _compare_with_snapshot(projection, position, blob)
+                divergence = _compare_with_snapshot(projection, position, header, parts)
+                del snapshot, parts
             await _fold(store, projection, last, progress, until_time)
             progress.close()
         funnel = _ordered(projection.funnel())
@@ -393,10 +424,12 @@ class _SnapshotComparison(TypedDict):
     error: NotRequired[str]
 
 
-def _compare_with_snapshot(at: Projection, position: int, blob: bytes) -> _SnapshotComparison:
+def _compare_with_snapshot(
+    at: Projection, position: int, header: bytes, parts: list[tuple[str, bytes]]
+) -> _SnapshotComparison:
     """Compare the log replayed up to the snapshot's position with the snapshot."""
     try:
-        snap = Projection.from_snapshot(blob)
+        snap = Projection.from_parts(header, parts)
     except Exception as exc:
         return {"position": position, "matches": False, "error": f"unreadable: {exc}",
                 "differing_accounts": []}  # fmt: skip
@@ -441,7 +474,7 @@ def audit_command(args: argparse.Namespace) -> int:
 def status_command(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with open_log(args.database) as store:
-            projection = await _replayed(store)
+            projection, source, why = await _from_snapshot(store)
         due = projection.due_soonest(10)
         stalled = sorted(projection.ids_in("stalled"))
         funnel = _ordered(projection.funnel())
@@ -453,12 +486,19 @@ def status_command(args: argparse.Namespace) -> int:
                 {"account_id": a, "timer_id": t, "due_at": d.isoformat()} for d, a, t in due
             ],
             "stalled": stalled,
+            # How the state was built: the daemon's snapshot plus the log after it, or, when
+            # there is none to trust (`why`), every event from the first.
+            "read_from": {"source": source, "why_not_snapshot": why},
         }
         if args.json:
             print(json.dumps(doc, indent=2))
             return exitcodes.OK
         enabled = "enabled" if projection.application.migration_enabled else "not enabled"
         print(f"migration {enabled}; log position {projection.position}")
+        if source == "snapshot":
+            print("read from the daemon's snapshot, checked against the log, and the log after it")
+        else:
+            print(f"replayed from the first event: {why}")
         for state, n in funnel.items():
             print(f"  {state:<16} {n}")
         print("due next:" if due else "due next: nothing pending")

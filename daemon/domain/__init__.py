@@ -1,7 +1,7 @@
 """The pure migration domain: inputs, events, `decide` and `evolve`, settings.
 
-Imports only the standard library and msgspec: no I/O, no clock reads, no randomness; `now`
-is always an argument. The contract with the daemon:
+Imports only the standard library, msgspec and immutables: no I/O, no clock reads, no
+randomness; `now` is always an argument. The contract with the daemon:
 
 - `stream_for(input)` names the stream; load its state (`None` if unseen) and call
   `decide(state, input, now, settings, app)`. It returns at least one event, the first

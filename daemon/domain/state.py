@@ -9,9 +9,10 @@ version). States are frozen: evolve returns a new one, so a caller's copy never 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import msgspec
+from immutables import Map
 from msgspec.structs import replace
 
 from . import events as ev
@@ -31,8 +32,12 @@ class PendingEffect(msgspec.Struct, frozen=True, kw_only=True):
     steps: tuple[str, ...] = ()
 
 
-class AccountState(msgspec.Struct, frozen=True, kw_only=True):
-    """One account's migration: state, step times, flags, pending timers and effects."""
+class AccountState(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """One account's migration: state, step times, flags, pending timers and effects.
+
+    Encoded as an array of its fields in order (`array_like`): a million of them are kept
+    encoded in memory and in snapshots, where field names would double their size.
+    """
 
     account_id: str
     version: int = 0
@@ -213,15 +218,16 @@ class ApplicationState(msgspec.Struct, frozen=True, kw_only=True):
     version: int = 0
     migration_enabled: bool = False
     enabled_at: UtcDatetime | None = None
-    enrollments: dict[str, Enrollment] = {}
+    # A persistent map: each enrolment shares what it does not change with the state before
+    # it, so enrolling a wave costs in proportion to the wave, not to every account enrolled.
+    enrollments: Map[str, Enrollment] = Map()
+    # Accounts per wave, kept as enrolments happen (an account enrolled again moves).
+    wave_sizes: dict[str, int] = {}
     ip_lists: dict[str, KnownIpList] = {}
 
     def waves(self) -> dict[str, int]:
         """Wave name -> number of accounts enrolled in it."""
-        counts: dict[str, int] = {}
-        for enrollment in self.enrollments.values():
-            counts[enrollment.wave] = counts.get(enrollment.wave, 0) + 1
-        return counts
+        return dict(self.wave_sizes)
 
 
 def evolve_application(state: ApplicationState | None, event: ev.Event) -> ApplicationState:
@@ -235,10 +241,16 @@ def evolve_application(state: ApplicationState | None, event: ev.Event) -> Appli
             enrollment = Enrollment(
                 wave=event.wave, policy=event.policy, enrolled_at=event.occurred_at
             )
-            changes["enrollments"] = {
-                **state.enrollments,
-                **dict.fromkeys(event.account_ids, enrollment),
-            }
+            sizes = dict(state.wave_sizes)
+            with state.enrollments.mutate() as enrollments:
+                for account_id in event.account_ids:
+                    before = enrollments.get(account_id)
+                    if before is not None:
+                        sizes[before.wave] -= 1
+                    enrollments[account_id] = enrollment
+                    sizes[event.wave] = sizes.get(event.wave, 0) + 1
+                changes["enrollments"] = enrollments.finish()
+            changes["wave_sizes"] = {wave: n for wave, n in sizes.items() if n}
         case ev.IpListChanged():
             ip_list = KnownIpList(
                 addresses=event.addresses,
@@ -249,3 +261,19 @@ def evolve_application(state: ApplicationState | None, event: ev.Event) -> Appli
         case _:
             pass
     return replace(state, **changes)
+
+
+def encode_hook(obj: object) -> object:
+    """msgspec's `enc_hook` for the states: a persistent map is written as the dict it is."""
+    if isinstance(obj, Map):
+        return dict(obj)
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+def decode_hook(type_: Any, obj: object) -> object:
+    """msgspec's `dec_hook` for the states: a dict read back into a persistent map."""
+    if get_origin(type_) is Map or type_ is Map:
+        args = get_args(type_)
+        value: Any = args[1] if len(args) == 2 else Any
+        return Map(msgspec.convert(obj, dict[str, value]))
+    raise NotImplementedError(f"cannot decode {type_!r}")

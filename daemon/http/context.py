@@ -113,7 +113,8 @@ def describe_account(state: AccountState | None, account_id: str) -> dict[str, A
     if state is None:
         return {"account_id": account_id, "state": "unknown"}
     # One encoder for every field, so every time reads the same way ("...Z").
-    doc = msgspec.to_builtins(state, order="deterministic")  # flags sorted too
+    fields = {name: getattr(state, name) for name in state.__struct_fields__}
+    doc = msgspec.to_builtins(fields, order="deterministic")  # flags sorted too
     doc["pending_effects"] = sorted(state.pending_effects)
     doc["next_due"] = msgspec.to_builtins(state.next_due)
     for key in ("closed_timers", "timer_purposes"):

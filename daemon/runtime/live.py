@@ -1,9 +1,10 @@
 """The live projection: the read model kept current from the log, event by event.
 
 At start it loads the latest snapshot (if any) and replays the log's tail, so start-up time is
-bounded by the snapshot, not by the log's length. Then the store hands it each commit's records
-as they are committed (`on_commit`), and it tells the timer driver and the outbox which timers
-and effects each changed account now has.
+bounded by the snapshot, not by the log's length. A snapshot is kept as one part per account
+and each one written stores only the accounts changed since the last (`write_snapshot`). Then
+the store hands it each commit's records as they are committed (`on_commit`), and it tells the
+timer driver and the outbox which timers and effects each changed account now has.
 Deleting the snapshot only costs a longer start: the log is the only truth.
 """
 
@@ -14,6 +15,7 @@ import itertools
 from collections.abc import Callable
 
 import anyio
+import anyio.lowlevel
 import structlog
 
 from daemon.domain import AccountState
@@ -23,6 +25,8 @@ from eventstore import EventStore, RecordedEvent
 log = structlog.get_logger(__name__)
 
 SNAPSHOT_NAME = "projection"
+# Accounts encoded between two turns of the event loop while a snapshot is written (a few ms).
+SNAPSHOT_SLICE = 1_000
 
 AccountHook = Callable[[str, AccountState | None], None]
 
@@ -45,15 +49,16 @@ class LiveProjection:
     @classmethod
     async def load(cls, store: EventStore) -> LiveProjection:
         """Start from the latest snapshot, or from nothing if there is none or it is unreadable."""
-        snapshot = await store.load_snapshot(SNAPSHOT_NAME)
+        snapshot = await store.load_snapshot_parts(SNAPSHOT_NAME)
         projection = Projection()
         if snapshot is not None:
-            position, blob = snapshot
+            position, header, parts = snapshot
             try:
-                projection = Projection.from_snapshot(blob)
+                projection = Projection.from_parts(header, parts)
             except Exception as exc:  # a bad snapshot must never stop the daemon: replay all
                 log.warning("projection.snapshot_unreadable", error=str(exc), position=position)
                 projection = Projection()
+            del parts
         live = cls(store, projection)
         # Listen before catching up: commits made meanwhile wait in a buffer, so none is lost
         # between the last read and the first live one.
@@ -132,5 +137,20 @@ class LiveProjection:
         while self._waiters and self._waiters[0][0] <= self.position:
             heapq.heappop(self._waiters)[2].set()
 
-    def snapshot(self) -> tuple[int, bytes]:
-        return self.position, self.projection.to_snapshot()
+    async def write_snapshot(self) -> tuple[int, int, int]:
+        """Store a snapshot of the accounts changed since the last one (all of them the first
+        time); returns its position, parts and bytes written. Encoding goes a slice at a time,
+        so the event loop keeps turning; events applied meanwhile go into the next one."""
+        taken = self.projection.take_snapshot()
+        parts: list[tuple[str, bytes]] = []
+        try:
+            for start in range(0, len(taken.items), SNAPSHOT_SLICE):
+                parts.extend(taken.encode(start, start + SNAPSHOT_SLICE))
+                await anyio.lowlevel.checkpoint()
+            await self.store.save_snapshot_parts(
+                SNAPSHOT_NAME, taken.position, taken.header, parts, complete=taken.complete
+            )
+        except BaseException:
+            self.projection.snapshot_failed(taken)
+            raise
+        return taken.position, len(parts), len(taken.header) + sum(len(p) for _, p in parts)

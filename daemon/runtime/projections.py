@@ -3,9 +3,14 @@
 `Projection.apply(position, event)` folds one decoded event (in log order; positions already
 applied are skipped, so a snapshot plus an overlapping tail is safe). It answers the daemon
 (states for `decide`, pending timers for the timer driver, pending effects for the outbox) and
-the operator API (funnel, waves, paged listings). `to_snapshot()`/`from_snapshot()` store it
-with msgspec; `digest()` and `==` (which cover the derived indexes too) let a live projection
-be compared with a fresh replay, and `check_indexes()` says where the indexes drifted.
+the operator API (funnel, waves, paged listings, the status page's counts). Accounts are kept
+encoded (MessagePack, about 300 bytes each) with the most recently used decoded, which keeps
+memory per account small (bench/bench_scale.py measures it). A snapshot is a header and one
+part per account (`take_snapshot()`, `from_parts()`; docs/log-format.md), each written with
+only the accounts changed since the last; `to_snapshot()`/`from_snapshot()` give the same as
+one value, for tests and comparisons. `digest()` and `==` (which cover the derived indexes
+too) let a live projection be compared with a fresh replay, and `check_indexes()` says where
+the indexes drifted.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 
 import msgspec
+from immutables import Map
 from msgspec.structs import replace
 
 from daemon.domain import (
@@ -35,9 +41,13 @@ from daemon.domain import (
     evolve_stream,
     stream_of,
 )
+from daemon.domain.state import Enrollment, decode_hook, encode_hook
 from eventstore import RecordedEvent
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 3
+# Accounts kept decoded (the most recently used); the others are kept encoded, about 300 bytes
+# each, and decoded (a couple of microseconds) when read.
+HOT_ACCOUNTS = 50_000
 
 HISTORY_BUCKETS = 120
 """The funnel's history keeps at most this many samples, however long the migration runs."""
@@ -97,15 +107,6 @@ class FunnelHistory(msgspec.Struct, kw_only=True):
         return ends
 
 
-class _Snapshot(msgspec.Struct, frozen=True, kw_only=True):
-    format: int
-    position: int
-    application: ApplicationState
-    accounts: list[AccountState]
-    # Not derivable from the accounts; a snapshot without it starts the history anew.
-    history: FunnelHistory | None = None
-
-
 class WaveProgress(msgspec.Struct, frozen=True, kw_only=True):
     """One wave's accounts per state, and how long its static accounts took from first auth."""
 
@@ -122,6 +123,47 @@ class WaveProgress(msgspec.Struct, frozen=True, kw_only=True):
         return sum(self.states[s] for s in WAITING)
 
 
+_record_encoder = msgspec.msgpack.Encoder(order="deterministic", enc_hook=encode_hook)
+_record_decoder = msgspec.msgpack.Decoder(AccountState)
+
+
+class _Header(msgspec.Struct, frozen=True, array_like=True):
+    """A snapshot's header: the application's state but its enrolments, which are kept with
+    their accounts so that no value grows with the number of accounts."""
+
+    format: int
+    position: int
+    head_hash: str  # the hash of the log's row at `position` ("" if unknown)
+    application: ApplicationState
+    # Not derivable from the accounts: the funnel over time.
+    history: FunnelHistory
+
+
+class _Part(msgspec.Struct, frozen=True, array_like=True):
+    """One account in a snapshot: what its indexes need, its enrolment, and the state itself
+    (encoded), so a start-up builds the indexes without decoding any state."""
+
+    state: State
+    earliest: datetime | None
+    effects: bool
+    flags: tuple[str, ...]
+    timers: tuple[str, ...]  # the purposes of its pending timers
+    retrying: int  # pending effects whose last attempt failed
+    static_seconds: float | None  # from first auth to static, once static
+    enrollment: Enrollment | None
+    record: msgspec.Raw
+
+
+class _Whole(msgspec.Struct, frozen=True, array_like=True):
+    header: msgspec.Raw
+    parts: list[tuple[str, msgspec.Raw]]
+
+
+_header_decoder = msgspec.msgpack.Decoder(_Header, dec_hook=decode_hook)
+_part_decoder = msgspec.msgpack.Decoder(_Part)
+_whole_decoder = msgspec.msgpack.Decoder(_Whole)
+
+
 class Page(msgspec.Struct, frozen=True):
     """One page of a listing; pass `next_cursor` as `after` for the next one (None: the end)."""
 
@@ -129,17 +171,74 @@ class Page(msgspec.Struct, frozen=True):
     next_cursor: str | None
 
 
-_encoder = msgspec.json.Encoder(order="deterministic")
-_snapshot_decoder = msgspec.json.Decoder(_Snapshot)
+_encoder = msgspec.json.Encoder(order="deterministic", enc_hook=encode_hook)
+
+
+class TakenSnapshot:
+    """A snapshot captured at `position`, encoded a slice at a time (`encode`)."""
+
+    __slots__ = ("complete", "enrollments", "header", "items", "position")
+
+    def __init__(
+        self,
+        position: int,
+        header: bytes,
+        complete: bool,
+        items: list[tuple[str, AccountState | bytes]],
+        enrollments: Map[str, Enrollment],
+    ) -> None:
+        self.position = position
+        self.header = header
+        self.complete = complete
+        self.items = items
+        self.enrollments = enrollments
+
+    def encode(self, start: int, stop: int) -> list[tuple[str, bytes]]:
+        """The parts of items[start:stop], each with what its account's indexes need."""
+        parts = []
+        for account_id, held in self.items[start:stop]:
+            if isinstance(held, bytes):
+                record, state = held, _record_decoder.decode(held)
+            else:
+                record, state = _record_encoder.encode(held), held
+            part = _Part(
+                state=state.state,
+                earliest=min(state.pending_timers.values(), default=None),
+                effects=bool(state.pending_effects),
+                flags=tuple(sorted(state.flags)),
+                timers=tuple(sorted(state.timer_purposes.values())),
+                retrying=_retrying(state),
+                static_seconds=_static_seconds(state),
+                enrollment=self.enrollments.get(account_id),
+                record=msgspec.Raw(record),
+            )
+            parts.append((account_id, _record_encoder.encode(part)))
+        return parts
 
 
 class Projection:
-    """Accounts by id with indexes by state, by due time and by pending effects."""
+    """Accounts by id with indexes by state, by due time, by pending effects and by flag.
 
-    def __init__(self) -> None:
+    Each account is kept as its encoded state (`_records`); the most recently used are kept
+    decoded too (`_hot`, at most `hot_limit`), and a hot state newer than its record
+    (`_stale`) is encoded when it leaves the hot set or goes into a snapshot. `_dirty` holds
+    the accounts changed since the last snapshot taken, so a snapshot writes only those.
+    """
+
+    def __init__(self, hot_limit: int = HOT_ACCOUNTS) -> None:
         self.position = 0
+        # The hash of the row at `position` when folded from stored records: a snapshot with
+        # it can be checked against the log before it is trusted.
+        self.head_hash = ""
         self.application = ApplicationState()
-        self._accounts: dict[str, AccountState] = {}
+        self._records: dict[str, bytes] = {}
+        self._hot: dict[str, AccountState] = {}
+        self._hot_limit = max(1, hot_limit)
+        self._stale: set[str] = set()
+        self._dirty: set[str] = set()
+        # False until the stored parts are known to match this projection but `_dirty`: the
+        # next snapshot then writes every account (complete) instead of what changed.
+        self._parts_in_step = False
         self._by_state: dict[str, set[str]] = {state: set() for state in STATES}
         self._with_effects: set[str] = set()
         # The due-time index: each account's earliest pending due time, and a heap of
@@ -164,28 +263,31 @@ class Projection:
     def apply_record(self, record: RecordedEvent) -> Event:
         """Decode a stored record (upcast to the current schema) and fold it; the event."""
         event = decode_event(record.type, record.schema, record.data)
-        self.apply(record.position, event)
+        if self.apply(record.position, event):
+            self.head_hash = record.hash
         return event
 
     def apply(self, position: int, event: Event) -> bool:
         """Fold the event at `position`; False (and no change) if that position was applied."""
         if position <= self.position:
             return False
+        self.head_hash = ""
         stream = stream_of(event)
         enrolled = isinstance(event, AccountsEnrolled) and stream == APPLICATION_STREAM
         enrolled_ids = event.account_ids if isinstance(event, AccountsEnrolled) else ()
         if enrolled:
             # A re-enrolment moves the account's counts to its new wave.
             for account_id in enrolled_ids:
-                if (known := self._accounts.get(account_id)) is not None:
+                if (known := self._peek(account_id)) is not None:
                     self._count(known, self._wave_of(account_id), -1)
         evolve_stream(self, stream, event)
         if enrolled:
             for account_id in enrolled_ids:
-                if (known := self._accounts.get(account_id)) is not None:
+                if (known := self._peek(account_id)) is not None:
                     self._count(known, self._wave_of(account_id), 1)
                 else:  # enrolment is the first sight of an account for the funnel
                     self.put_account(AccountState(account_id=account_id))
+                self._dirty.add(account_id)  # its part holds its enrolment
         if enrolled or isinstance(event, StateChanged):
             self.history.record(event.occurred_at, list(self.funnel().values()))
         self.position = position
@@ -193,20 +295,36 @@ class Projection:
 
     def put_account(self, state: AccountState) -> None:
         """Keep an account's new state, and index it."""
-        old = self._accounts.get(state.account_id)
-        wave = self._wave_of(state.account_id)
+        account_id = state.account_id
+        old = self._peek(account_id)
+        wave = self._wave_of(account_id)
         if old is not None:
             self._count(old, wave, -1)
         self._count(state, wave, 1)
         if old is not None and old.state != state.state:
-            self._by_state.setdefault(old.state, set()).discard(state.account_id)
-        self._by_state.setdefault(state.state, set()).add(state.account_id)
-        self._accounts[state.account_id] = state
+            self._by_state.setdefault(old.state, set()).discard(account_id)
+        self._by_state.setdefault(state.state, set()).add(account_id)
         if state.pending_effects:
-            self._with_effects.add(state.account_id)
+            self._with_effects.add(account_id)
         else:
-            self._with_effects.discard(state.account_id)
-        self._index_due(state)
+            self._with_effects.discard(account_id)
+        self._index_due(account_id, min(state.pending_timers.values(), default=None))
+        self._records.setdefault(account_id, b"")
+        self._stale.add(account_id)
+        self._dirty.add(account_id)
+        self._remember(state)
+
+    def _remember(self, state: AccountState) -> None:
+        """Make `state` the newest of the hot set, and encode what falls out of it."""
+        hot = self._hot
+        hot.pop(state.account_id, None)
+        hot[state.account_id] = state
+        while len(hot) > self._hot_limit:
+            oldest = next(iter(hot))
+            leaving = hot.pop(oldest)
+            if oldest in self._stale:
+                self._records[oldest] = _record_encoder.encode(leaving)
+                self._stale.discard(oldest)
 
     def _wave_of(self, account_id: str) -> str | None:
         enrollment = self.application.enrollments.get(account_id)
@@ -214,25 +332,45 @@ class Projection:
 
     def _count(self, state: AccountState, wave: str | None, sign: int) -> None:
         """Add (`sign` 1) or take away (-1) the account's part in the aggregates."""
+        self._add_counts(
+            wave, state.state, _static_seconds(state), state.flags,
+            state.timer_purposes.values(), _retrying(state), sign,
+        )  # fmt: skip
+
+    def _add_counts(
+        self,
+        wave: str | None,
+        state: str,
+        static_seconds: float | None,
+        flags: Iterable[str],
+        timers: Iterable[str],
+        retrying: int,
+        sign: int,
+    ) -> None:
         if wave is not None:
             states = self._wave_states.setdefault(wave, dict.fromkeys(STATES, 0))
-            states[state.state] = states.get(state.state, 0) + sign
-            if state.state == "static" and (took := _static_seconds(state)) is not None:
+            states[state] = states.get(state, 0) + sign
+            if state == "static" and static_seconds is not None:
                 times = self._static_times.setdefault(wave, {})
-                bucket = _duration_bucket(took)
+                bucket = _duration_bucket(static_seconds)
                 times[bucket] = times.get(bucket, 0) + sign
                 if not times[bucket]:
                     del times[bucket]
-        for flag in state.flags:
+        for flag in flags:
             self._flags[flag] = self._flags.get(flag, 0) + sign
-        for purpose in state.timer_purposes.values():
+        for purpose in timers:
             self._timers[purpose] = self._timers.get(purpose, 0) + sign
-        if state.pending_effects:
-            self._retrying += sign * sum(1 for p in state.pending_effects.values() if p.attempts)
+        self._retrying += sign * retrying
 
-    def _index_due(self, state: AccountState) -> None:
-        account_id = state.account_id
-        earliest = min(state.pending_timers.values(), default=None)
+    def _peek(self, account_id: str) -> AccountState | None:
+        """The account's state, decoded if it is not hot, without making it hot."""
+        state = self._hot.get(account_id)
+        if state is not None:
+            return state
+        record = self._records.get(account_id)
+        return None if record is None else _record_decoder.decode(record)
+
+    def _index_due(self, account_id: str, earliest: datetime | None) -> None:
         if earliest == self._earliest.get(account_id):
             return
         if earliest is None:
@@ -251,10 +389,16 @@ class Projection:
     # --- queries ---------------------------------------------------------------------------
 
     def account(self, account_id: str) -> AccountState | None:
-        return self._accounts.get(account_id)
+        """The account's state (None if unknown); a cold one joins the hot set (which keeps
+        the most recently changed or fetched accounts)."""
+        state = self._hot.get(account_id)
+        if state is None and (record := self._records.get(account_id)) is not None:
+            state = _record_decoder.decode(record)
+            self._remember(state)
+        return state
 
     def __len__(self) -> int:
-        return len(self._accounts)
+        return len(self._records)
 
     def ids_in(self, state: State) -> frozenset[str]:
         """The ids of the accounts in `state`."""
@@ -293,17 +437,20 @@ class Projection:
             if self._earliest.get(account_id) != due or account_id in opened:
                 continue  # stale, or a second entry after the earliest came back to `due`
             opened.add(account_id)
-            for timer_id, timer_due in self._accounts[account_id].pending_timers.items():
+            account = self._peek(account_id)
+            assert account is not None
+            for timer_id, timer_due in account.pending_timers.items():
                 heapq.heappush(candidates, (timer_due, account_id, timer_id))
         return result
 
     def pending_effects(self) -> list[tuple[str, str, PendingEffect]]:
         """Every pending effect as (account_id, idempotency_key, pending), by account and key."""
-        return [
-            (account_id, key, pending)
-            for account_id in sorted(self._with_effects)
-            for key, pending in sorted(self._accounts[account_id].pending_effects.items())
-        ]
+        found: list[tuple[str, str, PendingEffect]] = []
+        for account_id in sorted(self._with_effects):
+            account = self._peek(account_id)
+            assert account is not None
+            found.extend((account_id, k, p) for k, p in sorted(account.pending_effects.items()))
+        return found
 
     def funnel(self) -> dict[str, int]:
         """Number of accounts per state, every state present, in funnel order."""
@@ -349,7 +496,7 @@ class Projection:
         found = sum(
             1
             for due, account_id, timer_id in soonest
-            if due <= until and self._accounts[account_id].timer_purposes.get(timer_id) == purpose
+            if due <= until and self._known(account_id).timer_purposes.get(timer_id) == purpose
         )
         return found, len(soonest) == limit and soonest[-1][0] <= until
 
@@ -372,47 +519,116 @@ class Projection:
         """Accounts ordered by id, filtered by state and/or wave, after the cursor `after`."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        ids: Iterable[str] = self._by_state.get(state, ()) if state else self._accounts
+        ids: Iterable[str] = self._by_state.get(state, ()) if state else self._records
         if wave is not None:
             enrollments = self.application.enrollments
             ids = [i for i in ids if (e := enrollments.get(i)) is not None and e.wave == wave]
         # The page and one more (to know whether there is a next page), without sorting them all.
         chosen = heapq.nsmallest(limit + 1, (i for i in ids if after is None or i > after))
         cursor = chosen[limit - 1] if len(chosen) > limit else None
-        return Page([self._accounts[i] for i in chosen[:limit]], cursor)
+        return Page([self._known(i) for i in chosen[:limit]], cursor)
+
+    def _known(self, account_id: str) -> AccountState:
+        state = self._peek(account_id)
+        assert state is not None, account_id
+        return state
 
     def __iter__(self) -> Iterator[AccountState]:
-        return iter(self._accounts.values())
+        """Every account's state, decoding each that is not hot (for checks and tests)."""
+        return (self._known(i) for i in list(self._records))
 
     # --- snapshots and comparison ------------------------------------------------------------
 
-    def to_snapshot(self) -> bytes:
-        """The whole projection as bytes (indexes are rebuilt on load)."""
-        accounts = [self._accounts[i] for i in sorted(self._accounts)]
-        snapshot = _Snapshot(
-            format=SNAPSHOT_FORMAT,
-            position=self.position,
-            application=self.application,
-            accounts=accounts,
-            history=self.history,
+    def take_snapshot(self, *, head_hash: str | None = None) -> TakenSnapshot:
+        """Capture a snapshot at this position: the accounts changed since the last one taken
+        (every account, `complete`, when the stored parts may not match). Only references are
+        taken here (states and records never change once made); `TakenSnapshot.encode` does
+        the work, a slice at a time. `snapshot_failed` gives them back if the write fails."""
+        complete = not self._parts_in_step
+        ids = sorted(self._records) if complete else sorted(self._dirty)
+        hot, records = self._hot, self._records
+        items = [(i, hot[i] if i in self._stale else records[i]) for i in ids]
+        self._dirty = set()
+        self._parts_in_step = True
+        header = _record_encoder.encode(
+            _Header(
+                SNAPSHOT_FORMAT,
+                self.position,
+                self.head_hash if head_hash is None else head_hash,
+                replace(self.application, enrollments=Map()),
+                self.history,
+            )
         )
-        return _encoder.encode(snapshot)
+        return TakenSnapshot(self.position, header, complete, items, self.application.enrollments)
+
+    def rewrite_all(self) -> None:
+        """Make the next snapshot write every account (the stored parts are gone or unknown)."""
+        self._parts_in_step = False
+
+    def snapshot_failed(self, taken: TakenSnapshot) -> None:
+        """A snapshot taken was not stored: its accounts go into the next one again."""
+        self._dirty.update(account_id for account_id, _ in taken.items)
+        if taken.complete:
+            self._parts_in_step = False
+
+    @classmethod
+    def from_parts(
+        cls, header: bytes, parts: Iterable[tuple[str, bytes]], hot_limit: int = HOT_ACCOUNTS
+    ) -> Projection:
+        """A projection from a snapshot's header and parts; ValueError for another format.
+
+        The indexes are built from what each part repeats, without decoding any state."""
+        head = _header_decoder.decode(header)
+        if head.format != SNAPSHOT_FORMAT:
+            raise ValueError(f"snapshot format {head.format}, expected {SNAPSHOT_FORMAT}")
+        projection = cls(hot_limit)
+        projection.position = head.position
+        projection.head_hash = head.head_hash
+        projection.history = head.history
+        records, by_state, earliest = projection._records, projection._by_state, {}
+        shared: dict[Enrollment, Enrollment] = {}  # one object per enrolment, as in the log
+        enrolled: dict[str, Enrollment] = {}
+        for account_id, blob in parts:
+            part = _part_decoder.decode(blob)
+            records[account_id] = bytes(part.record)
+            by_state.setdefault(part.state, set()).add(account_id)
+            if part.earliest is not None:
+                earliest[account_id] = part.earliest
+            if part.effects:
+                projection._with_effects.add(account_id)
+            wave = None
+            if part.enrollment is not None:
+                enrolled[account_id] = shared.setdefault(part.enrollment, part.enrollment)
+                wave = part.enrollment.wave
+            projection._add_counts(
+                wave, part.state, part.static_seconds, part.flags, part.timers, part.retrying, 1
+            )
+        projection._earliest = earliest
+        projection._rebuild_due_heap()  # one heapify instead of a push per account
+        projection.application = replace(head.application, enrollments=Map(enrolled))
+        projection._parts_in_step = True
+        return projection
+
+    def to_snapshot(self, *, head_hash: str | None = None) -> bytes:
+        """The whole projection as one value (for comparisons and tests; the daemon writes
+        `take_snapshot`'s parts): the same bytes for equal projections."""
+        dirty, in_step = self._dirty, self._parts_in_step
+        self._parts_in_step = False
+        try:
+            taken = self.take_snapshot(head_hash=head_hash)
+        finally:
+            self._dirty, self._parts_in_step = dirty, in_step
+        parts = [(i, msgspec.Raw(p)) for i, p in taken.encode(0, len(taken.items))]
+        return _record_encoder.encode(_Whole(msgspec.Raw(taken.header), parts))
 
     @classmethod
     def from_snapshot(cls, data: bytes) -> Projection:
         """A projection from `to_snapshot()`'s bytes; ValueError for another format."""
-        snapshot = _snapshot_decoder.decode(data)
-        if snapshot.format != SNAPSHOT_FORMAT:
-            raise ValueError(f"snapshot format {snapshot.format}, expected {SNAPSHOT_FORMAT}")
-        projection = cls()
-        projection.position = snapshot.position
-        projection.application = snapshot.application
-        if snapshot.history is not None:
-            projection.history = snapshot.history
-        for state in snapshot.accounts:
-            projection.put_account(state)
-        projection._rebuild_due_heap()  # one heapify instead of a push per account
-        return projection
+        try:
+            whole = _whole_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"not a snapshot of format {SNAPSHOT_FORMAT}: {exc}") from None
+        return cls.from_parts(bytes(whole.header), ((i, bytes(p)) for i, p in whole.parts))
 
     def _indexes(self) -> bytes:
         """The derived indexes in canonical form (the heap as the set of its live entries)."""
@@ -447,7 +663,7 @@ class Projection:
         """
         fresh = Projection()
         fresh.application = self.application
-        for account in self._accounts.values():
+        for account in self:
             fresh.put_account(account)
         problems = []
         if self._aggregates() != fresh._aggregates():
@@ -479,12 +695,17 @@ class Projection:
 
     def digest(self) -> str:
         """SHA-256 of the canonical snapshot and indexes: equal digests, equal projections."""
-        return hashlib.sha256(self.to_snapshot() + b"\n" + self._indexes()).hexdigest()
+        return hashlib.sha256(self._canonical() + b"\n" + self._indexes()).hexdigest()
+
+    def _canonical(self) -> bytes:
+        # What the projection holds, whether or not it was folded from stored records (which
+        # only adds the head's hash).
+        return self.to_snapshot(head_hash="")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Projection):
             return NotImplemented
-        return self.to_snapshot() == other.to_snapshot() and self._indexes() == other._indexes()
+        return self._canonical() == other._canonical() and self._indexes() == other._indexes()
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
@@ -515,3 +736,10 @@ def _quantile(histogram: dict[int, int], q: float) -> float | None:
         if seen >= rank:
             return 0.0 if bucket == 0 else DURATION_RATIO ** (bucket - 0.5) / 1000
     raise AssertionError("unreachable: the ranks add up to the total")
+
+
+def _retrying(state: AccountState) -> int:
+    """The account's pending effects whose last attempt failed (they will be tried again)."""
+    return (
+        sum(1 for p in state.pending_effects.values() if p.attempts) if state.pending_effects else 0
+    )

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from daemon.domain import STATES, Input, decode_event
 from daemon.runtime.audit import replay
 from daemon.runtime.engine import Engine
-from daemon.runtime.live import SNAPSHOT_NAME, LiveProjection
+from daemon.runtime.live import LiveProjection
 from daemon.runtime.projections import Projection
 from eventstore import EventStore
 from tests.domain.test_properties import SETTINGS, Run, step
@@ -96,7 +96,7 @@ class Pipeline:
         assert decision.duplicate == (not expected_events)
         self.submitted += 1
         if self.submitted in self.snapshot_after:
-            await self.store.save_snapshot(SNAPSHOT_NAME, *self.live.snapshot())
+            await self.live.write_snapshot()  # what changed since the last one
 
     async def drain(self, run: PipelineRun) -> None:
         for kind, inp, now, events in run.queue:

@@ -210,7 +210,11 @@ def save_snapshot(path: Path, position: int, projection: Projection | None = Non
                 snap = Projection()
                 async for rec in store.read_all(1, position):
                     snap.apply_record(rec)
-            await store.save_snapshot(SNAPSHOT_NAME, position, snap.to_snapshot())
+            taken = snap.take_snapshot()
+            parts = taken.encode(0, len(taken.items))
+            await store.save_snapshot_parts(
+                SNAPSHOT_NAME, position, taken.header, parts, complete=True
+            )
 
     anyio.run(save)
 
@@ -838,3 +842,31 @@ def test_verify_tells_a_wrong_key_from_tampering_and_json_agrees(
     assert (doc["checkpoint_key"], doc["signatures_checked"], doc["checkpoints_checked"]) == (
         False, 0, 1,
     )  # fmt: skip
+
+
+def test_status_reads_a_snapshot_that_agrees_with_the_log_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the daemon's snapshot in place `status` starts from it and the log after it, says
+    so, and shows what a replay from the first event shows; a snapshot that does not match the
+    log is not trusted, and `status` says why."""
+    path = tmp_path / "log.db"
+    migration_log(path)
+    assert main(["status", "--database", str(path), "--json"]) == 0
+    replayed = json.loads(capsys.readouterr().out)
+    assert replayed["read_from"] == {"source": "replay", "why_not_snapshot": "no snapshot"}
+    save_snapshot(path, 20)
+    assert main(["status", "--database", str(path), "--json"]) == 0
+    from_snapshot = json.loads(capsys.readouterr().out)
+    assert from_snapshot["read_from"]["source"] == "snapshot"
+    assert {k: v for k, v in from_snapshot.items() if k != "read_from"} == {
+        k: v for k, v in replayed.items() if k != "read_from"
+    }
+    assert main(["status", "--database", str(path)]) == 0
+    assert "read from the daemon's snapshot" in capsys.readouterr().out
+    forged = Projection()
+    forged.position, forged.head_hash = 20, "0" * 64  # claims a row the log does not have
+    save_snapshot(path, 20, forged)
+    assert main(["status", "--database", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "replayed from the first event: the snapshot does not match the log" in out

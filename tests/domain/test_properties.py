@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from daemon.domain import (
     APPLICATION_STREAM,
     AccountObserved,
+    AccountsEnrolled,
     AccountState,
+    ApplicationState,
     AuthReported,
     EffectOutcome,
     EffectRequested,
@@ -31,6 +33,7 @@ from daemon.domain import (
     evolve_stream,
     first_event_id,
 )
+from daemon.domain.state import evolve_application
 from daemon.domain.testing import Harness
 from daemon.runtime.projections import Projection
 
@@ -95,7 +98,7 @@ class Run:
 
     def __init__(self, policy: str) -> None:
         self.h = Harness(SETTINGS)
-        self.live = Projection()
+        self.live = Projection(hot_limit=1)  # every state but one kept encoded
         self.now = T0
         self.given: list = []
         self.n = 0
@@ -250,8 +253,8 @@ class Run:
         self.live = Projection.from_snapshot(self.live.to_snapshot())
 
 
-def replay(log, upto: int | None = None) -> Projection:
-    projection = Projection()
+def replay(log, upto: int | None = None, hot_limit: int = 50_000) -> Projection:
+    projection = Projection(hot_limit)
     for logged in log[:upto]:
         projection.apply(logged.position, logged.event)
     return projection
@@ -287,6 +290,21 @@ def test_any_input_sequence_keeps_the_invariants(policy, steps, cut):
     for logged in log[cut:]:
         resumed.apply(logged.position, logged.event)
     assert resumed == full
+
+    # (a') a snapshot stored as parts, the changed ones written again each time, restores it
+    kept, stored = replay(log, cut, hot_limit=2), {}
+
+    def write(projection: Projection) -> bytes:
+        taken = projection.take_snapshot()
+        if taken.complete:
+            stored.clear()
+        stored.update(taken.encode(0, len(taken.items)))
+        return taken.header
+
+    write(kept)
+    for logged in log[cut:]:
+        kept.apply(logged.position, logged.event)
+    assert Projection.from_parts(write(kept), sorted(stored.items())) == full
 
     # (b) no static without a second step at least `delay` after the first auth
     states: dict[str, AccountState] = {}
@@ -331,3 +349,31 @@ def test_any_input_sequence_keeps_the_invariants(policy, steps, cut):
     # every input was recorded: each given input has its first event
     ids = {logged.event_id for logged in log}
     assert all(first_event_id(inp.input_id) in ids for inp in run.given)
+
+
+enrolments = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=5),
+        st.sampled_from(("w1", "w2", "w3")),
+    ),
+    max_size=12,
+)
+
+
+@given(enrolments)
+def test_enrolments_keep_wave_sizes_and_never_change_an_earlier_state(
+    waves: list[tuple[list[str], str]],
+) -> None:
+    """For any sequence of enrolments the accounts per wave match the enrolments, an account
+    enrolled again moves to its new wave, and every earlier application state is unchanged."""
+    state = ApplicationState()
+    history: list[tuple[ApplicationState, dict[str, str]]] = []
+    for accounts, wave in waves:
+        history.append((state, {a: e.wave for a, e in state.enrollments.items()}))
+        event = AccountsEnrolled(occurred_at=T0, account_ids=tuple(accounts), wave=wave,
+                                 policy="notify", actor="ops", reason="")  # fmt: skip
+        state = evolve_application(state, event)
+        counts = Counter(e.wave for e in state.enrollments.values())
+        assert state.waves() == dict(counts)
+    for earlier, seen in history:
+        assert {a: e.wave for a, e in earlier.enrollments.items()} == seen

@@ -301,6 +301,20 @@ class EventStoreContract:
         await store.save_snapshot("acc", 9, b"state-9")
         assert await store.load_snapshot("acc") == (9, b"state-9")
 
+    async def test_keyed_snapshot_parts_change_together_with_their_header(
+        self, store: EventStore
+    ) -> None:
+        """A keyed snapshot keeps the parts written so far: new ones added, changed ones
+        replaced, removed ones gone, all of them replaced by a complete write."""
+        assert await store.load_snapshot_parts("proj") is None
+        await store.save_snapshot_parts("proj", 3, b"h3", [("a", b"1"), ("b", b"1")])
+        await store.save_snapshot_parts("proj", 5, b"h5", [("b", b"2"), ("c", b"1"), ("a", None)])
+        assert await store.load_snapshot_parts("proj") == (5, b"h5", [("b", b"2"), ("c", b"1")])
+        await store.save_snapshot_parts("other", 1, b"o", [("a", b"x")])
+        await store.save_snapshot_parts("proj", 8, b"h8", [("d", b"1")], complete=True)
+        assert await store.load_snapshot_parts("proj") == (8, b"h8", [("d", b"1")])
+        assert await store.load_snapshot_parts("other") == (1, b"o", [("a", b"x")])
+
     async def test_verify_passes_on_intact_log(self, store: EventStore) -> None:
         """verify() reports ok with the head and checked counts on an untouched log."""
         await store.append([ev("a", i) for i in range(20)])
@@ -374,8 +388,11 @@ class ReadOnlyEventStoreContract:
             await store.set_consumer_position("proj", 10)
             await store.checkpoint(b"secret", "k1")
 
+            await store.save_snapshot_parts("keyed", 10, b"head", [("k", b"v")])
+
         ro = await reopen(fill)
         assert await ro.load_snapshot("proj") == (10, b"state")
+        assert await ro.load_snapshot_parts("keyed") == (10, b"head", [("k", b"v")])
         assert await ro.get_consumer_position("proj") == 10
         assert [c.position for c in await ro.checkpoints()] == [10]
         report = await ro.verify(b"secret")
@@ -396,6 +413,8 @@ class ReadOnlyEventStoreContract:
             await ro.checkpoint(b"secret")
         with pytest.raises(ReadOnlyStore):
             await ro.save_snapshot("proj", 1, b"x")
+        with pytest.raises(ReadOnlyStore):
+            await ro.save_snapshot_parts("proj", 1, b"x", [("k", b"v")])
         with pytest.raises(ReadOnlyStore):
             await ro.set_consumer_position("proj", 1)
         with pytest.raises(ReadOnlyStore):

@@ -18,6 +18,7 @@ from eventstore import (
     StoreClosed,
     WriterBusy,
 )
+from eventstore.schema import MIGRATIONS
 
 pytestmark = pytest.mark.anyio
 
@@ -216,14 +217,15 @@ async def test_close_writes_queued_appends(tmp_path: Path) -> None:
 
 
 async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
-    """Opening records schema version 1 once; reopening applies nothing again."""
+    """Opening records each schema version once; reopening applies nothing again."""
     path = tmp_path / "log.db"
     for _ in range(2):
         async with await EventStore.open(path):
             pass
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        versions = conn.execute("SELECT version FROM schema_migrations").fetchall()
+        assert versions == [(v,) for v in sorted(MIGRATIONS)]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         conn.close()
