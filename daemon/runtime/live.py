@@ -44,7 +44,6 @@ class LiveProjection:
         self.failed: BaseException | None = None
         self._failure = anyio.Event()
         self._buffer: list[RecordedEvent] | None = None
-        self._remove_listener: Callable[[], None] = lambda: None
 
     @classmethod
     async def load(cls, store: EventStore) -> LiveProjection:
@@ -63,7 +62,7 @@ class LiveProjection:
         # Listen before catching up: commits made meanwhile wait in a buffer, so none is lost
         # between the last read and the first live one.
         live._buffer = []
-        live._remove_listener = store.on_commit(live._on_commit)
+        store.on_commit(live._on_commit)  # for the store's lifetime (see `run`)
         await live.catch_up()
         buffered, live._buffer = live._buffer, None
         live._on_commit([r for r in buffered if r.position > live.position])
@@ -117,13 +116,15 @@ class LiveProjection:
         self._release_waiters()
 
     async def run(self) -> None:
-        """Wait while commits keep the projection current; a failure stops the process."""
-        try:
-            await self._failure.wait()
-            assert self.failed is not None
-            raise self.failed
-        finally:
-            self._remove_listener()
+        """Wait while commits keep the projection current; a failure stops the process.
+
+        The projection goes on taking commits after this returns or is cancelled, until the
+        store closes: appends still queued when the daemon's parts stop are committed while
+        the writer flushes, and the projection (what the daemon reports at exit) holds them.
+        """
+        await self._failure.wait()
+        assert self.failed is not None
+        raise self.failed
 
     async def wait_for(self, position: int) -> None:
         """Return once the projection has applied the event at `position`."""
