@@ -16,7 +16,7 @@ from collections.abc import (
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiosqlite
 import anyio
@@ -45,6 +45,15 @@ from .verify import RowVisitor, VerifyReport, verify_log
 from .writer import Writer, chunks, marks
 
 __all__ = ["EventStore", "ReadOnlyStore", "SignedCheckpoint"]
+
+_C = TypeVar("_C")
+
+# A snapshot's row: its whole value, or the header of a keyed one (save_snapshot_parts).
+_SAVE_SNAPSHOT = (
+    "INSERT INTO snapshots (name, position, blob, saved_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
+    " blob = excluded.blob, saved_at = excluded.saved_at"
+)
 
 _SELECT = "SELECT " + EVENT_COLUMNS + " FROM events WHERE "  # noqa: S608 — constant columns
 _READ_ALL = _SELECT + "position BETWEEN ? AND ? ORDER BY position LIMIT ?"
@@ -344,9 +353,7 @@ class EventStore:
 
         async def job(conn: aiosqlite.Connection) -> None:
             await conn.execute(
-                "INSERT INTO snapshots (name, position, blob, saved_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
-                " blob = excluded.blob, saved_at = excluded.saved_at",
+                _SAVE_SNAPSHOT,
                 (name, position, bytes(blob), now),
             )
 
@@ -494,14 +501,7 @@ class EventStore:
         batch returns, in the writer task. It must be quick and must not raise (a listener
         that raises is removed). Returns a function that removes the listener.
         """
-        writer = self._require_writer("on_commit")
-        writer.listeners.append(listener)
-
-        def remove() -> None:
-            with contextlib.suppress(ValueError):
-                writer.listeners.remove(listener)
-
-        return remove
+        return _subscribe(self._require_writer("on_commit").listeners, listener)
 
     async def save_snapshot_parts(
         self,
@@ -529,9 +529,7 @@ class EventStore:
             if complete:
                 await conn.execute("DELETE FROM snapshot_parts WHERE name = ?", (name,))
             await conn.execute(
-                "INSERT INTO snapshots (name, position, blob, saved_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
-                " blob = excluded.blob, saved_at = excluded.saved_at",
+                _SAVE_SNAPSHOT,
                 (name, position, bytes(header), now),
             )
             if removals:
@@ -596,14 +594,7 @@ class EventStore:
         commit latency and group-commit batch size. Same rules as `on_commit`: quick, called in
         the writer task, removed if it raises. Returns a function that removes the observer.
         """
-        writer = self._require_writer("observe_commits")
-        writer.commit_observers.append(observer)
-
-        def remove() -> None:
-            with contextlib.suppress(ValueError):
-                writer.commit_observers.remove(observer)
-
-        return remove
+        return _subscribe(self._require_writer("observe_commits").commit_observers, observer)
 
     async def get_consumer_position(self, name: str) -> int | None:
         rows = await self._fetch("SELECT position FROM consumer_positions WHERE name = ?", (name,))
@@ -679,6 +670,17 @@ class EventStore:
             return list(await self._reader.execute_fetchall(sql, params))
         except Exception as exc:
             raise translate(exc) from exc
+
+
+def _subscribe(callbacks: list[_C], callback: _C) -> Callable[[], None]:
+    """Add `callback` to the writer's `callbacks`; returns the function that removes it."""
+    callbacks.append(callback)
+
+    def remove() -> None:
+        with contextlib.suppress(ValueError):
+            callbacks.remove(callback)
+
+    return remove
 
 
 def _guards(if_absent: str | Sequence[str] | None) -> tuple[str, ...]:

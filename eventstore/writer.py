@@ -348,18 +348,10 @@ class Writer:
 
     def _publish(self, new: list[RecordedEvent]) -> None:
         """Hand the batch's new records, in position order, to the in-process listeners."""
-        for listener in list(self.listeners):
-            try:
-                listener(new)
-            except Exception:  # a listener's bug must not stop the log
-                self.listeners.remove(listener)
+        _tell(self.listeners, new)
 
     def _observe(self, seconds: float, events: int) -> None:
-        for observer in list(self.commit_observers):
-            try:
-                observer(seconds, events)
-            except Exception:  # an observer's bug must not stop the log
-                self.commit_observers.remove(observer)
+        _tell(self.commit_observers, seconds, events)
 
     async def _do_job(self, job: _Job) -> None:
         if job.future.done():
@@ -395,6 +387,15 @@ class Writer:
         with contextlib.suppress(Exception):
             if self._conn.in_transaction:
                 await self._conn.execute("ROLLBACK")
+
+
+def _tell(callbacks: list[Callable[..., None]], *args: Any) -> None:
+    """Call each callback; one that raises is removed (its bug must not stop the log)."""
+    for callback in list(callbacks):
+        try:
+            callback(*args)
+        except Exception:
+            callbacks.remove(callback)
 
 
 def marks(n: int) -> str:
