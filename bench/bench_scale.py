@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
@@ -117,6 +118,11 @@ def _migrate(h: Harness, a: str, t: datetime, *, waiting: bool) -> None:
 
 
 # -- the measured phases, each run in a process of its own -----------------------------------
+
+
+async def count_events(database: Path) -> int:
+    async with await EventStore.open(database) as store:
+        return (await store.head())[0]
 
 
 def peak_rss_mib() -> float:
@@ -214,11 +220,14 @@ def run_command(args: list[str], database: Path) -> dict[str, Any]:
     return {"wall_s": wall, "peak_mib": usage.ru_maxrss / 1024}
 
 
-def measure(accounts: int, work: Path, appends: int) -> dict[str, Any]:
+def measure(accounts: int, work: Path, appends: int, *, keep: bool = False) -> dict[str, Any]:
     database = work / f"scale-{accounts}.db"
     secrets = work / "credentials"
     t = time.perf_counter()
-    events = anyio.run(build, database, accounts)
+    if keep and database.exists():  # built by an earlier run: measure it again
+        events = anyio.run(count_events, database)
+    else:
+        events = anyio.run(build, database, accounts)
     built = time.perf_counter() - t
     row: dict[str, Any] = {"accounts": accounts, "events": events, "build_s": built}
     row["db_mib"] = database.stat().st_size / 2**20
@@ -229,6 +238,8 @@ def measure(accounts: int, work: Path, appends: int) -> dict[str, Any]:
     row["append"] = run_phase(["--phase", "append", "--appends", str(appends), *common])
     for command in ("status", "verify", "export"):
         row[command] = run_command([command], database)
+    if keep:
+        return row
     database.unlink()
     for suffix in ("-wal", "-shm"):
         Path(f"{database}{suffix}").unlink(missing_ok=True)
@@ -281,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", default="10000", help="sizes, comma-separated")
     parser.add_argument("--appends", type=int, default=25_600, help="events appended per size")
     parser.add_argument("--dir", type=Path, default=None, help="where the logs are built")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the logs in --dir (which must be given) and measure a log already there again"
+        " instead of building it",
+    )
     parser.add_argument("--phase", choices=("start", "snapshot", "append"), help=argparse.SUPPRESS)
     parser.add_argument("--no-snapshot", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--database", type=Path, help=argparse.SUPPRESS)
@@ -289,12 +306,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase:
         return _child(args)
     sizes = [int(s) for s in args.accounts.split(",")]
+    if args.keep and args.dir is None:
+        parser.error("--keep needs --dir")
     rows = []
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        work = Path(tmp)
-        write_secrets(work / "credentials")
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            work = args.dir
+            work.mkdir(parents=True, exist_ok=True)
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.dir)))
+        if not (args.keep and (work / "credentials").exists()):  # a kept log keeps its key
+            write_secrets(work / "credentials")
         for accounts in sizes:
-            rows.append(measure(accounts, work, args.appends))
+            rows.append(measure(accounts, work, args.appends, keep=args.keep))
             print(f"  {accounts:,} accounts measured", file=sys.stderr, flush=True)
     report(rows)
     return 0
