@@ -24,8 +24,6 @@ __all__ = [
     "readonly_uri",
 ]
 
-_HEADER = b"SQLite format 3\x00"
-
 
 class _Closable(Protocol):
     async def close(self) -> None: ...
@@ -119,19 +117,14 @@ def readonly_uri(path: str) -> str:
     to an auditor. No -wal file means no process has the log open and nothing awaits a
     checkpoint, so the main file is the whole log and is read as immutable. The remaining
     risk is a daemon starting and checkpointing while a command reads; rerun if that happens.
+
+    The file itself is never opened here: SQLite's locks are POSIX record locks, which a
+    process loses on *every* descriptor of the file when it closes *any* one of them. A peek
+    at the header from a process that has the log open (the daemon reading its snapshot) would
+    drop the writer's locks, and another process closing its connection would then take the
+    log for unused and delete the -wal file under the writer, losing what it commits next.
     """
     if not os.path.exists(path):
         raise DatabaseMissing(f"no event store at {path}")
-    immutable = _is_wal_file(path) and not os.path.exists(path + "-wal")
-    flags = "mode=ro&immutable=1" if immutable else "mode=ro"
+    flags = "mode=ro" if os.path.exists(path + "-wal") else "mode=ro&immutable=1"
     return f"file:{quote(os.path.abspath(path))}?{flags}"
-
-
-def _is_wal_file(path: str) -> bool:
-    # Header bytes 18 and 19 (file format write/read versions) are 2 in WAL mode.
-    try:
-        with open(path, "rb") as f:
-            header = f.read(20)
-    except OSError:
-        return False
-    return header[:16] == _HEADER and header[18:20] == b"\x02\x02"
