@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -42,7 +43,7 @@ from .planner import check_expectation, prepare_event, record_from_row, records_
 from .records import ANY, LAST_POSITION, AppendCall, AppendResult, NewEvent, RecordedEvent
 from .schema import EVENT_COLUMNS, migrate
 from .verify import RowVisitor, VerifyReport, verify_log
-from .writer import Writer, chunks, marks
+from .writer import WriteConnection, Writer, chunks, marks
 
 __all__ = ["EventStore", "ReadOnlyStore", "SignedCheckpoint"]
 
@@ -181,8 +182,18 @@ class EventStore:
                 raise translate(exc) from exc
             raise
         pos, hsh, last_time = head[0] if head else (0, GENESIS, "")
+        # The schema is in place: from here the writer writes through its own thread and
+        # connection (see WriteConnection), and this one is done.
+        await close_quietly(wconn)
+        try:
+            own = await WriteConnection.open(path, busy_timeout, sync)
+        except BaseException as exc:
+            await close_quietly(rconn)
+            if isinstance(exc, Exception):
+                raise translate(exc) from exc
+            raise
         writer = Writer(
-            wconn,
+            own,
             queue_size=queue_size,
             max_batch=max_batch,
             clock=clock,
@@ -336,8 +347,8 @@ class EventStore:
         writer = self._require_writer("set_consumer_position")
         now = format_time(datetime.now(UTC))
 
-        async def job(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "INSERT INTO consumer_positions (name, position, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
                 " updated_at = excluded.updated_at",
@@ -351,8 +362,8 @@ class EventStore:
         writer = self._require_writer("save_snapshot")
         now = format_time(datetime.now(UTC))
 
-        async def job(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 _SAVE_SNAPSHOT,
                 (name, position, bytes(blob), now),
             )
@@ -367,15 +378,13 @@ class EventStore:
         created = datetime.now(UTC)
         created_text = format_time(created)
 
-        async def job(conn: aiosqlite.Connection) -> SignedCheckpoint:
+        def job(conn: sqlite3.Connection) -> SignedCheckpoint:
             rows = list(
-                await conn.execute_fetchall(
-                    "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
-                )
+                conn.execute("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
             )
             pos, hsh = rows[0] if rows else (0, GENESIS)
             sig = sign_checkpoint(key, pos, hsh, created_text, key_id)
-            await conn.execute(
+            conn.execute(
                 "INSERT INTO checkpoints (position, head_hash, created_at, key_id, signature)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (pos, hsh, created_text, key_id, sig),
@@ -392,10 +401,8 @@ class EventStore:
         without waiting for a caller's append; failure keeps (or sets) it.
         """
 
-        async def job(conn: aiosqlite.Connection) -> None:
-            await conn.execute_fetchall(
-                "SELECT position FROM events ORDER BY position DESC LIMIT 1"
-            )
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("SELECT position FROM events ORDER BY position DESC LIMIT 1").fetchone()
 
         try:
             await self._require_writer("probe").run_job(job)
@@ -525,19 +532,17 @@ class EventStore:
         upserts = [(name, k, bytes(b)) for k, b in rows if b is not None]
         removals = [(name, k) for k, b in rows if b is None]
 
-        async def job(conn: aiosqlite.Connection) -> None:
+        def job(conn: sqlite3.Connection) -> None:
             if complete:
-                await conn.execute("DELETE FROM snapshot_parts WHERE name = ?", (name,))
-            await conn.execute(
+                conn.execute("DELETE FROM snapshot_parts WHERE name = ?", (name,))
+            conn.execute(
                 _SAVE_SNAPSHOT,
                 (name, position, bytes(header), now),
             )
             if removals:
-                await conn.executemany(
-                    "DELETE FROM snapshot_parts WHERE name = ? AND key = ?", removals
-                )
+                conn.executemany("DELETE FROM snapshot_parts WHERE name = ? AND key = ?", removals)
             if upserts:
-                await conn.executemany(
+                conn.executemany(
                     "INSERT INTO snapshot_parts (name, key, blob) VALUES (?, ?, ?)"
                     " ON CONFLICT (name, key) DO UPDATE SET blob = excluded.blob",
                     upserts,

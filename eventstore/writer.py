@@ -4,9 +4,10 @@
 (`EventStore.run_writer`), or the store starts it itself (`EventStore.open` without
 `supervised`).
 
-Each batch costs a constant number of aiosqlite calls (BEGIN, head, stream versions, stored ids,
-one executemany, COMMIT) because every call is a ~110 µs thread hand-off; fsync is paid once per
-batch instead of once per event.
+The write connection is a plain `sqlite3` connection used by one thread of its own
+(`WriteConnection`): each batch is one hand-off to that thread, which runs the whole
+transaction (BEGIN, head, stream versions, stored ids, planning and hashing, one executemany,
+COMMIT) while the event loop goes on. fsync is paid once per batch instead of once per event.
 """
 
 from __future__ import annotations
@@ -14,26 +15,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import aiosqlite
 import anyio
 from anyio.abc import TaskStatus
 
 from .chain import format_time
 from .errors import EventStoreError, StoreClosed, WriterBusy, translate
-from .planner import PlannedCall, plan_batch, record_from_row
+from .planner import BatchPlan, PlannedCall, plan_batch, record_from_row
 from .records import AppendResult, RecordedEvent
 from .schema import EVENT_COLUMNS
 
-__all__ = ["Writer"]
+__all__ = ["WriteConnection", "Writer"]
 
 T = TypeVar("T")
 _CHUNK = 900  # bound parameters per IN list; SQLite builds before 3.32 allow 999
-# Planning (hashing) runs on the event loop: cap a batch's events so one batch never stalls it.
+# Planning (hashing) holds the GIL in the writer's thread: cap a batch's events so the event loop
+# is never kept waiting long.
 _MAX_BATCH_EVENTS = 20_000
 _STOP = object()
 # Only constant column lists and "?" marks are ever formatted into these statements.
@@ -65,11 +68,54 @@ class _AppendCall:
 class _Job:
     __slots__ = ("fn", "future")
 
-    def __init__(
-        self, fn: Callable[[aiosqlite.Connection], Awaitable[Any]], future: asyncio.Future[Any]
-    ):
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]):
         self.fn = fn
         self.future = future
+
+
+class WriteConnection:
+    """A `sqlite3` connection in autocommit mode (BEGIN/COMMIT are explicit) and the one thread
+    that uses it: `call(fn, ...)` runs `fn(conn, ...)` there, in order, one at a time."""
+
+    def __init__(self, executor: ThreadPoolExecutor, conn: sqlite3.Connection) -> None:
+        self._executor = executor
+        self.conn = conn
+
+    @classmethod
+    async def open(cls, path: str, busy_timeout: float, synchronous: str) -> WriteConnection:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventstore-writer")
+
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(
+                path, isolation_level=None, timeout=busy_timeout, check_same_thread=False
+            )
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+                conn.execute(f"PRAGMA synchronous = {synchronous}")
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(executor, conn)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, fn, self.conn, *args
+        )
+
+    async def close(self) -> None:
+        """Close after whatever the thread is running (closing after a failure never raises)."""
+        try:
+            with contextlib.suppress(Exception):
+                await self.call(sqlite3.Connection.close)
+        finally:
+            self._executor.shutdown(wait=False)
 
 
 class Writer:
@@ -77,7 +123,7 @@ class Writer:
 
     def __init__(
         self,
-        conn: aiosqlite.Connection,
+        conn: WriteConnection,
         *,
         queue_size: int,
         max_batch: int,
@@ -136,8 +182,9 @@ class Writer:
         await self._enqueue(_AppendCall(calls, fut), enqueue_timeout)
         return await fut
 
-    async def run_job(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        """Run `fn(conn)` inside its own IMMEDIATE transaction, between append batches."""
+    async def run_job(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` in the writer's thread inside its own IMMEDIATE transaction, between
+        append batches."""
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         await self._enqueue(_Job(fn, fut), None)
         return await fut
@@ -257,8 +304,7 @@ class Writer:
         try:
             # The writer owns the write connection. Closing after a storage failure must not
             # mask that failure.
-            with contextlib.suppress(Exception):
-                await self._conn.close()
+            await self._conn.close()
         finally:
             self._exited.set()
 
@@ -285,44 +331,11 @@ class Writer:
         return text
 
     async def _write_batch(self, batch: list[_AppendCall]) -> None:
-        conn = self._conn
-        started = time.perf_counter()
+        calls = [call for item in batch for call in item.calls]
         try:
-            async with self._transaction():
-                head = list(
-                    await conn.execute_fetchall(
-                        "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
-                    )
-                )
-                head_pos, head_hash = head[0] if head else (0, self.head_hash)
-                calls = [call for item in batch for call in item.calls]
-                streams = {e.stream for c in calls for e in c[0]}
-                ids = {e.event_id for c in calls for e in c[0]}
-                ids.update(g for c in calls for g in c[2])
-                versions: dict[str, int] = {}
-                for chunk in chunks(streams):
-                    rows = await conn.execute_fetchall(
-                        _VERSIONS_SQL.format(marks(len(chunk))),
-                        chunk,
-                    )
-                    versions.update((s, v) for s, v in rows)
-                stored: dict[str, RecordedEvent] = {}
-                for chunk in chunks(ids):
-                    rows = await conn.execute_fetchall(
-                        _STORED_SQL.format(marks(len(chunk))),
-                        chunk,
-                    )
-                    stored.update((r[7], record_from_row(r)) for r in rows)
-                plan = plan_batch(
-                    calls,
-                    head_pos,
-                    head_hash,
-                    versions,
-                    stored,
-                    self._now_text(),
-                )
-                if plan.rows:
-                    await conn.executemany(_INSERT, plan.rows)
+            plan, seconds = await self._conn.call(
+                _write_batch, calls, self.head_hash, self._now_text()
+            )
         except Exception as exc:
             err = translate(exc)
             self.last_error = err
@@ -334,7 +347,7 @@ class Writer:
         self._progress_at = time.monotonic()
         self.head_position, self.head_hash = plan.head_position, plan.head_hash
         if self.commit_observers:
-            self._observe(time.perf_counter() - started, len(plan.rows))
+            self._observe(seconds, len(plan.rows))
         if plan.records and self.listeners:
             self._publish(plan.records)
         outcomes = iter(plan.outcomes)
@@ -357,8 +370,7 @@ class Writer:
         if job.future.done():
             return
         try:
-            async with self._transaction():
-                result = await job.fn(self._conn)
+            result = await self._conn.call(_in_transaction, job.fn)
         except Exception as exc:
             err = translate(exc)
             if not isinstance(err, StoreClosed) and err.__class__ is not EventStoreError:
@@ -371,22 +383,51 @@ class Writer:
         if not job.future.done():
             job.future.set_result(result)
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back if the body (or the COMMIT) fails."""
-        await self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            await self._conn.execute("COMMIT")
-        except BaseException:
-            await self._rollback()
-            raise
 
-    async def _rollback(self) -> None:
+def _write_batch(
+    conn: sqlite3.Connection, calls: list[PlannedCall], head_hash: str, now_text: str
+) -> tuple[BatchPlan, float]:
+    """In the writer's thread: one transaction writing the batch; its plan and its seconds."""
+    started = time.perf_counter()
+    with _transaction(conn):
+        head = conn.execute(
+            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+        head_pos, head_hash = head if head else (0, head_hash)
+        streams = {e.stream for c in calls for e in c[0]}
+        ids = {e.event_id for c in calls for e in c[0]}
+        ids.update(g for c in calls for g in c[2])
+        versions: dict[str, int] = {}
+        for chunk in chunks(streams):
+            versions.update(conn.execute(_VERSIONS_SQL.format(marks(len(chunk))), chunk))
+        stored: dict[str, RecordedEvent] = {}
+        for chunk in chunks(ids):
+            rows = conn.execute(_STORED_SQL.format(marks(len(chunk))), chunk)
+            stored.update((r[7], record_from_row(r)) for r in rows)
+        plan = plan_batch(calls, head_pos, head_hash, versions, stored, now_text)
+        if plan.rows:
+            conn.executemany(_INSERT, plan.rows)
+    return plan, time.perf_counter() - started
+
+
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    with _transaction(conn):
+        return fn(conn)
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back if the body (or the COMMIT) fails."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
         # The failure may have ended the transaction already (or the connection is gone).
         with contextlib.suppress(Exception):
-            if self._conn.in_transaction:
-                await self._conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        raise
 
 
 def _tell(callbacks: list[Callable[..., None]], *args: Any) -> None:

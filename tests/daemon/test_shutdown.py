@@ -186,7 +186,7 @@ async def test_readyz_returns_to_200_by_itself_once_the_log_is_usable_again(
     writer = running.daemon.store._writer
     assert writer is not None
     # Wait 50 ms for a lock instead of 5 s, so the locked write fails quickly.
-    await writer._conn.execute("PRAGMA busy_timeout = 50")
+    await writer._conn.call(sqlite3.Connection.execute, "PRAGMA busy_timeout = 50")
     blocker = sqlite3.connect(running.setup.database, timeout=10, check_same_thread=False)
     try:
         blocker.execute("BEGIN EXCLUSIVE")

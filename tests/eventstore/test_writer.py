@@ -164,11 +164,13 @@ async def test_a_probe_brings_the_store_back_to_healthy_without_an_append(tmp_pa
 async def test_disk_full_writes_nothing(store: EventStore) -> None:
     """A full database fails the whole batch with StorageUnavailable and leaves no partial rows."""
     await store.append([ev("a")])
-    await store._writer._conn.execute("PRAGMA max_page_count = 20")  # simulate a full disk
+    await store._writer._conn.call(
+        sqlite3.Connection.execute, "PRAGMA max_page_count = 20"
+    )  # simulate a full disk
     with pytest.raises(StorageUnavailable, match="FULL"):
         await store.append([ev("a", size=2_000) for _ in range(50)])
     assert (await store.head())[0] == 1
-    await store._writer._conn.execute("PRAGMA max_page_count = 1073741823")
+    await store._writer._conn.call(sqlite3.Connection.execute, "PRAGMA max_page_count = 1073741823")
     r = await store.append([ev("a")])
     assert r.records[0].position == 2
 
