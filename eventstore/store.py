@@ -110,8 +110,12 @@ class EventStore:
         clock: Callable[[], datetime] | None = None,
         busy_timeout: float = 5.0,
         supervised: bool = False,
+        password: str | None = None,
     ) -> Opening[EventStore]:
         """Open (and by default create) the log at `path`, applying pending migrations.
+
+        `path` may also be a ``postgresql://`` URL: the same log in a PostgreSQL database
+        (eventstore/postgres; `password`, if given, is used with it), with the same methods.
 
         Use as ``store = await EventStore.open(path)`` or ``async with EventStore.open(path) as
         store:`` (the latter closes it). `clock` returns aware datetimes for recorded_at;
@@ -126,6 +130,20 @@ class EventStore:
         staticipd log at a schema version this build knows (else DatabaseCorrupt). Reads,
         verify() and load_snapshot() work; writing calls and subscribe() raise ReadOnlyStore.
         """
+        opener = _url_opener(path)
+        if opener is not None:
+            return opener(
+                path,
+                password=password,
+                synchronous=synchronous,
+                create=create,
+                readonly=readonly,
+                queue_size=queue_size,
+                max_batch=max_batch,
+                clock=clock,
+                busy_timeout=busy_timeout,
+                supervised=supervised,
+            )
         if readonly:
             return Opening(lambda: cls._open_readonly(path, busy_timeout=busy_timeout))
         return Opening(
@@ -675,6 +693,24 @@ class EventStore:
             return list(await self._reader.execute_fetchall(sql, params))
         except Exception as exc:
             raise translate(exc) from exc
+
+
+# Openers of logs named by a URL, by URL prefix: eventstore/postgres registers its own, so that
+# EventStore.open takes a `postgresql://` URL without this module importing that backend.
+_URL_OPENERS: dict[str, Callable[..., Opening[EventStore]]] = {}
+
+
+def register_url_opener(prefix: str, opener: Callable[..., Opening[EventStore]]) -> None:
+    """Have EventStore.open(url) call `opener(url, **its options)` for URLs starting `prefix`."""
+    _URL_OPENERS[prefix] = opener
+
+
+def _url_opener(path: object) -> Callable[..., Opening[EventStore]] | None:
+    if isinstance(path, str):
+        for prefix, opener in _URL_OPENERS.items():
+            if path.startswith(prefix):
+                return opener
+    return None
 
 
 def _subscribe(callbacks: list[_C], callback: _C) -> Callable[[], None]:

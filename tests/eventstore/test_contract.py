@@ -471,3 +471,36 @@ class TestSQLiteReadOnlyEventStore(ReadOnlyEventStoreContract):
         finally:
             for ro in opened:
                 await ro.close()
+
+
+class TestPostgresEventStore(EventStoreContract):
+    """The PostgreSQL store keeps the contract."""
+
+    @pytest.fixture
+    async def store(self, pg_url: str) -> AsyncIterator[EventStore]:
+        s = await EventStore.open(pg_url)
+        try:
+            yield s
+        finally:
+            await s.close()
+
+
+class TestPostgresReadOnlyEventStore(ReadOnlyEventStoreContract):
+    """The PostgreSQL store opened with readonly=True keeps the read-only contract."""
+
+    @pytest.fixture
+    async def reopen(self, pg_url: str) -> AsyncIterator[Reopen]:
+        opened: list[EventStore] = []
+
+        async def reopen(fill: Fill) -> EventStore:
+            async with EventStore.open(pg_url) as store:
+                await fill(store)
+            ro = await EventStore.open(pg_url, readonly=True)
+            opened.append(ro)
+            return ro
+
+        try:
+            yield reopen
+        finally:
+            for ro in opened:
+                await ro.close()
