@@ -26,6 +26,8 @@ _NO_DATABASE = "3D000"  # invalid_catalog_name: the database in the URL does not
 
 def connection_lost(exc: BaseException) -> bool:
     """True when `exc` means the connection is gone or unusable: open a new one next time."""
+    if isinstance(exc, asyncpg.PostgresConnectionError):
+        return True
     if isinstance(exc, asyncpg.PostgresError):
         return (exc.sqlstate or "")[:2] in {"08", "57"}
     return isinstance(exc, asyncpg.InterfaceError | OSError | TimeoutError)
@@ -42,7 +44,7 @@ def translate_pg(exc: BaseException) -> EventStoreError:
             err: EventStoreError = DatabaseCorrupt(text)
         elif state == _NO_DATABASE:
             err = DatabaseMissing(text)
-        elif state[:2] in _UNAVAILABLE_CLASSES:
+        elif state[:2] in _UNAVAILABLE_CLASSES or isinstance(exc, asyncpg.PostgresConnectionError):
             err = StorageUnavailable(text)
         else:
             err = EventStoreError(text)

@@ -161,6 +161,9 @@ class PgWriteConnection:
         except BaseException as exc:
             if connection_lost(exc) or isinstance(exc, asyncio.CancelledError):
                 await self._drop()
+            if isinstance(exc, Exception):
+                # The writer knows SQLite's errors only: it gets ours already translated.
+                raise translate_pg(exc) from exc
             raise
 
     async def _drop(self) -> None:
