@@ -30,7 +30,7 @@ from bench.bench_eventstore import DATA
 from eventstore import ANY, GENESIS, EventStore, NewEvent
 from eventstore.planner import plan_batch, prepare_event
 from eventstore.postgres.schema import WRITE_LOCK, migrate
-from eventstore.testing import ThrowawayPostgres
+from eventstore.testing import ThrowawayPostgres, find_server_binaries
 
 _HEAD = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
 _COLUMNS = "position, stream, version, type, schema, data, metadata, event_id, recorded_at"
@@ -145,6 +145,9 @@ def _line(label: str, events: int, commits: int, seconds: float) -> None:
 
 
 async def main(rounds: int, appends: int, repeat: int) -> None:
+    if find_server_binaries() is None:
+        print("no PostgreSQL server binaries (initdb, pg_ctl) on this machine: nothing measured")
+        return
     server = ThrowawayPostgres.start(durable=True)
     try:
         print("driver, one group-commit transaction (durable):")

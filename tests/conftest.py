@@ -32,3 +32,13 @@ def pg_server() -> Iterator[ThrowawayPostgres]:
 def pg_url(pg_server: ThrowawayPostgres) -> str:
     """The URL of a fresh, empty database on the throwaway server (one per test)."""
     return pg_server.url(pg_server.create_database())
+
+
+@pytest.fixture
+def pg_lone_server(pg_server: ThrowawayPostgres) -> Iterator[ThrowawayPostgres]:
+    """A throwaway server of its own, for a test that stops and restarts it."""
+    server = ThrowawayPostgres.start(pg_server.bindir)
+    try:
+        yield server
+    finally:
+        server.stop()

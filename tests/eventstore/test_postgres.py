@@ -9,7 +9,7 @@ why, when the machine has no PostgreSQL server binaries.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -24,7 +24,7 @@ from eventstore import (
     StorageUnavailable,
 )
 from eventstore.postgres import PostgresStore
-from eventstore.testing import ThrowawayPostgres, find_server_binaries
+from eventstore.testing import ThrowawayPostgres
 
 pytestmark = pytest.mark.anyio
 
@@ -190,25 +190,13 @@ async def test_two_writers_keep_positions_gap_free_and_the_chain_whole(pg_url: s
         await b.close()
 
 
-@pytest.fixture
-def lone_server() -> Iterator[ThrowawayPostgres]:
-    """A server of its own, for a test that stops it."""
-    if find_server_binaries() is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found")
-    server = ThrowawayPostgres.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 async def test_a_lost_server_costs_a_retry_never_an_acknowledged_event(
-    lone_server: ThrowawayPostgres,
+    pg_lone_server: ThrowawayPostgres,
 ) -> None:
     """While the server is gone appends fail with StorageUnavailable (a 503 with Retry-After
     to HTTP clients); every append that returned is in the log; once the server is back the
     same store appends again without being reopened."""
-    url = lone_server.url(lone_server.create_database())
+    url = pg_lone_server.url(pg_lone_server.create_database())
     store = await EventStore.open(url)
     try:
         acked: list[str] = []
@@ -224,7 +212,7 @@ async def test_a_lost_server_costs_a_retry_never_an_acknowledged_event(
         tasks = [asyncio.ensure_future(appender(k)) for k in range(8)]
         while len(acked) < 50:
             await asyncio.sleep(0.01)
-        await asyncio.to_thread(lone_server.kill)  # mid-append: eight appenders are writing
+        await asyncio.to_thread(pg_lone_server.kill)  # mid-append: eight appenders are writing
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
 
         with pytest.raises(StorageUnavailable) as caught:
@@ -235,7 +223,7 @@ async def test_a_lost_server_costs_a_retry_never_an_acknowledged_event(
         assert "Retry-After" in answer.value.headers
         assert not store.healthy
 
-        await asyncio.to_thread(lone_server.restart)
+        await asyncio.to_thread(pg_lone_server.restart)
         r = await store.append([ev("back")])
         assert store.healthy
         stored = {x.event_id async for x in store.read_all()}
