@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -508,6 +509,12 @@ def load_secrets(config: Config, env: Mapping[str, str]) -> Secrets:
 def render_effective(config: Config, secrets: Secrets) -> str:
     """The effective configuration as JSON, secrets masked, for `staticipd check-config`."""
     document = msgspec.to_builtins(config, enc_hook=str)
+    if config.database.url:  # a password written into the URL is not shown (README, "PostgreSQL")
+        parts = urlsplit(config.database.url)
+        if parts.password is not None:
+            user, host = parts.netloc.rsplit("@", 1)
+            netloc = f"{user.split(':', 1)[0]}:***@{host}"
+            document["database"]["url"] = urlunsplit(parts._replace(netloc=netloc))
     document["secrets"] = secrets.describe()
     if secrets.sources:
         document["secret_files"] = {name: str(path) for name, path in secrets.sources.items()}

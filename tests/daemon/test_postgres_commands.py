@@ -143,3 +143,17 @@ def test_the_environment_names_a_database_url() -> None:
     assert config.database.location == url
     path = load_config(None, {"STATICIPD_DATABASE": "/var/lib/x.db"}).database
     assert (path.url, path.location) == ("", Path("/var/lib/x.db"))
+
+
+def test_check_config_hides_a_password_written_into_the_url(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`check-config` shows `[database] url` with a password written into it as `***`."""
+    env = {"STATICIPD_DATABASE": "postgresql://staticipd:hunter2-secret@db.example.com/log"}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        status, out, _ = run(capsys, "check-config")
+    assert status == 0
+    assert json.loads(out)["database"]["url"] == "postgresql://staticipd:***@db.example.com/log"
+    assert "hunter2" not in out
