@@ -1,7 +1,8 @@
 """A throwaway PostgreSQL server for tests and benchmarks only: never used by the daemon.
 
 `ThrowawayPostgres.start()` runs the server binaries found on the machine (`initdb`, `pg_ctl`)
-in a new temporary directory, listening on a Unix socket in that directory only (no TCP port).
+in a new temporary directory, listening on a Unix socket in that directory only (and, with
+`tcp=True`, on a free port of 127.0.0.1: never another address).
 As root (initdb refuses to run as root) the binaries run as the `postgres` user through
 `runuser`. Every step is bounded in time, and a watcher process stops the server with
 `pg_ctl stop -m immediate` when the process that started it ends without calling `stop()`.
@@ -13,6 +14,7 @@ import contextlib
 import glob
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import uuid
@@ -30,6 +32,8 @@ SUPERUSER = "postgres"
 _HBA = """\
 local all postgres trust
 local all all scram-sha-256
+host all postgres 127.0.0.1/32 trust
+host all all 127.0.0.1/32 scram-sha-256
 """
 
 
@@ -54,6 +58,8 @@ class ThrowawayPostgres:
     bindir: Path
     root: Path  # the temporary directory: data/, the socket, the server's log
     durable: bool = False
+    port: int = 5432  # the socket's name; with `tcp`, also a port on 127.0.0.1
+    tcp: bool = False
     _watcher: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,17 +73,24 @@ class ThrowawayPostgres:
     def url(self, database: str = "postgres", user: str = SUPERUSER, password: str = "") -> str:
         """A libpq URL that reaches `database` over the server's Unix socket."""
         auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
-        return f"postgresql://{auth}@/{database}?host={quote(self.socket_dir, safe='')}"
+        socket = quote(self.socket_dir, safe="")
+        return f"postgresql://{auth}@/{database}?host={socket}&port={self.port}"
+
+    def tcp_url(self, database: str = "postgres", user: str = SUPERUSER) -> str:
+        """A URL that reaches `database` on 127.0.0.1 (a server started with `tcp=True`)."""
+        return f"postgresql://{quote(user, safe='')}@127.0.0.1:{self.port}/{database}"
 
     @classmethod
-    def start(cls, bindir: Path | None = None, *, durable: bool = False) -> ThrowawayPostgres:
+    def start(
+        cls, bindir: Path | None = None, *, durable: bool = False, tcp: bool = False
+    ) -> ThrowawayPostgres:
         """Start a new server; `durable` keeps fsync on (benchmarks), else off (tests: a killed
         server still keeps every commit, only a crash of the machine would lose some)."""
         found = bindir or find_server_binaries()
         if found is None:
             raise FileNotFoundError("no PostgreSQL server binaries (initdb, pg_ctl) found")
         root = Path(tempfile.mkdtemp(prefix="staticipd-pg-"))
-        server = cls(found, root, durable)
+        server = cls(found, root, durable, _free_port() if tcp else 5432, tcp)
         try:
             server._chown(root)
             server._run(
@@ -157,6 +170,8 @@ class ThrowawayPostgres:
                 str(self.bindir / "createdb"),
                 "-h",
                 self.socket_dir,
+                "-p",
+                str(self.port),
                 "-U",
                 SUPERUSER,
                 "-O",
@@ -175,8 +190,10 @@ class ThrowawayPostgres:
 
     def _options(self) -> str:
         fsync = "on" if self.durable else "off"
+        listen = "127.0.0.1" if self.tcp else ""
         return (
-            f"-c listen_addresses='' -c unix_socket_directories='{self.root}'"
+            f"-c listen_addresses='{listen}' -c port={self.port}"
+            f" -c unix_socket_directories='{self.root}'"
             f" -c max_connections=200 -c shared_buffers=32MB -c fsync={fsync}"
         )
 
@@ -215,3 +232,9 @@ class ThrowawayPostgres:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -157,6 +158,42 @@ async def test_without_its_password_the_role_is_refused(pg_server: ThrowawayPost
     await grant_daemon_role(pg_server.url(database))
     with pytest.raises(StorageUnavailable, match="password"):
         await EventStore.open(pg_server.url(database, user=DAEMON_ROLE), password="wrong")
+
+
+async def test_libpqs_own_password_places_work(
+    pg_server: ThrowawayPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a password given, the role's password is found where libpq looks: a password
+    file (PGPASSFILE, ~/.pgpass's format) or PGPASSWORD."""
+    database = pg_server.create_database()
+    async with EventStore.open(pg_server.url(database)):
+        pass
+    await grant_daemon_role(pg_server.url(database))
+    url = pg_server.url(database, user=DAEMON_ROLE)
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"*:*:{database}:{DAEMON_ROLE}:{DAEMON_PASSWORD}\n")
+    passfile.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    async with EventStore.open(url) as store:
+        await store.append([ev("a")])
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
+    monkeypatch.setenv("PGPASSWORD", DAEMON_PASSWORD)
+    async with EventStore.open(url, readonly=True) as reader:
+        assert (await reader.head())[0] == 1
+
+
+async def test_the_urls_tls_settings_reach_the_connection(pg_server: ThrowawayPostgres) -> None:
+    """`sslmode` in the URL is obeyed: on a loopback server without TLS, `require` is refused
+    (StorageUnavailable) where `disable` connects."""
+    server = await asyncio.to_thread(ThrowawayPostgres.start, pg_server.bindir, tcp=True)
+    try:
+        database = await asyncio.to_thread(server.create_database)
+        async with EventStore.open(server.tcp_url(database) + "?sslmode=disable") as store:
+            await store.append([ev("a")])
+        with pytest.raises(StorageUnavailable, match="SSL"):
+            await EventStore.open(server.tcp_url(database) + "?sslmode=require")
+    finally:
+        await asyncio.to_thread(server.stop)
 
 
 async def test_two_writers_keep_positions_gap_free_and_the_chain_whole(pg_url: str) -> None:
