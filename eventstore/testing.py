@@ -165,28 +165,26 @@ class ThrowawayPostgres:
     def create_database(self, owner: str = SUPERUSER) -> str:
         """Create a new empty database owned by `owner`; return its name."""
         name = self.fresh_name()
+        self._admin("createdb", "-O", owner, name)
+        return name
+
+    def drop_database(self, name: str) -> None:
+        """Drop the database `name`, closing any connection still open to it."""
+        self._admin("dropdb", "--force", "--if-exists", name)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _admin(self, binary: str, *args: str) -> None:
+        """Run createdb or dropdb against the server, as its superuser, over the socket."""
+        where = ["-h", self.socket_dir, "-p", str(self.port), "-U", SUPERUSER]
         done = subprocess.run(  # noqa: S603 — fixed binary, our own arguments
-            [
-                str(self.bindir / "createdb"),
-                "-h",
-                self.socket_dir,
-                "-p",
-                str(self.port),
-                "-U",
-                SUPERUSER,
-                "-O",
-                owner,
-                name,
-            ],
+            [str(self.bindir / binary), *where, *args],
             capture_output=True,
             timeout=_STEP_TIMEOUT,
             check=False,
         )
         if done.returncode != 0:
             raise subprocess.SubprocessError(done.stderr.decode(errors="replace"))
-        return name
-
-    # -- internals ------------------------------------------------------------------------------
 
     def _options(self) -> str:
         fsync = "on" if self.durable else "off"

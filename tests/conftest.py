@@ -29,9 +29,12 @@ def pg_server() -> Iterator[ThrowawayPostgres]:
 
 
 @pytest.fixture
-def pg_url(pg_server: ThrowawayPostgres) -> str:
-    """The URL of a fresh, empty database on the throwaway server (one per test)."""
-    return pg_server.url(pg_server.create_database())
+def pg_url(pg_server: ThrowawayPostgres) -> Iterator[str]:
+    """The URL of a fresh, empty database on the throwaway server (one per test, dropped
+    after it)."""
+    name = pg_server.create_database()
+    yield pg_server.url(name)
+    pg_server.drop_database(name)
 
 
 @pytest.fixture

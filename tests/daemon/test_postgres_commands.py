@@ -157,3 +157,13 @@ def test_check_config_hides_a_password_written_into_the_url(
     assert status == 0
     assert json.loads(out)["database"]["url"] == "postgresql://staticipd:***@db.example.com/log"
     assert "hunter2" not in out
+
+
+def test_serve_and_check_config_take_a_url_for_database(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--database postgresql://…` (as `serve` and `check-config` take it) sets the URL."""
+    url = "postgresql://staticipd@db.example.com/staticipd?sslmode=verify-full"
+    status, out, _ = run(capsys, "check-config", "--database", url)
+    assert status == 0
+    assert json.loads(out)["database"]["url"] == url
