@@ -31,6 +31,7 @@ from .connections import (
     close_quietly,
     connect,
     connect_readonly,
+    readonly_uri,
 )
 from .errors import (
     DatabaseMissing,
@@ -42,6 +43,7 @@ from .errors import (
 from .planner import check_expectation, prepare_event, record_from_row, records_from_rows
 from .records import ANY, LAST_POSITION, AppendCall, AppendResult, NewEvent, RecordedEvent
 from .schema import EVENT_COLUMNS, migrate
+from .snapshots import SnapshotReader
 from .verify import RowVisitor, VerifyReport, verify_log
 from .writer import WriteConnection, Writer, chunks, marks
 
@@ -94,6 +96,7 @@ class EventStore:
         self._busy_timeout = busy_timeout
         self._closed = False
         self._writer_task: asyncio.Task[None] | None = None  # when the store runs its writer
+        self._side_connections: list[sqlite3.Connection] = []  # part_fetcher's
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -247,6 +250,8 @@ class EventStore:
                 await self._writer.stop()
         finally:
             await close_quietly(self._reader)
+            for conn in self._side_connections:
+                conn.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -515,22 +520,31 @@ class EventStore:
         name: str,
         position: int,
         header: bytes,
-        parts: Iterable[tuple[str, bytes | None]],
+        parts: Iterable[tuple[str, bytes | None] | tuple[str, bytes, str, str | None]],
         *,
         complete: bool = False,
     ) -> None:
         """Bring the keyed snapshot `name` to the log up to `position`, in one transaction.
 
-        Each `(key, blob)` of `parts` is written (a `None` blob removes that key); with
-        `complete`, `parts` is the whole snapshot and every other key is removed. The header and
-        the parts change together, so a reader sees the snapshot before or after, never a mix.
-        Writing the parts that changed since the last snapshot costs what changed.
+        Each `(key, blob)` of `parts` is written (a `None` blob removes that key), or
+        `(key, blob, label, at)`: a label to group parts by and a time (text) to find them by,
+        both read without the blobs (`open_snapshot`). With `complete`, `parts` is the whole
+        snapshot and every other key is removed. The header and the parts change together, so a
+        reader sees the snapshot before or after, never a mix. Writing the parts that changed
+        since the last snapshot costs what changed.
         """
         writer = self._require_writer("save_snapshot_parts")
         now = format_time(datetime.now(UTC))
-        rows = list(parts)
-        upserts = [(name, k, bytes(b)) for k, b in rows if b is not None]
-        removals = [(name, k) for k, b in rows if b is None]
+        upserts: list[tuple[str, str, bytes, str, str | None]] = []
+        removals: list[tuple[str, str]] = []
+        for part in parts:
+            key, blob = part[0], part[1]
+            if blob is None:
+                removals.append((name, key))
+            elif len(part) == 4:
+                upserts.append((name, key, bytes(blob), part[2], part[3]))
+            else:
+                upserts.append((name, key, bytes(blob), "", None))
 
         def job(conn: sqlite3.Connection) -> None:
             if complete:
@@ -543,8 +557,9 @@ class EventStore:
                 conn.executemany("DELETE FROM snapshot_parts WHERE name = ? AND key = ?", removals)
             if upserts:
                 conn.executemany(
-                    "INSERT INTO snapshot_parts (name, key, blob) VALUES (?, ?, ?)"
-                    " ON CONFLICT (name, key) DO UPDATE SET blob = excluded.blob",
+                    "INSERT INTO snapshot_parts (name, key, blob, label, at) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (name, key) DO UPDATE SET blob = excluded.blob,"
+                    " label = excluded.label, at = excluded.at",
                     upserts,
                 )
 
@@ -590,6 +605,36 @@ class EventStore:
         if not head:
             return None
         return head[0][0], bytes(head[0][1]), parts
+
+    async def open_snapshot(self, name: str) -> SnapshotReader | None:
+        """A reader of the keyed snapshot `name` in one read transaction of its own (None when
+        there is none): its header, and its parts in bulk or one by one. Close it."""
+        self._check_open()
+        # Built from the store's own read-only URI: the log's file is never opened outside
+        # SQLite in a process that holds it (see connections.readonly_uri).
+        uri = readonly_uri(self._path)
+        return await anyio.to_thread.run_sync(SnapshotReader.open, uri, name, self._busy_timeout)
+
+    def part_fetcher(self, name: str) -> Callable[[str], bytes | None]:
+        """A function reading one part of the keyed snapshot `name` as last committed (None if
+        there is none), blocking the caller for one indexed read: for a model that keeps in
+        memory only what changed since its snapshot. Its connection closes with the store."""
+        self._check_open()
+        conn = sqlite3.connect(
+            readonly_uri(self._path), uri=True, isolation_level=None, check_same_thread=False
+        )
+        self._side_connections.append(conn)
+
+        def fetch(key: str) -> bytes | None:
+            try:
+                row = conn.execute(
+                    "SELECT blob FROM snapshot_parts WHERE name = ? AND key = ?", (name, key)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise translate(exc) from exc
+            return None if row is None else bytes(row[0])
+
+        return fetch
 
     def observe_commits(self, observer: Callable[[float, int], None]) -> Callable[[], None]:
         """Call `observer(seconds, events)` after each committed append batch.

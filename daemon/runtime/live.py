@@ -10,6 +10,7 @@ Deleting the snapshot only costs a longer start: the log is the only truth.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 from collections.abc import Callable
@@ -46,18 +47,27 @@ class LiveProjection:
         self._buffer: list[RecordedEvent] | None = None
 
     @classmethod
-    async def load(cls, store: EventStore) -> LiveProjection:
-        """Start from the latest snapshot, or from nothing if there is none or it is unreadable."""
-        snapshot = await store.load_snapshot_parts(SNAPSHOT_NAME)
+    async def load(cls, store: EventStore, *, resident: bool = False) -> LiveProjection:
+        """Start from the latest snapshot, or from nothing if there is none or it is unreadable.
+
+        From a snapshot, the indexes are loaded and each account's state is read from it when
+        first needed (`resident` reads them all at once)."""
+        reader = await store.open_snapshot(SNAPSHOT_NAME)
         projection = Projection()
-        if snapshot is not None:
-            position, header, parts = snapshot
+        if reader is not None:
             try:
-                projection = Projection.from_parts(header, parts)
+                # In bulk, in a worker thread: the loop has nothing else to do yet.
+                fetch = None if resident else store.part_fetcher(SNAPSHOT_NAME)
+                projection = await anyio.to_thread.run_sync(
+                    functools.partial(Projection.from_reader, reader, fetch=fetch)
+                )
             except Exception as exc:  # a bad snapshot must never stop the daemon: replay all
-                log.warning("projection.snapshot_unreadable", error=str(exc), position=position)
+                log.warning(
+                    "projection.snapshot_unreadable", error=str(exc), position=reader.position
+                )
                 projection = Projection()
-            del parts
+            finally:
+                reader.close()
         live = cls(store, projection)
         # Listen before catching up: commits made meanwhile wait in a buffer, so none is lost
         # between the last read and the first live one.
@@ -143,7 +153,7 @@ class LiveProjection:
         time); returns its position, parts and bytes written. Encoding goes a slice at a time,
         so the event loop keeps turning; events applied meanwhile go into the next one."""
         taken = self.projection.take_snapshot()
-        parts: list[tuple[str, bytes]] = []
+        parts: list[tuple[str, bytes, str, str | None]] = []
         try:
             for start in range(0, len(taken.items), SNAPSHOT_SLICE):
                 parts.extend(taken.encode(start, start + SNAPSHOT_SLICE))
@@ -154,4 +164,4 @@ class LiveProjection:
         except BaseException:
             self.projection.snapshot_failed(taken)
             raise
-        return taken.position, len(parts), len(taken.header) + sum(len(p) for _, p in parts)
+        return taken.position, len(parts), len(taken.header) + sum(len(p) for _, p, _, _ in parts)
