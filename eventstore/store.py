@@ -58,6 +58,7 @@ _SAVE_SNAPSHOT = (
     " blob = excluded.blob, saved_at = excluded.saved_at"
 )
 
+_QUICK_IDS = 16  # stored_event_ids looks up at most this many on the caller's thread
 _SELECT = "SELECT " + EVENT_COLUMNS + " FROM events WHERE "  # noqa: S608 — constant columns
 _READ_ALL = _SELECT + "position BETWEEN ? AND ? ORDER BY position LIMIT ?"
 _READ_STREAM = _SELECT + "stream = ? AND version >= ? ORDER BY version LIMIT ?"
@@ -96,7 +97,7 @@ class EventStore:
         self._busy_timeout = busy_timeout
         self._closed = False
         self._writer_task: asyncio.Task[None] | None = None  # when the store runs its writer
-        self._side_connections: list[sqlite3.Connection] = []  # part_fetcher's
+        self._lookups: sqlite3.Connection | None = None  # see _lookup_connection
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -250,8 +251,8 @@ class EventStore:
                 await self._writer.stop()
         finally:
             await close_quietly(self._reader)
-            for conn in self._side_connections:
-                conn.close()
+            if self._lookups is not None:
+                self._lookups.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -471,7 +472,18 @@ class EventStore:
         return record_from_row(rows[0]) if rows else None
 
     async def stored_event_ids(self, event_ids: Collection[str]) -> set[str]:
-        """Which of `event_ids` are stored: one query per 900 ids, for batched dedupe checks."""
+        """Which of `event_ids` are stored: one query per 900 ids, for batched dedupe checks.
+
+        A handful of ids is looked up right here, on the caller's thread: a few index probes
+        cost less than a hand-off to the reader's thread and a wait behind its other reads."""
+        self._check_open()
+        if len(event_ids) <= _QUICK_IDS:
+            try:
+                conn = self._lookup_connection()
+                sql = f"SELECT event_id FROM events WHERE event_id IN ({marks(len(event_ids))})"  # noqa: S608
+                return {row[0] for row in conn.execute(sql, tuple(event_ids))}
+            except sqlite3.Error as exc:
+                raise translate(exc) from exc
         found: set[str] = set()
         for chunk in chunks(event_ids):
             sql = f"SELECT event_id FROM events WHERE event_id IN ({marks(len(chunk))})"  # noqa: S608
@@ -620,10 +632,7 @@ class EventStore:
         there is none), blocking the caller for one indexed read: for a model that keeps in
         memory only what changed since its snapshot. Its connection closes with the store."""
         self._check_open()
-        conn = sqlite3.connect(
-            readonly_uri(self._path), uri=True, isolation_level=None, check_same_thread=False
-        )
-        self._side_connections.append(conn)
+        conn = self._lookup_connection()
 
         def fetch(key: str) -> bytes | None:
             try:
@@ -703,6 +712,22 @@ class EventStore:
             await close_quietly(conn)
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _lookup_connection(self) -> sqlite3.Connection:
+        """The read-only connection for quick indexed reads on the caller's thread (autocommit:
+        each read sees the log as last committed)."""
+        if self._lookups is None:
+            try:
+                self._lookups = sqlite3.connect(
+                    readonly_uri(self._path),
+                    uri=True,
+                    isolation_level=None,
+                    timeout=self._busy_timeout,
+                    check_same_thread=False,
+                )
+            except sqlite3.Error as exc:
+                raise translate(exc) from exc
+        return self._lookups
 
     def _check_open(self) -> None:
         if self._closed or (self._writer is not None and self._writer.closed):
