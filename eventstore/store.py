@@ -531,7 +531,7 @@ class EventStore:
         self,
         name: str,
         position: int,
-        header: bytes,
+        header: bytes | None,
         parts: Iterable[tuple[str, bytes | None] | tuple[str, bytes, str, str | None]],
         *,
         complete: bool = False,
@@ -543,7 +543,9 @@ class EventStore:
         both read without the blobs (`open_snapshot`). With `complete`, `parts` is the whole
         snapshot and every other key is removed. The header and the parts change together, so a
         reader sees the snapshot before or after, never a mix. Writing the parts that changed
-        since the last snapshot costs what changed.
+        since the last snapshot costs what changed. A `None` header removes the header row: the
+        snapshot is absent to readers until a later call brings one (a large snapshot written a
+        chunk per call, the header with the last).
         """
         writer = self._require_writer("save_snapshot_parts")
         now = format_time(datetime.now(UTC))
@@ -561,10 +563,10 @@ class EventStore:
         def job(conn: sqlite3.Connection) -> None:
             if complete:
                 conn.execute("DELETE FROM snapshot_parts WHERE name = ?", (name,))
-            conn.execute(
-                _SAVE_SNAPSHOT,
-                (name, position, bytes(header), now),
-            )
+            if header is None:
+                conn.execute("DELETE FROM snapshots WHERE name = ?", (name,))
+            else:
+                conn.execute(_SAVE_SNAPSHOT, (name, position, bytes(header), now))
             if removals:
                 conn.executemany("DELETE FROM snapshot_parts WHERE name = ? AND key = ?", removals)
             if upserts:
@@ -630,9 +632,20 @@ class EventStore:
     def part_fetcher(self, name: str) -> Callable[[str], bytes | None]:
         """A function reading one part of the keyed snapshot `name` as last committed (None if
         there is none), blocking the caller for one indexed read: for a model that keeps in
-        memory only what changed since its snapshot. Its connection closes with the store."""
+        memory only what changed since its snapshot. It works on after the store closes (a
+        model read once the daemon stopped): its connection closes when the function is gone.
+        """
         self._check_open()
-        conn = self._lookup_connection()
+        try:
+            conn = sqlite3.connect(
+                readonly_uri(self._path),
+                uri=True,
+                isolation_level=None,
+                timeout=self._busy_timeout,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
 
         def fetch(key: str) -> bytes | None:
             try:

@@ -337,6 +337,21 @@ class EventStoreContract:
             assert (reader.blob("b"), reader.blob("zz")) == (b"2", None)
         assert (fetch("a"), fetch("zz")) == (b"9", None)
 
+    async def test_a_snapshot_without_its_header_is_absent_until_the_header_comes(
+        self, store: EventStore
+    ) -> None:
+        """Parts written without a header (a large snapshot, a chunk per call) are invisible
+        to readers until the call that brings the header."""
+        await store.save_snapshot_parts("proj", 2, b"old", [("a", b"1")])
+        await store.save_snapshot_parts("proj", 5, None, [("b", b"2")], complete=True)
+        assert await store.open_snapshot("proj") is None
+        await store.save_snapshot_parts("proj", 5, b"new", [("c", b"3")])
+        reader = await store.open_snapshot("proj")
+        assert reader is not None
+        with reader:
+            assert (reader.position, reader.header) == (5, b"new")
+            assert reader.blobs() == {"b": b"2", "c": b"3"}
+
     async def test_verify_passes_on_intact_log(self, store: EventStore) -> None:
         """verify() reports ok with the head and checked counts on an untouched log."""
         await store.append([ev("a", i) for i in range(20)])
