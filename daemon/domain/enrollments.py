@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["Enrollments"]
 
 _MISSING: Any = object()
+_FLATTEN_AT = 50_000  # overlay entries below which it is never merged into the base
 
 
 class Enrollments(Mapping[str, "Enrollment"]):
@@ -71,6 +72,12 @@ class Enrollments(Mapping[str, "Enrollment"]):
                 overlay[account_id] = enrollment
             finished = overlay.finish()
         made = self.made if enrollment in self.made else (*self.made, enrollment)
+        if len(finished) > max(_FLATTEN_AT, len(self._base)):
+            # The overlay costs several times a dict's memory per entry: once it outgrows the
+            # base, both become one new base (a copy as large as all enrolments, made each time
+            # they double, so enrolling still costs in proportion to the wave on average).
+            base = {**self._base, **dict(finished.items())}
+            return Enrollments.from_dict(base, made), before
         grown = Enrollments(None, _overlay=finished, _len=self._len + added, _made=made)
         return grown._taking(self._base), before
 
