@@ -246,13 +246,15 @@ class EventStore:
         if self._closed:
             return
         self._closed = True
+        # The read-only lookups first: the last connection to close checkpoints the log and
+        # removes its -wal file, which a read-only one cannot do.
+        if self._lookups is not None:
+            self._lookups.close()
         try:
             if self._writer is not None:
                 await self._writer.stop()
         finally:
             await close_quietly(self._reader)
-            if self._lookups is not None:
-                self._lookups.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -633,25 +635,22 @@ class EventStore:
         """A function reading one part of the keyed snapshot `name` as last committed (None if
         there is none), blocking the caller for one indexed read: for a model that keeps in
         memory only what changed since its snapshot. It works on after the store closes (a
-        model read once the daemon stopped): its connection closes when the function is gone.
-        """
+        model read once the daemon stopped), each read then on a connection of its own."""
         self._check_open()
-        try:
-            conn = sqlite3.connect(
-                readonly_uri(self._path),
-                uri=True,
-                isolation_level=None,
-                timeout=self._busy_timeout,
-                check_same_thread=False,
-            )
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        query = "SELECT blob FROM snapshot_parts WHERE name = ? AND key = ?"
 
         def fetch(key: str) -> bytes | None:
             try:
-                row = conn.execute(
-                    "SELECT blob FROM snapshot_parts WHERE name = ? AND key = ?", (name, key)
-                ).fetchone()
+                if not self._closed:
+                    row = self._lookup_connection().execute(query, (name, key)).fetchone()
+                else:
+                    # The store's connections are gone (the log is checkpointed and its -wal
+                    # removed): a short read-only one, which leaves no file behind.
+                    conn = self._quick_connection()
+                    try:
+                        row = conn.execute(query, (name, key)).fetchone()
+                    finally:
+                        conn.close()
             except sqlite3.Error as exc:
                 raise translate(exc) from exc
             return None if row is None else bytes(row[0])
@@ -730,17 +729,21 @@ class EventStore:
         """The read-only connection for quick indexed reads on the caller's thread (autocommit:
         each read sees the log as last committed)."""
         if self._lookups is None:
-            try:
-                self._lookups = sqlite3.connect(
-                    readonly_uri(self._path),
-                    uri=True,
-                    isolation_level=None,
-                    timeout=self._busy_timeout,
-                    check_same_thread=False,
-                )
-            except sqlite3.Error as exc:
-                raise translate(exc) from exc
+            self._lookups = self._quick_connection()
         return self._lookups
+
+    def _quick_connection(self) -> sqlite3.Connection:
+        """A new read-only connection in autocommit mode, usable from any thread."""
+        try:
+            return sqlite3.connect(
+                readonly_uri(self._path),
+                uri=True,
+                isolation_level=None,
+                timeout=self._busy_timeout,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
 
     def _check_open(self) -> None:
         if self._closed or (self._writer is not None and self._writer.closed):

@@ -9,20 +9,30 @@ costs in proportion to the wave, and each state keeps its own value while sharin
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import msgspec
 from immutables import Map
 
-if TYPE_CHECKING:
-    from .state import Enrollment
+from .events import UtcDatetime
+from .vocabulary import Policy
 
-__all__ = ["Enrollments"]
+__all__ = ["Enrollment", "Enrollments"]
+
+
+class Enrollment(msgspec.Struct, frozen=True, kw_only=True):
+    """An account's place in the migration plan."""
+
+    wave: str
+    policy: Policy
+    enrolled_at: UtcDatetime
+
 
 _MISSING: Any = object()
 _FLATTEN_AT = 50_000  # overlay entries below which it is never merged into the base
 
 
-class Enrollments(Mapping[str, "Enrollment"]):
+class Enrollments(Mapping[str, Enrollment]):
     """Account id -> its enrolment. Immutable: `enroll` returns a new value."""
 
     __slots__ = ("_base", "_len", "_overlay", "made")

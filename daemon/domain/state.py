@@ -15,7 +15,7 @@ import msgspec
 from msgspec.structs import replace
 
 from . import events as ev
-from .enrollments import Enrollments
+from .enrollments import Enrollment, Enrollments
 from .events import UtcDatetime
 from .vocabulary import Flag, Policy, State, TimerPurpose
 
@@ -194,14 +194,6 @@ def _without(mapping: dict[str, _V], key: str) -> dict[str, _V]:
     if key not in mapping:
         return mapping
     return {k: v for k, v in mapping.items() if k != key}
-
-
-class Enrollment(msgspec.Struct, frozen=True, kw_only=True):
-    """An account's place in the migration plan."""
-
-    wave: str
-    policy: Policy
-    enrolled_at: UtcDatetime
 
 
 class KnownIpList(msgspec.Struct, frozen=True, kw_only=True):

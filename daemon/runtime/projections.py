@@ -41,8 +41,8 @@ from daemon.domain import (
     evolve_stream,
     stream_of,
 )
-from daemon.domain.enrollments import Enrollments
-from daemon.domain.state import Enrollment, decode_hook, encode_hook
+from daemon.domain.enrollments import Enrollment, Enrollments
+from daemon.domain.state import decode_hook, encode_hook
 from eventstore import RecordedEvent, SnapshotReader
 
 SNAPSHOT_FORMAT = 4

@@ -9,8 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.domain import enrollments as module
-from daemon.domain.enrollments import Enrollments
-from daemon.domain.state import Enrollment
+from daemon.domain.enrollments import Enrollment, Enrollments
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 waves = st.lists(
