@@ -167,7 +167,7 @@ async def phase_snapshot(database: Path) -> dict[str, Any]:
     from daemon.runtime.live import LiveProjection
 
     async with await EventStore.open(database) as store:
-        live = await LiveProjection.load(store)
+        live = await LiveProjection.load(store, resident=True)
         live.projection.rewrite_all()  # measure the dearest: every account written
         t = time.perf_counter()
         _, parts, size = await live.write_snapshot()

@@ -157,7 +157,9 @@ class Daemon:
             return await engine.submit(inputs, source="reconciler")
 
         timers = TimerDriver(
-            self._fire_timer, overdue_rate=config.timers.overdue_stagger_per_second
+            self._fire_timer,
+            overdue_rate=config.timers.overdue_stagger_per_second,
+            source=lambda limit: live.projection.due_soonest(limit),
         )
         async with aiohttp.ClientSession() as session:
             provider = self._provider(session)
@@ -320,7 +322,7 @@ class Daemon:
             synchronous=config.database.synchronous,
             position=live.position,
             accounts=len(live.projection),
-            pending_timers=len(self.timers),
+            pending_timers=sum(live.projection.timer_counts().values()),
             pending_effects=len(self.outbox),
         )
         if missing:
@@ -502,8 +504,7 @@ def _feed(live: LiveProjection, timers: TimerDriver, outbox: Outbox) -> None:
         timers.sync_account(account_id, state.pending_timers.items() if state else ())
         outbox.sync_account(account_id, effects_of(account_id, state))
 
-    for due_at, account_id, timer_id in live.projection.pending_timers():
-        timers.schedule(timer_id, account_id, due_at)
+    timers.load()
     for account_id in {a for a, _, _ in live.projection.pending_effects()}:
         outbox.sync_account(account_id, effects_of(account_id, live.projection.account(account_id)))
     live.add_account_hook(on_change)

@@ -21,6 +21,7 @@ from .records import (
     RecordedEvent,
     new_event_id,
 )
+from .snapshots import SnapshotReader
 from .store import EventStore, ReadOnlyStore, SignedCheckpoint
 from .verify import Damage, VerifyReport
 
@@ -44,6 +45,7 @@ __all__ = [
     "ReadOnlyStore",
     "RecordedEvent",
     "SignedCheckpoint",
+    "SnapshotReader",
     "StorageUnavailable",
     "StoreClosed",
     "VerifyReport",

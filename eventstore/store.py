@@ -31,6 +31,7 @@ from .connections import (
     close_quietly,
     connect,
     connect_readonly,
+    readonly_uri,
 )
 from .errors import (
     DatabaseMissing,
@@ -42,6 +43,7 @@ from .errors import (
 from .planner import check_expectation, prepare_event, record_from_row, records_from_rows
 from .records import ANY, LAST_POSITION, AppendCall, AppendResult, NewEvent, RecordedEvent
 from .schema import EVENT_COLUMNS, migrate
+from .snapshots import SnapshotReader
 from .verify import RowVisitor, VerifyReport, verify_log
 from .writer import WriteConnection, Writer, chunks, marks
 
@@ -56,6 +58,7 @@ _SAVE_SNAPSHOT = (
     " blob = excluded.blob, saved_at = excluded.saved_at"
 )
 
+_QUICK_IDS = 16  # stored_event_ids looks up at most this many on the caller's thread
 _SELECT = "SELECT " + EVENT_COLUMNS + " FROM events WHERE "  # noqa: S608 — constant columns
 _READ_ALL = _SELECT + "position BETWEEN ? AND ? ORDER BY position LIMIT ?"
 _READ_STREAM = _SELECT + "stream = ? AND version >= ? ORDER BY version LIMIT ?"
@@ -94,6 +97,7 @@ class EventStore:
         self._busy_timeout = busy_timeout
         self._closed = False
         self._writer_task: asyncio.Task[None] | None = None  # when the store runs its writer
+        self._lookups: sqlite3.Connection | None = None  # see _lookup_connection
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -260,6 +264,10 @@ class EventStore:
         if self._closed:
             return
         self._closed = True
+        # The read-only lookups first: the last connection to close checkpoints the log and
+        # removes its -wal file, which a read-only one cannot do.
+        if self._lookups is not None:
+            self._lookups.close()
         try:
             if self._writer is not None:
                 await self._writer.stop()
@@ -484,7 +492,18 @@ class EventStore:
         return record_from_row(rows[0]) if rows else None
 
     async def stored_event_ids(self, event_ids: Collection[str]) -> set[str]:
-        """Which of `event_ids` are stored: one query per 900 ids, for batched dedupe checks."""
+        """Which of `event_ids` are stored: one query per 900 ids, for batched dedupe checks.
+
+        A handful of ids is looked up right here, on the caller's thread: a few index probes
+        cost less than a hand-off to the reader's thread and a wait behind its other reads."""
+        self._check_open()
+        if len(event_ids) <= _QUICK_IDS:
+            try:
+                conn = self._lookup_connection()
+                sql = f"SELECT event_id FROM events WHERE event_id IN ({marks(len(event_ids))})"  # noqa: S608
+                return {row[0] for row in conn.execute(sql, tuple(event_ids))}
+            except sqlite3.Error as exc:
+                raise translate(exc) from exc
         found: set[str] = set()
         for chunk in chunks(event_ids):
             sql = f"SELECT event_id FROM events WHERE event_id IN ({marks(len(chunk))})"  # noqa: S608
@@ -532,37 +551,49 @@ class EventStore:
         self,
         name: str,
         position: int,
-        header: bytes,
-        parts: Iterable[tuple[str, bytes | None]],
+        header: bytes | None,
+        parts: Iterable[tuple[str, bytes | None] | tuple[str, bytes, str, str | None]],
         *,
         complete: bool = False,
     ) -> None:
         """Bring the keyed snapshot `name` to the log up to `position`, in one transaction.
 
-        Each `(key, blob)` of `parts` is written (a `None` blob removes that key); with
-        `complete`, `parts` is the whole snapshot and every other key is removed. The header and
-        the parts change together, so a reader sees the snapshot before or after, never a mix.
-        Writing the parts that changed since the last snapshot costs what changed.
+        Each `(key, blob)` of `parts` is written (a `None` blob removes that key), or
+        `(key, blob, label, at)`: a label to group parts by and a time (text) to find them by,
+        both read without the blobs (`open_snapshot`). With `complete`, `parts` is the whole
+        snapshot and every other key is removed. The header and the parts change together, so a
+        reader sees the snapshot before or after, never a mix. Writing the parts that changed
+        since the last snapshot costs what changed. A `None` header removes the header row: the
+        snapshot is absent to readers until a later call brings one (a large snapshot written a
+        chunk per call, the header with the last).
         """
         writer = self._require_writer("save_snapshot_parts")
         now = format_time(datetime.now(UTC))
-        rows = list(parts)
-        upserts = [(name, k, bytes(b)) for k, b in rows if b is not None]
-        removals = [(name, k) for k, b in rows if b is None]
+        upserts: list[tuple[str, str, bytes, str, str | None]] = []
+        removals: list[tuple[str, str]] = []
+        for part in parts:
+            key, blob = part[0], part[1]
+            if blob is None:
+                removals.append((name, key))
+            elif len(part) == 4:
+                upserts.append((name, key, bytes(blob), part[2], part[3]))
+            else:
+                upserts.append((name, key, bytes(blob), "", None))
 
         def job(conn: sqlite3.Connection) -> None:
             if complete:
                 conn.execute("DELETE FROM snapshot_parts WHERE name = ?", (name,))
-            conn.execute(
-                _SAVE_SNAPSHOT,
-                (name, position, bytes(header), now),
-            )
+            if header is None:
+                conn.execute("DELETE FROM snapshots WHERE name = ?", (name,))
+            else:
+                conn.execute(_SAVE_SNAPSHOT, (name, position, bytes(header), now))
             if removals:
                 conn.executemany("DELETE FROM snapshot_parts WHERE name = ? AND key = ?", removals)
             if upserts:
                 conn.executemany(
-                    "INSERT INTO snapshot_parts (name, key, blob) VALUES (?, ?, ?)"
-                    " ON CONFLICT (name, key) DO UPDATE SET blob = excluded.blob",
+                    "INSERT INTO snapshot_parts (name, key, blob, label, at) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (name, key) DO UPDATE SET blob = excluded.blob,"
+                    " label = excluded.label, at = excluded.at",
                     upserts,
                 )
 
@@ -608,6 +639,41 @@ class EventStore:
         if not head:
             return None
         return head[0][0], bytes(head[0][1]), parts
+
+    async def open_snapshot(self, name: str) -> SnapshotReader | None:
+        """A reader of the keyed snapshot `name` in one read transaction of its own (None when
+        there is none): its header, and its parts in bulk or one by one. Close it."""
+        self._check_open()
+        # Built from the store's own read-only URI: the log's file is never opened outside
+        # SQLite in a process that holds it (see connections.readonly_uri).
+        uri = readonly_uri(self._path)
+        return await anyio.to_thread.run_sync(SnapshotReader.open, uri, name, self._busy_timeout)
+
+    def part_fetcher(self, name: str) -> Callable[[str], bytes | None]:
+        """A function reading one part of the keyed snapshot `name` as last committed (None if
+        there is none), blocking the caller for one indexed read: for a model that keeps in
+        memory only what changed since its snapshot. It works on after the store closes (a
+        model read once the daemon stopped), each read then on a connection of its own."""
+        self._check_open()
+        query = "SELECT blob FROM snapshot_parts WHERE name = ? AND key = ?"
+
+        def fetch(key: str) -> bytes | None:
+            try:
+                if not self._closed:
+                    row = self._lookup_connection().execute(query, (name, key)).fetchone()
+                else:
+                    # The store's connections are gone (the log is checkpointed and its -wal
+                    # removed): a short read-only one, which leaves no file behind.
+                    conn = self._quick_connection()
+                    try:
+                        row = conn.execute(query, (name, key)).fetchone()
+                    finally:
+                        conn.close()
+            except sqlite3.Error as exc:
+                raise translate(exc) from exc
+            return None if row is None else bytes(row[0])
+
+        return fetch
 
     def observe_commits(self, observer: Callable[[float, int], None]) -> Callable[[], None]:
         """Call `observer(seconds, events)` after each committed append batch.
@@ -676,6 +742,26 @@ class EventStore:
             await close_quietly(conn)
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _lookup_connection(self) -> sqlite3.Connection:
+        """The read-only connection for quick indexed reads on the caller's thread (autocommit:
+        each read sees the log as last committed)."""
+        if self._lookups is None:
+            self._lookups = self._quick_connection()
+        return self._lookups
+
+    def _quick_connection(self) -> sqlite3.Connection:
+        """A new read-only connection in autocommit mode, usable from any thread."""
+        try:
+            return sqlite3.connect(
+                readonly_uri(self._path),
+                uri=True,
+                isolation_level=None,
+                timeout=self._busy_timeout,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
 
     def _check_open(self) -> None:
         if self._closed or (self._writer is not None and self._writer.closed):

@@ -38,6 +38,7 @@ from eventstore import (
     DatabaseMissing,
     EventStore,
     EventStoreError,
+    SnapshotReader,
 )
 from eventstore.chain import GENESIS, format_time, key_fingerprint
 from eventstore.postgres import is_database_url, redact_url
@@ -330,34 +331,42 @@ async def _fold(
     progress(projection.position, last)
 
 
-async def _from_snapshot(store: EventStore) -> tuple[Projection, str, str | None]:
+@asynccontextmanager
+async def _from_snapshot(store: EventStore) -> AsyncIterator[tuple[Projection, str, str | None]]:
     """The projection at the head: the daemon's snapshot plus the log after it when the
     snapshot is there, readable and agrees with the log (the row at its position has the hash
-    it names), else a replay from the first event. Also says which, and why not the snapshot."""
+    it names), else a replay from the first event. Also says which, and why not the snapshot.
+
+    From a snapshot, accounts are read from it only when needed (the tail's, the next due), so
+    a reading costs the indexes, not every account; the snapshot stays open until the end."""
     head, _ = await store.head()
-    snapshot = await store.load_snapshot_parts(SNAPSHOT_NAME)
+    reader = await store.open_snapshot(SNAPSHOT_NAME)
     why = "no snapshot"
-    if snapshot is not None:
-        position, header, parts = snapshot
-        del snapshot
-        try:
-            projection = Projection.from_parts(header, parts)
-        except ValueError as exc:
-            why = f"the snapshot is unreadable ({exc})"
-        else:
-            del parts
-            position = projection.position
-            row = [r.hash async for r in store.read_all(position, position)]
-            if position > head:
-                why = f"the snapshot is at position {position}, past the log's head {head}"
-            elif position and row != [projection.head_hash]:
-                why = f"the snapshot does not match the log at position {position}"
+    try:
+        if reader is not None:
+            try:
+                projection = await anyio.to_thread.run_sync(
+                    functools.partial(Projection.from_reader, reader, fetch=reader.blob)
+                )
+            except ValueError as exc:
+                why = f"the snapshot is unreadable ({exc})"
             else:
-                progress = Progress("status")
-                await _fold(store, projection, head, progress)
-                progress.close()
-                return projection, "snapshot", None
-    return await _replayed(store), "replay", why
+                position = projection.position
+                row = [r.hash async for r in store.read_all(position, position)]
+                if position > head:
+                    why = f"the snapshot is at position {position}, past the log's head {head}"
+                elif position and row != [projection.head_hash]:
+                    why = f"the snapshot does not match the log at position {position}"
+                else:
+                    progress = Progress("status")
+                    await _fold(store, projection, head, progress)
+                    progress.close()
+                    yield projection, "snapshot", None
+                    return
+        yield await _replayed(store), "replay", why
+    finally:
+        if reader is not None:
+            reader.close()
 
 
 async def _replayed(store: EventStore) -> Projection:
@@ -398,11 +407,10 @@ def replay_command(args: argparse.Namespace) -> int:
             # The whole log is compared with the snapshot in one pass: stop at the snapshot's
             # position to compare, then go on to the head.
             whole = until_time is None and args.position is None
-            if whole and (snapshot := await store.load_snapshot_parts(SNAPSHOT_NAME)):
-                position, header, parts = snapshot
-                await _fold(store, projection, min(position, last), progress)
-                divergence = _compare_with_snapshot(projection, position, header, parts)
-                del snapshot, parts
+            if whole and (reader := await store.open_snapshot(SNAPSHOT_NAME)):
+                with reader:
+                    await _fold(store, projection, min(reader.position, last), progress)
+                    divergence = _compare_with_snapshot(projection, reader)
             await _fold(store, projection, last, progress, until_time)
             progress.close()
         funnel = _ordered(projection.funnel())
@@ -443,12 +451,12 @@ class _SnapshotComparison(TypedDict):
     error: NotRequired[str]
 
 
-def _compare_with_snapshot(
-    at: Projection, position: int, header: bytes, parts: list[tuple[str, bytes]]
-) -> _SnapshotComparison:
-    """Compare the log replayed up to the snapshot's position with the snapshot."""
+def _compare_with_snapshot(at: Projection, reader: SnapshotReader) -> _SnapshotComparison:
+    """Compare the log replayed up to the snapshot's position with the snapshot (read an
+    account at a time)."""
+    position = reader.position
     try:
-        snap = Projection.from_parts(header, parts)
+        snap = Projection.from_reader(reader, fetch=reader.blob)
     except Exception as exc:
         return {"position": position, "matches": False, "error": f"unreadable: {exc}",
                 "differing_accounts": []}  # fmt: skip
@@ -492,11 +500,14 @@ def audit_command(args: argparse.Namespace) -> int:
 @command
 def status_command(args: argparse.Namespace) -> int:
     async def main() -> int:
-        async with open_log(args.database, args.database_password) as store:
-            projection, source, why = await _from_snapshot(store)
-        due = projection.due_soonest(10)
-        stalled = sorted(projection.ids_in("stalled"))
-        funnel = _ordered(projection.funnel())
+        async with (
+            open_log(args.database, args.database_password) as store,
+            _from_snapshot(store) as read,
+        ):
+            projection, source, why = read
+            due = projection.due_soonest(10)
+            stalled = sorted(projection.ids_in("stalled"))
+            funnel = _ordered(projection.funnel())
         doc = {
             "position": projection.position,
             "migration_enabled": projection.application.migration_enabled,

@@ -29,6 +29,7 @@ from .codec import (
     stream_of,
 )
 from .decide import decide_account
+from .enrollments import Enrollment
 from .events import (
     AccountEvent,
     AccountObservationRecorded,
@@ -84,7 +85,6 @@ from .settings import MigrationSettings
 from .state import (
     AccountState,
     ApplicationState,
-    Enrollment,
     KnownIpList,
     PendingEffect,
     evolve_account,

@@ -9,13 +9,13 @@ version). States are frozen: evolve returns a new one, so a caller's copy never 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, Literal, TypeVar
 
 import msgspec
-from immutables import Map
 from msgspec.structs import replace
 
 from . import events as ev
+from .enrollments import Enrollment, Enrollments
 from .events import UtcDatetime
 from .vocabulary import Flag, Policy, State, TimerPurpose
 
@@ -196,14 +196,6 @@ def _without(mapping: dict[str, _V], key: str) -> dict[str, _V]:
     return {k: v for k, v in mapping.items() if k != key}
 
 
-class Enrollment(msgspec.Struct, frozen=True, kw_only=True):
-    """An account's place in the migration plan."""
-
-    wave: str
-    policy: Policy
-    enrolled_at: UtcDatetime
-
-
 class KnownIpList(msgspec.Struct, frozen=True, kw_only=True):
     """The latest known provider IP list of one kind."""
 
@@ -218,9 +210,9 @@ class ApplicationState(msgspec.Struct, frozen=True, kw_only=True):
     version: int = 0
     migration_enabled: bool = False
     enabled_at: UtcDatetime | None = None
-    # A persistent map: each enrolment shares what it does not change with the state before
-    # it, so enrolling a wave costs in proportion to the wave, not to every account enrolled.
-    enrollments: Map[str, Enrollment] = Map()
+    # Persistent: each enrolment shares what it does not change with the state before it, so
+    # enrolling a wave costs in proportion to the wave, not to every account enrolled.
+    enrollments: Enrollments = Enrollments()
     # Accounts per wave, kept as enrolments happen (an account enrolled again moves).
     wave_sizes: dict[str, int] = {}
     ip_lists: dict[str, KnownIpList] = {}
@@ -242,14 +234,12 @@ def evolve_application(state: ApplicationState | None, event: ev.Event) -> Appli
                 wave=event.wave, policy=event.policy, enrolled_at=event.occurred_at
             )
             sizes = dict(state.wave_sizes)
-            with state.enrollments.mutate() as enrollments:
-                for account_id in event.account_ids:
-                    before = enrollments.get(account_id)
-                    if before is not None:
-                        sizes[before.wave] -= 1
-                    enrollments[account_id] = enrollment
-                    sizes[event.wave] = sizes.get(event.wave, 0) + 1
-                changes["enrollments"] = enrollments.finish()
+            enrollments, before = state.enrollments.enroll(event.account_ids, enrollment)
+            for old in before:
+                if old is not None:
+                    sizes[old.wave] -= 1
+                sizes[event.wave] = sizes.get(event.wave, 0) + 1
+            changes["enrollments"] = enrollments
             changes["wave_sizes"] = {wave: n for wave, n in sizes.items() if n}
         case ev.IpListChanged():
             ip_list = KnownIpList(
@@ -264,16 +254,17 @@ def evolve_application(state: ApplicationState | None, event: ev.Event) -> Appli
 
 
 def encode_hook(obj: object) -> object:
-    """msgspec's `enc_hook` for the states: a persistent map is written as the dict it is."""
-    if isinstance(obj, Map):
+    """msgspec's `enc_hook` for the states: the enrolments are written as the dict they are."""
+    if isinstance(obj, Enrollments):
         return dict(obj)
     raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
 def decode_hook(type_: Any, obj: object) -> object:
-    """msgspec's `dec_hook` for the states: a dict read back into a persistent map."""
-    if get_origin(type_) is Map or type_ is Map:
-        args = get_args(type_)
-        value: Any = args[1] if len(args) == 2 else Any
-        return Map(msgspec.convert(obj, dict[str, value]))
+    """msgspec's `dec_hook` for the states: a dict read back into the enrolments."""
+    if type_ is Enrollments:
+        base = msgspec.convert(obj, dict[str, Enrollment])
+        shared = {e: e for e in base.values()}  # one object per enrolment, as when folded
+        base = {a: shared[e] for a, e in base.items()}
+        return Enrollments.from_dict(base, tuple(shared))
     raise NotImplementedError(f"cannot decode {type_!r}")

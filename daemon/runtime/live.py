@@ -10,6 +10,7 @@ Deleting the snapshot only costs a longer start: the log is the only truth.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 from collections.abc import Callable
@@ -27,6 +28,8 @@ log = structlog.get_logger(__name__)
 SNAPSHOT_NAME = "projection"
 # Accounts encoded between two turns of the event loop while a snapshot is written (a few ms).
 SNAPSHOT_SLICE = 1_000
+# Accounts per transaction of a complete snapshot (a few hundred milliseconds of the writer).
+SNAPSHOT_CHUNK = 50_000
 
 AccountHook = Callable[[str, AccountState | None], None]
 
@@ -46,18 +49,27 @@ class LiveProjection:
         self._buffer: list[RecordedEvent] | None = None
 
     @classmethod
-    async def load(cls, store: EventStore) -> LiveProjection:
-        """Start from the latest snapshot, or from nothing if there is none or it is unreadable."""
-        snapshot = await store.load_snapshot_parts(SNAPSHOT_NAME)
+    async def load(cls, store: EventStore, *, resident: bool = False) -> LiveProjection:
+        """Start from the latest snapshot, or from nothing if there is none or it is unreadable.
+
+        From a snapshot, the indexes are loaded and each account's state is read from it when
+        first needed (`resident` reads them all at once)."""
+        reader = await store.open_snapshot(SNAPSHOT_NAME)
         projection = Projection()
-        if snapshot is not None:
-            position, header, parts = snapshot
+        if reader is not None:
             try:
-                projection = Projection.from_parts(header, parts)
+                # In bulk, in a worker thread: the loop has nothing else to do yet.
+                fetch = None if resident else store.part_fetcher(SNAPSHOT_NAME)
+                projection = await anyio.to_thread.run_sync(
+                    functools.partial(Projection.from_reader, reader, fetch=fetch)
+                )
             except Exception as exc:  # a bad snapshot must never stop the daemon: replay all
-                log.warning("projection.snapshot_unreadable", error=str(exc), position=position)
+                log.warning(
+                    "projection.snapshot_unreadable", error=str(exc), position=reader.position
+                )
                 projection = Projection()
-            del parts
+            finally:
+                reader.close()
         live = cls(store, projection)
         # Listen before catching up: commits made meanwhile wait in a buffer, so none is lost
         # between the last read and the first live one.
@@ -141,17 +153,32 @@ class LiveProjection:
     async def write_snapshot(self) -> tuple[int, int, int]:
         """Store a snapshot of the accounts changed since the last one (all of them the first
         time); returns its position, parts and bytes written. Encoding goes a slice at a time,
-        so the event loop keeps turning; events applied meanwhile go into the next one."""
+        so the event loop keeps turning; events applied meanwhile go into the next one.
+
+        The accounts changed are written in one transaction with the header. A complete one
+        (every account) is written a chunk per transaction, so the writer is never held for
+        long and no more than a chunk is held encoded: the old snapshot is dropped with the
+        first chunk and the header comes with the last, so a reader meanwhile finds none."""
         taken = self.projection.take_snapshot()
-        parts: list[tuple[str, bytes]] = []
+        items = len(taken.items)
+        chunk = SNAPSHOT_CHUNK if taken.complete else max(items, 1)
+        written = len(taken.header)
         try:
-            for start in range(0, len(taken.items), SNAPSHOT_SLICE):
-                parts.extend(taken.encode(start, start + SNAPSHOT_SLICE))
-                await anyio.lowlevel.checkpoint()
-            await self.store.save_snapshot_parts(
-                SNAPSHOT_NAME, taken.position, taken.header, parts, complete=taken.complete
-            )
+            for first in range(0, max(items, 1), chunk):
+                parts: list[tuple[str, bytes, str, str | None]] = []
+                for start in range(first, min(first + chunk, items), SNAPSHOT_SLICE):
+                    parts.extend(taken.encode(start, min(start + SNAPSHOT_SLICE, first + chunk)))
+                    await anyio.lowlevel.checkpoint()
+                last = first + chunk >= items
+                await self.store.save_snapshot_parts(
+                    SNAPSHOT_NAME,
+                    taken.position,
+                    taken.header if last else None,
+                    parts,
+                    complete=taken.complete and first == 0,
+                )
+                written += sum(len(p) for _, p, _, _ in parts)
         except BaseException:
             self.projection.snapshot_failed(taken)
             raise
-        return taken.position, len(parts), len(taken.header) + sum(len(p) for _, p in parts)
+        return taken.position, items, written

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 import anyio
+import anyio.lowlevel
 import structlog
 
 from daemon.clock import utc_now
@@ -132,7 +133,9 @@ class Reconciler:
             if account.id in waiting:
                 seen[account.id] = (account.sync_state, account.billing_state)
         inputs: list[Input] = []
-        for account_id in sorted(waiting):
+        for n, account_id in enumerate(sorted(waiting), 1):
+            if n % 500 == 0:  # an account not in memory is read from the snapshot: let others in
+                await anyio.lowlevel.checkpoint()
             sync_state, billing_state = seen.get(account_id, (None, None))
             state = projection.account(account_id)
             if not _informative(state, sync_state, account_id in seen, billing_state):

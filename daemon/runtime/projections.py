@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 
 import msgspec
-from immutables import Map
 from msgspec.structs import replace
 
 from daemon.domain import (
@@ -41,10 +41,11 @@ from daemon.domain import (
     evolve_stream,
     stream_of,
 )
-from daemon.domain.state import Enrollment, decode_hook, encode_hook
-from eventstore import RecordedEvent
+from daemon.domain.enrollments import Enrollment, Enrollments
+from daemon.domain.state import decode_hook, encode_hook
+from eventstore import RecordedEvent, SnapshotReader
 
-SNAPSHOT_FORMAT = 3
+SNAPSHOT_FORMAT = 4
 # Accounts kept decoded (the most recently used); the others are kept encoded, about 300 bytes
 # each, and decoded (a couple of microseconds) when read.
 HOT_ACCOUNTS = 50_000
@@ -127,41 +128,49 @@ _record_encoder = msgspec.msgpack.Encoder(order="deterministic", enc_hook=encode
 _record_decoder = msgspec.msgpack.Decoder(AccountState)
 
 
+class _Aggregates(msgspec.Struct, frozen=True, array_like=True):
+    """The counts kept as accounts change (see `Projection.__init__`)."""
+
+    wave_states: dict[str, dict[str, int]]
+    static_times: dict[str, list[tuple[int, int]]]  # (bucket, accounts), by bucket
+    flags: dict[str, int]
+    timers: dict[str, int]
+    retrying: int
+
+
 class _Header(msgspec.Struct, frozen=True, array_like=True):
     """A snapshot's header: the application's state but its enrolments, which are kept with
-    their accounts so that no value grows with the number of accounts."""
+    their accounts so that no value grows with the number of accounts, and what is not
+    derivable from the parts' labels and times: the counts and the funnel over time."""
 
     format: int
     position: int
     head_hash: str  # the hash of the log's row at `position` ("" if unknown)
     application: ApplicationState
-    # Not derivable from the accounts: the funnel over time.
     history: FunnelHistory
-
-
-class _Part(msgspec.Struct, frozen=True, array_like=True):
-    """One account in a snapshot: what its indexes need, its enrolment, and the state itself
-    (encoded), so a start-up builds the indexes without decoding any state."""
-
-    state: State
-    earliest: datetime | None
-    effects: bool
-    flags: tuple[str, ...]
-    timers: tuple[str, ...]  # the purposes of its pending timers
-    retrying: int  # pending effects whose last attempt failed
-    static_seconds: float | None  # from first auth to static, once static
-    enrollment: Enrollment | None
-    record: msgspec.Raw
+    # Every distinct enrolment made, in order: a part's label names its enrolment by index.
+    enrollments: tuple[Enrollment, ...]
+    aggregates: _Aggregates
 
 
 class _Whole(msgspec.Struct, frozen=True, array_like=True):
     header: msgspec.Raw
-    parts: list[tuple[str, msgspec.Raw]]
+    parts: list[tuple[str, msgspec.Raw, str, str | None]]
 
 
+class _Format(msgspec.Struct, frozen=True, array_like=True):
+    format: int  # a header's first field, whatever its format
+
+
+_format_decoder = msgspec.msgpack.Decoder(_Format)
 _header_decoder = msgspec.msgpack.Decoder(_Header, dec_hook=decode_hook)
-_part_decoder = msgspec.msgpack.Decoder(_Part)
 _whole_decoder = msgspec.msgpack.Decoder(_Whole)
+
+
+def _label(state: AccountState, wave: int) -> str:
+    """A part's label: the account's state, its enrolment's index (-1: none) and whether it has
+    pending effects, what a start-up groups accounts by to build the indexes in bulk."""
+    return f"{state.state} {wave} {1 if state.pending_effects else 0}"
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -177,7 +186,7 @@ _encoder = msgspec.json.Encoder(order="deterministic", enc_hook=encode_hook)
 class TakenSnapshot:
     """A snapshot captured at `position`, encoded a slice at a time (`encode`)."""
 
-    __slots__ = ("complete", "enrollments", "header", "items", "position")
+    __slots__ = ("_index", "complete", "enrollments", "header", "items", "position")
 
     def __init__(
         self,
@@ -185,34 +194,29 @@ class TakenSnapshot:
         header: bytes,
         complete: bool,
         items: list[tuple[str, AccountState | bytes]],
-        enrollments: Map[str, Enrollment],
+        enrollments: Enrollments,
     ) -> None:
         self.position = position
         self.header = header
         self.complete = complete
         self.items = items
         self.enrollments = enrollments
+        self._index = {e: i for i, e in enumerate(enrollments.made)}
 
-    def encode(self, start: int, stop: int) -> list[tuple[str, bytes]]:
-        """The parts of items[start:stop], each with what its account's indexes need."""
+    def encode(self, start: int, stop: int) -> list[tuple[str, bytes, str, str | None]]:
+        """The parts of items[start:stop]: each account's encoded state, with its label and
+        its earliest due time (see `save_snapshot_parts`)."""
         parts = []
         for account_id, held in self.items[start:stop]:
             if isinstance(held, bytes):
                 record, state = held, _record_decoder.decode(held)
             else:
                 record, state = _record_encoder.encode(held), held
-            part = _Part(
-                state=state.state,
-                earliest=min(state.pending_timers.values(), default=None),
-                effects=bool(state.pending_effects),
-                flags=tuple(sorted(state.flags)),
-                timers=tuple(sorted(state.timer_purposes.values())),
-                retrying=_retrying(state),
-                static_seconds=_static_seconds(state),
-                enrollment=self.enrollments.get(account_id),
-                record=msgspec.Raw(record),
-            )
-            parts.append((account_id, _record_encoder.encode(part)))
+            enrollment = self.enrollments.get(account_id)
+            wave = -1 if enrollment is None else self._index[enrollment]
+            earliest = min(state.pending_timers.values(), default=None)
+            at = None if earliest is None else earliest.isoformat()
+            parts.append((account_id, record, _label(state, wave), at))
         return parts
 
 
@@ -232,6 +236,9 @@ class Projection:
         self.head_hash = ""
         self.application = ApplicationState()
         self._records: dict[str, bytes] = {}
+        # Set when loaded without its records (`from_reader(..., fetch=...)`): an account not in
+        # `_records` nor `_hot` is read from the stored snapshot, where its part is its state.
+        self._fetch: Callable[[str], bytes | None] | None = None
         self._hot: dict[str, AccountState] = {}
         self._hot_limit = max(1, hot_limit)
         self._stale: set[str] = set()
@@ -367,8 +374,14 @@ class Projection:
         state = self._hot.get(account_id)
         if state is not None:
             return state
-        record = self._records.get(account_id)
+        record = self._record(account_id)
         return None if record is None else _record_decoder.decode(record)
+
+    def _record(self, account_id: str) -> bytes | None:
+        record = self._records.get(account_id)
+        if record is None and self._fetch is not None:
+            record = self._fetch(account_id)  # not kept: a reading may touch every account
+        return record
 
     def _index_due(self, account_id: str, earliest: datetime | None) -> None:
         if earliest == self._earliest.get(account_id):
@@ -392,13 +405,26 @@ class Projection:
         """The account's state (None if unknown); a cold one joins the hot set (which keeps
         the most recently changed or fetched accounts)."""
         state = self._hot.get(account_id)
-        if state is None and (record := self._records.get(account_id)) is not None:
+        if state is None and (record := self._record(account_id)) is not None:
             state = _record_decoder.decode(record)
             self._remember(state)
         return state
 
     def __len__(self) -> int:
+        if self._fetch is not None:  # not every record is loaded; every account has a state
+            return sum(len(ids) for ids in self._by_state.values())
         return len(self._records)
+
+    def _stored(self, account_id: str) -> bytes:
+        record = self._record(account_id)
+        assert record is not None, account_id
+        return record
+
+    def _ids(self) -> Iterable[str]:
+        """Every account's id (unordered)."""
+        if self._fetch is not None:
+            return itertools.chain.from_iterable(self._by_state.values())
+        return self._records
 
     def ids_in(self, state: State) -> frozenset[str]:
         """The ids of the accounts in `state`."""
@@ -519,7 +545,7 @@ class Projection:
         """Accounts ordered by id, filtered by state and/or wave, after the cursor `after`."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        ids: Iterable[str] = self._by_state.get(state, ()) if state else self._records
+        ids: Iterable[str] = self._by_state.get(state, ()) if state else self._ids()
         if wave is not None:
             enrollments = self.application.enrollments
             ids = [i for i in ids if (e := enrollments.get(i)) is not None and e.wave == wave]
@@ -535,7 +561,7 @@ class Projection:
 
     def __iter__(self) -> Iterator[AccountState]:
         """Every account's state, decoding each that is not hot (for checks and tests)."""
-        return (self._known(i) for i in list(self._records))
+        return (self._known(i) for i in list(self._ids()))
 
     # --- snapshots and comparison ------------------------------------------------------------
 
@@ -545,9 +571,11 @@ class Projection:
         taken here (states and records never change once made); `TakenSnapshot.encode` does
         the work, a slice at a time. `snapshot_failed` gives them back if the write fails."""
         complete = not self._parts_in_step
-        ids = sorted(self._records) if complete else sorted(self._dirty)
-        hot, records = self._hot, self._records
-        items = [(i, hot[i] if i in self._stale else records[i]) for i in ids]
+        ids = sorted(self._ids()) if complete else sorted(self._dirty)
+        hot, stale = self._hot, self._stale
+        items: list[tuple[str, AccountState | bytes]] = [
+            (i, hot[i] if i in stale else self._stored(i)) for i in ids
+        ]
         self._dirty = set()
         self._parts_in_step = True
         header = _record_encoder.encode(
@@ -555,10 +583,16 @@ class Projection:
                 SNAPSHOT_FORMAT,
                 self.position,
                 self.head_hash if head_hash is None else head_hash,
-                replace(self.application, enrollments=Map()),
+                replace(self.application, enrollments=Enrollments()),
                 self.history,
+                self.application.enrollments.made,
+                _Aggregates(
+                    self._wave_states,
+                    {w: sorted(t.items()) for w, t in self._static_times.items()},
+                    self._flags, self._timers, self._retrying,
+                ),
             )
-        )
+        )  # fmt: skip
         return TakenSnapshot(self.position, header, complete, items, self.application.enrollments)
 
     def rewrite_all(self) -> None:
@@ -572,40 +606,73 @@ class Projection:
             self._parts_in_step = False
 
     @classmethod
-    def from_parts(
-        cls, header: bytes, parts: Iterable[tuple[str, bytes]], hot_limit: int = HOT_ACCOUNTS
+    def from_reader(
+        cls,
+        reader: SnapshotReader,
+        *,
+        fetch: Callable[[str], bytes | None] | None = None,
+        hot_limit: int = HOT_ACCOUNTS,
     ) -> Projection:
-        """A projection from a snapshot's header and parts; ValueError for another format.
+        """A projection from a stored snapshot; ValueError for another format. Blocking: run it
+        in a worker thread.
 
-        The indexes are built from what each part repeats, without decoding any state."""
-        head = _header_decoder.decode(header)
-        if head.format != SNAPSHOT_FORMAT:
-            raise ValueError(f"snapshot format {head.format}, expected {SNAPSHOT_FORMAT}")
+        The indexes come from the parts' labels and times and the counts from the header, in
+        bulk, without decoding a single account. Every account's record is read too, unless
+        `fetch` is given: then an account that has not changed since is read when it is needed,
+        through `fetch(account_id)` (the stored part, which is its state until it changes)."""
+        head = cls._decode_header(reader.header)
+        times = reader.times()
+        labels = reader.labels()
+        blobs = reader.blobs() if fetch is None else {}
+        projection = cls._from_index(head, blobs, labels, times, hot_limit)
+        projection._fetch = fetch
+        return projection
+
+    @staticmethod
+    def _decode_header(header: bytes) -> _Header:
+        try:
+            found = _format_decoder.decode(header).format
+            if found != SNAPSHOT_FORMAT:
+                raise ValueError(f"snapshot format {found}, expected {SNAPSHOT_FORMAT}")
+            return _header_decoder.decode(header)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"not a snapshot of format {SNAPSHOT_FORMAT}: {exc}") from None
+
+    @classmethod
+    def _from_index(
+        cls,
+        head: _Header,
+        records: dict[str, bytes],
+        labels: dict[str, list[str]],
+        times: dict[str, str],
+        hot_limit: int = HOT_ACCOUNTS,
+    ) -> Projection:
         projection = cls(hot_limit)
         projection.position = head.position
         projection.head_hash = head.head_hash
         projection.history = head.history
-        records, by_state, earliest = projection._records, projection._by_state, {}
-        shared: dict[Enrollment, Enrollment] = {}  # one object per enrolment, as in the log
+        projection._records = records
+        made = head.enrollments
         enrolled: dict[str, Enrollment] = {}
-        for account_id, blob in parts:
-            part = _part_decoder.decode(blob)
-            records[account_id] = bytes(part.record)
-            by_state.setdefault(part.state, set()).add(account_id)
-            if part.earliest is not None:
-                earliest[account_id] = part.earliest
-            if part.effects:
-                projection._with_effects.add(account_id)
-            wave = None
-            if part.enrollment is not None:
-                enrolled[account_id] = shared.setdefault(part.enrollment, part.enrollment)
-                wave = part.enrollment.wave
-            projection._add_counts(
-                wave, part.state, part.static_seconds, part.flags, part.timers, part.retrying, 1
-            )
-        projection._earliest = earliest
+        by_state = projection._by_state
+        for label, ids in labels.items():  # a few hundred labels: the work per id is in C
+            state, wave, effects = label.split(" ")
+            by_state.setdefault(state, set()).update(ids)
+            if effects == "1":
+                projection._with_effects.update(ids)
+            if wave != "-1":
+                enrolled.update(dict.fromkeys(ids, made[int(wave)]))
+        due = map(datetime.fromisoformat, times.values())
+        projection._earliest = dict(zip(times, due, strict=True))
         projection._rebuild_due_heap()  # one heapify instead of a push per account
-        projection.application = replace(head.application, enrollments=Map(enrolled))
+        counts = head.aggregates
+        projection._wave_states = {w: dict(c) for w, c in counts.wave_states.items()}
+        projection._static_times = {w: dict(t) for w, t in counts.static_times.items()}
+        projection._flags, projection._timers = dict(counts.flags), dict(counts.timers)
+        projection._retrying = counts.retrying
+        projection.application = replace(
+            head.application, enrollments=Enrollments.from_dict(enrolled, made)
+        )
         projection._parts_in_step = True
         return projection
 
@@ -618,7 +685,7 @@ class Projection:
             taken = self.take_snapshot(head_hash=head_hash)
         finally:
             self._dirty, self._parts_in_step = dirty, in_step
-        parts = [(i, msgspec.Raw(p)) for i, p in taken.encode(0, len(taken.items))]
+        parts = [(i, msgspec.Raw(p), lb, at) for i, p, lb, at in taken.encode(0, len(taken.items))]
         return _record_encoder.encode(_Whole(msgspec.Raw(taken.header), parts))
 
     @classmethod
@@ -628,7 +695,26 @@ class Projection:
             whole = _whole_decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise ValueError(f"not a snapshot of format {SNAPSHOT_FORMAT}: {exc}") from None
-        return cls.from_parts(bytes(whole.header), ((i, bytes(p)) for i, p in whole.parts))
+        return cls.from_parts(
+            bytes(whole.header), ((i, bytes(p), lb, at) for i, p, lb, at in whole.parts)
+        )
+
+    @classmethod
+    def from_parts(
+        cls, header: bytes, parts: Iterable[tuple[str, bytes, str, str | None]]
+    ) -> Projection:
+        """A projection from a header and `TakenSnapshot.encode`'s parts, as they were written
+        (for tests and comparisons; the daemon reads them with `from_reader`)."""
+        head = cls._decode_header(header)
+        records: dict[str, bytes] = {}
+        labels: dict[str, list[str]] = {}
+        times: dict[str, str] = {}
+        for account_id, record, label, at in sorted(parts):
+            records[account_id] = record
+            labels.setdefault(label, []).append(account_id)
+            if at is not None:
+                times[account_id] = at
+        return cls._from_index(head, records, labels, times)
 
     def _indexes(self) -> bytes:
         """The derived indexes in canonical form (the heap as the set of its live entries)."""

@@ -36,6 +36,11 @@ class DueTimer:
 
 
 FireCallback = Callable[[DueTimer, datetime], Awaitable[None]]
+# The `limit` earliest pending timers as (due_at, account_id, timer_id), in that order.
+TimerSource = Callable[[int], list[tuple[datetime, str, str]]]
+
+WINDOW = 1_000
+"""Timers a driver with a source holds at once: the earliest, refilled when they are done."""
 
 
 class TimerDriver:
@@ -45,6 +50,12 @@ class TimerDriver:
     crash between firing and its effect never fires twice. A failing `fire` is retried later.
     Timers already overdue when the driver starts (a restart after downtime) fire at most
     `overdue_rate` per second, so a backlog does not burst into the provider at once.
+
+    With a `source` (the projection's due-time index) the driver holds only a window: the
+    `window` earliest timers from `load()`, and later changes to timers that fall within it.
+    Every timer outside it comes after every timer in it, so nothing fires out of order; once
+    the window is done the driver loads the next. A million accounts waiting cost a start-up
+    and memory of a thousand timers.
     """
 
     def __init__(
@@ -55,8 +66,14 @@ class TimerDriver:
         retry_seconds: float = 5.0,
         max_sleep: float = MAX_SLEEP_SECONDS,
         clock: Callable[[], datetime] = utc_now,
+        source: TimerSource | None = None,
+        window: int = WINDOW,
     ) -> None:
         self._fire = fire
+        self._source = source
+        self._window = max(1, window)
+        # The last (due_at, account_id, timer_id) of the window; None: every timer is held.
+        self._horizon: tuple[datetime, str, str] | None = None
         self._clock = clock
         self._overdue_interval = 1.0 / overdue_rate if overdue_rate > 0 else 0.0
         self._retry_seconds = retry_seconds
@@ -70,13 +87,29 @@ class TimerDriver:
         self.fired = 0
 
     def __len__(self) -> int:
+        """The timers held (with a source, those of the window)."""
         return len(self._pending)
+
+    def load(self) -> None:
+        """Hold the source's earliest timers (up to the window), as the driver starts and each
+        time the window is done."""
+        if self._source is None:
+            return
+        earliest = self._source(self._window)
+        self._horizon = None
+        for due_at, account_id, timer_id in earliest:
+            self.schedule(timer_id, account_id, due_at)
+        if len(earliest) >= self._window:
+            self._horizon = earliest[-1]
 
     def next_due(self) -> datetime | None:
         self._drop_stale()
         return self._heap[0][0] if self._heap else None
 
     def schedule(self, timer_id: str, account_id: str, due_at: datetime) -> None:
+        if self._horizon is not None and (due_at, account_id, timer_id) > self._horizon:
+            self.cancel(timer_id)  # beyond the window: the source holds it until then
+            return
         current = self._pending.get(timer_id)
         if current is not None and current.due_at == due_at:
             return
@@ -120,6 +153,9 @@ class TimerDriver:
         while True:
             self._drop_stale()
             now = self._clock()
+            if not self._heap and self._horizon is not None:
+                self.load()  # the window is done: the next one
+                continue
             if not self._heap:
                 await self._sleep(math.inf)
                 continue

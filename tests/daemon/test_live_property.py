@@ -20,6 +20,7 @@ from hypothesis import event as note_case
 from hypothesis import strategies as st
 
 from daemon.domain import STATES, Input, decode_event
+from daemon.runtime import live as live_module
 from daemon.runtime.audit import replay
 from daemon.runtime.engine import Engine
 from daemon.runtime.live import LiveProjection
@@ -185,10 +186,16 @@ async def drive(pipeline: Pipeline, policy: str, steps: list, restart_before: se
     steps=st.lists(step, min_size=10, max_size=30),
     snapshot_after=st.sets(st.integers(min_value=1, max_value=80), max_size=6),
     restart_before=st.sets(st.integers(min_value=1, max_value=29), max_size=3),
+    chunk=st.sampled_from([1, 2, 50_000]),
 )
 def test_live_projection_through_the_store_equals_a_fresh_replay(
-    tmp_path_factory, policy, steps, snapshot_after, restart_before
+    tmp_path_factory, policy, steps, snapshot_after, restart_before, chunk
 ):
-    """For any inputs, redeliveries and restarts, the live view equals a replay of the log."""
+    """For any inputs, redeliveries and restarts, the live view equals a replay of the log,
+    whether a complete snapshot is written in one transaction or a few accounts per one."""
     path = tmp_path_factory.mktemp("live") / "log.db"
-    anyio.run(check_pipeline, path, policy, steps, snapshot_after, restart_before)
+    default, live_module.SNAPSHOT_CHUNK = live_module.SNAPSHOT_CHUNK, chunk
+    try:
+        anyio.run(check_pipeline, path, policy, steps, snapshot_after, restart_before)
+    finally:
+        live_module.SNAPSHOT_CHUNK = default

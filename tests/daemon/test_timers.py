@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.runtime.timers import DueTimer, TimerDriver
 
@@ -125,3 +127,52 @@ def test_heap_holds_many_timers_without_a_task_each() -> None:
         driver.schedule(f"t{i}", f"a{i}", T0 + timedelta(seconds=(i * 7919) % 200_000))
     assert len(driver) == 200_000
     assert driver.next_due() == T0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dues=st.lists(st.integers(0, 20), min_size=0, max_size=25),
+    follow_ups=st.lists(st.integers(0, 20), max_size=10),
+    window=st.integers(1, 5),
+)
+def test_a_window_of_the_earliest_fires_every_timer_once_and_earliest_first(
+    dues: list[int], follow_ups: list[int], window: int
+) -> None:
+    """Holding only a window of the earliest timers, the driver still fires each timer once,
+    and each when no pending timer is earlier, also with timers added while it fires."""
+    pending: dict[str, tuple[datetime, str]] = {
+        f"t{i:02d}": (T0 + timedelta(seconds=d), f"acct{i % 3}") for i, d in enumerate(dues)
+    }
+    fired: list[str] = []
+    more = iter(follow_ups)
+
+    def source(limit: int) -> list[tuple[datetime, str, str]]:
+        return sorted((due, acct, t) for t, (due, acct) in pending.items())[:limit]
+
+    async def fire(timer: DueTimer, fired_at: datetime) -> None:
+        assert timer.timer_id in pending
+        assert timer.due_at == source(1)[0][0]  # no pending timer is due earlier
+        fired.append(timer.timer_id)
+        del pending[timer.timer_id]  # as the projection drops a fired timer
+        if (extra := next(more, None)) is not None:  # and a new one comes with the change
+            timer_id = f"f{len(fired):02d}"
+            pending[timer_id] = (T0 + timedelta(seconds=extra), timer.account_id)
+        mine = {t: due for t, (due, acct) in pending.items() if acct == timer.account_id}
+        driver.sync_account(timer.account_id, mine.items())
+
+    driver = TimerDriver(
+        fire, clock=lambda: T0 + timedelta(days=1), overdue_rate=0, source=source, window=window
+    )
+
+    async def main() -> None:
+        driver.load()
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(driver.run)
+                while pending:
+                    await anyio.sleep(0.001)
+                tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert len(fired) == len(set(fired)) == len(dues) + min(len(follow_ups), len(fired))
+    assert not pending

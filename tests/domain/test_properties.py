@@ -298,13 +298,13 @@ def test_any_input_sequence_keeps_the_invariants(policy, steps, cut):
         taken = projection.take_snapshot()
         if taken.complete:
             stored.clear()
-        stored.update(taken.encode(0, len(taken.items)))
+        stored.update((part[0], part) for part in taken.encode(0, len(taken.items)))
         return taken.header
 
     write(kept)
     for logged in log[cut:]:
         kept.apply(logged.position, logged.event)
-    assert Projection.from_parts(write(kept), sorted(stored.items())) == full
+    assert Projection.from_parts(write(kept), stored.values()) == full
 
     # (b) no static without a second step at least `delay` after the first auth
     states: dict[str, AccountState] = {}

@@ -315,6 +315,43 @@ class EventStoreContract:
         assert await store.load_snapshot_parts("proj") == (8, b"h8", [("d", b"1")])
         assert await store.load_snapshot_parts("other") == (1, b"o", [("a", b"x")])
 
+    async def test_a_snapshot_is_read_in_bulk_by_label_and_time_and_part_by_part(
+        self, store: EventStore
+    ) -> None:
+        """A reader gives the parts' blobs by key, their keys by label and their times, as of
+        when it opened; a part fetcher reads one part as last written."""
+        assert await store.open_snapshot("proj") is None
+        await store.save_snapshot_parts(
+            "proj", 4, b"h4",
+            [("c", b"3", "x", None), ("a", b"1", "x", "t1"), ("b", b"2", "y", "t2")],
+        )  # fmt: skip
+        fetch = store.part_fetcher("proj")
+        reader = await store.open_snapshot("proj")
+        assert reader is not None
+        with reader:
+            await store.save_snapshot_parts("proj", 6, b"h6", [("a", b"9", "y", None)])
+            assert (reader.position, reader.header) == (4, b"h4")
+            assert reader.blobs() == {"a": b"1", "b": b"2", "c": b"3"}
+            assert reader.labels() == {"x": ["a", "c"], "y": ["b"]}
+            assert reader.times() == {"a": "t1", "b": "t2"}
+            assert (reader.blob("b"), reader.blob("zz")) == (b"2", None)
+        assert (fetch("a"), fetch("zz")) == (b"9", None)
+
+    async def test_a_snapshot_without_its_header_is_absent_until_the_header_comes(
+        self, store: EventStore
+    ) -> None:
+        """Parts written without a header (a large snapshot, a chunk per call) are invisible
+        to readers until the call that brings the header."""
+        await store.save_snapshot_parts("proj", 2, b"old", [("a", b"1")])
+        await store.save_snapshot_parts("proj", 5, None, [("b", b"2")], complete=True)
+        assert await store.open_snapshot("proj") is None
+        await store.save_snapshot_parts("proj", 5, b"new", [("c", b"3")])
+        reader = await store.open_snapshot("proj")
+        assert reader is not None
+        with reader:
+            assert (reader.position, reader.header) == (5, b"new")
+            assert reader.blobs() == {"b": b"2", "c": b"3"}
+
     async def test_verify_passes_on_intact_log(self, store: EventStore) -> None:
         """verify() reports ok with the head and checked counts on an untouched log."""
         await store.append([ev("a", i) for i in range(20)])

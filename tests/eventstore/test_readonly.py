@@ -151,3 +151,18 @@ async def test_a_read_only_copy_verifies(read_only_copy: Path) -> None:
     assert report.ok
     assert report.events_checked == 5
     assert fingerprint(read_only_copy) == before
+
+
+async def test_a_part_fetcher_reads_on_after_its_store_closed_and_leaves_no_file(
+    tmp_path: Path,
+) -> None:
+    """A model read after the daemon stopped still gets its accounts from the snapshot, and
+    the closed log is left alone: no -wal or -shm file appears beside it."""
+    db = tmp_path / "log.db"
+    async with EventStore.open(db) as store:
+        await store.save_snapshot_parts("p", 1, b"h", [("a", b"1", "x", None)])
+        fetch = store.part_fetcher("p")
+        assert fetch("a") == b"1"
+    assert sorted(os.listdir(tmp_path)) == ["log.db"]
+    assert (fetch("a"), fetch("b")) == (b"1", None)
+    assert sorted(os.listdir(tmp_path)) == ["log.db"]

@@ -1,0 +1,130 @@
+"""`SnapshotReader`: one read transaction over a keyed snapshot (see `save_snapshot_parts`).
+
+A loader of a large snapshot wants its parts in bulk, built by C-level dict and list
+operations rather than a Python loop per part: the blobs by key, the keys grouped by label,
+and the times by key, the last two read from their indexes without touching a blob. A reader
+that needs only some blobs (a one-off command) fetches each by key instead. Everything is
+read in the same transaction, so it all agrees with the header.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from operator import itemgetter
+from types import TracebackType
+from typing import Self
+
+from .errors import translate
+
+__all__ = ["SnapshotReader"]
+
+_first = itemgetter(0)
+
+
+class SnapshotReader:
+    """The snapshot `name` as of one moment; None from `open` when there is none. Blocking
+    calls: run the bulk ones in a worker thread. Close it (or use `with`)."""
+
+    def __init__(self, conn: sqlite3.Connection, name: str, position: int, header: bytes) -> None:
+        self._conn = conn
+        self._name = name
+        self.position = position
+        self.header = header
+
+    @classmethod
+    def open(cls, uri: str, name: str, busy_timeout: float) -> SnapshotReader | None:
+        try:
+            conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, timeout=busy_timeout, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        try:
+            conn.execute("BEGIN")
+            row = conn.execute(
+                "SELECT position, blob FROM snapshots WHERE name = ?", (name,)
+            ).fetchone()
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise translate(exc) from exc
+            raise
+        if row is None:
+            conn.close()
+            return None
+        return cls(conn, name, int(row[0]), bytes(row[1]))
+
+    def blobs(self) -> dict[str, bytes]:
+        """Every part's blob by key."""
+        if not self._has("snapshot_parts"):
+            return {}
+        return dict(self._rows("SELECT key, blob FROM snapshot_parts WHERE name = ?"))
+
+    def labels(self) -> dict[str, list[str]]:
+        """The keys of the parts by label, each list in key order."""
+        if not self._has("snapshot_parts"):
+            return {}
+        if not self._has_labels():  # written before parts had labels: all under ""
+            return {"": list(map(_first, self._rows(_KEYS)))} if self._any() else {}
+        # One query per label, each reading its keys off the label index: cheaper than grouping
+        # a million (label, key) rows in Python.
+        labels = self._rows("SELECT DISTINCT label FROM snapshot_parts WHERE name = ?")
+        return {
+            label: list(map(_first, self._rows(_KEYS + " AND label = ? ORDER BY key", label)))
+            for label in sorted(map(_first, labels))
+        }
+
+    def times(self) -> dict[str, str]:
+        """The time of each part that has one, by key."""
+        if not self._has("snapshot_parts") or not self._has_labels():
+            return {}
+        return dict(
+            self._rows("SELECT key, at FROM snapshot_parts WHERE name = ? AND at IS NOT NULL")
+        )
+
+    def blob(self, key: str) -> bytes | None:
+        """One part's blob (None if the snapshot has no part `key`)."""
+        if not self._has("snapshot_parts"):
+            return None
+        row = self._rows("SELECT blob FROM snapshot_parts WHERE name = ? AND key = ?", key)
+        found = next(row, None)
+        return None if found is None else bytes(found[0])
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _rows(self, sql: str, *more: object) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, (self._name, *more))
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+
+    def _any(self) -> bool:
+        return next(self._rows(_KEYS + " LIMIT 1"), None) is not None
+
+    def _has(self, table: str) -> bool:
+        # A log of an older schema opened read-only (not migrated) may lack the table.
+        return (
+            self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+            ).fetchone()
+            is not None
+        )
+
+    def _has_labels(self) -> bool:
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(snapshot_parts)")}
+        return "label" in columns
+
+
+_KEYS = "SELECT key FROM snapshot_parts WHERE name = ?"
