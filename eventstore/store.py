@@ -43,7 +43,7 @@ from .errors import (
 from .planner import check_expectation, prepare_event, record_from_row, records_from_rows
 from .records import ANY, LAST_POSITION, AppendCall, AppendResult, NewEvent, RecordedEvent
 from .schema import EVENT_COLUMNS, migrate
-from .snapshots import SnapshotReader
+from .snapshots import SnapshotReader, SqliteSnapshotReader
 from .verify import RowVisitor, VerifyReport, verify_log
 from .writer import WriteConnection, Writer, chunks, marks
 
@@ -647,13 +647,18 @@ class EventStore:
         # Built from the store's own read-only URI: the log's file is never opened outside
         # SQLite in a process that holds it (see connections.readonly_uri).
         uri = readonly_uri(self._path)
-        return await anyio.to_thread.run_sync(SnapshotReader.open, uri, name, self._busy_timeout)
+        return await anyio.to_thread.run_sync(
+            SqliteSnapshotReader.open, uri, name, self._busy_timeout
+        )
 
-    def part_fetcher(self, name: str) -> Callable[[str], bytes | None]:
+    def part_fetcher(self, name: str) -> Callable[[str], bytes | None] | None:
         """A function reading one part of the keyed snapshot `name` as last committed (None if
         there is none), blocking the caller for one indexed read: for a model that keeps in
         memory only what changed since its snapshot. It works on after the store closes (a
-        model read once the daemon stopped), each read then on a connection of its own."""
+        model read once the daemon stopped), each read then on a connection of its own.
+
+        None when the backend cannot read synchronously (PostgreSQL): load every part instead
+        (`open_snapshot`)."""
         self._check_open()
         query = "SELECT blob FROM snapshot_parts WHERE name = ? AND key = ?"
 

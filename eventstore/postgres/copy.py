@@ -40,7 +40,7 @@ _TABLES: dict[str, tuple[str, ...]] = {
     "events": _EVENTS,
     "checkpoints": ("id", "position", "head_hash", "created_at", "key_id", "signature"),
     "snapshots": ("name", "position", "blob", "saved_at"),
-    "snapshot_parts": ("name", "key", "blob"),
+    "snapshot_parts": ("name", "key", "blob", "label", "at"),
     "consumer_positions": ("name", "position", "updated_at"),
 }
 _BATCH = 5_000
@@ -81,6 +81,9 @@ async def copy_sqlite_log(source: str | os.PathLike[str], url: str, password: st
             for table, columns in _TABLES.items():
                 if table not in tables:
                     continue  # a log of schema 1 has no snapshot_parts
+                # A log of schema 2 has no label or time: the target's defaults stand.
+                present = {r[1] for r in src.execute(f"PRAGMA table_info({table})")}
+                columns = tuple(c for c in columns if c in present)
                 select = f"SELECT {', '.join(columns)} FROM {table} ORDER BY {columns[0]}"  # noqa: S608
                 cursor = src.execute(select)
                 while rows := await asyncio.to_thread(cursor.fetchmany, _BATCH):

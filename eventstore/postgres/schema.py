@@ -81,6 +81,14 @@ $$""",
     PRIMARY KEY (name, key)
 )""",
     ),
+    # Each part's label and time, each in an index of its own (as SQLite's schema 3).
+    3: (
+        "ALTER TABLE snapshot_parts ADD COLUMN label TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE snapshot_parts ADD COLUMN at TEXT",
+        "CREATE INDEX snapshot_parts_by_label ON snapshot_parts (name, label, key)",
+        "CREATE INDEX snapshot_parts_by_time ON snapshot_parts (name, key, at)"
+        " WHERE at IS NOT NULL",
+    ),
 }
 
 # Serialises migrations between processes opening the same fresh database at once.

@@ -21,7 +21,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ from ..errors import DatabaseCorrupt, DatabaseMissing, EventStoreError, InvalidE
 from ..planner import BatchPlan, PlannedCall, plan_batch, record_from_row
 from ..records import AppendCall, AppendResult
 from ..schema import EVENT_COLUMNS
+from ..snapshots import MemorySnapshotReader, SnapshotReader
 from ..store import EventStore, SignedCheckpoint, register_url_opener
 from ..verify import RowVisitor, VerifyReport, verify_log
 from ..writer import Writer
@@ -384,28 +385,40 @@ class PostgresStore(EventStore):
         self,
         name: str,
         position: int,
-        header: bytes,
-        parts: Iterable[tuple[str, bytes | None]],
+        header: bytes | None,
+        parts: Iterable[tuple[str, bytes | None] | tuple[str, bytes, str, str | None]],
         *,
         complete: bool = False,
     ) -> None:
         now = format_time(datetime.now(UTC))
-        rows = list(parts)
-        upserts = [(name, k, bytes(b)) for k, b in rows if b is not None]
-        removals = [(name, k) for k, b in rows if b is None]
+        upserts: list[tuple[str, str, bytes, str, str | None]] = []
+        removals: list[tuple[str, str]] = []
+        for part in parts:
+            key, blob = part[0], part[1]
+            if blob is None:
+                removals.append((name, key))
+            elif len(part) == 4:
+                upserts.append((name, key, bytes(blob), part[2], part[3]))
+            else:
+                upserts.append((name, key, bytes(blob), "", None))
 
         async def job(conn: asyncpg.Connection) -> None:
             if complete:
                 await conn.execute("DELETE FROM snapshot_parts WHERE name = $1", name)
-            await conn.execute(_SAVE_SNAPSHOT, name, position, bytes(header), now)
+            if header is None:
+                await conn.execute("DELETE FROM snapshots WHERE name = $1", name)
+            else:
+                await conn.execute(_SAVE_SNAPSHOT, name, position, bytes(header), now)
             if removals:
                 await conn.executemany(
                     "DELETE FROM snapshot_parts WHERE name = $1 AND key = $2", removals
                 )
             if upserts:
                 await conn.executemany(
-                    "INSERT INTO snapshot_parts (name, key, blob) VALUES ($1, $2, $3)"
-                    " ON CONFLICT (name, key) DO UPDATE SET blob = excluded.blob",
+                    "INSERT INTO snapshot_parts (name, key, blob, label, at)"
+                    " VALUES ($1, $2, $3, $4, $5)"
+                    " ON CONFLICT (name, key) DO UPDATE SET blob = excluded.blob,"
+                    " label = excluded.label, at = excluded.at",
                     upserts,
                 )
 
@@ -441,6 +454,55 @@ class PostgresStore(EventStore):
         if head is None:
             return None
         return head[0], bytes(head[1]), [(k, bytes(b)) for k, b in parts]
+
+    async def open_snapshot(self, name: str) -> SnapshotReader | None:
+        """The keyed snapshot `name` read whole, header and every part, in one REPEATABLE READ
+        transaction: asyncpg cannot serve the reader's blocking calls, so they are served from
+        memory (None when there is no snapshot)."""
+        self._check_open()
+        try:
+            async with (
+                self._pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                head = await conn.fetchrow(
+                    "SELECT position, blob FROM snapshots WHERE name = $1", name
+                )
+                if head is None:
+                    return None
+                # A log of schema 2 opened read-only (not migrated) has no labels or times.
+                labelled = await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM information_schema.columns"
+                    " WHERE table_schema = current_schema() AND table_name = 'snapshot_parts'"
+                    " AND column_name = 'label')"
+                )
+                select = (
+                    "SELECT key, blob, label, at FROM snapshot_parts WHERE name = $1"
+                    if labelled
+                    else "SELECT key, blob, '', NULL FROM snapshot_parts WHERE name = $1"
+                )
+                rows = await conn.fetch(select, name)
+        except Exception as exc:
+            raise translate_pg(exc) from exc
+        parts = [(r[0], bytes(r[1]), r[2], r[3]) for r in rows]
+        return MemorySnapshotReader(head[0], bytes(head[1]), parts)
+
+    def part_fetcher(self, name: str) -> Callable[[str], bytes | None] | None:
+        """None: asyncpg cannot read a part synchronously on the caller's thread, so a loader
+        reads every part at once instead (`open_snapshot`)."""
+        self._check_open()
+        return None
+
+    async def stored_event_ids(self, event_ids: Collection[str]) -> set[str]:
+        """Which of `event_ids` are stored: one query on the pool, however many (no SQLite
+        lookup connection here)."""
+        if not event_ids:
+            self._check_open()
+            return set()
+        rows = await self._fetch(
+            "SELECT event_id FROM events WHERE event_id = ANY($1::text[])", [list(event_ids)]
+        )
+        return {row[0] for row in rows}
 
     async def verify(
         self,

@@ -15,9 +15,11 @@ import pytest
 
 from daemon.cli.main import main
 from daemon.config import load_config, load_secrets
+from daemon.runtime.live import SNAPSHOT_NAME, LiveProjection
+from daemon.runtime.projections import Projection
 from eventstore import EventStore, NewEvent
 from eventstore.testing import ThrowawayPostgres
-from tests.daemon.test_logcommands import migration_log
+from tests.daemon.test_logcommands import migration_log, save_snapshot
 from tests.eventstore.test_postgres import DAEMON_PASSWORD, DAEMON_ROLE, grant_daemon_role
 
 KEY = b"checkpoint-secret"
@@ -72,6 +74,64 @@ def test_copy_log_copies_and_verifies_then_commands_print_the_same(
         assert from_database[1] == from_file[1].replace(str(db), pg_url), argv
     accounts = json.loads(run(capsys, "status", "--json", "--database", str(db))[1])
     assert accounts  # the log is a real migration, not an empty one
+
+
+def test_a_copied_snapshot_keeps_its_labels_and_times_and_reads_the_same(
+    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The daemon's snapshot travels with `copy-log`, parts' labels and times included: `status`
+    and `replay` start from it on both logs and print the same, and the daemon's projection
+    loads from it on PostgreSQL (every account read at once) as it does from the file."""
+    db = tmp_path / "log.db"
+    migration_log(db)
+    save_snapshot(db, 20)
+    assert run(capsys, "copy-log", str(db), pg_url)[0] == 0
+    for argv in (["status", "--json"], ["status"], ["replay"], ["replay", "--json"]):
+        from_file = run(capsys, *argv, "--database", str(db))
+        from_database = run(capsys, *argv, "--database", pg_url)
+        assert from_file[0] == from_database[0] == 0, argv
+        assert from_database[1] == from_file[1].replace(str(db), pg_url), argv
+    doc = json.loads(run(capsys, "status", "--json", "--database", pg_url)[1])
+    assert doc["read_from"] == {"source": "snapshot", "why_not_snapshot": None}
+
+    async def compare() -> None:
+        async with EventStore.open(db) as lite, EventStore.open(pg_url) as pg:
+            readers = [
+                await lite.open_snapshot(SNAPSHOT_NAME),
+                await pg.open_snapshot(SNAPSHOT_NAME),
+            ]
+            seen = []
+            for reader in readers:
+                assert reader is not None
+                with reader:
+                    assert Projection.from_reader(reader).position == 20
+                    seen.append(
+                        (
+                            reader.position,
+                            reader.header,
+                            reader.blobs(),
+                            reader.labels(),
+                            reader.times(),
+                        )
+                    )
+            assert seen[0] == seen[1]
+            assert set(seen[1][3]) - {""}  # the parts are labelled and timed, not defaulted
+            assert seen[1][4]
+            assert pg.part_fetcher(SNAPSHOT_NAME) is None
+            loaded = [await LiveProjection.load(lite), await LiveProjection.load(pg)]
+            shown = [
+                (
+                    live.position,
+                    live.projection.funnel(),
+                    live.projection.due_soonest(None),
+                    [live.projection.account(a) for a in ("good", "gone")],
+                )
+                for live in loaded
+            ]
+            assert shown[0] == shown[1]
+            assert shown[1][3][0] is not None
+
+    anyio.run(compare)
 
 
 def test_copy_log_refuses_a_database_holding_a_log(

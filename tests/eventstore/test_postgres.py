@@ -25,6 +25,7 @@ from eventstore import (
     StorageUnavailable,
 )
 from eventstore.postgres import PostgresStore
+from eventstore.postgres.schema import MIGRATIONS, schema_version
 from eventstore.testing import ThrowawayPostgres
 
 pytestmark = pytest.mark.anyio
@@ -136,6 +137,13 @@ async def test_a_role_with_insert_and_select_only_runs_the_daemons_store(
         await store.save_snapshot("s", 3, b"x")
         await store.save_snapshot_parts("k", 3, b"h", [("a", b"1")], complete=True)
         await store.save_snapshot_parts("k", 3, b"h", [("a", None)], complete=True)
+        await store.save_snapshot_parts("k", 4, None, [("b", b"2", "l", "t")], complete=True)
+        assert await store.open_snapshot("k") is None
+        await store.save_snapshot_parts("k", 4, b"h4", [("c", b"3", "l", None)])
+        reader = await store.open_snapshot("k")
+        assert reader is not None
+        with reader:
+            assert (reader.labels(), reader.times()) == ({"l": ["b", "c"]}, {"b": "t"})
         assert (await store.verify(b"key")).ok
     in_url = pg_server.url(database, user=DAEMON_ROLE, password=DAEMON_PASSWORD)
     async with EventStore.open(in_url, readonly=True) as reader:
@@ -146,6 +154,38 @@ async def test_a_role_with_insert_and_select_only_runs_the_daemons_store(
         for statement in ("UPDATE events SET data = '{}'", "DELETE FROM checkpoints"):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def test_a_database_of_schema_2_gains_labels_and_times_keeping_its_parts(
+    pg_url: str,
+) -> None:
+    """A log written before parts had labels and times reads read-only as before (every part
+    under the label "", none timed) and, opened to write, is migrated with its parts kept."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        for version in (1, 2):
+            for statement in MIGRATIONS[version]:
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO schema_migrations VALUES ($1, 'then')", version)
+        await conn.execute("INSERT INTO snapshots VALUES ('p', 1, 'h', 'then')")
+        await conn.execute("INSERT INTO snapshot_parts VALUES ('p', 'b', '2'), ('p', 'a', '1')")
+    finally:
+        await conn.close()
+    for readonly in (True, False):
+        async with EventStore.open(pg_url, readonly=readonly) as store:
+            reader = await store.open_snapshot("p")
+            assert reader is not None
+            with reader:
+                assert reader.blobs() == {"a": b"1", "b": b"2"}
+                assert (reader.labels(), reader.times()) == ({"": ["a", "b"]}, {})
+    conn = await asyncpg.connect(pg_url)
+    try:
+        assert await schema_version(conn) == max(MIGRATIONS) == 3
     finally:
         await conn.close()
 
