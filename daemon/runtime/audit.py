@@ -235,6 +235,7 @@ class _Move(msgspec.Struct):
 
 _read_move = msgspec.json.Decoder(_Move)
 _STATES: frozenset[str] = frozenset(STATES)
+_RECENT_RECORDS = 4096  # streams whose latest input record MoveCheck keeps
 
 
 class MoveCheck:
@@ -243,7 +244,8 @@ class MoveCheck:
 
     The kind of input behind a move is read from that input's record, its `#0` event, which
     the daemon appends just before the events it caused; without one (an id not of that form,
-    an unreadable record) the move must be allowed on some kind of input. The state an account
+    an unreadable record, or one written before 4,096 other streams had an input since, which
+    the daemon never does) the move must be allowed on some kind of input. The state an account
     was in is the last state a readable StateChanged moved it to, as replay folds it.
     """
 
@@ -252,7 +254,10 @@ class MoveCheck:
         self.moves_checked = 0
         self.complete = True  # False once more findings were seen than are kept
         self._states: dict[str, str] = {}
-        # stream -> (event id, type, schema, data) of the latest input record in that stream
+        # stream -> (event id, type, schema, data) of the latest input record in that stream,
+        # for the streams that had one most recently: the daemon appends a record and the moves
+        # it caused in one call, at consecutive positions, so a move finds its record here and
+        # memory does not grow with every account's last input.
         self._records: dict[str, tuple[str, str, int, str | bytes]] = {}
         self._kinds: dict[str, InputKind | None] = {}  # record's event id -> its kind of input
 
@@ -262,7 +267,11 @@ class MoveCheck:
         # Called for every row of the log: the common case (not a move) returns at once.
         if type_ != "StateChanged":
             if is_input_record(eid):
-                self._records[stream] = (eid, type_, schema, data)
+                records = self._records
+                records.pop(stream, None)
+                records[stream] = (eid, type_, schema, data)
+                if len(records) > _RECENT_RECORDS:
+                    del records[next(iter(records))]
             return
         if stream == APPLICATION_STREAM:
             return
