@@ -75,8 +75,8 @@ class MemorySnapshotReader(SnapshotReader):
         self.header = header
         rows = sorted(parts, key=_first)
         self._blobs = {key: blob for key, blob, _, _ in rows}
-        self._labels: dict[str, list[str]] = {}
-        for key, _, label, _ in rows:
+        self._labels: dict[str, list[str]] = {}  # in label order, as SQLite's reader gives them
+        for key, _, label, _ in sorted(rows, key=itemgetter(2, 0)):
             self._labels.setdefault(label, []).append(key)
         self._times = {key: at for key, _, _, at in rows if at is not None}
 
