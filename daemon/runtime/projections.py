@@ -369,6 +369,15 @@ class Projection:
             self._timers[purpose] = self._timers.get(purpose, 0) + sign
         self._retrying += sign * retrying
 
+    def peek(self, account_id: str) -> AccountState | None:
+        """The account's state (None if unknown), without keeping it decoded: for a pass over
+        many accounts that must not push the recently used ones out."""
+        return self._peek(account_id)
+
+    def ids(self) -> list[str]:
+        """Every account's id, unordered."""
+        return list(self._ids())
+
     def _peek(self, account_id: str) -> AccountState | None:
         """The account's state, decoded if it is not hot, without making it hot."""
         state = self._hot.get(account_id)
