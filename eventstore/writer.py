@@ -31,7 +31,7 @@ from .planner import BatchPlan, PlannedCall, plan_batch, record_from_row
 from .records import AppendResult, RecordedEvent
 from .schema import EVENT_COLUMNS
 
-__all__ = ["WriteConnection", "Writer"]
+__all__ = ["WRITER_PRAGMAS", "WriteConnection", "Writer"]
 
 T = TypeVar("T")
 _CHUNK = 900  # bound parameters per IN list; SQLite builds before 3.32 allow 999
@@ -42,6 +42,9 @@ _STOP = object()
 # Only constant column lists and "?" marks are ever formatted into these statements.
 _VERSIONS_SQL = "SELECT stream, MAX(version) FROM events WHERE stream IN ({}) GROUP BY stream"
 _STORED_SQL = "SELECT " + EVENT_COLUMNS + " FROM events WHERE event_id IN ({})"  # noqa: S608
+# Set on the writer's connection after `synchronous` (bench/bench_appends.py gives the raw sqlite3
+# baseline the same ones).
+WRITER_PRAGMAS: tuple[str, ...] = ()
 _INSERT = (
     "INSERT INTO events (position, stream, version, type, schema, data, metadata, event_id,"
     " recorded_at, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -92,6 +95,8 @@ class WriteConnection:
             try:
                 conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
                 conn.execute(f"PRAGMA synchronous = {synchronous}")
+                for pragma in WRITER_PRAGMAS:
+                    conn.execute(f"PRAGMA {pragma}")
             except BaseException:
                 conn.close()
                 raise
