@@ -13,8 +13,8 @@ contender gets its own copy of that log, and in one run:
 - (a) `EventStore.append`, 256 concurrent tasks, one event per call, synchronous=FULL, new events
   with input-derived ids on existing accounts' streams;
 - (b) raw sqlite3: the same kind of rows inserted into the same table (same indexes, WAL, FULL,
-  and the store writer's pragmas), one `executemany` + COMMIT per batch of the store's typical
-  size at 256 appenders; precomputed rows, no hashing, no checks: the ceiling;
+  and the store writer's pragmas), one `executemany` + COMMIT per 256 rows (the store's batch
+  at 256 appenders); precomputed rows, no hashing, no checks: the ceiling;
 - (c) a lone appender (one task, one event per call) against the `eventsourcing` library's SQLite
   application recorder (one event per `insert_events`), both WAL with synchronous=FULL.
 
@@ -313,7 +313,7 @@ async def main() -> None:
     parser.add_argument("--appends", type=int, default=50_000, help="events appended per round")
     parser.add_argument("--rounds", type=int, default=2, help="alternating (a)/(b) rounds")
     parser.add_argument("--lone", type=int, default=2_000, help="events of the lone appenders")
-    parser.add_argument("--batch", type=int, default=0, help="raw batch (0: the store's mean)")
+    parser.add_argument("--batch", type=int, default=APPENDERS, help="rows per raw COMMIT")
     parser.add_argument("--dir", type=Path, default=None, help="where the logs are built")
     parser.add_argument("--keep", action="store_true", help="keep the base log in --dir, reuse it")
     parser.add_argument("--index-costs", action="store_true", help="raw inserts by index")
@@ -330,24 +330,25 @@ async def main() -> None:
             _remove(base)
             secs = build_base(base, args.events)
             print(f"base log: {args.events:,} events built in {secs:.0f} s ({base})")
-        print(f"  {os.path.getsize(base) / 2**20:,.0f} MiB; writer pragmas: "
+        size = base.stat().st_size
+        print(f"  {size / 2**20:,.0f} MiB; writer pragmas: "
               f"{', '.join(WRITER_PRAGMAS) or '(SQLite defaults)'}")  # fmt: skip
         a_db, b_db = _copy(base, work / "a.db"), _copy(base, work / "b.db")
-        a_rates, b_rates, ratios, batches = [], [], [], []
+        a_rates, b_rates, ratios = [], [], []
         for r in range(args.rounds):
             start = head_position(a_db)
             events = new_events(n, start, seed=1000 + r)
             secs, mean_batch = await store_appends(a_db, events, APPENDERS)
             a = n / secs
-            batch = args.batch or max(round(mean_batch), 1)
+            batch = args.batch
             secs = raw_inserts(b_db, n, head_position(b_db), batch, seed=1000 + r)
             b = n / secs
             a_rates.append(a)
             b_rates.append(b)
             ratios.append(a / b)
-            batches.append(mean_batch)
             print(f"  round {r + 1}: (a) store {a:,.0f}/s (mean batch {mean_batch:.0f})  "
-                  f"(b) raw {b:,.0f}/s (batch {batch})  ratio {a / b:.2f}x", flush=True)  # fmt: skip
+                  f"(b) raw {b:,.0f}/s (batch {batch})  ratio {a / b:.2f}x",
+                  flush=True)  # fmt: skip
         _remove(b_db)
         print(f"\n{n:,} events per round, {args.rounds} rounds, log of {args.events:,} events")
         print_table(
@@ -378,7 +379,8 @@ async def main() -> None:
         if isinstance(es, str):
             print(f"  eventsourcing skipped: {es}")
         else:
-            rows.append([f"eventsourcing insert_events, new log ({es[1]})", f"{lone / es[0]:,.0f}/s"])
+            es_name = f"eventsourcing insert_events, new log ({es[1]})"
+            rows.append([es_name, f"{lone / es[0]:,.0f}/s"])
         print_table(["contender", "events/s"], rows)
         if not isinstance(es, str):
             es_rate = lone / es[0]
@@ -386,7 +388,7 @@ async def main() -> None:
                   f"{on_log / es_rate:.2f}x on the long log")  # fmt: skip
 
         if args.index_costs:
-            batch = args.batch or max(round(sum(batches) / len(batches)), 1)
+            batch = args.batch
             print(f"\nwhat each index costs: raw inserts of {n:,} events, batches of {batch}, "
                   f"on a {args.events:,}-event log")  # fmt: skip
             print_table(["UNIQUE indexes", "events/s", "MiB"], index_costs(work, args.events, n,
