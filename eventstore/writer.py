@@ -40,11 +40,15 @@ _CHUNK = 900  # bound parameters per IN list; SQLite builds before 3.32 allow 99
 _MAX_BATCH_EVENTS = 20_000
 _STOP = object()
 # Only constant column lists and "?" marks are ever formatted into these statements.
-_VERSIONS_SQL = "SELECT stream, MAX(version) FROM events WHERE stream IN ({}) GROUP BY stream"
+# One MAX() per stream (a seek to the stream's last entry in the (stream, version) index): about
+# twice as fast on a long log as `stream IN (...) GROUP BY stream`. NULL for a new stream.
+_VERSIONS_SQL = (
+    "SELECT column1, (SELECT MAX(version) FROM events WHERE stream = column1) FROM (VALUES {})"
+)
 _STORED_SQL = "SELECT " + EVENT_COLUMNS + " FROM events WHERE event_id IN ({})"  # noqa: S608
 # Set on the writer's connection after `synchronous` (bench/bench_appends.py gives the raw sqlite3
 # baseline the same ones).
-WRITER_PRAGMAS: tuple[str, ...] = ()
+WRITER_PRAGMAS: tuple[str, ...] = ("cache_size = -65536",)
 _INSERT = (
     "INSERT INTO events (position, stream, version, type, schema, data, metadata, event_id,"
     " recorded_at, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -408,7 +412,8 @@ def _write_batch(
         streams = {e.stream for c in calls for e in c[0]}
         versions: dict[str, int] = {}
         for chunk in chunks(streams):
-            versions.update(conn.execute(_VERSIONS_SQL.format(marks(len(chunk))), chunk))
+            rows = conn.execute(_VERSIONS_SQL.format(",".join(("(?)",) * len(chunk))), chunk)
+            versions.update((stream, v) for stream, v in rows if v is not None)
         own = {e.event_id for c in calls for e in c[0]}
         guards = {g for c in calls for g in c[2]}
         stored = _stored(conn, guards - own)
