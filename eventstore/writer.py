@@ -47,7 +47,9 @@ _VERSIONS_SQL = (
 )
 _STORED_SQL = "SELECT " + EVENT_COLUMNS + " FROM events WHERE event_id IN ({})"  # noqa: S608
 # Set on the writer's connection after `synchronous` (bench/bench_appends.py gives the raw sqlite3
-# baseline the same ones).
+# baseline the same ones). A 64 MiB page cache (SQLite's default is 2 MiB) keeps the inner pages
+# of both UNIQUE indexes of a multi-million-event log in memory, so the versions lookup and the
+# insert read only leaf pages: the lookup took half the time on a 5M-event log.
 WRITER_PRAGMAS: tuple[str, ...] = ("cache_size = -65536",)
 _INSERT = (
     "INSERT INTO events (position, stream, version, type, schema, data, metadata, event_id,"
