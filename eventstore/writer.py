@@ -47,10 +47,9 @@ _VERSIONS_SQL = (
 )
 _STORED_SQL = "SELECT " + EVENT_COLUMNS + " FROM events WHERE event_id IN ({})"  # noqa: S608
 # Set on the writer's connection after `synchronous` (bench/bench_appends.py gives the raw sqlite3
-# baseline the same ones). A 64 MiB page cache (SQLite's default is 2 MiB) keeps the inner pages
-# of both UNIQUE indexes of a multi-million-event log in memory, so the versions lookup and the
-# insert read only leaf pages: the lookup took half the time on a 5M-event log.
-WRITER_PRAGMAS: tuple[str, ...] = ("cache_size = -65536",)
+# baseline the same ones). None: a larger page cache (`cache_size`, 64 MiB) made raw inserts into
+# a 5M-event log 10-20 % slower, not faster.
+WRITER_PRAGMAS: tuple[str, ...] = ()
 _INSERT = (
     "INSERT INTO events (position, stream, version, type, schema, data, metadata, event_id,"
     " recorded_at, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -401,35 +400,63 @@ def _write_batch(
     """In the writer's thread: one transaction writing the batch; its plan and its seconds.
 
     The batch's own event ids are not looked up first: the insert's UNIQUE constraint on
-    event_id tells whether any is stored already, and only then (a redelivery) are they looked
-    up and the batch planned again. Ids that the plan does not insert (a guard naming another
-    event, a failed expectation, a skipped call) are looked up before planning counts on them.
+    event_id tells whether any is stored already, and only then (a redelivery) is the
+    transaction rolled back and the batch planned again, every id looked up, in a new one.
     """
     started = time.perf_counter()
-    with _transaction(conn):
-        head = conn.execute(
-            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
-        ).fetchone()
-        head_pos, head_hash = head if head else (0, head_hash)
-        streams = {e.stream for c in calls for e in c[0]}
-        versions: dict[str, int] = {}
-        for chunk in chunks(streams):
-            rows = conn.execute(_VERSIONS_SQL.format(",".join(("(?)",) * len(chunk))), chunk)
-            versions.update((stream, v) for stream, v in rows if v is not None)
-        own = {e.event_id for c in calls for e in c[0]}
-        guards = {g for c in calls for g in c[2]}
-        stored = _stored(conn, guards - own)
-        plan = plan_batch(calls, head_pos, head_hash, dict(versions), stored, now_text)
-        unchecked = own.difference(row[7] for row in plan.rows)
-        if not unchecked and _insert_unless_stored(conn, plan.rows):
-            return plan, time.perf_counter() - started
-        # Some of the batch's ids are stored (or the plan does not insert them all): plan
-        # with every id looked up, as the rules in plan_batch say.
+    try:
+        with _transaction(conn):
+            plan = _plan_and_insert(conn, calls, head_hash, now_text, look_up_all=False)
+    except _IdStored:
+        with _transaction(conn):
+            plan = _plan_and_insert(conn, calls, head_hash, now_text, look_up_all=True)
+    return plan, time.perf_counter() - started
+
+
+class _IdStored(Exception):
+    """An event id of the batch, inserted without being looked up first, is stored already."""
+
+
+def _plan_and_insert(
+    conn: sqlite3.Connection,
+    calls: list[PlannedCall],
+    head_hash: str,
+    now_text: str,
+    *,
+    look_up_all: bool,
+) -> BatchPlan:
+    """Read the head and the streams' versions, plan the batch and insert its rows.
+
+    Unless `look_up_all`, only the ids that the plan would not insert (guards naming other
+    events, events of failed or skipped calls) are looked up, and a stored one among those
+    inserted raises _IdStored (the insert is then rolled back with the transaction).
+    """
+    head = conn.execute(
+        "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+    ).fetchone()
+    head_pos, head_hash = head if head else (0, head_hash)
+    streams = {e.stream for c in calls for e in c[0]}
+    versions: dict[str, int] = {}
+    for chunk in chunks(streams):
+        rows = conn.execute(_VERSIONS_SQL.format(",".join(("(?)",) * len(chunk))), chunk)
+        versions.update((stream, v) for stream, v in rows if v is not None)
+    own = {e.event_id for c in calls for e in c[0]}
+    guards = {g for c in calls for g in c[2]}
+    stored = _stored(conn, own | guards if look_up_all else guards - own)
+    plan = plan_batch(calls, head_pos, head_hash, dict(versions), stored, now_text)
+    if not look_up_all and own.difference(row[7] for row in plan.rows):
+        # The plan counts on ids it does not insert being new: look them all up and plan again.
         stored.update(_stored(conn, own))
         plan = plan_batch(calls, head_pos, head_hash, versions, stored, now_text)
-        if plan.rows:
+    elif plan.rows and not look_up_all:
+        try:
             conn.executemany(_INSERT, plan.rows)
-    return plan, time.perf_counter() - started
+        except sqlite3.IntegrityError:
+            raise _IdStored from None
+        return plan
+    if plan.rows:
+        conn.executemany(_INSERT, plan.rows)
+    return plan
 
 
 def _stored(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, RecordedEvent]:
@@ -439,21 +466,6 @@ def _stored(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, RecordedE
         rows = conn.execute(_STORED_SQL.format(marks(len(chunk))), chunk)
         stored.update((r[7], record_from_row(r)) for r in rows)
     return stored
-
-
-def _insert_unless_stored(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> bool:
-    """Insert `rows`; False (and nothing inserted) if one of their event ids is stored."""
-    if not rows:
-        return True
-    conn.execute("SAVEPOINT optimistic")
-    try:
-        conn.executemany(_INSERT, rows)
-    except sqlite3.IntegrityError:
-        conn.execute("ROLLBACK TO optimistic")
-        conn.execute("RELEASE optimistic")
-        return False
-    conn.execute("RELEASE optimistic")
-    return True
 
 
 def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
