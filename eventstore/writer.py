@@ -6,8 +6,10 @@
 
 The write connection is a plain `sqlite3` connection used by one thread of its own
 (`WriteConnection`): each batch is one hand-off to that thread, which runs the whole
-transaction (BEGIN, head, stream versions, stored ids, planning and hashing, one executemany,
-COMMIT) while the event loop goes on. fsync is paid once per batch instead of once per event.
+transaction (BEGIN, head, stream versions, planning and hashing, one executemany, COMMIT) while
+the event loop goes on. fsync is paid once per batch instead of once per event. The batch's event
+ids are not looked up first: the UNIQUE index on event_id finds a stored one at the insert, and
+only then is the batch written again with its ids looked up (see `_write_batch`).
 """
 
 from __future__ import annotations
