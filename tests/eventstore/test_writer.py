@@ -303,9 +303,9 @@ async def test_a_writer_stuck_on_a_lock_reports_how_long_it_has_stalled(tmp_path
     assert store.writer_stalled_for() == float("inf")  # closed: no writer left to vouch for
 
 
-async def test_a_burst_in_two_batches_in_flight_commits_in_queue_order(tmp_path: Path) -> None:
-    """Calls queued together are written in the order they were made, also when the writer hands
-    them to its thread as two batches, and closing right away answers every one with its record."""
+async def test_a_burst_of_calls_commits_in_queue_order(tmp_path: Path) -> None:
+    """Calls queued together are written in the order they were made, and closing right away
+    answers every one with its record."""
     path = tmp_path / "log.db"
     store = await EventStore.open(path)
     calls = [asyncio.ensure_future(store.append([ev(f"s{i % 7}")])) for i in range(300)]
