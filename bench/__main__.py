@@ -13,6 +13,7 @@ import time
 # Small enough for about a minute in all on a 2-core machine; see bench/README.md for the
 # sizes behind the published figures.
 SMALL = {
+    "bench_appends": ["--events", "100000", "--appends", "10240", "--lone", "500"],
     "bench_eventstore": ["--appends", "5000", "--replay-events", "50000"],
     "bench_ingest": ["--duration", "3", "--warmup", "1", "--bodies", "40000"],
     "bench_postgres": ["--rounds", "50", "--appends", "12800", "--repeat", "1"],

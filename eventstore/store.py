@@ -328,12 +328,13 @@ class EventStore:
         written), WriterBusy when the queue stays full longer than `enqueue_timeout`,
         StorageUnavailable/DatabaseCorrupt on storage failures, InvalidEvent for malformed input.
         """
-        self._require_writer("append")
+        writer = self._require_writer("append")
+        check_expectation(expected)
         if not events:
-            check_expectation(expected)
             return AppendResult((), ())
-        call = AppendCall(events, expected, if_absent)
-        (outcome,) = await self.append_many([call], enqueue_timeout=enqueue_timeout)
+        # What append_many does for one call, without its lists (the one-event call is hot).
+        call = (tuple(prepare_event(e) for e in events), expected, _guards(if_absent))
+        (outcome,) = await writer.append_many([call], enqueue_timeout)
         if isinstance(outcome, EventStoreError):
             raise outcome
         return outcome

@@ -15,6 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
+    "bench_appends": [
+        "--events", "3000", "--appends", "512", "--rounds", "1", "--lone", "50", "--index-costs",
+        "--dir", "{tmp}",
+    ],
     "bench_eventstore": ["--appends", "1000", "--replay-events", "2000", "--dir", "{tmp}"],
     "bench_startup": ["--events", "3000", "--accounts", "100", "--repeat", "1", "--dir", "{tmp}"],
     "bench_timers": ["--timers", "2000", "--accounts", "500", "--tasks-compare", "200"],

@@ -301,3 +301,18 @@ async def test_a_writer_stuck_on_a_lock_reports_how_long_it_has_stalled(tmp_path
             while store.writer_stalled_for() != 0.0:  # back to waiting for work
                 await anyio.sleep(0.01)
     assert store.writer_stalled_for() == float("inf")  # closed: no writer left to vouch for
+
+
+async def test_a_burst_of_calls_commits_in_queue_order(tmp_path: Path) -> None:
+    """Calls queued together are written in the order they were made, and closing right away
+    answers every one with its record."""
+    path = tmp_path / "log.db"
+    store = await EventStore.open(path)
+    calls = [asyncio.ensure_future(store.append([ev(f"s{i % 7}")])) for i in range(300)]
+    await asyncio.sleep(0)
+    await store.close()
+    results = await asyncio.gather(*calls)
+    assert [r.records[0].position for r in results] == list(range(1, 301))
+    async with EventStore.open(path) as reopened:
+        assert (await reopened.verify()).ok
+        assert await reopened.head() == (300, results[-1].records[0].hash)
