@@ -21,7 +21,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -33,7 +33,7 @@ from ..chain import GENESIS, format_time, key_fingerprint, sign_checkpoint
 from ..connections import Opening
 from ..errors import DatabaseCorrupt, DatabaseMissing, EventStoreError, InvalidEvent
 from ..planner import BatchPlan, PlannedCall, plan_batch, record_from_row
-from ..records import AppendCall, AppendResult
+from ..records import ANY, AppendCall, AppendResult, NewEvent
 from ..schema import EVENT_COLUMNS
 from ..snapshots import MemorySnapshotReader, SnapshotReader
 from ..store import EventStore, SignedCheckpoint, register_url_opener
@@ -306,6 +306,20 @@ class PostgresStore(EventStore):
                 self._pool.terminate()
 
     # -- writing --------------------------------------------------------------------------------
+
+    async def append(
+        self,
+        events: Sequence[NewEvent],
+        expected: int | Mapping[str, int] = ANY,
+        *,
+        enqueue_timeout: float | None = None,
+        if_absent: str | Sequence[str] | None = None,
+    ) -> AppendResult:
+        # EventStore.append hands its call to the writer directly: refuse NUL here first.
+        _check_text(AppendCall(events, expected, if_absent))
+        return await super().append(
+            events, expected, enqueue_timeout=enqueue_timeout, if_absent=if_absent
+        )
 
     async def append_many(
         self, calls: Sequence[AppendCall], *, enqueue_timeout: float | None = None

@@ -103,6 +103,9 @@ async def test_a_nul_character_is_refused_alone(store: EventStore) -> None:
     assert isinstance(outcomes[2], InvalidEvent)
     assert not isinstance(outcomes[1], EventStoreError)
     assert outcomes[1].last_position == 1
+    with pytest.raises(InvalidEvent):
+        await store.append([NewEvent("s", "T\x00", b"{}")])
+    assert (await store.head())[0] == 1
 
 
 async def grant_daemon_role(admin_url: str) -> None:
