@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -77,6 +78,14 @@ class DatabaseConfig(_Section, frozen=True):
     path: Path = Path("staticipd.db")
     # FULL: fsync on every commit, so an acknowledged webhook survives a power cut.
     synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
+    # A PostgreSQL database holding the log instead of `path` (README, "PostgreSQL"); its
+    # password is the secret file `database_password`, never in the URL.
+    url: Annotated[str, msgspec.Meta(pattern=r"^(postgres(ql)?://.*)?$")] = ""
+
+    @property
+    def location(self) -> str | Path:
+        """What holds the log: the URL when one is set, else the SQLite file."""
+        return self.url or self.path
 
 
 class HttpConfig(_Section, frozen=True):
@@ -281,6 +290,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         key = name[len(ENV_PREFIX) :]
         if key in _ENV_ALIASES:
             section, field = _ENV_ALIASES[key]
+            if key == "DATABASE" and env[name].startswith(("postgresql://", "postgres://")):
+                field = "url"  # STATICIPD_DATABASE takes a URL as well as a path
         elif "__" in key:
             section, _, field = key.lower().partition("__")
         else:
@@ -379,6 +390,9 @@ class Secrets:
     operator_tokens: tuple[str, ...] = ()
     notify_secrets: tuple[str, ...] = ()  # Standard Webhooks `whsec_<base64>`
     checkpoint_key: bytes | None = None
+    # The password of `[database] url`'s role, when the log is in PostgreSQL (not a part that is
+    # off without it: libpq's own ~/.pgpass or PGPASSWORD may hold it instead).
+    database_password: str | None = None
     missing: tuple[str, ...] = SECRET_NAMES  # file names not found: said in the log, not fatal
     warnings: tuple[str, ...] = ()  # e.g. a secret file readable by other users
     sources: dict[str, Path] = field(default_factory=dict)
@@ -394,6 +408,7 @@ class Secrets:
         found: list[str | bytes] = [*self.webhook_secrets, *self.auth_events_tokens]
         found += [*self.operator_tokens, *self.notify_secrets]
         found += [v for v in (self.provider_api_key, self.checkpoint_key) if v]
+        found += [self.database_password] if self.database_password else []
         return found
 
     def describe(self) -> dict[str, str]:
@@ -446,7 +461,7 @@ def load_secrets(config: Config, env: Mapping[str, str]) -> Secrets:
     raw: dict[str, bytes] = {}
     sources: dict[str, Path] = {}
     warnings: list[str] = []
-    for name in SECRET_NAMES:
+    for name in (*SECRET_NAMES, "database_password"):
         for directory in secret_dirs(config, env):
             file = directory / name
             try:
@@ -480,6 +495,7 @@ def load_secrets(config: Config, env: Mapping[str, str]) -> Secrets:
         operator_tokens=tuple(text.get("operator_token", [])),
         notify_secrets=tuple(text.get("notify_secret", [])),
         checkpoint_key=checkpoint,
+        database_password=next(iter(text.get("database_password", [])), None),
         missing=(),
         warnings=tuple(warnings),
         sources=sources,
@@ -493,6 +509,12 @@ def load_secrets(config: Config, env: Mapping[str, str]) -> Secrets:
 def render_effective(config: Config, secrets: Secrets) -> str:
     """The effective configuration as JSON, secrets masked, for `staticipd check-config`."""
     document = msgspec.to_builtins(config, enc_hook=str)
+    if config.database.url:  # a password written into the URL is not shown (README, "PostgreSQL")
+        parts = urlsplit(config.database.url)
+        if parts.password is not None:
+            user, host = parts.netloc.rsplit("@", 1)
+            netloc = f"{user.split(':', 1)[0]}:***@{host}"
+            document["database"]["url"] = urlunsplit(parts._replace(netloc=netloc))
     document["secrets"] = secrets.describe()
     if secrets.sources:
         document["secret_files"] = {name: str(path) for name, path in secrets.sources.items()}

@@ -120,7 +120,10 @@ class Daemon:
     async def run(self) -> None:
         config = self.config
         store = await EventStore.open(
-            config.database.path, synchronous=config.database.synchronous, supervised=True
+            config.database.location,
+            synchronous=config.database.synchronous,
+            supervised=True,
+            password=self.secrets.database_password,
         )
         try:
             async with anyio.create_task_group() as tg:
@@ -315,7 +318,7 @@ class Daemon:
         log.info(
             "daemon.ready",
             listen=f"http://{config.listen_host}:{self.bound_port}",
-            database=str(config.database.path),
+            database=store.path,
             synchronous=config.database.synchronous,
             position=live.position,
             accounts=len(live.projection),

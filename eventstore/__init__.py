@@ -1,4 +1,4 @@
-"""A domain-free, append-only, hash-chained event log on SQLite."""
+"""A domain-free, append-only, hash-chained event log on SQLite (or PostgreSQL)."""
 
 from .chain import GENESIS
 from .errors import (
@@ -24,6 +24,9 @@ from .records import (
 from .snapshots import SnapshotReader
 from .store import EventStore, ReadOnlyStore, SignedCheckpoint
 from .verify import Damage, VerifyReport
+
+# The PostgreSQL backend: registers `postgresql://` URLs with EventStore.open.
+from . import postgres  # noqa: F401  # isort: skip
 
 __all__ = [
     "ANY",

@@ -5,25 +5,100 @@ operations rather than a Python loop per part: the blobs by key, the keys groupe
 and the times by key, the last two read from their indexes without touching a blob. A reader
 that needs only some blobs (a one-off command) fetches each by key instead. Everything is
 read in the same transaction, so it all agrees with the header.
+
+`SnapshotReader` is the interface; `SqliteSnapshotReader` reads an SQLite log in an open read
+transaction, `MemorySnapshotReader` serves parts read at once (a backend without synchronous
+reads, eventstore/postgres).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from operator import itemgetter
 from types import TracebackType
 from typing import Self
 
 from .errors import translate
 
-__all__ = ["SnapshotReader"]
+__all__ = ["MemorySnapshotReader", "SnapshotReader", "SqliteSnapshotReader"]
 
 _first = itemgetter(0)
 
 
 class SnapshotReader:
-    """The snapshot `name` as of one moment; None from `open` when there is none. Blocking
+    """The snapshot `name` as of one moment: its `position`, `header` and parts. Blocking
     calls: run the bulk ones in a worker thread. Close it (or use `with`)."""
+
+    position: int
+    header: bytes
+
+    def blobs(self) -> dict[str, bytes]:
+        """Every part's blob by key."""
+        raise NotImplementedError
+
+    def labels(self) -> dict[str, list[str]]:
+        """The keys of the parts by label, each list in key order."""
+        raise NotImplementedError
+
+    def times(self) -> dict[str, str]:
+        """The time of each part that has one, by key."""
+        raise NotImplementedError
+
+    def blob(self, key: str) -> bytes | None:
+        """One part's blob (None if the snapshot has no part `key`)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class MemorySnapshotReader(SnapshotReader):
+    """A snapshot whose parts, `(key, blob, label, at)`, were all read at once (in one
+    transaction, with the header): every call is served from memory."""
+
+    def __init__(
+        self, position: int, header: bytes, parts: Iterable[tuple[str, bytes, str, str | None]]
+    ) -> None:
+        self.position = position
+        self.header = header
+        rows = sorted(parts, key=_first)
+        self._blobs = {key: blob for key, blob, _, _ in rows}
+        self._labels: dict[str, list[str]] = {}  # in label order, as SQLite's reader gives them
+        for key, _, label, _ in sorted(rows, key=itemgetter(2, 0)):
+            self._labels.setdefault(label, []).append(key)
+        self._times = {key: at for key, _, _, at in rows if at is not None}
+
+    def blobs(self) -> dict[str, bytes]:
+        return dict(self._blobs)
+
+    def labels(self) -> dict[str, list[str]]:
+        return {label: list(keys) for label, keys in self._labels.items()}
+
+    def times(self) -> dict[str, str]:
+        return dict(self._times)
+
+    def blob(self, key: str) -> bytes | None:
+        return self._blobs.get(key)
+
+    def close(self) -> None:
+        self._blobs, self._labels, self._times = {}, {}, {}
+
+
+class SqliteSnapshotReader(SnapshotReader):
+    """The snapshot `name` of an SQLite log, read in one read transaction; None from `open`
+    when there is none."""
 
     def __init__(self, conn: sqlite3.Connection, name: str, position: int, header: bytes) -> None:
         self._conn = conn
@@ -32,7 +107,7 @@ class SnapshotReader:
         self.header = header
 
     @classmethod
-    def open(cls, uri: str, name: str, busy_timeout: float) -> SnapshotReader | None:
+    def open(cls, uri: str, name: str, busy_timeout: float) -> SqliteSnapshotReader | None:
         try:
             conn = sqlite3.connect(
                 uri, uri=True, isolation_level=None, timeout=busy_timeout, check_same_thread=False
@@ -92,17 +167,6 @@ class SnapshotReader:
 
     def close(self) -> None:
         self._conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _rows(self, sql: str, *more: object) -> sqlite3.Cursor:
         try:

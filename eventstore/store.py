@@ -43,7 +43,7 @@ from .errors import (
 from .planner import check_expectation, prepare_event, record_from_row, records_from_rows
 from .records import ANY, LAST_POSITION, AppendCall, AppendResult, NewEvent, RecordedEvent
 from .schema import EVENT_COLUMNS, migrate
-from .snapshots import SnapshotReader
+from .snapshots import SnapshotReader, SqliteSnapshotReader
 from .verify import RowVisitor, VerifyReport, verify_log
 from .writer import WriteConnection, Writer, chunks, marks
 
@@ -114,8 +114,12 @@ class EventStore:
         clock: Callable[[], datetime] | None = None,
         busy_timeout: float = 5.0,
         supervised: bool = False,
+        password: str | None = None,
     ) -> Opening[EventStore]:
         """Open (and by default create) the log at `path`, applying pending migrations.
+
+        `path` may also be a ``postgresql://`` URL: the same log in a PostgreSQL database
+        (eventstore/postgres; `password`, if given, is used with it), with the same methods.
 
         Use as ``store = await EventStore.open(path)`` or ``async with EventStore.open(path) as
         store:`` (the latter closes it). `clock` returns aware datetimes for recorded_at;
@@ -130,6 +134,20 @@ class EventStore:
         staticipd log at a schema version this build knows (else DatabaseCorrupt). Reads,
         verify() and load_snapshot() work; writing calls and subscribe() raise ReadOnlyStore.
         """
+        opener = _url_opener(path)
+        if opener is not None:
+            return opener(
+                path,
+                password=password,
+                synchronous=synchronous,
+                create=create,
+                readonly=readonly,
+                queue_size=queue_size,
+                max_batch=max_batch,
+                clock=clock,
+                busy_timeout=busy_timeout,
+                supervised=supervised,
+            )
         if readonly:
             return Opening(lambda: cls._open_readonly(path, busy_timeout=busy_timeout))
         return Opening(
@@ -630,13 +648,18 @@ class EventStore:
         # Built from the store's own read-only URI: the log's file is never opened outside
         # SQLite in a process that holds it (see connections.readonly_uri).
         uri = readonly_uri(self._path)
-        return await anyio.to_thread.run_sync(SnapshotReader.open, uri, name, self._busy_timeout)
+        return await anyio.to_thread.run_sync(
+            SqliteSnapshotReader.open, uri, name, self._busy_timeout
+        )
 
-    def part_fetcher(self, name: str) -> Callable[[str], bytes | None]:
+    def part_fetcher(self, name: str) -> Callable[[str], bytes | None] | None:
         """A function reading one part of the keyed snapshot `name` as last committed (None if
         there is none), blocking the caller for one indexed read: for a model that keeps in
         memory only what changed since its snapshot. It works on after the store closes (a
-        model read once the daemon stopped), each read then on a connection of its own."""
+        model read once the daemon stopped), each read then on a connection of its own.
+
+        None when the backend cannot read synchronously (PostgreSQL): load every part instead
+        (`open_snapshot`)."""
         self._check_open()
         query = "SELECT blob FROM snapshot_parts WHERE name = ? AND key = ?"
 
@@ -762,6 +785,24 @@ class EventStore:
             return list(await self._reader.execute_fetchall(sql, params))
         except Exception as exc:
             raise translate(exc) from exc
+
+
+# Openers of logs named by a URL, by URL prefix: eventstore/postgres registers its own, so that
+# EventStore.open takes a `postgresql://` URL without this module importing that backend.
+_URL_OPENERS: dict[str, Callable[..., Opening[EventStore]]] = {}
+
+
+def register_url_opener(prefix: str, opener: Callable[..., Opening[EventStore]]) -> None:
+    """Have EventStore.open(url) call `opener(url, **its options)` for URLs starting `prefix`."""
+    _URL_OPENERS[prefix] = opener
+
+
+def _url_opener(path: object) -> Callable[..., Opening[EventStore]] | None:
+    if isinstance(path, str):
+        for prefix, opener in _URL_OPENERS.items():
+            if path.startswith(prefix):
+                return opener
+    return None
 
 
 def _subscribe(callbacks: list[_C], callback: _C) -> Callable[[], None]:

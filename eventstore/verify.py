@@ -9,11 +9,9 @@ checks what the rows say (the log's content, which this module knows nothing of)
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import aiosqlite
+from typing import Any, Protocol
 
 from .chain import (
     GENESIS,
@@ -32,7 +30,16 @@ RowVisitor = Callable[[int, str, str, int, str | bytes, str], None]
 position 1 on, in position order, whether or not the row fits the chain. `data` is the stored
 JSON text (bytes only in a damaged row). It must not raise."""
 
+
+class Rows(Protocol):
+    """What verify reads through: aiosqlite's connection, or another backend's adapter that
+    takes the same statements (eventstore/postgres)."""
+
+    async def execute_fetchall(self, sql: str, parameters: Iterable[Any], /) -> Iterable[Any]: ...
+
+
 _MAX_DAMAGE = 100
+_TRIGGER_NAMES = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
 _ROWS = (
     f"SELECT {EVENT_COLUMNS}, prev_hash FROM events"  # noqa: S608 — constant columns
     " WHERE position > ? ORDER BY position LIMIT ?"
@@ -83,30 +90,32 @@ class VerifyReport:
 
 
 async def verify_log(
-    conn: aiosqlite.Connection,
+    conn: Rows,
     checkpoint_key: bytes | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,
     batch: int = 5_000,
     visit: RowVisitor | None = None,
+    triggers: Sequence[str] = TRIGGERS,
+    trigger_names: str = _TRIGGER_NAMES,
 ) -> VerifyReport:
-    """Verify the whole log readable through `conn` (see VerifyReport); `visit` sees each row."""
+    """Verify the whole log readable through `conn` (see VerifyReport); `visit` sees each row.
+
+    `triggers` are the ones that must be present on `events`, and `trigger_names` the statement
+    that lists those present (another backend passes its own).
+    """
     damage: list[Damage] = []
     cp_damage: list[Damage] = []  # listed after the chain's findings at the same position
-    names = {
-        r[0]
-        for r in await conn.execute_fetchall(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
-        )
-    }
-    missing_triggers = [t for t in TRIGGERS if t not in names]
+    names = {r[0] for r in await conn.execute_fetchall(trigger_names, ())}
+    missing_triggers = [t for t in triggers if t not in names]
     if missing_triggers:
         damage.append(Damage(0, "triggers_missing", f"absent: {', '.join(missing_triggers)}"))
 
     checkpoints: dict[int, list[tuple[int, str]]] = {}
     cp_rows = await conn.execute_fetchall(
         "SELECT id, position, head_hash, created_at, key_id, signature FROM checkpoints"
-        " ORDER BY position, id"
+        " ORDER BY position, id",
+        (),
     )
     given = key_fingerprint(checkpoint_key) if checkpoint_key is not None else None
     signatures = 0
@@ -127,7 +136,7 @@ async def verify_log(
             same = "the key given" if key_id == given else "no fingerprint to compare"
             detail = f"checkpoint {cp_id} (key {key_id}: {same}): its signature does not match"
             cp_damage.append(Damage(pos, "checkpoint_signature", detail))
-    head_row = list(await conn.execute_fetchall("SELECT MAX(position) FROM events"))
+    head_row = list(await conn.execute_fetchall("SELECT MAX(position) FROM events", ()))
     max_pos = head_row[0][0] or 0
 
     expected_pos = 1
@@ -215,7 +224,7 @@ async def verify_log(
 
 
 async def _classify(
-    conn: aiosqlite.Connection, pos: int, prev: str, stored: str, own: str, link: str
+    conn: Rows, pos: int, prev: str, stored: str, own: str, link: str
 ) -> tuple[Damage, int, bool]:
     """Name what is wrong with the row at `pos`, which does not fit the chain.
 
@@ -252,7 +261,7 @@ async def _classify(
     return Damage(pos, "broken_link", f"chains onto position {at}"), pos + 1, True
 
 
-async def _value(conn: aiosqlite.Connection, sql: str, params: tuple[object, ...]) -> Any:
+async def _value(conn: Rows, sql: str, params: tuple[object, ...]) -> Any:
     """The first column of the first row of `sql`, or None when there is no row."""
     rows = list(await conn.execute_fetchall(sql, params))
     return rows[0][0] if rows else None

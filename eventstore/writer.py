@@ -19,10 +19,10 @@ import contextlib
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -33,7 +33,7 @@ from .planner import BatchPlan, PlannedCall, plan_batch, record_from_row
 from .records import AppendResult, RecordedEvent
 from .schema import EVENT_COLUMNS
 
-__all__ = ["WRITER_PRAGMAS", "WriteConnection", "Writer"]
+__all__ = ["WRITER_PRAGMAS", "WriteConnection", "WriteTarget", "Writer"]
 
 T = TypeVar("T")
 _CHUNK = 900  # bound parameters per IN list; SQLite builds before 3.32 allow 999
@@ -83,6 +83,19 @@ class _Job:
         self.future = future
 
 
+class WriteTarget(Protocol):
+    """What the writer writes through: SQLite's `WriteConnection`, or another backend's own
+    (eventstore/postgres), which runs the same batch with the same planner."""
+
+    async def write_batch(
+        self, calls: list[PlannedCall], head_hash: str, now_text: str
+    ) -> tuple[BatchPlan, float]: ...
+
+    async def run_job(self, fn: Callable[[Any], Any]) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
 class WriteConnection:
     """A `sqlite3` connection in autocommit mode (BEGIN/COMMIT are explicit) and the one thread
     that uses it: `call(fn, ...)` runs `fn(conn, ...)` there, in order, one at a time."""
@@ -121,6 +134,14 @@ class WriteConnection:
             self._executor, fn, self.conn, *args
         )
 
+    async def write_batch(
+        self, calls: list[PlannedCall], head_hash: str, now_text: str
+    ) -> tuple[BatchPlan, float]:
+        return await self.call(_write_batch, calls, head_hash, now_text)
+
+    async def run_job(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self.call(_in_transaction, fn)
+
     async def close(self) -> None:
         """Close after whatever the thread is running (closing after a failure never raises)."""
         try:
@@ -135,7 +156,7 @@ class Writer:
 
     def __init__(
         self,
-        conn: WriteConnection,
+        conn: WriteConnection | WriteTarget,
         *,
         queue_size: int,
         max_batch: int,
@@ -197,6 +218,12 @@ class Writer:
     async def run_job(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn(conn)` in the writer's thread inside its own IMMEDIATE transaction, between
         append batches."""
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self._enqueue(_Job(fn, fut), None)
+        return await fut
+
+    async def run_async_job(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """`run_job` for a backend whose jobs are coroutines on its own connection."""
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         await self._enqueue(_Job(fn, fut), None)
         return await fut
@@ -345,9 +372,7 @@ class Writer:
     async def _write_batch(self, batch: list[_AppendCall]) -> None:
         calls = [call for item in batch for call in item.calls]
         try:
-            plan, seconds = await self._conn.call(
-                _write_batch, calls, self.head_hash, self._now_text()
-            )
+            plan, seconds = await self._conn.write_batch(calls, self.head_hash, self._now_text())
         except Exception as exc:
             err = translate(exc)
             self.last_error = err
@@ -382,7 +407,7 @@ class Writer:
         if job.future.done():
             return
         try:
-            result = await self._conn.call(_in_transaction, job.fn)
+            result = await self._conn.run_job(job.fn)
         except Exception as exc:
             err = translate(exc)
             if not isinstance(err, StoreClosed) and err.__class__ is not EventStoreError:

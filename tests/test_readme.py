@@ -241,3 +241,16 @@ def test_the_allowlist_file_example_is_what_the_daemon_writes() -> None:
                       for line in lines[2:])  # fmt: skip
     lists = {kind: KnownIpList(addresses=addresses, changed_at=changed) for kind in kinds}
     assert render_file(lists) == example.group(1)
+
+
+def postgres_setup_sql(role: str, password: str) -> list[str]:
+    """The statements of README's "PostgreSQL" setup: the daemon's role (created when missing,
+    with `password`) and the grants to it, as README gives them, for tests to run."""
+    section = README.split("### PostgreSQL", 1)[1].split("\n## ", 1)[0]
+    sql = re.findall(r"```sql\n(.*?)```", section, flags=re.S)
+    grants = [s.strip() for s in sql[1].split(";") if s.strip()]
+    create = (
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN"
+        f" CREATE ROLE {role} LOGIN PASSWORD '{password}'; END IF; END $$"
+    )
+    return [create, *(g.replace(" staticipd;", f" {role};") for g in grants)]

@@ -41,6 +41,7 @@ from eventstore import (
     SnapshotReader,
 )
 from eventstore.chain import GENESIS, format_time, key_fingerprint
+from eventstore.postgres import is_database_url, redact_url
 from eventstore.verify import Damage
 
 
@@ -53,21 +54,23 @@ class CommandError(Exception):
 
 
 @asynccontextmanager
-async def open_log(path: Path) -> AsyncIterator[EventStore]:
+async def open_log(path: Path | str, password: str | None = None) -> AsyncIterator[EventStore]:
     """Open an existing log read-only; a missing, damaged or foreign file is a clear error and
-    stays exactly as it was."""
+    stays exactly as it was. `path` may be a PostgreSQL URL (README, "PostgreSQL"), `password`
+    its role's."""
+    shown = redact_url(path) if isinstance(path, str) and is_database_url(path) else path
     try:
-        store = await EventStore.open(path, readonly=True)
+        store = await EventStore.open(path, readonly=True, password=password)
     except DatabaseMissing as exc:
         raise CommandError(
-            f"no event log at {path} (set --database, --config or STATICIPD_DATABASE)",
+            f"no event log at {shown} (set --database, --config or STATICIPD_DATABASE)",
             exitcodes.USAGE,
         ) from exc
     except DatabaseCorrupt as exc:
-        text = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        text = str(exc) if str(shown) in str(exc) else f"{shown}: {exc}"
         raise CommandError(text, exitcodes.PROBLEM) from exc
     except EventStoreError as exc:
-        raise CommandError(f"cannot open {path}: {exc}", exitcodes.PROBLEM) from exc
+        raise CommandError(f"cannot open {shown}: {exc}", exitcodes.PROBLEM) from exc
     try:
         yield store
     finally:
@@ -105,16 +108,32 @@ def _use_config(args: argparse.Namespace) -> None:
     `verify` has no `--checkpoint-key-file`. A command told both reads no configuration, so a
     stray setting in an auditor's environment cannot stop it."""
     args.secret_dirs = []
+    args.database_password = None
     wants_key = getattr(args, "checkpoint_key_file", False) is None
-    if args.database is not None and not wants_key:
+    # A database URL's password is a secret file too (`database_password`), found the same way.
+    wants_password = is_database_url(args.database)
+    if args.database is not None and not wants_key and not wants_password:
         return
     try:
         config = load_config(args.config, os.environ)
     except ConfigError as exc:
         raise CommandError(f"configuration error: {exc}", exitcodes.USAGE) from exc
     if args.database is None:
-        args.database = config.database.path
+        args.database = config.database.location
     args.secret_dirs = secret_dirs(config, os.environ)
+    if is_database_url(args.database):
+        found = (d / "database_password" for d in args.secret_dirs)
+        file = next((f for f in found if f.is_file()), None)
+        if file is not None:
+            args.database_password = _read_password(file)
+
+
+def _read_password(file: Path) -> str | None:
+    try:
+        lines = file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read {file}: {exc}", exitcodes.USAGE) from exc
+    return next((line.strip() for line in lines if line.strip()), None)
 
 
 def _checkpoint_key(args: argparse.Namespace) -> bytes | None:
@@ -185,7 +204,7 @@ def verify_command(args: argparse.Namespace) -> int:
     async def main() -> int:
         # The moves are checked in verify's own pass over the rows: the log is read once.
         moves = MoveCheck()
-        async with open_log(args.database) as store:
+        async with open_log(args.database, args.database_password) as store:
             progress = Progress("verify")
             report = await store.verify(key, progress=progress, visit=moves)
             progress.close()
@@ -268,7 +287,7 @@ def export_command(args: argparse.Namespace) -> int:
         )
 
     async def main() -> int:
-        async with open_log(args.database) as store:
+        async with open_log(args.database, args.database_password) as store:
             prev = GENESIS
             if args.from_position > 1:
                 async for rec in store.read_all(args.from_position - 1, args.from_position - 1):
@@ -381,7 +400,7 @@ def replay_command(args: argparse.Namespace) -> int:
     async def main() -> int:
         projection = Projection()
         divergence: _SnapshotComparison | None = None
-        async with open_log(args.database) as store:
+        async with open_log(args.database, args.database_password) as store:
             head, _ = await store.head()
             last = head if args.position is None else min(head, args.position)
             progress = Progress("replay")
@@ -457,7 +476,7 @@ def audit_command(args: argparse.Namespace) -> int:
     account_id = args.account_id
 
     async def main() -> int:
-        async with open_log(args.database) as store:
+        async with open_log(args.database, args.database_password) as store:
             own = [r async for r in store.read_stream(account_stream(account_id))]
             enrolments = [
                 r
@@ -482,7 +501,10 @@ def audit_command(args: argparse.Namespace) -> int:
 @command
 def status_command(args: argparse.Namespace) -> int:
     async def main() -> int:
-        async with open_log(args.database) as store, _from_snapshot(store) as read:
+        async with (
+            open_log(args.database, args.database_password) as store,
+            _from_snapshot(store) as read,
+        ):
             projection, source, why = read
             due = projection.due_soonest(10)
             stalled = sorted(projection.ids_in("stalled"))
@@ -525,7 +547,7 @@ def status_command(args: argparse.Namespace) -> int:
 def allowlist_command(args: argparse.Namespace) -> int:
     async def main() -> int:
         projection = Projection()  # IP lists live in the application's stream: read only that
-        async with open_log(args.database) as store:
+        async with open_log(args.database, args.database_password) as store:
             async for rec in store.read_stream(APPLICATION_STREAM):
                 projection.apply_record(rec)
         if not projection.application.ip_lists:
@@ -549,7 +571,7 @@ def backup_command(args: argparse.Namespace) -> int:
     key = _checkpoint_key(args)
 
     async def main() -> int:
-        async with open_log(args.database) as store:
+        async with open_log(args.database, args.database_password) as store:
             try:
                 position, digest = await store.backup(dest)
             except FileExistsError as exc:

@@ -21,8 +21,19 @@ from daemon import __version__, exitcodes
 def _log(p: argparse.ArgumentParser, helps: str = "the event log (default: the configuration's, "
          "as `serve` would open it)") -> None:  # fmt: skip
     """The options of a command that reads the log: which log, and where to find the config."""
-    p.add_argument("--database", type=Path, default=None, metavar="PATH", help=helps)
+    p.add_argument("--database", type=_database, default=None, metavar="PATH", help=helps)
     _config(p)
+
+
+def _database(value: str) -> Path | str:
+    """A log's file path, or a PostgreSQL URL kept as text (README, "PostgreSQL")."""
+    return value if value.startswith(("postgresql://", "postgres://")) else Path(value)
+
+
+def _url(value: str) -> str:
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError(f"want a postgresql:// URL, not {value!r}")
+    return value
 
 
 def _json(p: argparse.ArgumentParser) -> None:
@@ -171,6 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
     _key_file(p, "key of the signed checkpoints, to check the copy's signatures (default: as "
               "for verify; without a key the signatures are not checked)")  # fmt: skip
     p.set_defaults(handler=_run("daemon.cli.logcommands", "backup_command"))
+
+    p = _command(sub, "create-log", "create the log's tables in an empty PostgreSQL database")
+    p.add_argument("database", type=_url, metavar="URL", help="postgresql://OWNER@HOST/DB")
+    _config(p)
+    p.set_defaults(handler=_run("daemon.cli.copylog", "create_log_command"))
+
+    p = _command(
+        sub, "copy-log", "copy an SQLite log into an empty PostgreSQL database, then verify it"
+    )
+    p.add_argument("source", type=Path, metavar="SOURCE", help="the SQLite log to copy")
+    p.add_argument("database", type=_url, metavar="URL", help="postgresql://OWNER@HOST/DB")
+    _config(p)
+    _key_file(p, "key of the signed checkpoints, to check the copy's signatures (default: as "
+              "for verify; without a key the signatures are not checked)")  # fmt: skip
+    p.set_defaults(handler=_run("daemon.cli.copylog", "copy_log_command"))
 
     p = _command(sub, "status", "the funnel per state, accounts due next, stalled accounts")
     _log(p)

@@ -53,7 +53,8 @@ class LiveProjection:
         """Start from the latest snapshot, or from nothing if there is none or it is unreadable.
 
         From a snapshot, the indexes are loaded and each account's state is read from it when
-        first needed (`resident` reads them all at once)."""
+        first needed (`resident` reads them all at once, as does a store that cannot read a
+        part synchronously: `part_fetcher` None)."""
         reader = await store.open_snapshot(SNAPSHOT_NAME)
         projection = Projection()
         if reader is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import pytest
 
 from eventstore import (
@@ -14,6 +17,17 @@ from eventstore import (
 )
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
+    """A fresh store on each backend (the PostgreSQL one skipped, saying why, without it)."""
+    target = tmp_path / "log.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    s = await EventStore.open(target)
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
 def ev(stream: str, event_id: str) -> NewEvent:

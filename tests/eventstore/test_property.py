@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventstore import ANY, EventStore, NewEvent, WrongExpectedVersion
+from eventstore.testing import ThrowawayPostgres
 
 STREAMS = ["a", "b", "c"]
 event_st = st.tuples(
@@ -51,7 +52,7 @@ class Model:
         return [self.log[self.by_id[e.event_id]] for e in events]
 
 
-async def scenario(path: Path, calls, concurrent: bool) -> None:
+async def scenario(path: Path | str, calls, concurrent: bool) -> None:
     model = Model()
     counter = 0
     prepared = []
@@ -97,3 +98,16 @@ def test_appends_match_model(calls, concurrent: bool) -> None:
     """Whatever the calls, stored events, versions, duplicates and conflicts match the model."""
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(scenario(Path(tmp) / "log.db", calls, concurrent))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(calls=st.lists(call_st, max_size=12), concurrent=st.booleans())
+def test_appends_match_model_on_postgres(
+    pg_server: ThrowawayPostgres, calls, concurrent: bool
+) -> None:
+    """The same rule holds on the PostgreSQL backend, each example in a fresh database."""
+    name = pg_server.create_database()
+    try:
+        asyncio.run(scenario(pg_server.url(name), calls, concurrent))
+    finally:
+        pg_server.drop_database(name)
