@@ -223,7 +223,14 @@ class EventStore:
             head_hash=hsh,
             last_recorded_at=last_time,
         )
-        store = cls(path, writer, rconn, busy_timeout)
+        return cls._with_writer(path, writer, rconn, busy_timeout, supervised=supervised)
+
+    @classmethod
+    def _with_writer(
+        cls, location: str, writer: Writer, reader: Any, busy_timeout: float, *, supervised: bool
+    ) -> Self:
+        """The store writing through `writer`; it runs the writer itself unless `supervised`."""
+        store = cls(location, writer, reader, busy_timeout)
         if not supervised:
             store._writer_task = asyncio.get_running_loop().create_task(
                 writer.run(), name="eventstore-writer"
@@ -570,16 +577,7 @@ class EventStore:
         """
         writer = self._require_writer("save_snapshot_parts")
         now = format_time(datetime.now(UTC))
-        upserts: list[tuple[str, str, bytes, str, str | None]] = []
-        removals: list[tuple[str, str]] = []
-        for part in parts:
-            key, blob = part[0], part[1]
-            if blob is None:
-                removals.append((name, key))
-            elif len(part) == 4:
-                upserts.append((name, key, bytes(blob), part[2], part[3]))
-            else:
-                upserts.append((name, key, bytes(blob), "", None))
+        upserts, removals = split_parts(name, parts)
 
         def job(conn: sqlite3.Connection) -> None:
             if complete:
@@ -814,6 +812,24 @@ def _subscribe(callbacks: list[_C], callback: _C) -> Callable[[], None]:
             callbacks.remove(callback)
 
     return remove
+
+
+def split_parts(
+    name: str, parts: Iterable[tuple[str, bytes | None] | tuple[str, bytes, str, str | None]]
+) -> tuple[list[tuple[str, str, bytes, str, str | None]], list[tuple[str, str]]]:
+    """`save_snapshot_parts`'s parts as rows to write (name, key, blob, label, at) and keys to
+    remove (name, key)."""
+    upserts: list[tuple[str, str, bytes, str, str | None]] = []
+    removals: list[tuple[str, str]] = []
+    for part in parts:
+        key, blob = part[0], part[1]
+        if blob is None:
+            removals.append((name, key))
+        elif len(part) == 4:
+            upserts.append((name, key, bytes(blob), part[2], part[3]))
+        else:
+            upserts.append((name, key, bytes(blob), "", None))
+    return upserts, removals
 
 
 def _guards(if_absent: str | Sequence[str] | None) -> tuple[str, ...]:

@@ -36,7 +36,7 @@ from ..planner import BatchPlan, PlannedCall, plan_batch, record_from_row
 from ..records import ANY, AppendCall, AppendResult, NewEvent
 from ..schema import EVENT_COLUMNS
 from ..snapshots import MemorySnapshotReader, SnapshotReader
-from ..store import EventStore, SignedCheckpoint, register_url_opener
+from ..store import EventStore, SignedCheckpoint, register_url_opener, split_parts
 from ..verify import RowVisitor, VerifyReport, verify_log
 from ..writer import Writer
 from .errors import connection_lost, translate_pg
@@ -278,12 +278,7 @@ class PostgresStore(EventStore):
             head_hash=hsh,
             last_recorded_at=last_time,
         )
-        store = cls(url, writer, pool, busy_timeout)
-        if not supervised:
-            store._writer_task = asyncio.get_running_loop().create_task(
-                writer.run(), name="eventstore-writer"
-            )
-        return store
+        return cls._with_writer(url, writer, pool, busy_timeout, supervised=supervised)
 
     @classmethod
     def open_opening(cls, url: str, **kwargs: Any) -> Opening[EventStore]:
@@ -405,16 +400,7 @@ class PostgresStore(EventStore):
         complete: bool = False,
     ) -> None:
         now = format_time(datetime.now(UTC))
-        upserts: list[tuple[str, str, bytes, str, str | None]] = []
-        removals: list[tuple[str, str]] = []
-        for part in parts:
-            key, blob = part[0], part[1]
-            if blob is None:
-                removals.append((name, key))
-            elif len(part) == 4:
-                upserts.append((name, key, bytes(blob), part[2], part[3]))
-            else:
-                upserts.append((name, key, bytes(blob), "", None))
+        upserts, removals = split_parts(name, parts)
 
         async def job(conn: asyncpg.Connection) -> None:
             if complete:
