@@ -602,42 +602,14 @@ class EventStore:
         self, name: str
     ) -> tuple[int, bytes, list[tuple[str, bytes]]] | None:
         """The keyed snapshot `name`: its position, header and parts (in key order); None when
-        there is none. Read in one read transaction, so header and parts agree."""
-        self._check_open()
-        try:
-            # Its own connection: one read transaction, whatever else the shared reader does.
-            conn = await connect_readonly(self._path, self._busy_timeout)
-        except Exception as exc:
-            raise translate(exc) from exc
-        try:
-            await conn.execute("BEGIN")
-            head = list(
-                await conn.execute_fetchall(
-                    "SELECT position, blob FROM snapshots WHERE name = ?", (name,)
-                )
-            )
-            # A log of schema 1 opened read-only (not migrated) has no parts: header only.
-            keyed = await conn.execute_fetchall(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshot_parts'"
-            )
-            parts = (
-                [
-                    (key, bytes(blob))
-                    for key, blob in await conn.execute_fetchall(
-                        "SELECT key, blob FROM snapshot_parts WHERE name = ? ORDER BY key", (name,)
-                    )
-                ]
-                if list(keyed)
-                else []
-            )
-            await conn.execute("COMMIT")
-        except Exception as exc:
-            raise translate(exc) from exc
-        finally:
-            await close_quietly(conn)
-        if not head:
+        there is none. Read in one read transaction (`open_snapshot`), so header and parts
+        agree."""
+        reader = await self.open_snapshot(name)
+        if reader is None:
             return None
-        return head[0][0], bytes(head[0][1]), parts
+        with reader:
+            blobs = await anyio.to_thread.run_sync(reader.blobs)
+        return reader.position, reader.header, sorted(blobs.items())
 
     async def open_snapshot(self, name: str) -> SnapshotReader | None:
         """A reader of the keyed snapshot `name` in one read transaction of its own (None when

@@ -434,27 +434,6 @@ class PostgresStore(EventStore):
 
     # -- reading --------------------------------------------------------------------------------
 
-    async def load_snapshot_parts(
-        self, name: str
-    ) -> tuple[int, bytes, list[tuple[str, bytes]]] | None:
-        self._check_open()
-        try:
-            async with (
-                self._pool.acquire() as conn,
-                conn.transaction(isolation="repeatable_read", readonly=True),
-            ):
-                head = await conn.fetchrow(
-                    "SELECT position, blob FROM snapshots WHERE name = $1", name
-                )
-                parts = await conn.fetch(
-                    "SELECT key, blob FROM snapshot_parts WHERE name = $1 ORDER BY key", name
-                )
-        except Exception as exc:
-            raise translate_pg(exc) from exc
-        if head is None:
-            return None
-        return head[0], bytes(head[1]), [(k, bytes(b)) for k, b in parts]
-
     async def open_snapshot(self, name: str) -> SnapshotReader | None:
         """The keyed snapshot `name` read whole, header and every part, in one REPEATABLE READ
         transaction: asyncpg cannot serve the reader's blocking calls, so they are served from
