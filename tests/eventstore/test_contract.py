@@ -36,14 +36,23 @@ async def collect(it: AsyncIterator, limit: int | None = None) -> list:
 
 
 class EventStoreContract:
-    """Subclass and provide a `store` fixture yielding an open, empty store."""
+    """Subclass and provide a `location` fixture: where `EventStore.open` makes an empty log
+    (a file path or a database URL)."""
 
     # Whether the backend reads a snapshot part synchronously (`part_fetcher` not None).
     synchronous_parts = True
 
     @pytest.fixture
-    def store(self) -> EventStore:
-        raise NotImplementedError("a backend's test class provides an open, empty store")
+    def location(self) -> str:
+        raise NotImplementedError("a backend's test class says where an empty log is made")
+
+    @pytest.fixture
+    async def store(self, location: str) -> AsyncIterator[EventStore]:
+        s = await EventStore.open(location)
+        try:
+            yield s
+        finally:
+            await s.close()
 
     async def test_append_assigns_positions_and_versions(self, store: EventStore) -> None:
         """Appended events get gap-free positions and per-stream versions in input order."""
@@ -400,12 +409,30 @@ Reopen = Callable[[Fill], Awaitable[EventStore]]
 
 
 class ReadOnlyEventStoreContract:
-    """Promises of a store opened read-only. Subclass and provide `reopen`: given `fill`, it
-    writes with a writable store, closes it, and returns the same log opened read-only."""
+    """Promises of a store opened read-only. Subclass and provide `location` (as for
+    EventStoreContract); `reopen(fill)` writes there with a writable store, closes it, and
+    returns the same log opened read-only."""
 
     @pytest.fixture
-    def reopen(self) -> Reopen:
-        raise NotImplementedError("a backend's test class writes a log and opens it read-only")
+    def location(self) -> str:
+        raise NotImplementedError("a backend's test class says where an empty log is made")
+
+    @pytest.fixture
+    async def reopen(self, location: str) -> AsyncIterator[Reopen]:
+        opened: list[EventStore] = []
+
+        async def reopen(fill: Fill) -> EventStore:
+            async with EventStore.open(location) as store:
+                await fill(store)
+            ro = await EventStore.open(location, readonly=True)
+            opened.append(ro)
+            return ro
+
+        try:
+            yield reopen
+        finally:
+            for ro in opened:
+                await ro.close()
 
     async def test_reads_give_what_was_written(self, reopen: Reopen) -> None:
         """A read-only store reads back exactly the records, head, streams and events written."""
@@ -499,33 +526,16 @@ class TestSQLiteEventStore(EventStoreContract):
     """The SQLite store keeps the contract."""
 
     @pytest.fixture
-    async def store(self, tmp_path) -> AsyncIterator[EventStore]:
-        s = await EventStore.open(tmp_path / "log.db")
-        try:
-            yield s
-        finally:
-            await s.close()
+    def location(self, tmp_path) -> str:
+        return str(tmp_path / "log.db")
 
 
 class TestSQLiteReadOnlyEventStore(ReadOnlyEventStoreContract):
     """The SQLite store opened with readonly=True keeps the read-only contract."""
 
     @pytest.fixture
-    async def reopen(self, tmp_path) -> AsyncIterator[Reopen]:
-        opened: list[EventStore] = []
-
-        async def reopen(fill: Fill) -> EventStore:
-            async with EventStore.open(tmp_path / "log.db") as store:
-                await fill(store)
-            ro = await EventStore.open(tmp_path / "log.db", readonly=True)
-            opened.append(ro)
-            return ro
-
-        try:
-            yield reopen
-        finally:
-            for ro in opened:
-                await ro.close()
+    def location(self, tmp_path) -> str:
+        return str(tmp_path / "log.db")
 
 
 class TestPostgresEventStore(EventStoreContract):
@@ -534,30 +544,13 @@ class TestPostgresEventStore(EventStoreContract):
     synchronous_parts = False
 
     @pytest.fixture
-    async def store(self, pg_url: str) -> AsyncIterator[EventStore]:
-        s = await EventStore.open(pg_url)
-        try:
-            yield s
-        finally:
-            await s.close()
+    def location(self, pg_url: str) -> str:
+        return pg_url
 
 
 class TestPostgresReadOnlyEventStore(ReadOnlyEventStoreContract):
     """The PostgreSQL store opened with readonly=True keeps the read-only contract."""
 
     @pytest.fixture
-    async def reopen(self, pg_url: str) -> AsyncIterator[Reopen]:
-        opened: list[EventStore] = []
-
-        async def reopen(fill: Fill) -> EventStore:
-            async with EventStore.open(pg_url) as store:
-                await fill(store)
-            ro = await EventStore.open(pg_url, readonly=True)
-            opened.append(ro)
-            return ro
-
-        try:
-            yield reopen
-        finally:
-            for ro in opened:
-                await ro.close()
+    def location(self, pg_url: str) -> str:
+        return pg_url
