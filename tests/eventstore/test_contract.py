@@ -306,6 +306,18 @@ class EventStoreContract:
         assert await store.get_consumer_position("proj") == 7
         assert await store.get_consumer_position("other") == 1
 
+    async def test_stored_event_ids_names_the_stored_ones_among_few_or_many(
+        self, store: EventStore
+    ) -> None:
+        """Which ids are stored is answered the same for a handful (a delivery's dedupe check)
+        as for more than one query's worth."""
+        ids = [f"id-{i}" for i in range(1000)]
+        await store.append([ev(f"s{i % 7}", i, event_id=ids[i]) for i in range(1000)])
+        assert await store.stored_event_ids({ids[5], "nope", ids[-1]}) == {ids[5], ids[-1]}
+        many = {*ids, *(f"unknown-{i}" for i in range(100))}
+        assert await store.stored_event_ids(many) == set(ids)
+        assert await store.stored_event_ids(set()) == set()
+
     async def test_snapshots(self, store: EventStore) -> None:
         """A snapshot is stored with its position and replaced as a whole."""
         assert await store.load_snapshot("acc") is None
