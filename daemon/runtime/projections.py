@@ -9,9 +9,9 @@ memory per account small (bench/bench_scale.py measures it). A snapshot is a hea
 labelled, timed part per account (`take_snapshot()`; docs/log-format.md), each written with
 only the accounts changed since the last; `from_reader()` builds the indexes from the labels
 and times in bulk and, given a fetcher, reads an account's part only when it is first needed.
-`to_snapshot()`/`from_snapshot()` give the same as one value, for tests and comparisons. `digest()` and `==` (which cover the derived indexes
-too) let a live projection be compared with a fresh replay, and `check_indexes()` says where
-the indexes drifted.
+`to_snapshot()`/`from_snapshot()` give the same as one value, for tests and comparisons.
+`digest()` and `==` (which cover the derived indexes too) let a live projection be compared
+with a fresh replay, and `check_indexes()` says where the indexes drifted.
 """
 
 from __future__ import annotations
