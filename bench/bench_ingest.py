@@ -136,7 +136,8 @@ async def serve_daemon(workdir: Path, port_file: Path, synchronous: str) -> None
 
     from daemon import logs
     from daemon.config import load_config, load_secrets
-    from daemon.service import Daemon, tune_gc
+    from daemon.memory import tune_gc
+    from daemon.service import Daemon
 
     env = daemon_env(workdir / f"{synchronous}.db", workdir / "credentials")
     env["STATICIPD_DATABASE__SYNCHRONOUS"] = synchronous
@@ -208,7 +209,7 @@ async def serve_sqlite(workdir: Path, port_file: Path, secret: bytes) -> None:
 
     from aiohttp import web
 
-    from daemon.service import tune_gc
+    from daemon.memory import tune_gc
 
     tune_gc()
     db = sqlite3.connect(workdir / "sqlite.db", isolation_level=None, check_same_thread=False)
@@ -272,7 +273,7 @@ async def serve_store(workdir: Path, port_file: Path, secret: bytes) -> None:
     from aiohttp import web
 
     from daemon.domain import account_stream
-    from daemon.service import tune_gc
+    from daemon.memory import tune_gc
     from eventstore import EventStore, NewEvent
 
     tune_gc()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gc
 import importlib.util
 import os
 import signal
@@ -606,19 +605,6 @@ def load(args: argparse.Namespace) -> tuple[Config, Secrets, Callable[[], tuple[
     return config, secrets, reload
 
 
-# The process keeps a large, long-lived heap (the projection) and allocates a few hundred
-# short-lived objects per request. With CPython's default thresholds (700, 10, 10) a full
-# collection, which walks that whole heap, runs every few hundred requests: in the ingest benchmark
-# that cost about 10 % of throughput and nearly doubled p99. Collect the young generation every
-# 10,000 allocations and the old ones rarely; reference counting still frees nearly everything.
-GC_THRESHOLDS = (10_000, 20, 20)
-
-
-def tune_gc() -> None:
-    """Garbage-collector thresholds for a long-running daemon (see GC_THRESHOLDS)."""
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 def serve_command(args: argparse.Namespace) -> int:
     try:
         config, secrets, reload = load(args)
@@ -635,7 +621,6 @@ def serve_command(args: argparse.Namespace) -> int:
               "(pip install 'staticipd[fast]')", file=sys.stderr)  # fmt: skip
         return exitcodes.USAGE
     daemon = Daemon(config, secrets, reload=reload)
-    tune_gc()
     try:
         anyio.run(daemon.run, backend_options={"use_uvloop": uvloop})
     except EventStoreError as exc:
@@ -660,4 +645,4 @@ def check_config_command(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
-__all__ = ["Daemon", "check_config_command", "migration_settings", "serve_command", "tune_gc"]
+__all__ = ["Daemon", "check_config_command", "migration_settings", "serve_command"]

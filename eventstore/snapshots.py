@@ -141,13 +141,19 @@ class SqliteSnapshotReader(SnapshotReader):
             return {}
         if not self._has_labels():  # written before parts had labels: all under ""
             return {"": list(map(_first, self._rows(_KEYS)))} if self._any() else {}
-        # One query per label, each reading its keys off the label index: cheaper than grouping
-        # a million (label, key) rows in Python.
-        labels = self._rows("SELECT DISTINCT label FROM snapshot_parts WHERE name = ?")
-        return {
-            label: list(map(_first, self._rows(_KEYS + " AND label = ? ORDER BY key", label)))
-            for label in sorted(map(_first, labels))
-        }
+        # One query per label, each reading its keys off the label index and joining them in
+        # SQLite: one string per label, split in C, costs half of a row (a tuple) per key.
+        labels = sorted(
+            map(_first, self._rows("SELECT DISTINCT label FROM snapshot_parts WHERE name = ?"))
+        )
+        return {label: self._keys_labelled(label) for label in labels}
+
+    def _keys_labelled(self, label: str) -> list[str]:
+        joined, count = next(self._rows(_JOINED_KEYS, label))
+        keys: list[str] = joined.split(_SEPARATOR) if count else []
+        if len(keys) != count:  # a key holding the separator: read them a row each
+            keys = list(map(_first, self._rows(_KEYS + " AND label = ? ORDER BY key", label)))
+        return keys
 
     def times(self) -> dict[str, str]:
         """The time of each part that has one, by key."""
@@ -192,3 +198,8 @@ class SqliteSnapshotReader(SnapshotReader):
 
 
 _KEYS = "SELECT key FROM snapshot_parts WHERE name = ?"
+_SEPARATOR = "\x1f"  # the unit separator: not a character an account id or key is made of
+_JOINED_KEYS = (
+    "SELECT group_concat(key, char(31)), count(*) FROM"
+    " (SELECT key FROM snapshot_parts WHERE name = ? AND label = ? ORDER BY key)"
+)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from daemon import __version__, exitcodes
+from daemon.memory import tune_gc
 
 
 def _log(p: argparse.ArgumentParser, helps: str = "the event log (default: the configuration's, "
@@ -228,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return exitcodes.USAGE
+    tune_gc()
     try:
         status: int = args.handler(args)
         sys.stdout.flush()  # here, where a reader gone away can still be handled

@@ -8,6 +8,7 @@ costs in proportion to the wave, and each state keeps its own value while sharin
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -30,6 +31,7 @@ class Enrollment(msgspec.Struct, frozen=True, kw_only=True):
 
 _MISSING: Any = object()
 _FLATTEN_AT = 50_000  # overlay entries below which it is never merged into the base
+_MISSES_KEPT = 65_536  # ids a loaded layer remembers not having
 
 
 class Enrollments(Mapping[str, Enrollment]):
@@ -62,6 +64,25 @@ class Enrollments(Mapping[str, Enrollment]):
         `made` holds every value of `base`, in the order they were made."""
         return cls(None, _len=len(base), _made=made)._taking(base)
 
+    @classmethod
+    def from_groups(
+        cls,
+        groups: Iterable[tuple[int, Iterable[str]]],
+        made: tuple[Enrollment, ...],
+        *,
+        absent: Iterable[str] = (),
+    ) -> Enrollments:
+        """The enrolments given as groups of account ids, each with the index in `made` of
+        their enrolment (as a snapshot stores them); an account is in one group at most.
+        `absent`: accounts known to have none (looked up without asking every group)."""
+        sets: dict[int, set[str]] = {}
+        for index, account_ids in groups:
+            sets.setdefault(index, set()).update(account_ids)
+        # The latest enrolments first: their accounts are the ones migrating, so looked up most.
+        latest_first = sorted(sets.items(), reverse=True)
+        base = _Grouped([(made[index], ids) for index, ids in latest_first], set(absent))
+        return cls(None, _len=len(base), _made=made)._taking(base)
+
     def _taking(self, base: Mapping[str, Enrollment]) -> Enrollments:
         self._base = base
         return self
@@ -86,7 +107,8 @@ class Enrollments(Mapping[str, Enrollment]):
             # The overlay costs several times a dict's memory per entry: once it outgrows the
             # base, both become one new base (a copy as large as all enrolments, made each time
             # they double, so enrolling still costs in proportion to the wave on average).
-            base = {**self._base, **dict(finished.items())}
+            base = dict(self._base.items())
+            base.update(finished.items())
             return Enrollments.from_dict(base, made), before
         grown = Enrollments(None, _overlay=finished, _len=self._len + added, _made=made)
         return grown._taking(self._base), before
@@ -112,3 +134,54 @@ class Enrollments(Mapping[str, Enrollment]):
 
     def __repr__(self) -> str:
         return f"Enrollments({len(self)} accounts)"
+
+
+class _Grouped(Mapping[str, Enrollment]):
+    """A base layer kept as one set of account ids per enrolment: a million ids fill sets
+    several times faster than a dict (a start-up's cost), and a lookup asks each set in turn
+    (one per distinct enrolment, a few per wave), remembering what it found."""
+
+    __slots__ = ("_absent", "_found", "_groups", "_len", "_missed")
+
+    def __init__(self, groups: list[tuple[Enrollment, set[str]]], absent: set[str]) -> None:
+        self._groups = groups
+        self._absent = absent
+        self._len = sum(len(ids) for _, ids in groups)
+        # What lookups found, and the ids they did not find (bounded: unknown ids are anyone's
+        # to send). Right for good: the layer never changes.
+        self._found: dict[str, Enrollment] = {}
+        self._missed: set[str] = set()
+
+    def get(self, account_id: str, default: Any = None) -> Any:
+        found = self._found.get(account_id)
+        if found is None:
+            if account_id in self._absent or account_id in self._missed:
+                return default
+            found = next((e for e, ids in self._groups if account_id in ids), None)
+            if found is None:
+                if len(self._missed) >= _MISSES_KEPT:
+                    self._missed.clear()
+                self._missed.add(account_id)
+                return default
+            self._found[account_id] = found
+        return found
+
+    def __getitem__(self, account_id: str) -> Enrollment:
+        found = self.get(account_id, _MISSING)
+        if found is _MISSING:
+            raise KeyError(account_id)
+        return found
+
+    def __contains__(self, account_id: object) -> bool:
+        return isinstance(account_id, str) and self.get(account_id) is not None
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[str]:
+        for _, ids in self._groups:
+            yield from ids
+
+    def items(self) -> Iterator[tuple[str, Enrollment]]:  # type: ignore[override]
+        for enrollment, ids in self._groups:
+            yield from zip(ids, itertools.repeat(enrollment))

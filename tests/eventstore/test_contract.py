@@ -376,6 +376,19 @@ class EventStoreContract:
         with reader:
             assert list(reader.labels().items()) == [("m", ["b", "c"]), ("z", ["a"])]
 
+    async def test_a_snapshots_keys_by_label_come_whole_whatever_characters_they_hold(
+        self, store: EventStore
+    ) -> None:
+        """Keys that are empty or hold separators or control characters are listed under
+        their label exactly as written, none split or merged."""
+        keys = ["", "a\x1fb", "a", "b\x1f", "\x1f", "c d,e\n"]
+        await store.save_snapshot_parts("proj", 1, b"h", [(k, b"1", "l", None) for k in keys])
+        await store.save_snapshot_parts("proj", 1, b"h", [("z", b"1", "m", None)])
+        reader = await store.open_snapshot("proj")
+        assert reader is not None
+        with reader:
+            assert reader.labels() == {"l": sorted(keys), "m": ["z"]}
+
     async def test_a_snapshot_without_its_header_is_absent_until_the_header_comes(
         self, store: EventStore
     ) -> None:
