@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -139,8 +140,12 @@ async def serve_daemon(workdir: Path, port_file: Path, synchronous: str) -> None
     from daemon.memory import tune_gc
     from daemon.service import Daemon
 
-    env = daemon_env(workdir / f"{synchronous}.db", workdir / "credentials")
-    env["STATICIPD_DATABASE__SYNCHRONOUS"] = synchronous
+    if synchronous == "pg":  # the log on the throwaway PostgreSQL the parent started
+        env = daemon_env(workdir / "unused.db", workdir / "credentials")
+        env["STATICIPD_DATABASE"] = (workdir / "pg.url").read_text()
+    else:
+        env = daemon_env(workdir / f"{synchronous}.db", workdir / "credentials")
+        env["STATICIPD_DATABASE__SYNCHRONOUS"] = synchronous
     config = load_config(None, env)
     logs.configure_logging("warning", "json")
     secrets = load_secrets(config, env)
@@ -378,12 +383,24 @@ async def run_aiohttp(
     return len(latencies), elapsed, q[49] * 1e3, q[98] * 1e3, errors, non_2xx
 
 
-def count_appended(database: Path) -> int:
-    """Webhook deltas recorded in the log (warm-up included)."""
+_COUNT_DELTAS = "SELECT count(*) FROM events WHERE type = 'ProviderNotificationRecorded'"
+
+
+def count_appended(database: Path | str) -> int:
+    """Webhook deltas recorded in the log (warm-up included): a SQLite file or a URL."""
+    if isinstance(database, str):
+        import asyncpg
+
+        async def count() -> int:
+            conn = await asyncpg.connect(database)
+            try:
+                return int(await conn.fetchval(_COUNT_DELTAS))
+            finally:
+                await conn.close()
+
+        return asyncio.run(count())
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
-        (n,) = conn.execute(
-            "SELECT count(*) FROM events WHERE type = 'ProviderNotificationRecorded'"
-        ).fetchone()
+        (n,) = conn.execute(_COUNT_DELTAS).fetchone()
     return int(n)
 
 
@@ -395,6 +412,7 @@ TARGETS = {
     "store": "aiohttp: HMAC, JSON, EventStore.append, FULL",
     "daemon-FULL": "daemon: verify, decide, append, FULL",
     "daemon-NORMAL": "daemon, NORMAL (WAL: no fsync per commit)",
+    "daemon-pg": "daemon on PostgreSQL (fsync, synchronous_commit on)",
 }
 
 
@@ -450,8 +468,14 @@ def main(argv: list[str] | None = None) -> int:
         client = "wrk" if shutil.which("wrk") else "aiohttp"
     results: list[Result] = []
     appended: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
+        if "daemon-pg" in targets:  # a throwaway server from the machine's binaries
+            from eventstore.testing import ThrowawayPostgres
+
+            postgres = ThrowawayPostgres.start(durable=True)
+            stack.callback(postgres.stop)
+            (work / "pg.url").write_text(postgres.url(postgres.create_database()))
         secret = write_secrets(work / "credentials")["webhook_secret"]
         warm = work / "warm.txt"
         # One file of fresh bodies per connection level: a later run never repeats (and so
@@ -484,7 +508,9 @@ def main(argv: list[str] | None = None) -> int:
                             results.append(Result(target, connections, *r))
             finally:
                 stop_server(proc)
-            if target.startswith("daemon-"):
+            if target == "daemon-pg":
+                appended[target] = count_appended((work / "pg.url").read_text())
+            elif target.startswith("daemon-"):
                 appended[target] = count_appended(work / f"{target.removeprefix('daemon-')}.db")
 
     loop = "uvloop" if args.uvloop else "asyncio"
