@@ -25,7 +25,7 @@ demo: $(DEMO_STAMP)
 	$(BIN)/staticipd demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --numprocesses=auto --maxprocesses=4
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

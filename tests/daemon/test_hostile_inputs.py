@@ -608,25 +608,33 @@ ROWS: list[Row] = [
     ),
     # --- operator API: listings, cursors and limits ------------------------------------------
     *[
-        Row(f"accounts {query}", operator_get(f"/v1/accounts?{query}"), 400, "invalid_query", where)
-        for query, where in [
-            ("limit=-1", "limit"),
-            ("limit=0", "limit"),
-            ("limit=1001", "limit"),
-            ("limit=99999999999999999999999", "limit"),
-            ("limit=" + "9" * 5000, "limit"),
-            ("limit=ten", "limit"),
-            ("limit=1e3", "limit"),
-            ("limit=NaN", "limit"),
-            ("limit=", "limit"),
-            ("state=bogus", "state"),
-            ("cursor=acc-hostile-0", "cursor"),
-            ("cursor=abc.def", "cursor"),
-            ("cursor=.", "cursor"),
-            ("cursor=%ff%fe", "cursor"),
-            ("cursor=" + "Q" * 2000, "cursor"),
-            ("cursor=" + cursor_under_another_key("acc-hostile-0"), "cursor"),
-            ("cursor=" + tampered_cursor(), "cursor"),
+        Row(
+            f"accounts {shown or query}",
+            operator_get(f"/v1/accounts?{query}"),
+            400,
+            "invalid_query",
+            where,
+        )
+        for query, where, shown in [
+            ("limit=-1", "limit", None),
+            ("limit=0", "limit", None),
+            ("limit=1001", "limit", None),
+            ("limit=99999999999999999999999", "limit", None),
+            ("limit=" + "9" * 5000, "limit", None),
+            ("limit=ten", "limit", None),
+            ("limit=1e3", "limit", None),
+            ("limit=NaN", "limit", None),
+            ("limit=", "limit", None),
+            ("state=bogus", "state", None),
+            ("cursor=acc-hostile-0", "cursor", None),
+            ("cursor=abc.def", "cursor", None),
+            ("cursor=.", "cursor", None),
+            ("cursor=%ff%fe", "cursor", None),
+            ("cursor=" + "Q" * 2000, "cursor", None),
+            ("cursor=" + cursor_under_another_key("acc-hostile-0"), "cursor", None),
+            # The MAC is this process's own, so not in the name: test ids must be the same in
+            # every process that collects them (pytest-xdist's workers).
+            ("cursor=" + tampered_cursor(), "cursor", "cursor=<ours, one MAC character changed>"),
         ]
     ],
     Row("account id with NUL", operator_get("/v1/accounts/a%00b"), 404, "unknown_account"),
