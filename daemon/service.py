@@ -219,7 +219,9 @@ class Daemon:
                         lead(tg)
                     else:
                         campaign = functools.partial(self._campaign, self.leadership, tg, lead)
-                        tg.start_soon(_essential, "leadership", campaign)
+                        # Started once its first try for the lock is answered: a lone `serve`
+                        # is the leader by the time it says it is ready.
+                        await tg.start(_essential, "leadership", campaign)
                     tg.start_soon(self._signals)
                     self._announce(store, live, provider)
                     self.ready.set()
@@ -249,6 +251,8 @@ class Daemon:
         leadership: Leadership,
         tg: anyio.abc.TaskGroup,
         lead: Callable[[anyio.abc.TaskGroup], None],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """A standby: follow the log until the leader lock is ours; then wait out any commit of
         the old leader still in flight, catch up to the head and start the leader's parts;
@@ -256,15 +260,19 @@ class Daemon:
         never back to standby in the same process (docs/log-format.md, "Leadership")."""
         store = self.store
         assert isinstance(store, PostgresStore)
-        notices = store.commit_notices()
-        try:
-            async with anyio.create_task_group() as following:
-                following.start_soon(self._follow, notices, leadership.lease / 2)
-                waited = await leadership.acquire()
-                following.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await notices.close()
+        first = await leadership.try_acquire()
+        waited = 0.0
+        if not first:
+            task_status.started()
+            notices = store.commit_notices()
+            try:
+                async with anyio.create_task_group() as following:
+                    following.start_soon(self._follow, notices, leadership.lease / 2)
+                    waited = await leadership.acquire()
+                    following.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await notices.close()
         while True:
             try:
                 await store.wait_out_commits()  # under the write lock, fenced: ours now
@@ -284,8 +292,13 @@ class Daemon:
             pending_effects=len(self.outbox),
         )
         sdnotify.notify(f"STATUS=leader; log position {self.live.position}")
+        if first:
+            task_status.started()
         try:
-            await leadership.hold()
+            await leadership.hold(
+                lambda: self.live.position,
+                lambda: log.warning("leadership.reclaimed", position=self.live.position),
+            )
         except LeadershipLost as exc:
             log.error("leadership.lost", reason=str(exc), position=self.live.position)
             raise

@@ -14,6 +14,11 @@ leader takes WRITE_LOCK once before it writes (`PostgresStore.wait_out_commits`)
 leader's commit either finished before that or finds the lock gone: two leaders never both
 commit.
 
+A leader whose lock session breaks (the server restarted, the session was terminated) commits
+nothing meanwhile and tries to get the lock back on a new session: it leads on only if it gets
+it and the log's head is still the last position it knows (nobody else wrote); otherwise the
+leadership is lost for good in this process (`hold` raises LeadershipLost).
+
 The channel `schema.NOTIFY_CHANNEL` carries each commit's head position; `CommitNotices` is a
 standby's ear on it. Domain-free, like the rest of eventstore/.
 """
@@ -29,7 +34,7 @@ import anyio
 import asyncpg
 
 from ..errors import NotLeader
-from .schema import LEADER_LOCK, NOTIFY_CHANNEL
+from .schema import LEADER_LOCK, NOTIFY_CHANNEL, WRITE_LOCK
 
 __all__ = ["CommitNotices", "Leadership", "LeadershipLost", "lock_ids"]
 
@@ -74,6 +79,8 @@ class Leadership:
         self.held = False
         self.lost_reason: str | None = None
         self._lost = anyio.Event()
+        self._broken = anyio.Event()  # the lock session failed: get the lock back or give up
+        self.reclaimed = 0  # how many times the lock was got back after a broken session
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
@@ -119,22 +126,79 @@ class Leadership:
             await anyio.sleep(self.step)
         return time.monotonic() - started
 
-    async def hold(self) -> None:
+    async def hold(
+        self,
+        known_head: Callable[[], int],
+        on_reclaimed: Callable[[], None] | None = None,
+    ) -> None:
         """Keep the lock (a `SELECT 1` every lease/4 s) until it is lost: then raise
-        LeadershipLost. Never returns."""
+        LeadershipLost. Never returns.
+
+        When the lock session breaks, get the lock back on a new session, but lead on only if
+        the log's head is still `known_head()` (the last position this process committed or
+        applied): otherwise another process wrote meanwhile, and leadership is lost."""
         while True:
             with anyio.move_on_after(self.step):
-                await self._lost.wait()
+                await self._broken.wait()
             if self._lost.is_set():
                 raise LeadershipLost(self.lost_reason or "leadership lost")
+            if self._broken.is_set():
+                await self._reclaim(known_head)
+                if on_reclaimed is not None:
+                    on_reclaimed()
+                continue
             try:
                 conn = self._conn
                 if conn is None or conn.is_closed():
                     raise ConnectionError("the lock session is closed")
                 with anyio.fail_after(max(self.step, 0.5)):
                     await conn.fetchval("SELECT 1")
-            except Exception as exc:
-                self.mark_lost(f"the lock session failed: {type(exc).__name__}: {exc}")
+            except Exception:
+                self._break()
+
+    def _break(self) -> None:
+        """The lock session failed: commit nothing until `hold` has the lock back."""
+        self.held = False
+        self._broken.set()
+
+    async def _reclaim(self, known_head: Callable[[], int]) -> None:
+        """Get the lock back on a new session (retrying while the server cannot be reached),
+        or mark leadership lost and raise LeadershipLost."""
+        self._drop()
+        while True:
+            try:
+                with anyio.fail_after(max(self.step, 1.0)):
+                    conn = await self._connection()
+                    row = await conn.fetchrow(
+                        "SELECT pg_try_advisory_lock($1), pg_backend_pid()", LEADER_LOCK
+                    )
+                    assert row is not None
+                    if not row[0]:
+                        self.mark_lost("another process holds the leader lock now")
+                        raise LeadershipLost(self.lost_reason or "leadership lost")
+                    async with conn.transaction():
+                        # Under the write lock: no commit of anyone is in flight.
+                        await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                        head = await conn.fetchval("SELECT COALESCE(MAX(position), 0) FROM events")
+            except LeadershipLost:
+                self._drop()
+                raise
+            except Exception:
+                self._drop()
+                await anyio.sleep(self.step)
+                continue
+            if head != known_head():
+                self._drop()  # frees the lock for whoever wrote
+                self.mark_lost(
+                    f"the log moved on to position {head} under another leader"
+                    f" (this process knew {known_head()})"
+                )
+                raise LeadershipLost(self.lost_reason or "leadership lost")
+            self.lock_pid = int(row[1])
+            self.reclaimed += 1
+            self._broken = anyio.Event()
+            self.held = True
+            return
 
     def mark_lost(self, reason: str) -> None:
         """Leadership is gone for good in this process; `hold()` raises."""
@@ -142,6 +206,7 @@ class Leadership:
             self.held = False
             self.lost_reason = reason
             self._lost.set()
+            self._broken.set()  # wakes `hold`, which raises
 
     @property
     def lost(self) -> bool:
@@ -154,8 +219,8 @@ class Leadership:
         if not self.held or pid is None:
             raise NotLeader("this process does not hold the log's leader lock (a standby)")
         if not await conn.fetchval(_FENCE, pid, _CLASSID, _OBJID):
-            self.mark_lost("a commit found the leader lock no longer held by this process")
-            raise LeadershipLost("the leader lock is no longer held by this process: not committed")
+            self._break()  # `hold` gets it back, or gives up
+            raise NotLeader("the leader lock is no longer held by this process: not committed")
 
     async def close(self) -> None:
         """Close the lock session (the lock is freed with it)."""

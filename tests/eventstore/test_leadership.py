@@ -57,7 +57,7 @@ async def test_exactly_one_contender_leads_and_the_other_takes_over_when_it_clos
 
 async def test_a_terminated_lock_session_hands_over_and_the_old_holder_knows(pg_url: str) -> None:
     """pg_terminate_backend of the leader's lock session frees the lock for the standby, and
-    the old leader's `hold` ends with LeadershipLost."""
+    the old leader's `hold` ends with LeadershipLost: it cannot get the lock back."""
     a, lead_a = await open_leading(pg_url)
     b, lead_b = await open_leading(pg_url)
     try:
@@ -67,7 +67,7 @@ async def test_a_terminated_lock_session_hands_over_and_the_old_holder_knows(pg_
         with anyio.fail_after(10):
             await lead_b.acquire()
             with pytest.raises(LeadershipLost):
-                await lead_a.hold()
+                await lead_a.hold(lambda: 0)
         assert lead_a.lost
     finally:
         for store, lead in ((a, lead_a), (b, lead_b)):
@@ -92,8 +92,8 @@ async def test_a_silent_holder_loses_the_lock_after_the_lease(pg_url: str) -> No
 
 
 async def test_a_fenced_store_commits_nothing(pg_url: str) -> None:
-    """A store whose lock session was terminated gets NotLeader for its next append, and
-    nothing of that append is in the log; while it held the lock it committed."""
+    """A store whose lock session was terminated gets NotLeader for its next append and
+    snapshot, and nothing of them is in the log; while it held the lock it committed."""
     store, lead = await open_leading(pg_url)
     try:
         await lead.acquire()
@@ -102,7 +102,6 @@ async def test_a_fenced_store_commits_nothing(pg_url: str) -> None:
         await terminate(pg_url, lead.lock_pid)
         with pytest.raises(NotLeader):
             await store.append([NewEvent("s", "T", b"{}", event_id="fenced-1")])
-        assert lead.lost
         with pytest.raises(NotLeader):
             await store.save_snapshot("projection", 1, b"x")
     finally:
@@ -111,6 +110,52 @@ async def test_a_fenced_store_commits_nothing(pg_url: str) -> None:
     async with EventStore.open(pg_url, readonly=True) as reader:
         assert [e.event_id async for e in reader.read_all()] == ["held"]
         assert await reader.load_snapshot("projection") is None
+
+
+async def test_a_leader_gets_its_lock_back_when_nobody_else_wrote(pg_url: str) -> None:
+    """A leader whose lock session ended (a server restart, a terminated session) gets the
+    lock back on a new session and commits again, when the log's head is still its own."""
+    store, lead = await open_leading(pg_url)
+    try:
+        await lead.acquire()
+        await store.append([NewEvent("s", "T", b"{}", event_id="before")])
+        assert lead.lock_pid is not None
+        await terminate(pg_url, lead.lock_pid)
+        with pytest.raises(NotLeader):
+            await store.append([NewEvent("s", "T", b"{}", event_id="refused")])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lead.hold, lambda: 1)
+            with anyio.fail_after(10):
+                while not lead.reclaimed:
+                    await anyio.sleep(0.05)
+            await store.append([NewEvent("s", "T", b"{}", event_id="after")])
+            tg.cancel_scope.cancel()
+        assert not lead.lost
+    finally:
+        await store.close()
+        await lead.close()
+    async with EventStore.open(pg_url, readonly=True) as reader:
+        assert [e.event_id async for e in reader.read_all()] == ["before", "after"]
+
+
+async def test_a_leader_whose_log_moved_on_gives_up(pg_url: str) -> None:
+    """A leader whose lock session ended, and whose log another process wrote to meanwhile,
+    does not lead on: `hold` raises LeadershipLost and it commits nothing more."""
+    store, lead = await open_leading(pg_url)
+    try:
+        await lead.acquire()
+        assert lead.lock_pid is not None
+        await terminate(pg_url, lead.lock_pid)
+        async with EventStore.open(pg_url) as other:  # a leader meanwhile, gone again
+            await other.append([NewEvent("t", "T", b"{}", event_id="other")])
+        with anyio.fail_after(10), pytest.raises(LeadershipLost):
+            await lead.hold(lambda: 0)
+        assert lead.lost
+        with pytest.raises(NotLeader):
+            await store.append([NewEvent("s", "T", b"{}", event_id="stale")])
+    finally:
+        await store.close()
+        await lead.close()
 
 
 async def test_a_standby_store_cannot_commit_and_another_leader_can(pg_url: str) -> None:
