@@ -9,6 +9,7 @@ server of tests/conftest.py; skipped, saying why, without the PostgreSQL binarie
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 import urllib.error
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from daemon import exitcodes
+from daemon.config import ConfigError, load_config
 from tests.daemon.conftest import DaemonSetup, new_setup
 from tests.daemon.test_process import Child, free_port, signed_webhook, spawn
 
@@ -123,7 +125,7 @@ def test_one_leads_the_other_follows_and_refuses_writes(tmp_path: Path, pg_url: 
             assert status == 503
             assert json.loads(answer)["error"]["code"] == "standby"
         _, headers = _head(standby, "/webhooks/nylas")
-        assert int(headers["Retry-After"]) >= 1
+        assert headers["Retry-After"] == str(math.ceil(LEASE))
 
         for n in range(5):
             assert webhook(setup, leader, f"acc-{n}")[0] == 200
@@ -161,3 +163,13 @@ def _head(child: Child, path: str) -> tuple[int, dict[str, str]]:
             return resp.status, dict(resp.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers)
+
+
+def test_the_lease_is_ten_seconds_unless_set_and_must_be_positive() -> None:
+    """`[cluster] lease_seconds` defaults to 10, is set by STATICIPD_CLUSTER__LEASE_SECONDS,
+    and a lease of 0 is a configuration error."""
+    assert load_config(None, {}).cluster.lease_seconds == 10
+    env = {"STATICIPD_CLUSTER__LEASE_SECONDS": "2.5"}
+    assert load_config(None, env).cluster.lease_seconds == 2.5
+    with pytest.raises(ConfigError):
+        load_config(None, {"STATICIPD_CLUSTER__LEASE_SECONDS": "0"})
