@@ -33,7 +33,8 @@ from typing import Any
 import anyio
 import asyncpg
 
-from ..errors import NotLeader
+from ..errors import NotLeader, StorageUnavailable
+from .errors import translate_pg
 from .schema import LEADER_LOCK, NOTIFY_CHANNEL, WRITE_LOCK
 
 __all__ = ["CommitNotices", "Leadership", "LeadershipLost", "lock_ids"]
@@ -96,8 +97,9 @@ class Leadership:
             conn.terminate()
 
     async def try_acquire(self) -> bool:
-        """One attempt: True when this process now holds the lock (a connection failure is a
-        no, and the next attempt connects again)."""
+        """One attempt: True when this process now holds the lock. A connection failure is a
+        no (the next attempt connects again), as is storage trouble; any other error (a server
+        older than PostgreSQL 14, which has no `idle_session_timeout`) is raised, translated."""
         if self.held:
             return True
         if self._lost.is_set():
@@ -108,9 +110,12 @@ class Leadership:
                 row = await conn.fetchrow(
                     "SELECT pg_try_advisory_lock($1), pg_backend_pid()", LEADER_LOCK
                 )
-        except Exception:
+        except Exception as exc:
             self._drop()  # a lock granted on a session we drop is freed with it
-            return False
+            err = translate_pg(exc)
+            if isinstance(err, StorageUnavailable):  # lost, refused, too many connections
+                return False
+            raise err from exc
         assert row is not None
         self.lock_pid = int(row[1])
         self.held = bool(row[0])

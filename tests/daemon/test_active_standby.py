@@ -100,7 +100,8 @@ def test_one_leads_the_other_follows_and_refuses_writes(tmp_path: Path, pg_url: 
     """The first instance leads (/readyz 200, role leader); the second is a standby: /readyz
     503 with role standby, /healthz 200, every write 503 `standby` with Retry-After, and its
     reads (summary, accounts) follow what the leader records; when the leader stops, the
-    standby takes over and takes writes."""
+    standby takes over and takes writes; a standby stops on SIGTERM with status 0, writing no
+    snapshot."""
     setup = pair_setup(tmp_path, pg_url)
     with ExitStack() as stack:
         leader = stack.enter_context(instance(setup, "a"))
@@ -149,6 +150,11 @@ def test_one_leads_the_other_follows_and_refuses_writes(tmp_path: Path, pg_url: 
         until(lambda: role(standby) == "leader", what="the standby takes over")
         assert readyz(standby)[0] == 200
         assert webhook(setup, standby, "acc-after")[0] == 200
+        with instance(setup, "c") as third:  # a standby stops cleanly and writes nothing
+            assert role(third) == "standby"
+            assert third.stop(signal.SIGTERM) == exitcodes.OK
+        assert third.wait_for_log("daemon.stopped")["role"] == "standby"
+        assert not [e for e in third.log_events() if e.get("event") == "snapshot.written"]
         assert standby.stop(signal.SIGTERM) == exitcodes.OK
     taken = [e for e in standby.log_events() if e.get("event") == "leadership.acquired"]
     assert len(taken) == 1
