@@ -47,6 +47,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.status = 200  # what it answers (a test makes it refuse for a while)
         self._lock = threading.Lock()
         outer = self
 
@@ -55,7 +56,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with outer._lock:
                     outer.messages.append((self.headers["webhook-id"], json.loads(body)))
-                self.send_response(200)
+                self.send_response(outer.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -317,3 +318,52 @@ def test_failover_under_load_keeps_every_input_timer_and_effect(
         check=False,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_the_new_leader_performs_a_pending_effect_under_the_same_key(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A re-authentication request the old leader could not deliver (the application answered
+    503) is delivered by the new leader after a SIGKILL, with the same `webhook-id` (the
+    effect's idempotency key), and recorded as performed once."""
+    with ExitStack() as stack:
+        receiver = stack.enter_context(receiving())
+        receiver.status = 503
+        setup = pair_setup(
+            tmp_path,
+            pg_url,
+            STATICIPD_PROVIDER__SANDBOX="true",
+            STATICIPD_MIGRATION__DELAY_SECONDS="1",
+            STATICIPD_MIGRATION__STOP_GRACE_SECONDS="600",
+            STATICIPD_NOTIFY__URL=receiver.url,
+        )
+        a = stack.enter_context(instance(setup, "a"))
+        until(lambda: role(a) == "leader", what="the first instance leads")
+        b = stack.enter_context(instance(setup, "b"))
+        assert operator_post(setup, a, "/v1/migration/enable", {"reason": "failover"}) == 200
+        enrol = {"account_ids": ["acc-1"], "wave": "w1", "policy": "notify"}
+        assert operator_post(setup, a, "/v1/enrollments", enrol) in (200, 201)
+        load = Load(setup, receiver)
+        load.instances = [a]
+        load.auth("acc-1", "first-acc-1")
+        load.hook("acc-1", "account.stopped")
+        until(lambda: len(receiver.messages) >= 1, what="the old leader tries the effect")
+        (refused_id, _), *_ = receiver.messages
+        a.proc.kill()
+        a.proc.wait(timeout=10)
+        tried = len(receiver.messages)
+        receiver.status = 200
+        until(lambda: role(b) == "leader", what="the standby takes over")
+        until(lambda: len(receiver.messages) > tried, what="the new leader performs the effect")
+        assert {webhook_id for webhook_id, _ in receiver.messages} == {refused_id}
+        until(
+            lambda: any(e.type == "EffectSucceeded" for e in read_log(pg_url)),
+            what="the new leader records the effect performed",
+        )
+        assert b.stop(signal.SIGTERM) == exitcodes.OK
+
+    events = read_log(pg_url)
+    keys = [json.loads(e.data)["idempotency_key"] for e in events if e.type == "ReauthRequested"]
+    assert keys == [refused_id]
+    succeeded = [e for e in events if e.type == "EffectSucceeded"]
+    assert [json.loads(e.data)["idempotency_key"] for e in succeeded] == [refused_id]
