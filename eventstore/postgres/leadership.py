@@ -58,15 +58,17 @@ _FENCE = (
 
 
 class LeadershipLost(NotLeader):
-    """The leader lost its lock session (a heartbeat failed) or found a commit fenced."""
+    """Leadership is gone for good in this process: its lock session ended and another
+    process holds the lock now, or wrote to the log meanwhile."""
 
 
 class Leadership:
     """The leader lock of one log, taken and kept on a connection of its own (see the module).
 
-    `acquire()` waits until this process holds the lock; `hold()` keeps it and raises
-    LeadershipLost once it is gone; `check(conn)` is the fence every commit runs. One way only:
-    a process that lost the lock does not contend again (it exits and comes back as a standby).
+    `acquire()` waits until this process holds the lock; `hold()` keeps it (getting it back
+    after a broken session when nobody else wrote) and raises LeadershipLost once it is gone;
+    `check(conn)` is the fence every commit runs. One way only: a process whose leadership is
+    lost does not contend again (it exits and comes back as a standby).
     """
 
     def __init__(self, connect: Connect, lease: float) -> None:
