@@ -18,6 +18,7 @@ SMALL = {
     "bench_ingest": ["--duration", "3", "--warmup", "1", "--bodies", "40000"],
     "bench_postgres": ["--rounds", "50", "--appends", "12800", "--repeat", "1"],
     "bench_scale": ["--accounts", "1000,10000"],
+    "bench_takeover": ["--rounds", "3", "--stop-rounds", "1"],
     "bench_startup": ["--events", "100000", "--accounts", "2000"],
     "bench_timers": ["--timers", "100000", "--accounts", "30000", "--tasks-compare", "10000"],
 }

@@ -28,6 +28,7 @@ __all__ = [
     "ENV_PREFIX",
     "SECRET_NAMES",
     "AllowlistConfig",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "DatabaseConfig",
@@ -171,6 +172,13 @@ class OutboxConfig(_Section, frozen=True):
     backoff_max_seconds: _Positive = 300.0
 
 
+class ClusterConfig(_Section, frozen=True):
+    """Active/standby on a PostgreSQL log (README.md, "Active/standby on PostgreSQL")."""
+
+    # How long a leader that sends nothing (paused, or its host gone) keeps the leader lock.
+    lease_seconds: _Positive = 10.0
+
+
 class LoggingConfig(_Section, frozen=True):
     """Log verbosity and format (`auto`: coloured console on a terminal, JSON lines otherwise)."""
 
@@ -196,6 +204,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     allowlist: AllowlistConfig = _section(AllowlistConfig)
     timers: TimersConfig = _section(TimersConfig)
     outbox: OutboxConfig = _section(OutboxConfig)
+    cluster: ClusterConfig = _section(ClusterConfig)
     logging: LoggingConfig = _section(LoggingConfig)
 
     def __post_init__(self) -> None:

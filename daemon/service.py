@@ -70,7 +70,9 @@ from daemon.runtime.outbox import (
 )
 from daemon.runtime.pollers import IpListWatcher, Reconciler
 from daemon.runtime.timers import DueTimer, TimerDriver
-from eventstore import EventStore, EventStoreError
+from eventstore import EventStore, EventStoreError, NotLeader, StorageUnavailable
+from eventstore.postgres import PostgresStore
+from eventstore.postgres.leadership import CommitNotices, Leadership, LeadershipLost
 
 log = structlog.get_logger(__name__)
 
@@ -115,6 +117,9 @@ class Daemon:
         self.bound_port: int | None = None
         self.ready = anyio.Event()
         self._stall_logged = False
+        # On a PostgreSQL log: this process's part in leadership (None on SQLite: it leads).
+        self.leadership: Leadership | None = None
+        self.leading = anyio.Event()
 
     async def run(self) -> None:
         config = self.config
@@ -135,6 +140,9 @@ class Daemon:
                         await store.close()
         finally:
             await store.close()
+            if self.leadership is not None:  # the lock goes only after the last commit
+                with anyio.CancelScope(shield=True):
+                    await self.leadership.close()
 
     async def _run_with(self, store: EventStore) -> None:
         config = self.config
@@ -149,6 +157,10 @@ class Daemon:
         self.engine, self.live, self.store = engine, live, store
         runtime = Runtime(config, store, live, engine, self.metrics, self.secrets)
         self.runtime = runtime
+        if isinstance(store, PostgresStore):
+            # Every `serve` on a PostgreSQL log takes part; a lone one simply leads.
+            self.leadership = await store.lead(config.cluster.lease_seconds)
+            runtime.role = "standby"
         await self._write_allowlist()  # the file mirrors the log, also after a missed write
         app = build_app(runtime)
 
@@ -181,7 +193,16 @@ class Daemon:
                 ),
             )
             self.timers, self.outbox = timers, outbox
-            _feed(live, timers, outbox)
+
+            def lead(tg: anyio.abc.TaskGroup) -> None:
+                """Start the leader's parts, as a fresh leader does: timers and effects from
+                the projection, then the engine, timers, outbox, pollers and snapshots."""
+                _feed(live, timers, outbox)
+                for name, job in self._leader_jobs(live, timers, outbox, provider, reconciled):
+                    tg.start_soon(_essential, name, job)
+                runtime.role = "leader"
+                self.leading.set()
+
             # What the grace leaves unfinished (`_drain`) aiohttp cancels after this long.
             runner = AppRunner(app, shutdown_timeout=_CANCEL_AFTER_SECONDS, access_log=None)
             await runner.setup()
@@ -191,8 +212,15 @@ class Daemon:
                 await site.start()
                 self.bound_port = _port_of(runner)
                 async with anyio.create_task_group() as tg:
-                    for name, job in self._jobs(live, timers, outbox, provider, reconciled):
+                    for name, job in self._jobs(live):
                         tg.start_soon(_essential, name, job)
+                    if self.leadership is None:
+                        lead(tg)
+                    else:
+                        campaign = functools.partial(self._campaign, self.leadership, tg, lead)
+                        # Started once its first try for the lock is answered: a lone `serve`
+                        # is the leader by the time it says it is ready.
+                        await tg.start(_essential, "leadership", campaign)
                     tg.start_soon(self._signals)
                     self._announce(store, live, provider)
                     self.ready.set()
@@ -210,13 +238,96 @@ class Daemon:
             finally:
                 if not drained:
                     await runner.cleanup()
-        await self._snapshot(store, live)
-        key = runtime.secrets.checkpoint_key
-        if key and live.position:  # an empty log has no head to vouch for
-            await self._checkpoint(store, key)
-        log.info("daemon.stopped", position=live.position)
+        if runtime.role == "leader":  # a standby writes no snapshot nor checkpoint
+            await self._snapshot(store, live)
+            key = runtime.secrets.checkpoint_key
+            if key and live.position:  # an empty log has no head to vouch for
+                await self._checkpoint(store, key)
+        log.info("daemon.stopped", position=live.position, role=runtime.role)
 
-    def _jobs(
+    async def _campaign(
+        self,
+        leadership: Leadership,
+        tg: anyio.abc.TaskGroup,
+        lead: Callable[[anyio.abc.TaskGroup], None],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """A standby: follow the log until the leader lock is ours; then wait out any commit of
+        the old leader still in flight, catch up to the head and start the leader's parts;
+        then keep the lock. Losing it ends the process (LeadershipLost): never half a leader,
+        never back to standby in the same process (docs/log-format.md, "Leadership")."""
+        store = self.store
+        assert isinstance(store, PostgresStore)
+        first = await leadership.try_acquire()
+        waited = 0.0
+        if not first:
+            task_status.started()
+            notices = store.commit_notices()
+            try:
+                async with anyio.create_task_group() as following:
+                    following.start_soon(self._follow, notices, leadership.lease / 2)
+                    waited = await leadership.acquire()
+                    following.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await notices.close()
+        while True:
+            try:
+                await store.wait_out_commits()  # under the write lock, fenced: ours now
+                break
+            except NotLeader:
+                raise
+            except StorageUnavailable as exc:  # an old leader's transaction still holds it
+                log.warning("leadership.waiting_for_log", error=str(exc))
+                await anyio.sleep(leadership.step)
+        await self.live.follow()
+        lead(tg)
+        log.info(
+            "leadership.acquired",
+            position=self.live.position,
+            waited_seconds=round(waited, 3),
+            pending_timers=sum(self.live.projection.timer_counts().values()),
+            pending_effects=len(self.outbox),
+        )
+        sdnotify.notify(f"STATUS=leader; log position {self.live.position}")
+        if first:
+            task_status.started()
+        try:
+            await leadership.hold(
+                lambda: self.live.position,
+                lambda: log.warning("leadership.reclaimed", position=self.live.position),
+            )
+        except LeadershipLost as exc:
+            log.error("leadership.lost", reason=str(exc), position=self.live.position)
+            raise
+
+    async def _follow(self, notices: CommitNotices, every: float) -> None:
+        """A standby's projection follows the leader's commits: read what is new at each commit
+        notification, and every `every` seconds anyway (a missed notification, a reconnect)."""
+        while True:
+            try:
+                await self.live.follow()
+            except StorageUnavailable as exc:
+                log.warning("standby.follow_failed", error=str(exc))
+            if self.live.failed is not None:
+                return  # the projection job raises it
+            await notices.wait(every)
+
+    def _jobs(self, live: LiveProjection) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        """The parts that run for the daemon's whole life, leader or standby, each supervised
+        by `_essential`."""
+        jobs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("projection", live.run),
+            ("storage-probe", lambda: _probe_storage(self.store)),
+        ]
+        period = sdnotify.watchdog_period()
+        if period is not None:  # the unit sets WatchdogSec=
+            alive = functools.partial(self._writer_alive, period)
+            jobs.append(("watchdog", functools.partial(sdnotify.keep_alive, period, alive)))
+        return jobs
+
+    def _leader_jobs(
         self,
         live: LiveProjection,
         timers: TimerDriver,
@@ -224,14 +335,13 @@ class Daemon:
         provider: ProviderClient | None,
         reconciled: Callable[[Sequence[Input]], Awaitable[object]],
     ) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
-        """The parts that run for the daemon's whole life, each supervised by `_essential`."""
+        """The parts only the leader runs: it decides, appends, fires timers, performs effects,
+        polls the provider and writes snapshots."""
         jobs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("engine", self.engine.run),
-            ("projection", live.run),
             ("timers", timers.run),
             ("outbox", outbox.run),
             ("snapshots", lambda: self._snapshots(self.store, live)),
-            ("storage-probe", lambda: _probe_storage(self.store)),
         ]
         if provider is not None:
             pollers = self.config.pollers
@@ -247,10 +357,6 @@ class Daemon:
                 interval=pollers.reconciler_interval_seconds,
             )  # fmt: skip
             jobs += [("ip-list-watcher", watcher.run), ("reconciler", reconciler.run)]
-        period = sdnotify.watchdog_period()
-        if period is not None:  # the unit sets WatchdogSec=
-            alive = functools.partial(self._writer_alive, period)
-            jobs.append(("watchdog", functools.partial(sdnotify.keep_alive, period, alive)))
         return jobs
 
     def _writer_alive(self, limit: float) -> bool:
@@ -316,6 +422,7 @@ class Daemon:
         missing = list(secrets.missing)
         log.info(
             "daemon.ready",
+            role=self.runtime.role,
             listen=f"http://{config.listen_host}:{self.bound_port}",
             database=store.path,
             synchronous=config.database.synchronous,
@@ -623,14 +730,19 @@ def serve_command(args: argparse.Namespace) -> int:
     daemon = Daemon(config, secrets, reload=reload)
     try:
         anyio.run(daemon.run, backend_options={"use_uvloop": uvloop})
-    except EventStoreError as exc:
-        log.error("daemon.storage_failed", error=str(exc))
-        return exitcodes.PROBLEM
-    except OSError as exc:  # e.g. the listen address is taken
-        log.error("daemon.start_failed", error=str(exc))
-        return exitcodes.PROBLEM
-    except BaseExceptionGroup as group:
-        log.error("daemon.failed", errors=[repr(e) for e in group.exceptions])
+    except BaseException as exc:
+        if daemon.leadership is not None and daemon.leadership.lost:
+            # Whichever part noticed first: systemd restarts it, and it comes back a standby.
+            log.error("daemon.leadership_lost", reason=daemon.leadership.lost_reason)
+            return exitcodes.LEADERSHIP_LOST
+        if isinstance(exc, EventStoreError):
+            log.error("daemon.storage_failed", error=str(exc))
+        elif isinstance(exc, OSError):  # e.g. the listen address is taken
+            log.error("daemon.start_failed", error=str(exc))
+        elif isinstance(exc, BaseExceptionGroup):
+            log.error("daemon.failed", errors=[repr(e) for e in exc.exceptions])
+        else:
+            raise
         return exitcodes.PROBLEM
     return exitcodes.OK
 

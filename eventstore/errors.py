@@ -55,6 +55,12 @@ class WriterBusy(StorageUnavailable):
     """The append queue stayed full for longer than the caller's enqueue_timeout."""
 
 
+class NotLeader(StorageUnavailable):
+    """A commit refused because this process does not hold the log's leader lock (a standby,
+    or a leader that lost its lock session): nothing of it was written; another process
+    writes the log, retry there (PostgreSQL only, docs/log-format.md "Leadership")."""
+
+
 # Primary result codes (https://www.sqlite.org/rescode.html); extended codes carry them
 # in their low byte.
 _UNAVAILABLE = {

@@ -24,6 +24,7 @@ TINY = {
     "bench_timers": ["--timers", "2000", "--accounts", "500", "--tasks-compare", "200"],
     "bench_scale": ["--accounts", "200,400", "--appends", "512", "--dir", "{tmp}"],
     "bench_postgres": ["--rounds", "3", "--appends", "512", "--repeat", "1"],
+    "bench_takeover": ["--rounds", "1", "--stop-rounds", "1", "--lease", "1"],
     "bench_ingest": [
         "--client", "aiohttp", "--targets", "hmac-json,store,daemon-FULL",
         "--connections", "4", "--duration", "0.5", "--warmup", "0.2", "--bodies", "400",

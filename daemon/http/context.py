@@ -3,8 +3,9 @@ trouble and a stopping daemon become a 503, and how an account is shown."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
@@ -12,13 +13,14 @@ from aiohttp.typedefs import Handler
 
 from daemon.config import Config, Secrets
 from daemon.domain import AccountState
-from daemon.http.errors import ServiceUnavailable
+from daemon.http.errors import ServiceUnavailable, Standby
 from daemon.metrics import Metrics
 from daemon.runtime.engine import Engine
 from daemon.runtime.live import LiveProjection
-from eventstore import EventStore, StorageUnavailable, StoreClosed, WriterBusy
+from eventstore import EventStore, NotLeader, StorageUnavailable, StoreClosed, WriterBusy
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
+Role = Literal["leader", "standby"]
 # What a request refused because the daemon is stopping is told: a restart takes a few seconds.
 STOPPING_RETRY_AFTER = 5
 # Methods that only read: still served while stopping (probes, status, operator reads).
@@ -41,6 +43,13 @@ class Runtime:
     secrets: Secrets
     stopping: bool = False
     requests_in_flight: int = 0  # handlers running now (the shutdown waits for them)
+    # "standby" while another process leads a PostgreSQL log (daemon/service.py); one way.
+    role: Role = "leader"
+
+    @property
+    def standby_retry_after(self) -> int:
+        """What a standby's 503 says: a takeover takes about the lease."""
+        return max(1, math.ceil(self.config.cluster.lease_seconds))
 
 
 @web.middleware
@@ -55,6 +64,12 @@ async def refuse_while_stopping(request: web.Request, handler: Handler) -> web.S
     if rt.stopping and request.method not in _READS:
         raise ServiceUnavailable(
             "the daemon is stopping; retry shortly", retry_after=STOPPING_RETRY_AFTER
+        )
+    if rt.role == "standby" and request.method not in _READS:
+        # Refused, not forwarded: README.md, "Active/standby on PostgreSQL", says why.
+        raise Standby(
+            "this instance is a standby; send writes to the leader (/readyz 200)",
+            retry_after=rt.standby_retry_after,
         )
     rt.requests_in_flight += 1
     try:
@@ -78,8 +93,9 @@ async def close_while_stopping(request: web.Request, response: web.StreamRespons
 class _StorageGuard:
     """Storage trouble becomes 503 with Retry-After: the sender retries and nothing is lost.
 
-    A plain (synchronous) context manager: it only translates what the awaits inside it raise,
-    and costs a fraction of a generator-based one on the ingest hot path.
+    A commit refused by the leadership fence (NotLeader: another process now leads) is the
+    standby's 503. A plain (synchronous) context manager: it only translates what the awaits
+    inside it raise, and costs a fraction of a generator-based one on the ingest hot path.
     """
 
     def __enter__(self) -> None:
@@ -93,6 +109,10 @@ class _StorageGuard:
         if isinstance(exc, StoreClosed):
             raise ServiceUnavailable(
                 "the daemon is stopping; retry shortly", retry_after=STOPPING_RETRY_AFTER
+            ) from exc
+        if isinstance(exc, NotLeader):
+            raise Standby(
+                "this instance no longer leads; retry at the leader", retry_after=2
             ) from exc
         if isinstance(exc, StorageUnavailable):
             raise ServiceUnavailable(

@@ -32,6 +32,7 @@ __all__ = [
     "HttpError",
     "PayloadTooLarge",
     "ServiceUnavailable",
+    "Standby",
     "Unauthorized",
     "bind_log_context",
     "decode_body",
@@ -143,6 +144,13 @@ class ServiceUnavailable(HttpError):
     def __init__(self, message: str = "temporarily unavailable", *, retry_after: int = 1) -> None:
         super().__init__(message, headers={"Retry-After": str(max(0, int(retry_after)))})
         self.retry_after = retry_after
+
+
+class Standby(ServiceUnavailable):
+    """503 from a standby (README.md, "Active/standby on PostgreSQL"): another process writes
+    the log; send writes to the instance whose `/readyz` is 200."""
+
+    code = "standby"
 
 
 def error_response(

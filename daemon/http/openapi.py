@@ -58,7 +58,8 @@ _UNAUTHORIZED = _error("Missing or wrong bearer token (`WWW-Authenticate: Bearer
 _TOO_LARGE = _error("The body (as sent, or decoded) is over `[http] max_body_bytes`.")
 _ENCODING = _error("A `Content-Encoding` other than gzip/deflate, or data that does not decode.")
 _UNAVAILABLE = _error(
-    "The event log is busy or unavailable, or the daemon is stopping: retry after `Retry-After`."
+    "The event log is busy or unavailable, the daemon is stopping, or this instance is a standby"
+    " (`standby`: writes go to the leader): retry after `Retry-After`."
 )
 _BAD_BODY = _error("Not JSON (`invalid_json`) or a field of the wrong type (`invalid_body`).")
 _UNKNOWN_ACCOUNT = _error("No such account in the log (`unknown_account`).")
@@ -92,6 +93,10 @@ _IDEMPOTENCY_KEY = {
 }
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
+_ROLE = {
+    "enum": ["leader", "standby"],
+    "description": "`leader` takes writes; `standby` follows a PostgreSQL log another leads.",
+}
 
 _SCHEMAS: Doc = {
     "Error": {
@@ -274,11 +279,14 @@ def _paths() -> Doc:
             "get": {
                 "operationId": "readyz",
                 "tags": [_TAG_PROBES],
-                "summary": "Log open, writer healthy, projection caught up, accepting.",
+                "summary": "Log open, writer healthy, projection caught up, accepting, leader.",
                 "security": [],
                 "responses": {
                     "200": _json(_ref("Readiness"), "Ready."),
-                    "503": _json(_ref("Readiness"), "Not ready: `checks` names what is not."),
+                    "503": _json(
+                        _ref("Readiness"),
+                        "Not ready: `checks` names what is not (`leader` false: a standby).",
+                    ),
                 },
             }
         },
@@ -410,6 +418,7 @@ def _paths() -> Doc:
                                     },
                                 },
                                 "position": {"type": "integer", "minimum": 0},
+                                "role": _ROLE,
                             },
                         },
                         "The summary.",
@@ -619,6 +628,7 @@ def _document() -> Doc:
                 "ready": {"type": "boolean"},
                 "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
                 "position": {"type": "integer", "minimum": 0},
+                "role": _ROLE,
                 "last_storage_error": {"type": "string"},
             },
         },

@@ -180,6 +180,7 @@ async def summary(request: web.Request) -> web.Response:
                 for wave, p in progress.items()
             },
             "position": rt.live.position,
+            "role": rt.role,
         }
     )
 

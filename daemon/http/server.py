@@ -1,9 +1,10 @@
 """The HTTP listener: the aiohttp application, what its routes share, and the probes.
 
 `/healthz` says the process is alive; `/readyz` says the log is open, the writer healthy (an
-unhealthy log is probed until it is usable again, daemon/service.py) and the projection caught
-up; `/metrics` is Prometheus text; `/` is the status page (statuspage.py: aggregate counts only,
-no account ids or addresses, so it can be shown on a wall screen).
+unhealthy log is probed until it is usable again, daemon/service.py), the projection caught up
+and this instance the leader (a standby of a PostgreSQL log takes no writes); `/metrics` is
+Prometheus text; `/` is the status page (statuspage.py: aggregate counts only, no account ids or
+addresses, so it can be shown on a wall screen).
 """
 
 from __future__ import annotations
@@ -53,9 +54,16 @@ async def readyz(request: web.Request) -> web.Response:
         "log_open": rt.store.healthy,
         "projection_caught_up": rt.live.caught_up.is_set() and rt.live.failed is None,
         "accepting": not rt.stopping,
+        # Only the leader takes writes (README.md, "Active/standby on PostgreSQL").
+        "leader": rt.role == "leader",
     }
     ready = all(checks.values())
-    body: dict[str, Any] = {"ready": ready, "checks": checks, "position": rt.live.position}
+    body: dict[str, Any] = {
+        "ready": ready,
+        "checks": checks,
+        "position": rt.live.position,
+        "role": rt.role,
+    }
     if rt.store.last_error is not None:
         body["last_storage_error"] = str(rt.store.last_error)
     return web.json_response(body, status=200 if ready else 503)

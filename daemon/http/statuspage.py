@@ -71,6 +71,7 @@ class StatusView:
     position: int
     head: tuple[int, str] | None
     checkpoint: SignedCheckpoint | None
+    role: str = "leader"  # "standby": another process leads the PostgreSQL log
 
 
 async def gather(rt: Runtime, now: datetime | None = None) -> StatusView:
@@ -96,6 +97,7 @@ async def gather(rt: Runtime, now: datetime | None = None) -> StatusView:
         position=projection.position,
         head=None,
         checkpoint=None,
+        role=rt.role,
     )
     try:
         head = await rt.store.head()
@@ -367,7 +369,8 @@ def _log(view: StatusView) -> str:
     return (
         f'<table id="log"><tr><th>head</th><td>{head}</td></tr>'
         f"<tr><th>last signed checkpoint</th><td>{checkpoint}</td></tr>"
-        f"<tr><th>projection</th><td>at position {view.position:,}</td></tr></table>"
+        f"<tr><th>projection</th><td>at position {view.position:,}</td></tr>"
+        f"<tr><th>this instance</th><td>{html.escape(view.role)}</td></tr></table>"
     )
 
 

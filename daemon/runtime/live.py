@@ -31,6 +31,9 @@ SNAPSHOT_SLICE = 1_000
 # Accounts per transaction of a complete snapshot (a few hundred milliseconds of the writer).
 SNAPSHOT_CHUNK = 50_000
 
+# Events applied at a time while following another process's commits (`follow`).
+FOLLOW_BATCH = 1_000
+
 AccountHook = Callable[[str, AccountState | None], None]
 
 
@@ -106,6 +109,23 @@ class LiveProjection:
         head, _ = await self.store.head()
         async for record in self.store.read_all(self.position + 1, head):
             self.projection.apply_record(record)
+
+    async def follow(self) -> int:
+        """Apply what another process committed since our position (a standby following the
+        leader of a PostgreSQL log), through the same path as a local commit (hooks, waiters);
+        return how many events were applied. A failure to apply stops the process (`run`)."""
+        head, _ = await self.store.head()
+        applied = 0
+        batch: list[RecordedEvent] = []
+        async for record in self.store.read_all(self.position + 1, head):
+            batch.append(record)
+            if len(batch) >= FOLLOW_BATCH:
+                self._on_commit(batch)
+                applied, batch = applied + len(batch), []
+        if batch:
+            self._on_commit(batch)
+            applied += len(batch)
+        return applied
 
     def _on_commit(self, records: list[RecordedEvent]) -> None:
         # Called by the store's writer right after each commit, so the projection is current

@@ -13,7 +13,15 @@ import asyncpg
 
 from ..chain import format_time
 
-__all__ = ["MIGRATIONS", "TRIGGERS", "WRITE_LOCK", "migrate", "schema_version"]
+__all__ = [
+    "LEADER_LOCK",
+    "MIGRATIONS",
+    "NOTIFY_CHANNEL",
+    "TRIGGERS",
+    "WRITE_LOCK",
+    "migrate",
+    "schema_version",
+]
 
 # The three triggers verify() requires on PostgreSQL (TRUNCATE too: SQLite has none).
 TRIGGERS = ("events_refuse_update", "events_refuse_delete", "events_refuse_truncate")
@@ -24,6 +32,15 @@ TRIGGERS = ("events_refuse_update", "events_refuse_delete", "events_refuse_trunc
 # `LOCK TABLE events IN EXCLUSIVE MODE`, because that lock mode needs UPDATE, DELETE or TRUNCATE
 # privilege on the table, which the daemon's role must not have; and it leaves readers alone.
 WRITE_LOCK = 0x5354_4950_4C4F_4721 - (1 << 63)  # "STIPLOG!" as a signed 64-bit key
+
+# The session-level advisory lock the leader of an active/standby pair holds on a connection of
+# its own (eventstore/postgres/leadership.py, docs/log-format.md "Leadership"): whoever holds it
+# decides and appends; every commit of a store opened with leadership checks, under WRITE_LOCK,
+# that its own lock session still holds it (the fence).
+LEADER_LOCK = WRITE_LOCK + 2  # WRITE_LOCK + 1 serialises migrations (below)
+
+# The channel each commit of events notifies with the new head position: standbys LISTEN on it.
+NOTIFY_CHANNEL = "staticipd_log"
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (

@@ -40,7 +40,8 @@ from ..store import EventStore, SignedCheckpoint, register_url_opener, split_par
 from ..verify import RowVisitor, VerifyReport, verify_log
 from ..writer import Writer
 from .errors import connection_lost, translate_pg
-from .schema import MIGRATIONS, TRIGGERS, WRITE_LOCK, migrate, schema_version
+from .leadership import CommitNotices, Leadership
+from .schema import MIGRATIONS, NOTIFY_CHANNEL, TRIGGERS, WRITE_LOCK, migrate, schema_version
 
 __all__ = ["PgWriteConnection", "PostgresStore", "is_database_url", "redact_url"]
 
@@ -67,6 +68,7 @@ _TRIGGER_NAMES = (
     "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass('events')"
     " AND NOT tgisinternal AND tgenabled <> 'D'"
 )
+_NOTIFY = "SELECT pg_notify($1, $2)"
 _SMALLEST = -(2**63)
 _SYNC = {"NORMAL": "off", "FULL": "on", "EXTRA": "on"}
 
@@ -133,8 +135,17 @@ class _Connect:
             out["password"] = self.password
         return out
 
-    async def connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(**self.kwargs())
+    async def connect(self, settings: Mapping[str, str] | None = None) -> asyncpg.Connection:
+        kwargs = self.kwargs()
+        if settings:
+            kwargs["server_settings"] = {**self.settings, **settings}
+        return await asyncpg.connect(**kwargs)
+
+    def with_settings(self, settings: Mapping[str, str]) -> _Connect:
+        """The same, with more session settings."""
+        out = _Connect(self.url, self.password, self.busy_timeout, {})
+        out.settings = {**self.settings, **settings}
+        return out
 
     async def pool(self, size: int) -> asyncpg.Pool:
         return await asyncpg.create_pool(min_size=1, max_size=size, **self.kwargs())
@@ -147,6 +158,9 @@ class PgWriteConnection:
     def __init__(self, connect: _Connect, conn: asyncpg.Connection | None) -> None:
         self._connect = connect
         self._conn = conn
+        # With leadership (PostgresStore.lead): the fence every transaction runs under the
+        # write lock, raising NotLeader unless this process holds the leader lock.
+        self.fence: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
@@ -182,6 +196,8 @@ class PgWriteConnection:
             # The log's write lock first (see the module's text and schema.WRITE_LOCK): the head
             # read below is then the last committed one and nobody commits before us.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+            if self.fence is not None:
+                await self.fence(conn)
             head = await conn.fetchrow(_HEAD)
             head_pos, head_hash_now = (head[0], head[1]) if head else (0, head_hash)
             streams = list({e.stream for c in calls for e in c[0]})
@@ -192,13 +208,29 @@ class PgWriteConnection:
             plan = plan_batch(calls, head_pos, head_hash_now, versions, stored, now_text)
             if plan.rows:
                 await conn.execute(_INSERT, *(list(col) for col in zip(*plan.rows, strict=True)))
+                # Standbys following the log wake on this, sent when the transaction commits.
+                await conn.execute(_NOTIFY, NOTIFY_CHANNEL, str(plan.head_position))
             return plan
 
         plan = await self._in_transaction(body)
         return plan, time.perf_counter() - started
 
     async def run_job(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        return await self._in_transaction(fn)
+        fence = self.fence
+        if fence is None:
+            return await self._in_transaction(fn)
+
+        async def fenced(conn: asyncpg.Connection) -> T:
+            # Snapshots and checkpoints too: a fenced leader writes nothing at all.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+            await fence(conn)
+            return await fn(conn)
+
+        return await self._in_transaction(fenced)
+
+    def add_settings(self, settings: Mapping[str, str]) -> None:
+        """Session settings for the connections opened from now on (see PostgresStore.lead)."""
+        self._connect = self._connect.with_settings(settings)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -218,6 +250,9 @@ class PostgresStore(EventStore):
         # The SQLite reader's slot is unused here: reads go through `_pool`.
         super().__init__(redact_url(url), writer, None, busy_timeout)  # type: ignore[arg-type]
         self._pool = pool
+        self._connect: _Connect | None = None
+        self._target: PgWriteConnection | None = None
+        self.leadership: Leadership | None = None
 
     @classmethod
     async def open_url(
@@ -269,8 +304,9 @@ class PostgresStore(EventStore):
             wconn.terminate()
             return cls(url, None, pool, busy_timeout)
         pos, hsh, last_time = (head[0], head[1], head[2]) if head else (0, GENESIS, "")
+        target = PgWriteConnection(connect, wconn)
         writer = Writer(
-            PgWriteConnection(connect, wconn),
+            target,
             queue_size=queue_size,
             max_batch=max_batch,
             clock=clock,
@@ -278,7 +314,9 @@ class PostgresStore(EventStore):
             head_hash=hsh,
             last_recorded_at=last_time,
         )
-        return cls._with_writer(url, writer, pool, busy_timeout, supervised=supervised)
+        store = cls._with_writer(url, writer, pool, busy_timeout, supervised=supervised)
+        store._connect, store._target = connect, target
+        return store
 
     @classmethod
     def open_opening(cls, url: str, **kwargs: Any) -> Opening[EventStore]:
@@ -299,6 +337,44 @@ class PostgresStore(EventStore):
                 await asyncio.wait_for(self._pool.close(), 5)
             except Exception:
                 self._pool.terminate()
+
+    # -- leadership (docs/log-format.md, "Leadership") -------------------------------------------
+
+    async def lead(self, lease: float) -> Leadership:
+        """Take part in leadership of this log: from now on every commit of this store is fenced
+        (NotLeader unless the returned Leadership holds the leader lock), and a transaction of
+        the writer left idle longer than `lease` seconds (a paused process) is ended by the
+        server. The caller acquires and holds the lock (Leadership.acquire, .hold)."""
+        self._require_writer("lead")
+        connect, target = self._connect, self._target
+        assert connect is not None
+        assert target is not None
+        leadership = Leadership(connect.connect, lease)
+        idle = {"idle_in_transaction_session_timeout": str(max(1, int(lease * 1000)))}
+        target.add_settings(idle)
+
+        async def job(conn: asyncpg.Connection) -> None:
+            for name, value in idle.items():
+                await conn.execute("SELECT set_config($1, $2, false)", name, value)
+
+        await self._job("lead", job)
+        target.fence = leadership.check
+        self.leadership = leadership
+        return leadership
+
+    def commit_notices(self) -> CommitNotices:
+        """A listener for the commits of any process on this log (see CommitNotices)."""
+        assert self._connect is not None
+        return CommitNotices(self._connect.connect)
+
+    async def wait_out_commits(self) -> None:
+        """Return once every commit in flight has ended, whoever makes it: one empty
+        transaction of the writer under the write lock (fenced, with leadership)."""
+
+        async def job(conn: asyncpg.Connection) -> None:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+
+        await self._job("wait_out_commits", job)
 
     # -- writing --------------------------------------------------------------------------------
 
