@@ -49,6 +49,7 @@ T = TypeVar("T")
 
 _SCHEMES = ("postgresql://", "postgres://")
 _HEAD = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+_WRITE_HEAD = "SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1"
 _VERSIONS = "SELECT stream, MAX(version) FROM events WHERE stream = ANY($1::text[]) GROUP BY stream"
 _STORED = f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ANY($1::text[])"  # noqa: S608
 # One statement for the whole batch, whatever its size: the rows as eleven arrays.
@@ -198,14 +199,17 @@ class PgWriteConnection:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
             if self.fence is not None:
                 await self.fence(conn)
-            head = await conn.fetchrow(_HEAD)
+            head = await conn.fetchrow(_WRITE_HEAD)
             head_pos, head_hash_now = (head[0], head[1]) if head else (0, head_hash)
+            # Another process may have written since this one opened the log (the old leader
+            # before a takeover), by a clock ahead of ours: the log's times never go back.
+            batch_time = max(now_text, head[2]) if head else now_text
             streams = list({e.stream for c in calls for e in c[0]})
             ids = {e.event_id for c in calls for e in c[0]}
             ids.update(g for c in calls for g in c[2])
             versions = {r[0]: r[1] for r in await conn.fetch(_VERSIONS, streams)}
             stored = {r[7]: record_from_row(tuple(r)) for r in await conn.fetch(_STORED, list(ids))}
-            plan = plan_batch(calls, head_pos, head_hash_now, versions, stored, now_text)
+            plan = plan_batch(calls, head_pos, head_hash_now, versions, stored, batch_time)
             if plan.rows:
                 await conn.execute(_INSERT, *(list(col) for col in zip(*plan.rows, strict=True)))
                 # Standbys following the log wake on this, sent when the transaction commits.

@@ -270,6 +270,26 @@ async def test_two_writers_keep_positions_gap_free_and_the_chain_whole(pg_url: s
         await b.close()
 
 
+async def test_the_logs_times_never_go_back_when_another_process_wrote_by_a_later_clock(
+    pg_url: str,
+) -> None:
+    """A process that opened the log before another wrote to it (a standby that takes over)
+    records its events no earlier than the last one in the log, even when its clock is behind."""
+    from datetime import UTC, datetime
+
+    noon = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    earlier = datetime(2026, 11, 25, 11, 55, tzinfo=UTC)
+    behind = await EventStore.open(pg_url, clock=lambda: earlier)
+    try:
+        async with await EventStore.open(pg_url, clock=lambda: noon) as ahead:
+            await ahead.append([ev("a")])
+        await behind.append([ev("b")])
+        times = [r.recorded_at async for r in behind.read_all()]
+    finally:
+        await behind.close()
+    assert times == [noon, noon]
+
+
 async def test_a_lost_server_costs_a_retry_never_an_acknowledged_event(
     pg_lone_server: ThrowawayPostgres,
 ) -> None:
