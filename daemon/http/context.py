@@ -57,8 +57,9 @@ async def refuse_while_stopping(request: web.Request, handler: Handler) -> web.S
     """Once the daemon is stopping, a request that would write is answered 503 at once.
 
     It is refused before its body is read, so nothing of it is recorded; the sender retries
-    after `Retry-After`. Requests already running are counted so the shutdown can wait for them.
-    Inside `error_middleware`, which gives the refusal the JSON error shape.
+    after `Retry-After`. Requests already running are counted so the shutdown can wait for them,
+    and storage trouble in any of them, a read's too, is a 503 (`storage_guard`). Inside
+    `error_middleware`, which gives the refusal the JSON error shape.
     """
     rt = request.app[RUNTIME]
     if rt.stopping and request.method not in _READS:
@@ -73,7 +74,9 @@ async def refuse_while_stopping(request: web.Request, handler: Handler) -> web.S
         )
     rt.requests_in_flight += 1
     try:
-        return await handler(request)
+        # Reads too: an account's state read from the snapshot, a timeline read from the log.
+        with _GUARD:
+            return await handler(request)
     finally:
         rt.requests_in_flight -= 1
 

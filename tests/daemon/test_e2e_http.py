@@ -278,6 +278,28 @@ async def test_unexpected_failure_is_a_bare_500_without_stack_trace(
     assert resp.headers["X-Request-Id"] in text
 
 
+async def test_storage_trouble_on_a_read_is_503_with_retry_after(
+    running, v2: V2, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that cannot reach the log (an account's timeline) answers 503 + Retry-After, not
+    an internal error, and answers again once the log is back."""
+    assert (await running.post_webhook(v2("acc-read", "account.running"))).status == 200
+
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise StorageUnavailable("disk I/O error (simulated)")
+
+    monkeypatch.setattr(running.daemon.store, "read_stream", unavailable)
+    path, headers = "/v1/accounts/acc-read/timeline", running.operator_headers()
+    async with running.http.get(path, headers=headers) as resp:
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "10"
+        assert (await resp.json())["error"]["code"] == "unavailable"
+    monkeypatch.undo()
+    status, body = await running.operator("GET", "/v1/accounts/acc-read/timeline")
+    assert status == 200
+    assert body["timeline"]
+
+
 async def test_unknown_trigger_is_acknowledged_and_recorded_as_unrecognised(running, v2) -> None:
     """A trigger not in the table is answered 200 (no endless retries) and kept as unrecognised."""
     resp = await running.post_webhook(v2("acc-u", "account.teleported"))
