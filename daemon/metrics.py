@@ -168,6 +168,10 @@ ACCOUNTS_FLAGGED = Gauge(
     "staticipd_accounts_flagged", "Accounts per flag (invalid, sync_error, ...).", ("flag",)
 )
 LOG_POSITION = Gauge("staticipd_log_position", "Last log position applied to the projection.")
+LEADER = Gauge(
+    "staticipd_leader",
+    "1 while this instance takes writes (the leader; always on SQLite), 0 on a standby.",
+)
 
 DECLARED: tuple[Metric, ...] = (
     WEBHOOKS,
@@ -188,6 +192,7 @@ DECLARED: tuple[Metric, ...] = (
     ACCOUNTS,
     ACCOUNTS_FLAGGED,
     LOG_POSITION,
+    LEADER,
 )
 """Every metric of the daemon; `Metrics()` registers them all."""
 

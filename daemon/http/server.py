@@ -28,7 +28,7 @@ from daemon.http.errors import (
     new_request_id,
 )
 from daemon.http.requestmetrics import request_metrics_middleware
-from daemon.metrics import ACCOUNTS, ACCOUNTS_FLAGGED, CONTENT_TYPE, LOG_POSITION
+from daemon.metrics import ACCOUNTS, ACCOUNTS_FLAGGED, CONTENT_TYPE, LEADER, LOG_POSITION
 from daemon.runtime.live import LiveProjection
 
 log = structlog.get_logger(__name__)
@@ -112,6 +112,7 @@ def build_app(runtime: Runtime) -> web.Application:
         lambda: [({"flag": f}, n) for f, n in flag_counts(runtime.live).items()],
     )
     runtime.metrics.read(LOG_POSITION, lambda: [({}, runtime.live.position)])
+    runtime.metrics.read(LEADER, lambda: [({}, int(runtime.role == "leader"))])
     return app
 
 

@@ -145,6 +145,9 @@ def test_one_leads_the_other_follows_and_refuses_writes(tmp_path: Path, pg_url: 
         status, page = standby.request("GET", "/")
         assert status == 200
         assert b"standby" in page
+        for child, leads in ((leader, 1), (standby, 0)):
+            scraped = child.request("GET", "/metrics")[1].decode()
+            assert f"\nstaticipd_leader {leads}.0\n" in scraped
 
         assert leader.stop(signal.SIGTERM) == exitcodes.OK
         until(lambda: role(standby) == "leader", what="the standby takes over")
