@@ -59,7 +59,12 @@ def test_copy_log_copies_and_verifies_then_commands_print_the_same(
     assert copied.startswith("copied ")
     assert " events, head " in copied
     assert verified == "verified: chain intact, 1 checkpoints, 1 signatures"
+    exported = run(capsys, "export", "--format", "jsonl", "--database", str(db))[1]
+    streams = {json.loads(line)["stream"] for line in exported.splitlines()}
+    account = sorted(s.removeprefix("account-") for s in streams if s.startswith("account-"))[0]
     commands = [
+        ["audit", account],
+        ["audit", "--json", account],
         ["export", "--format", "jsonl"],
         ["verify", "--checkpoint-key-file", str(key)],
         ["verify", "--json", "--checkpoint-key-file", str(key)],
