@@ -93,6 +93,11 @@ class HttpConfig(_Section, frozen=True):
     """Limits of the HTTP listener."""
 
     max_body_bytes: _PositiveInt = 1024 * 1024
+    # A connection gets this long from its first byte (or from connecting) to finish a request's
+    # head, else it is closed: a client trickling headers cannot hold connections open forever.
+    header_timeout_seconds: _Positive = 10.0
+    # An idle kept-alive connection is closed after this long (aiohttp's own default is an hour).
+    keepalive_timeout_seconds: _Positive = 75.0
     # Within the provider's 10 s wait for an answer, with margin (README, "Under systemd").
     shutdown_grace_seconds: _NonNegative = 5.0
     # uvloop (the `fast` extra) carries about 15 % more webhooks a second (bench/bench_ingest.py).

@@ -9,6 +9,7 @@ addresses, so it can be shown on a wall screen).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -95,7 +96,11 @@ def build_app(runtime: Runtime) -> web.Application:
         client_max_size=runtime.config.http.max_body_bytes,
         # Bodies as sent: the webhook signature covers the bytes before any Content-Encoding
         # is undone, and routes decode within the body limit themselves (errors.read_limited_body).
-        handler_args={"auto_decompress": False},
+        handler_args={
+            "auto_decompress": False,
+            "keepalive_timeout": runtime.config.http.keepalive_timeout_seconds,
+            "header_timeout": runtime.config.http.header_timeout_seconds,
+        },
     )
     app[RUNTIME] = runtime
     app.on_response_prepare.append(close_while_stopping)
@@ -151,7 +156,38 @@ class JsonErrorRequestHandler(web.RequestHandler):
     exception class.
     """
 
-    __slots__ = ()
+    __slots__ = ("_header_timeout", "_header_timer")
+
+    def __init__(self, manager: web.Server, *, header_timeout: float | None = None, **kwargs: Any):
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    # -- the header timeout: from a request's first byte (or the connection's start) until its
+    # head is parsed; aiohttp has none, and its keep-alive timer only runs between requests.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._header_timer is None and self._header_timeout is not None:
+            self._header_timer = self._loop.call_later(self._header_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _too_slow(self) -> None:
+        self._header_timer = None
+        if self._current_request is None and not self._messages and self.transport is not None:
+            log.info("http.header_timeout", seconds=self._header_timeout)
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         """As aiohttp, and when the parser refuses the body of the request being handled (a bad
@@ -161,10 +197,17 @@ class JsonErrorRequestHandler(web.RequestHandler):
         answer behind the request: the route would wait for the rest of the body until the
         client gives up. (`_messages` and `_current_request` are aiohttp's own; the hostile
         input tests pin this behaviour.)
+
+        Bytes that arrive while no request is being handled and finish no request's head
+        start the header timeout; a finished head stops it.
         """
         queued = len(self._messages)
         super().data_received(data)
         current = self._current_request
+        if len(self._messages) > queued:
+            self._disarm()
+        elif current is None:
+            self._arm()
         if current is None or len(self._messages) <= queued:
             return
         if isinstance(self._messages[-1][0], _ErrInfo):
