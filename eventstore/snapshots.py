@@ -49,6 +49,18 @@ class SnapshotReader:
         """One part's blob (None if the snapshot has no part `key`)."""
         raise NotImplementedError
 
+    def label_counts(self) -> dict[str, int]:
+        """How many parts carry each label, in label order (no key read)."""
+        return {label: len(keys) for label, keys in self.labels().items()}
+
+    def keys_labelled(self, label: str) -> list[str]:
+        """The keys of the parts labelled `label`, in key order."""
+        return self.labels().get(label, [])
+
+    def label(self, key: str) -> str | None:
+        """One part's label (None if the snapshot has no part `key`)."""
+        return next((lb for lb, keys in self.labels().items() if key in keys), None)
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -79,6 +91,7 @@ class MemorySnapshotReader(SnapshotReader):
         for key, _, label, _ in sorted(rows, key=itemgetter(2, 0)):
             self._labels.setdefault(label, []).append(key)
         self._times = {key: at for key, _, _, at in rows if at is not None}
+        self._label_of = {key: label for key, _, label, _ in rows}
 
     def blobs(self) -> dict[str, bytes]:
         return dict(self._blobs)
@@ -92,8 +105,11 @@ class MemorySnapshotReader(SnapshotReader):
     def blob(self, key: str) -> bytes | None:
         return self._blobs.get(key)
 
+    def label(self, key: str) -> str | None:
+        return self._label_of.get(key)
+
     def close(self) -> None:
-        self._blobs, self._labels, self._times = {}, {}, {}
+        self._blobs, self._labels, self._times, self._label_of = {}, {}, {}, {}
 
 
 class SqliteSnapshotReader(SnapshotReader):
@@ -105,6 +121,7 @@ class SqliteSnapshotReader(SnapshotReader):
         self._name = name
         self.position = position
         self.header = header
+        self._labelled: bool | None = None  # whether the parts have labels, once asked
 
     @classmethod
     def open(cls, uri: str, name: str, busy_timeout: float) -> SqliteSnapshotReader | None:
@@ -147,6 +164,26 @@ class SqliteSnapshotReader(SnapshotReader):
             map(_first, self._rows("SELECT DISTINCT label FROM snapshot_parts WHERE name = ?"))
         )
         return {label: self._keys_labelled(label) for label in labels}
+
+    def label_counts(self) -> dict[str, int]:
+        if not self._has("snapshot_parts"):
+            return {}
+        if not self._has_labels():
+            return super().label_counts()
+        return dict(self._rows(_LABEL_COUNTS))
+
+    def keys_labelled(self, label: str) -> list[str]:
+        if not self._has("snapshot_parts") or not self._has_labels():
+            return super().keys_labelled(label)
+        return self._keys_labelled(label)
+
+    def label(self, key: str) -> str | None:
+        if self._labelled is None:  # asked once: a loader asks this for many keys
+            self._labelled = self._has("snapshot_parts") and self._has_labels()
+        if not self._labelled:
+            return super().label(key)
+        found = next(self._rows(_LABEL_OF, key), None)
+        return None if found is None else str(found[0])
 
     def _keys_labelled(self, label: str) -> list[str]:
         joined, count = next(self._rows(_JOINED_KEYS, label))
@@ -198,6 +235,10 @@ class SqliteSnapshotReader(SnapshotReader):
 
 
 _KEYS = "SELECT key FROM snapshot_parts WHERE name = ?"
+_LABEL_COUNTS = (
+    "SELECT label, count(*) FROM snapshot_parts WHERE name = ? GROUP BY label ORDER BY label"
+)
+_LABEL_OF = "SELECT label FROM snapshot_parts WHERE name = ? AND key = ?"
 _SEPARATOR = "\x1f"  # the unit separator: not a character an account id or key is made of
 _JOINED_KEYS = (
     "SELECT group_concat(key, char(31)), count(*) FROM"

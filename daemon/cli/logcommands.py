@@ -337,8 +337,9 @@ async def _from_snapshot(store: EventStore) -> AsyncIterator[tuple[Projection, s
     snapshot is there, readable and agrees with the log (the row at its position has the hash
     it names), else a replay from the first event. Also says which, and why not the snapshot.
 
-    From a snapshot, accounts are read from it only when needed (the tail's, the next due), so
-    a reading costs the indexes, not every account; the snapshot stays open until the end."""
+    From a snapshot, accounts are read from it only when needed (the tail's, the next due), and
+    a state's ids only when shown (the stalled), so a reading costs the counts and the times,
+    not every account; the snapshot stays open until the end."""
     head, _ = await store.head()
     reader = await store.open_snapshot(SNAPSHOT_NAME)
     why = "no snapshot"
@@ -346,7 +347,7 @@ async def _from_snapshot(store: EventStore) -> AsyncIterator[tuple[Projection, s
         if reader is not None:
             try:
                 projection = await anyio.to_thread.run_sync(
-                    functools.partial(Projection.from_reader, reader, fetch=reader.blob)
+                    functools.partial(Projection.from_reader, reader, fetch=reader.blob, lazy=True)
                 )
             except ValueError as exc:
                 why = f"the snapshot is unreadable ({exc})"

@@ -9,7 +9,7 @@ costs in proportion to the wave, and each state keeps its own value while sharin
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -82,6 +82,20 @@ class Enrollments(Mapping[str, Enrollment]):
         latest_first = sorted(sets.items(), reverse=True)
         base = _Grouped([(made[index], ids) for index, ids in latest_first], set(absent))
         return cls(None, _len=len(base), _made=made)._taking(base)
+
+    @classmethod
+    def from_lookup(
+        cls,
+        lookup: Callable[[str], int | None],
+        made: tuple[Enrollment, ...],
+        size: int,
+        groups: Callable[[], Iterable[tuple[int, Iterable[str]]]],
+    ) -> Enrollments:
+        """`size` enrolments answered an account at a time by `lookup` (the index in `made` of
+        its enrolment, None for none), as a snapshot still open can; `groups()` gives them all
+        (as for `from_groups`), read only if every enrolment is asked for."""
+        base = _Looked(lookup, made, size, groups)
+        return cls(None, _len=size, _made=made)._taking(base)
 
     def _taking(self, base: Mapping[str, Enrollment]) -> Enrollments:
         self._base = base
@@ -185,3 +199,59 @@ class _Grouped(Mapping[str, Enrollment]):
     def items(self) -> Iterator[tuple[str, Enrollment]]:  # type: ignore[override]
         for enrollment, ids in self._groups:
             yield from zip(ids, itertools.repeat(enrollment))
+
+
+class _Looked(Mapping[str, Enrollment]):
+    """A base layer asked an account at a time (`lookup`), remembering the answers like
+    `_Grouped`; read whole (`groups`) only when iterated."""
+
+    __slots__ = ("_found", "_groups", "_lookup", "_made", "_missed", "_size", "_whole")
+
+    def __init__(
+        self,
+        lookup: Callable[[str], int | None],
+        made: tuple[Enrollment, ...],
+        size: int,
+        groups: Callable[[], Iterable[tuple[int, Iterable[str]]]],
+    ) -> None:
+        self._lookup, self._made, self._size, self._groups = lookup, made, size, groups
+        self._found: dict[str, Enrollment] = {}
+        self._missed: set[str] = set()
+        self._whole: Mapping[str, Enrollment] | None = None
+
+    def get(self, account_id: str, default: Any = None) -> Any:
+        found = self._found.get(account_id)
+        if found is None:
+            if account_id in self._missed:
+                return default
+            index = self._lookup(account_id)
+            if index is None:
+                if len(self._missed) >= _MISSES_KEPT:
+                    self._missed.clear()
+                self._missed.add(account_id)
+                return default
+            found = self._found[account_id] = self._made[index]
+        return found
+
+    def __getitem__(self, account_id: str) -> Enrollment:
+        found = self.get(account_id, _MISSING)
+        if found is _MISSING:
+            raise KeyError(account_id)
+        return found
+
+    def __contains__(self, account_id: object) -> bool:
+        return isinstance(account_id, str) and self.get(account_id) is not None
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _all(self) -> Mapping[str, Enrollment]:
+        if self._whole is None:
+            self._whole = Enrollments.from_groups(self._groups(), self._made)._base
+        return self._whole
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def items(self) -> Iterator[tuple[str, Enrollment]]:  # type: ignore[override]
+        return iter(self._all().items())

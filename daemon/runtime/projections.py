@@ -17,6 +17,7 @@ with a fresh replay, and `check_indexes()` says where the indexes drifted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import heapq
@@ -249,7 +250,7 @@ class Projection:
         # False until the stored parts are known to match this projection but `_dirty`: the
         # next snapshot then writes every account (complete) instead of what changed.
         self._parts_in_step = False
-        self._by_state: dict[str, set[str]] = {state: set() for state in STATES}
+        self._by_state: dict[str, set[str] | _LazyIds] = {state: set() for state in STATES}
         self._with_effects: set[str] = set()
         # The due-time index: each account's earliest pending due time, and a heap of
         # (earliest due, account id) over it. Entries are never removed in place (a heap has
@@ -311,9 +312,10 @@ class Projection:
         if old is not None:
             self._count(old, wave, -1)
         self._count(state, wave, 1)
-        if old is not None and old.state != state.state:
-            self._by_state.setdefault(old.state, set()).discard(account_id)
-        self._by_state.setdefault(state.state, set()).add(account_id)
+        if old is None or old.state != state.state:  # an account is in its state's ids only
+            if old is not None:
+                self._by_state.setdefault(old.state, set()).discard(account_id)
+            self._by_state.setdefault(state.state, set()).add(account_id)
         if state.pending_effects:
             self._with_effects.add(account_id)
         else:
@@ -624,9 +626,12 @@ class Projection:
         *,
         fetch: Callable[[str], bytes | None] | None = None,
         hot_limit: int = HOT_ACCOUNTS,
+        lazy: bool = False,
     ) -> Projection:
         """A projection from a stored snapshot; ValueError for another format. Blocking: run it
-        in a worker thread.
+        in a worker thread. With `lazy` (and `fetch`), the reader must stay open as long as the
+        projection is used: a state's ids and an account's enrolment are read when asked for
+        (a one-off reading that asks for few of them).
 
         The indexes come from the parts' labels and times and the counts from the header, in
         bulk, without decoding a single account. Every account's record is read too, unless
@@ -635,10 +640,49 @@ class Projection:
         head = cls._decode_header(reader.header)
         with _collector_paused():
             times = reader.times()
-            labels = reader.labels()
-            blobs = reader.blobs() if fetch is None else {}
-            projection = cls._from_index(head, blobs, labels, times, hot_limit)
+            if lazy:
+                projection = cls._from_counts(head, reader, times, hot_limit)
+            else:
+                labels = reader.labels()
+                blobs = reader.blobs() if fetch is None else {}
+                projection = cls._from_index(head, blobs, labels, times, hot_limit)
         projection._fetch = fetch
+        return projection
+
+    @classmethod
+    def _from_counts(
+        cls, head: _Header, reader: SnapshotReader, times: dict[str, str], hot_limit: int
+    ) -> Projection:
+        """`_from_index` for a reader that stays open: each state's ids are counted now and
+        read when first asked for, and an account's enrolment is read from its part's label."""
+        counts = reader.label_counts()
+        parsed = {label: label.split(" ") for label in counts}
+        projection = cls._from_index(head, {}, {}, times, hot_limit)
+        for state in {state for state, _, _ in parsed.values()}:
+            mine = [label for label, (s, _, _) in parsed.items() if s == state]
+            projection._by_state[state] = _LazyIds(
+                sum(counts[label] for label in mine),
+                functools.partial(_keys_of, reader, mine),
+            )
+        for label, (_, _, effects) in parsed.items():
+            if effects == "1":
+                projection._with_effects.update(reader.keys_labelled(label))
+        waves = [(label, int(wave)) for label, (_, wave, _) in parsed.items() if wave != "-1"]
+
+        def enrolled(account_id: str) -> int | None:
+            label = reader.label(account_id)
+            wave = None if label is None else label.split(" ")[1]
+            return None if wave is None or wave == "-1" else int(wave)
+
+        projection.application = replace(
+            projection.application,
+            enrollments=Enrollments.from_lookup(
+                enrolled,
+                head.enrollments,
+                sum(counts[label] for label, _ in waves),
+                lambda: [(wave, reader.keys_labelled(label)) for label, wave in waves],
+            ),
+        )
         return projection
 
     @staticmethod
@@ -667,10 +711,13 @@ class Projection:
         projection._records = records
         enrolled: list[tuple[int, list[str]]] = []
         not_enrolled: list[str] = []
-        by_state = projection._by_state
+        by_state: dict[str, set[str]] = {state: set() for state in STATES}
+        projection._by_state = dict(by_state)
         for label, ids in labels.items():  # a few hundred labels: the work per id is in C
             state, wave, effects = label.split(" ")
-            by_state.setdefault(state, set()).update(ids)
+            if state not in by_state:
+                by_state[state] = projection._by_state[state] = set()
+            by_state[state].update(ids)
             if effects == "1":
                 projection._with_effects.update(ids)
             if wave != "-1":
@@ -773,7 +820,7 @@ class Projection:
                 f"aggregates: kept {self._aggregates()}, accounts {fresh._aggregates()}"
             )
         for state in STATES:
-            have, want = self._by_state.get(state, set()), fresh._by_state[state]
+            have, want = set(self._by_state.get(state, ())), set(fresh._by_state[state])
             if have != want:
                 problems.append(f"state {state}: index {sorted(have)}, accounts {sorted(want)}")
         extra = {s for s, ids in self._by_state.items() if ids and s not in STATES}
@@ -810,6 +857,59 @@ class Projection:
         return self._canonical() == other._canonical() and self._indexes() == other._indexes()
 
     __hash__ = None  # type: ignore[assignment]  # mutable
+
+
+def _keys_of(reader: SnapshotReader, labels: list[str]) -> list[str]:
+    return [key for label in labels for key in reader.keys_labelled(label)]
+
+
+class _LazyIds:
+    """One state's account ids from a snapshot still open: counted at once, read when first
+    iterated or searched. Until then an add or a discard is kept aside (the projection adds
+    an account only to the state it is not in, and discards it only from the one it is in)."""
+
+    __slots__ = ("_added", "_count", "_ids", "_load", "_removed")
+
+    def __init__(self, count: int, load: Callable[[], list[str]]) -> None:
+        self._count, self._load = count, load
+        self._ids: set[str] | None = None
+        self._added: set[str] = set()
+        self._removed: set[str] = set()
+
+    def _read(self) -> set[str]:
+        if self._ids is None:
+            ids = set(self._load())
+            ids -= self._removed
+            ids |= self._added
+            self._ids = ids
+        return self._ids
+
+    def add(self, account_id: str) -> None:
+        if self._ids is not None:
+            self._ids.add(account_id)
+        elif account_id in self._removed:
+            self._removed.discard(account_id)
+        else:
+            self._added.add(account_id)
+
+    def discard(self, account_id: str) -> None:
+        if self._ids is not None:
+            self._ids.discard(account_id)
+        elif account_id in self._added:
+            self._added.discard(account_id)
+        else:
+            self._removed.add(account_id)
+
+    def __len__(self) -> int:
+        if self._ids is not None:
+            return len(self._ids)
+        return self._count - len(self._removed) + len(self._added)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __contains__(self, account_id: object) -> bool:
+        return account_id in self._read()
 
 
 @contextlib.contextmanager

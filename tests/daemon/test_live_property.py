@@ -167,6 +167,26 @@ async def drive(pipeline: Pipeline, policy: str, steps: list, restart_before: se
     # One more restart from whatever snapshot was saved last (or none): the same again.
     await pipeline.restart()
     assert_same_answers(pipeline.live.projection, replayed)
+
+    # What `status` does: the snapshot kept open, its states counted and read when asked, then
+    # the log after it. The counts and the few states asked for first, before anything reads
+    # every state's ids.
+    reader = await pipeline.store.open_snapshot(live_module.SNAPSHOT_NAME)
+    if reader is not None:
+        with reader:
+            lazy = Projection.from_reader(reader, fetch=reader.blob, lazy=True)
+            for record in records[lazy.position :]:
+                lazy.apply_record(record)
+            assert lazy.funnel() == replayed.funnel()
+            assert len(lazy) == len(replayed)
+            assert lazy.ids_in("stalled") == replayed.ids_in("stalled")
+            assert lazy.due_soonest(3) == replayed.due_soonest(3)
+            assert all(
+                lazy.application.enrollments.get(a.account_id)
+                == replayed.application.enrollments.get(a.account_id)
+                for a in replayed
+            )
+            assert_same_answers(lazy, replayed)
     note_case(f"restarts: {min(pipeline.restarts, 3)}")
     note_case(f"events: {len(records) // 20 * 20}+")
     note_case(f"snapshots: {len(pipeline.snapshot_after & set(range(1, pipeline.submitted + 1)))}")

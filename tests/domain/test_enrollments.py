@@ -24,14 +24,19 @@ def _enrollment(wave: int) -> Enrollment:
 @pytest.mark.parametrize("flatten_at", [1, 3, 50_000])
 @given(
     loaded=st.none() | st.dictionaries(st.sampled_from("abcdefgh"), st.integers(0, 3)),
+    asked=st.booleans(),
     steps=waves,
 )
 def test_enrolments_agree_with_a_dict(
-    flatten_at: int, loaded: dict[str, int] | None, steps: list[tuple[list[str], int]]
+    flatten_at: int,
+    loaded: dict[str, int] | None,
+    asked: bool,
+    steps: list[tuple[list[str], int]],
 ) -> None:
     """Each enrolment answers lookups, size, iteration and what each account had before as a
     dict does, and an earlier value never changes, merged into one layer or not, whether it
-    started empty or loaded from groups of accounts per enrolment (as from a snapshot)."""
+    started empty or loaded from a snapshot: groups of accounts per enrolment, or answered an
+    account at a time (`asked`)."""
     default, module._FLATTEN_AT = module._FLATTEN_AT, flatten_at
     misses, module._MISSES_KEPT = module._MISSES_KEPT, 2  # forgotten and asked again
     try:
@@ -39,7 +44,10 @@ def test_enrolments_agree_with_a_dict(
         if loaded is not None:
             made = tuple(_enrollment(w) for w in range(4))
             groups = [(w, [a for a, x in loaded.items() if x == w]) for w in (3, 0, 2, 1, 0)]
-            value = Enrollments.from_groups(groups, made, absent=set("xyz") - set(loaded))
+            if asked:
+                value = Enrollments.from_lookup(loaded.get, made, len(loaded), lambda: groups)
+            else:
+                value = Enrollments.from_groups(groups, made, absent=set("xyz") - set(loaded))
             model = {a: made[w] for a, w in loaded.items()}
             assert dict(value) == model
             assert dict(value.items()) == model

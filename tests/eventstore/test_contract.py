@@ -342,9 +342,10 @@ class EventStoreContract:
     async def test_a_snapshot_is_read_in_bulk_by_label_and_time_and_part_by_part(
         self, store: EventStore
     ) -> None:
-        """A reader gives the parts' blobs by key, their keys by label and their times, as of
-        when it opened; a part fetcher reads one part as last written (SQLite only: on
-        PostgreSQL `part_fetcher` is None, a loader reads every part from the reader)."""
+        """A reader gives the parts' blobs by key, their keys by label (or one label's keys, the
+        count per label, one key's label) and their times, as of when it opened; a part fetcher
+        reads one part as last written (SQLite only: on PostgreSQL `part_fetcher` is None, a
+        loader reads every part from the reader)."""
         assert await store.open_snapshot("proj") is None
         await store.save_snapshot_parts(
             "proj", 4, b"h4",
@@ -359,6 +360,9 @@ class EventStoreContract:
             assert (reader.position, reader.header) == (4, b"h4")
             assert reader.blobs() == {"a": b"1", "b": b"2", "c": b"3"}
             assert reader.labels() == {"x": ["a", "c"], "y": ["b"]}
+            assert reader.label_counts() == {"x": 2, "y": 1}
+            assert (reader.keys_labelled("x"), reader.keys_labelled("zz")) == (["a", "c"], [])
+            assert (reader.label("a"), reader.label("b"), reader.label("zz")) == ("x", "y", None)
             assert reader.times() == {"a": "t1", "b": "t2"}
             assert (reader.blob("b"), reader.blob("zz")) == (b"2", None)
         if fetch is not None:
