@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -96,17 +97,68 @@ class WriteTarget(Protocol):
     async def close(self) -> None: ...
 
 
+class _Thread:
+    """One thread running the calls given to it in order. The hand-off is a queue one way and
+    `call_soon_threadsafe` the other: about a third of what an executor's round trip costs
+    (its futures, callbacks and locks), which a lone append pays in full (bench/README.md)."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # A daemon thread: one still in a COMMIT when the interpreter exits is a crash of the
+        # process, which the log survives whole (WAL); an idle one must not keep it alive.
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            loop, future, fn, args = item
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the caller, whatever it is
+                _answer(loop, future, None, exc)
+            else:
+                _answer(loop, future, result, None)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((loop, future, fn, args))
+        return await future
+
+    def stop(self) -> None:
+        """End the thread once the calls given so far have run."""
+        self._calls.put(None)
+
+
+def _answer(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    result: Any,
+    exc: BaseException | None,
+) -> None:
+    def settle() -> None:
+        if future.cancelled():  # the caller stopped waiting; the call ran all the same
+            return
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+        loop.call_soon_threadsafe(settle)
+
+
 class WriteConnection:
     """A `sqlite3` connection in autocommit mode (BEGIN/COMMIT are explicit) and the one thread
     that uses it: `call(fn, ...)` runs `fn(conn, ...)` there, in order, one at a time."""
 
-    def __init__(self, executor: ThreadPoolExecutor, conn: sqlite3.Connection) -> None:
-        self._executor = executor
+    def __init__(self, thread: _Thread, conn: sqlite3.Connection) -> None:
+        self._thread = thread
         self.conn = conn
 
     @classmethod
     async def open(cls, path: str, busy_timeout: float, synchronous: str) -> WriteConnection:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventstore-writer")
+        thread = _Thread("eventstore-writer")
 
         def connect() -> sqlite3.Connection:
             conn = sqlite3.connect(
@@ -123,16 +175,14 @@ class WriteConnection:
             return conn
 
         try:
-            conn = await asyncio.get_running_loop().run_in_executor(executor, connect)
+            conn = await thread.call(connect)
         except BaseException:
-            executor.shutdown(wait=False)
+            thread.stop()
             raise
-        return cls(executor, conn)
+        return cls(thread, conn)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, fn, self.conn, *args
-        )
+        return await self._thread.call(fn, self.conn, *args)
 
     async def write_batch(
         self, calls: list[PlannedCall], head_hash: str, now_text: str
@@ -148,7 +198,7 @@ class WriteConnection:
             with contextlib.suppress(Exception):
                 await self.call(sqlite3.Connection.close)
         finally:
-            self._executor.shutdown(wait=False)
+            self._thread.stop()
 
 
 class Writer:
