@@ -150,28 +150,27 @@ class Enrollments(Mapping[str, Enrollment]):
         return f"Enrollments({len(self)} accounts)"
 
 
-class _Grouped(Mapping[str, Enrollment]):
-    """A base layer kept as one set of account ids per enrolment: a million ids fill sets
-    several times faster than a dict (a start-up's cost), and a lookup asks each set in turn
-    (one per distinct enrolment, a few per wave), remembering what it found."""
+class _Remembered(Mapping[str, Enrollment]):
+    """A base layer that finds an account's enrolment one way or another (`_find`) and
+    remembers what it found, and the ids it did not find (bounded: unknown ids are anyone's to
+    send). Right for good: the layer never changes."""
 
-    __slots__ = ("_absent", "_found", "_groups", "_len", "_missed")
+    __slots__ = ("_found", "_missed", "_size")
 
-    def __init__(self, groups: list[tuple[Enrollment, set[str]]], absent: set[str]) -> None:
-        self._groups = groups
-        self._absent = absent
-        self._len = sum(len(ids) for _, ids in groups)
-        # What lookups found, and the ids they did not find (bounded: unknown ids are anyone's
-        # to send). Right for good: the layer never changes.
+    def __init__(self, size: int) -> None:
+        self._size = size
         self._found: dict[str, Enrollment] = {}
         self._missed: set[str] = set()
+
+    def _find(self, account_id: str) -> Enrollment | None:
+        raise NotImplementedError
 
     def get(self, account_id: str, default: Any = None) -> Any:
         found = self._found.get(account_id)
         if found is None:
-            if account_id in self._absent or account_id in self._missed:
+            if account_id in self._missed:
                 return default
-            found = next((e for e, ids in self._groups if account_id in ids), None)
+            found = self._find(account_id)
             if found is None:
                 if len(self._missed) >= _MISSES_KEPT:
                     self._missed.clear()
@@ -190,7 +189,25 @@ class _Grouped(Mapping[str, Enrollment]):
         return isinstance(account_id, str) and self.get(account_id) is not None
 
     def __len__(self) -> int:
-        return self._len
+        return self._size
+
+
+class _Grouped(_Remembered):
+    """A base layer kept as one set of account ids per enrolment: a million ids fill sets
+    several times faster than a dict (a start-up's cost), and a lookup asks each set in turn
+    (one per distinct enrolment, a few per wave), the accounts known to have none first."""
+
+    __slots__ = ("_absent", "_groups")
+
+    def __init__(self, groups: list[tuple[Enrollment, set[str]]], absent: set[str]) -> None:
+        super().__init__(sum(len(ids) for _, ids in groups))
+        self._groups = groups
+        self._absent = absent
+
+    def _find(self, account_id: str) -> Enrollment | None:
+        if account_id in self._absent:
+            return None
+        return next((e for e, ids in self._groups if account_id in ids), None)
 
     def __iter__(self) -> Iterator[str]:
         for _, ids in self._groups:
@@ -201,11 +218,11 @@ class _Grouped(Mapping[str, Enrollment]):
             yield from zip(ids, itertools.repeat(enrollment))
 
 
-class _Looked(Mapping[str, Enrollment]):
-    """A base layer asked an account at a time (`lookup`), remembering the answers like
-    `_Grouped`; read whole (`groups`) only when iterated."""
+class _Looked(_Remembered):
+    """A base layer asked an account at a time (`lookup`: the index in `made` of its
+    enrolment); read whole (`groups`) only when iterated."""
 
-    __slots__ = ("_found", "_groups", "_lookup", "_made", "_missed", "_size", "_whole")
+    __slots__ = ("_groups", "_lookup", "_made", "_whole")
 
     def __init__(
         self,
@@ -214,36 +231,13 @@ class _Looked(Mapping[str, Enrollment]):
         size: int,
         groups: Callable[[], Iterable[tuple[int, Iterable[str]]]],
     ) -> None:
-        self._lookup, self._made, self._size, self._groups = lookup, made, size, groups
-        self._found: dict[str, Enrollment] = {}
-        self._missed: set[str] = set()
+        super().__init__(size)
+        self._lookup, self._made, self._groups = lookup, made, groups
         self._whole: Mapping[str, Enrollment] | None = None
 
-    def get(self, account_id: str, default: Any = None) -> Any:
-        found = self._found.get(account_id)
-        if found is None:
-            if account_id in self._missed:
-                return default
-            index = self._lookup(account_id)
-            if index is None:
-                if len(self._missed) >= _MISSES_KEPT:
-                    self._missed.clear()
-                self._missed.add(account_id)
-                return default
-            found = self._found[account_id] = self._made[index]
-        return found
-
-    def __getitem__(self, account_id: str) -> Enrollment:
-        found = self.get(account_id, _MISSING)
-        if found is _MISSING:
-            raise KeyError(account_id)
-        return found
-
-    def __contains__(self, account_id: object) -> bool:
-        return isinstance(account_id, str) and self.get(account_id) is not None
-
-    def __len__(self) -> int:
-        return self._size
+    def _find(self, account_id: str) -> Enrollment | None:
+        index = self._lookup(account_id)
+        return None if index is None else self._made[index]
 
     def _all(self) -> Mapping[str, Enrollment]:
         if self._whole is None:

@@ -233,12 +233,7 @@ class Leadership:
         """Close the lock session (the lock is freed with it)."""
         conn, self._conn = self._conn, None
         self.held = False
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                with anyio.fail_after(5):
-                    await conn.close()
-            if not conn.is_closed():
-                conn.terminate()
+        await _close(conn)
 
 
 class CommitNotices:
@@ -286,9 +281,14 @@ class CommitNotices:
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                with anyio.fail_after(5):
-                    await conn.close()
-            if not conn.is_closed():
-                conn.terminate()
+        await _close(conn)
+
+
+async def _close(conn: asyncpg.Connection | None) -> None:
+    """Close `conn` politely within 5 s, else cut it (either way the server ends the session)."""
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            with anyio.fail_after(5):
+                await conn.close()
+        if not conn.is_closed():
+            conn.terminate()
