@@ -7,6 +7,9 @@ They use the throwaway server of tests/conftest.py and are skipped, saying why, 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import anyio
 import asyncpg
 import pytest
@@ -20,10 +23,21 @@ pytestmark = pytest.mark.anyio
 LEASE = 1.0
 
 
-async def open_leading(url: str, lease: float = LEASE) -> tuple[PostgresStore, Leadership]:
+@asynccontextmanager
+async def leading(
+    url: str, lease: float = LEASE
+) -> AsyncIterator[tuple[PostgresStore, Leadership]]:
+    """A store taking part in leadership (not yet leading), closed with its lock session."""
     store = await EventStore.open(url)
     assert isinstance(store, PostgresStore)
-    return store, await store.lead(lease)
+    try:
+        lead = await store.lead(lease)
+        try:
+            yield store, lead
+        finally:
+            await lead.close()
+    finally:
+        await store.close()
 
 
 async def terminate(url: str, pid: int) -> None:
@@ -39,9 +53,7 @@ async def test_exactly_one_contender_leads_and_the_other_takes_over_when_it_clos
 ) -> None:
     """Of two processes on one log only one holds the leader lock; when the leader's lock
     session closes, the other gets it."""
-    a, lead_a = await open_leading(pg_url)
-    b, lead_b = await open_leading(pg_url)
-    try:
+    async with leading(pg_url) as (_a, lead_a), leading(pg_url) as (_b, lead_b):
         assert await lead_a.try_acquire()
         assert not await lead_b.try_acquire()
         assert not await lead_b.try_acquire()
@@ -49,18 +61,12 @@ async def test_exactly_one_contender_leads_and_the_other_takes_over_when_it_clos
         with anyio.fail_after(10):
             await lead_b.acquire()
         assert lead_b.held
-    finally:
-        for store, lead in ((a, lead_a), (b, lead_b)):
-            await store.close()
-            await lead.close()
 
 
 async def test_a_terminated_lock_session_hands_over_and_the_old_holder_knows(pg_url: str) -> None:
     """pg_terminate_backend of the leader's lock session frees the lock for the standby, and
     the old leader's `hold` ends with LeadershipLost: it cannot get the lock back."""
-    a, lead_a = await open_leading(pg_url)
-    b, lead_b = await open_leading(pg_url)
-    try:
+    async with leading(pg_url) as (_a, lead_a), leading(pg_url) as (_b, lead_b):
         await lead_a.acquire()
         assert lead_a.lock_pid is not None
         await terminate(pg_url, lead_a.lock_pid)
@@ -69,33 +75,22 @@ async def test_a_terminated_lock_session_hands_over_and_the_old_holder_knows(pg_
             with pytest.raises(LeadershipLost):
                 await lead_a.hold(lambda: 0)
         assert lead_a.lost
-    finally:
-        for store, lead in ((a, lead_a), (b, lead_b)):
-            await store.close()
-            await lead.close()
 
 
 async def test_a_silent_holder_loses_the_lock_after_the_lease(pg_url: str) -> None:
     """A holder that sends nothing (a paused process) loses the lock once the lease has passed
     without a statement: the server ends its session and the standby takes the lock."""
-    a, lead_a = await open_leading(pg_url)
-    b, lead_b = await open_leading(pg_url)
-    try:
+    async with leading(pg_url) as (_a, lead_a), leading(pg_url) as (_b, lead_b):
         await lead_a.acquire()  # and never `hold()`: no heartbeat
         assert not await lead_b.try_acquire()
         with anyio.fail_after(15):
             await lead_b.acquire()
-    finally:
-        for store, lead in ((a, lead_a), (b, lead_b)):
-            await store.close()
-            await lead.close()
 
 
 async def test_a_fenced_store_commits_nothing(pg_url: str) -> None:
     """A store whose lock session was terminated gets NotLeader for its next append and
     snapshot, and nothing of them is in the log; while it held the lock it committed."""
-    store, lead = await open_leading(pg_url)
-    try:
+    async with leading(pg_url) as (store, lead):
         await lead.acquire()
         await store.append([NewEvent("s", "T", b"{}", event_id="held")])
         assert lead.lock_pid is not None
@@ -104,9 +99,6 @@ async def test_a_fenced_store_commits_nothing(pg_url: str) -> None:
             await store.append([NewEvent("s", "T", b"{}", event_id="fenced-1")])
         with pytest.raises(NotLeader):
             await store.save_snapshot("projection", 1, b"x")
-    finally:
-        await store.close()
-        await lead.close()
     async with EventStore.open(pg_url, readonly=True) as reader:
         assert [e.event_id async for e in reader.read_all()] == ["held"]
         assert await reader.load_snapshot("projection") is None
@@ -115,8 +107,7 @@ async def test_a_fenced_store_commits_nothing(pg_url: str) -> None:
 async def test_a_leader_gets_its_lock_back_when_nobody_else_wrote(pg_url: str) -> None:
     """A leader whose lock session ended (a server restart, a terminated session) gets the
     lock back on a new session and commits again, when the log's head is still its own."""
-    store, lead = await open_leading(pg_url)
-    try:
+    async with leading(pg_url) as (store, lead):
         await lead.acquire()
         await store.append([NewEvent("s", "T", b"{}", event_id="before")])
         assert lead.lock_pid is not None
@@ -131,9 +122,6 @@ async def test_a_leader_gets_its_lock_back_when_nobody_else_wrote(pg_url: str) -
             await store.append([NewEvent("s", "T", b"{}", event_id="after")])
             tg.cancel_scope.cancel()
         assert not lead.lost
-    finally:
-        await store.close()
-        await lead.close()
     async with EventStore.open(pg_url, readonly=True) as reader:
         assert [e.event_id async for e in reader.read_all()] == ["before", "after"]
 
@@ -141,8 +129,7 @@ async def test_a_leader_gets_its_lock_back_when_nobody_else_wrote(pg_url: str) -
 async def test_a_leader_whose_log_moved_on_gives_up(pg_url: str) -> None:
     """A leader whose lock session ended, and whose log another process wrote to meanwhile,
     does not lead on: `hold` raises LeadershipLost and it commits nothing more."""
-    store, lead = await open_leading(pg_url)
-    try:
+    async with leading(pg_url) as (store, lead):
         await lead.acquire()
         assert lead.lock_pid is not None
         await terminate(pg_url, lead.lock_pid)
@@ -153,17 +140,12 @@ async def test_a_leader_whose_log_moved_on_gives_up(pg_url: str) -> None:
         assert lead.lost
         with pytest.raises(NotLeader):
             await store.append([NewEvent("s", "T", b"{}", event_id="stale")])
-    finally:
-        await store.close()
-        await lead.close()
 
 
 async def test_a_standby_store_cannot_commit_and_another_leader_can(pg_url: str) -> None:
     """A store taking part in leadership that has not got the lock refuses to commit
     (NotLeader), while the holder commits; a plain store (the log commands) is not fenced."""
-    a, lead_a = await open_leading(pg_url)
-    b, lead_b = await open_leading(pg_url)
-    try:
+    async with leading(pg_url) as (a, lead_a), leading(pg_url) as (b, lead_b):
         await lead_a.acquire()
         assert not await lead_b.try_acquire()
         with pytest.raises(NotLeader):
@@ -172,10 +154,6 @@ async def test_a_standby_store_cannot_commit_and_another_leader_can(pg_url: str)
         await a.append([NewEvent("s", "T", b"{}", event_id="from-leader")])
         async with EventStore.open(pg_url) as plain:
             await plain.append([NewEvent("t", "T", b"{}", event_id="unfenced")])
-    finally:
-        for store, lead in ((a, lead_a), (b, lead_b)):
-            await store.close()
-            await lead.close()
     async with EventStore.open(pg_url, readonly=True) as reader:
         assert [e.event_id async for e in reader.read_all()] == ["from-leader", "unfenced"]
 
