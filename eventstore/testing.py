@@ -106,19 +106,7 @@ class ThrowawayPostgres:
                 "--locale=C",
             )
             (server.data / "pg_hba.conf").write_text(_HBA)
-            server._run(
-                "pg_ctl",
-                "start",
-                "-w",
-                "-t",
-                str(_STEP_TIMEOUT),
-                "-D",
-                str(server.data),
-                "-l",
-                str(root / "server.log"),
-                "-o",
-                server._options(),
-            )
+            server.restart()
             server._watch()
         except BaseException:
             server.stop()
@@ -144,7 +132,7 @@ class ThrowawayPostgres:
             self._run("pg_ctl", "stop", "-w", "-t", "30", "-m", "immediate", "-D", str(self.data))
 
     def restart(self) -> None:
-        """Start the server again on the same data directory and socket (after `kill`)."""
+        """Start the server on its data directory and socket (first, or again after `kill`)."""
         self._run(
             "pg_ctl",
             "start",

@@ -75,7 +75,7 @@ async def refuse_while_stopping(request: web.Request, handler: Handler) -> web.S
     rt.requests_in_flight += 1
     try:
         # Reads too: an account's state read from the snapshot, a timeline read from the log.
-        with _GUARD:
+        with storage_guard():
             return await handler(request)
     finally:
         rt.requests_in_flight -= 1
@@ -127,7 +127,8 @@ _GUARD = _StorageGuard()
 
 
 def storage_guard() -> _StorageGuard:
-    """`with storage_guard():` around appends and reads: storage trouble answers 503."""
+    """`with storage_guard():` storage trouble answers 503. Around every handler (in
+    `refuse_while_stopping`), so a route need not say it."""
     return _GUARD
 
 

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from daemon import logs, metrics
 from daemon.domain import AuthReported, first_event_id
-from daemon.http.context import ID_PATTERN, RUNTIME, Runtime, describe_account, storage_guard
+from daemon.http.context import ID_PATTERN, RUNTIME, Runtime, describe_account
 from daemon.http.encoding import DecodedTooLarge, UndecodableBody, decode_content
 from daemon.http.errors import (
     ApiError,
@@ -112,10 +112,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
             delivery_id=first_input.input_id,
             delivery_count=len(inputs),
         )
-    with storage_guard():
-        decisions = await rt.engine.submit(
-            inputs, source="webhook", correlation_id=request_id(request)
-        )
+    decisions = await rt.engine.submit(inputs, source="webhook", correlation_id=request_id(request))
     duplicates = sum(d.duplicate for d in decisions)
     recorded = len(decisions) - duplicates
     rt.metrics.inc(metrics.WEBHOOKS, result="accepted")
@@ -142,8 +139,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
 
 async def _quarantine(rt: Runtime, body: bytes, field: str, reason: str) -> None:
     """Keep a signed but unreadable body (or delta) in the log once, however often it comes."""
-    with storage_guard():
-        new = await rt.engine.quarantine(body, source="webhook", field=field, reason=reason)
+    new = await rt.engine.quarantine(body, source="webhook", field=field, reason=reason)
     log.warning("webhook.quarantined", field=field, reason=reason, new=new)
 
 
@@ -163,10 +159,9 @@ async def receive_auth_event(request: web.Request) -> web.Response:
         provider=event.provider,
         source="app",
     )
-    with storage_guard():
-        (decision,) = await rt.engine.submit(
-            [inp], source="auth-event", correlation_id=request_id(request)
-        )
+    (decision,) = await rt.engine.submit(
+        [inp], source="auth-event", correlation_id=request_id(request)
+    )
     if decision.duplicate and event.event_id:
         await _refuse_reused_event_id(rt, input_id, event.account_id)
     rt.metrics.inc(metrics.AUTH_EVENTS, result="duplicate" if decision.duplicate else "recorded")
@@ -184,8 +179,7 @@ async def _refuse_reused_event_id(rt: Runtime, input_id: str, account_id: str) -
     A true retry names the same account and is a duplicate; another account means the client
     reuses ids, and answering "duplicate" would hide that its event was never recorded.
     """
-    with storage_guard():
-        original = await rt.store.get_event(first_event_id(input_id))
+    original = await rt.store.get_event(first_event_id(input_id))
     if original is None:
         return
     try:

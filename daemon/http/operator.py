@@ -29,7 +29,7 @@ from daemon.domain import (
     ResetAccount,
     account_stream,
 )
-from daemon.http.context import ID_PATTERN, RUNTIME, Runtime, describe_account, storage_guard
+from daemon.http.context import ID_PATTERN, RUNTIME, Runtime, describe_account
 from daemon.http.errors import (
     ApiError,
     bind_log_context,
@@ -145,10 +145,9 @@ def _command_id(request: web.Request) -> str:
 
 
 async def _submit(request: web.Request, rt: Runtime, inp: Input) -> bool:
-    with storage_guard():
-        (decision,) = await rt.engine.submit(
-            [inp], source="operator", correlation_id=request_id(request)
-        )
+    (decision,) = await rt.engine.submit(
+        [inp], source="operator", correlation_id=request_id(request)
+    )
     return decision.duplicate
 
 

@@ -292,9 +292,7 @@ class PostgresStore(EventStore):
                 await _check_schema(wconn, where, version)
             else:
                 await migrate(wconn)
-            head = await wconn.fetchrow(
-                "SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1"
-            )
+            head = await wconn.fetchrow(_WRITE_HEAD)
             pool = await connect.pool(4)
         except BaseException as exc:
             if wconn is not None:
