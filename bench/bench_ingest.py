@@ -87,10 +87,26 @@ class Result:
     p99_ms: float
     errors: int
     non_2xx: int
+    cpu_seconds: float | None = None  # the server process's, all threads, during the run
 
     @property
     def rate(self) -> float:
         return self.requests / self.seconds
+
+    @property
+    def cpu_us(self) -> str:
+        if self.cpu_seconds is None or not self.requests:
+            return ""
+        return f"{self.cpu_seconds / self.requests * 1e6:,.0f}"
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds used so far by process `pid` (all its threads); None off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def make_body(i: int, accounts: int) -> bytes:
@@ -499,13 +515,18 @@ def main(argv: list[str] | None = None) -> int:
                     ):
                         if seconds <= 0:
                             continue
+                        cpu_before = cpu_seconds(proc.pid)
                         if client == "wrk":
                             r = run_wrk(url, file, script, seconds, connections, args.threads)
                         else:
                             lines = [x.split(b" ", 1) for x in file.read_bytes().splitlines()]
                             r = asyncio.run(run_aiohttp(url, lines, seconds, connections))
+                        cpu_after = cpu_seconds(proc.pid)
                         if measured:
-                            results.append(Result(target, connections, *r))
+                            cpu = None
+                            if cpu_before is not None and cpu_after is not None:
+                                cpu = cpu_after - cpu_before
+                            results.append(Result(target, connections, *r, cpu_seconds=cpu))
             finally:
                 stop_server(proc)
             if target == "daemon-pg":
@@ -523,13 +544,16 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         base = by.get(("hmac-json", r.connections))
         ratio = f"{r.rate / base.rate:.2f}x" if base and r.target not in BASELINES else ""
+        floor = by.get(("sqlite", r.connections))
+        durable = f"{r.rate / floor.rate:.2f}x" if floor and r.target not in BASELINES else ""
         rows.append(
             (TARGETS[r.target], r.connections, f"{r.requests:,}", f"{r.rate:,.0f}",
-             f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}", r.errors, r.non_2xx, ratio)
+             f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}", r.errors, r.non_2xx, r.cpu_us, ratio,
+             durable)
         )  # fmt: skip
     print_table(
         ["server", "conns", "requests", "req/s", "p50 ms", "p99 ms", "errors", "non-2xx",
-         "vs HMAC+JSON"],
+         "CPU us/req", "vs HMAC+JSON", "vs sqlite"],
         rows,
     )  # fmt: skip
     for target, n in appended.items():
