@@ -722,11 +722,10 @@ def serve_command(args: argparse.Namespace) -> int:
     logs.register_secrets(secrets.values())
     for warning in secrets.warnings:
         log.warning("daemon.secret_file", detail=warning)
-    uvloop = config.http.event_loop == "uvloop"
-    if uvloop and importlib.util.find_spec("uvloop") is None:
-        print("staticipd: http.event_loop = uvloop, but uvloop is not installed "
-              "(pip install 'staticipd[fast]')", file=sys.stderr)  # fmt: skip
+    if (refusal := _unrunnable(config)) is not None:
+        print(f"staticipd: {refusal}", file=sys.stderr)
         return exitcodes.USAGE
+    uvloop = config.http.event_loop == "uvloop"
     daemon = Daemon(config, secrets, reload=reload)
     try:
         anyio.run(daemon.run, backend_options={"use_uvloop": uvloop})
@@ -747,11 +746,25 @@ def serve_command(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
+def _unrunnable(config: Config) -> str | None:
+    """Why `serve` cannot run this valid configuration on this host (None: it can)."""
+    if config.http.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        return (
+            "http.event_loop = uvloop, but uvloop is not installed (pip install 'staticipd[fast]')"
+        )
+    return None
+
+
 def check_config_command(args: argparse.Namespace) -> int:
     try:
         config, secrets, _ = load(args)
     except ConfigError as exc:
         print(f"staticipd: configuration error: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
+    for warning in secrets.warnings:  # what `serve` logs as `daemon.secret_file`
+        print(f"staticipd: warning: {warning}", file=sys.stderr)
+    if (refusal := _unrunnable(config)) is not None:
+        print(f"staticipd: {refusal}", file=sys.stderr)
         return exitcodes.USAGE
     print(render_effective(config, secrets))
     return exitcodes.OK

@@ -11,6 +11,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import quote
 
 import aiosqlite
+import anyio.to_thread
 
 from .errors import DatabaseCorrupt, DatabaseMissing
 from .schema import MIGRATIONS
@@ -51,9 +52,26 @@ class Opening(Generic[S]):
             await self._store.close()
 
 
+async def _opened(conn: aiosqlite.Connection) -> aiosqlite.Connection:
+    """`await conn`, and when the open fails, wait for aiosqlite's thread to end.
+
+    aiosqlite stops the thread of a connection that failed to open without waiting for it, and
+    the thread then answers the stop on the event loop: a command that exits on the failure may
+    have closed the loop by then, and the thread prints a traceback (`Event loop is closed`)
+    under the one line that says what went wrong.
+    """
+    try:
+        return await conn
+    except BaseException:
+        thread = getattr(conn, "_thread", None)  # aiosqlite's own; absent in other versions
+        if thread is not None and thread.is_alive():
+            await anyio.to_thread.run_sync(thread.join, 5.0)
+        raise
+
+
 async def connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
     """A read-write connection in autocommit mode (the writer issues BEGIN/COMMIT itself)."""
-    conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+    conn = await _opened(aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout))
     try:
         await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     except BaseException:
@@ -65,7 +83,9 @@ async def connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
 async def connect_readonly(path: str, busy_timeout: float) -> aiosqlite.Connection:
     """A connection that cannot write to the log at `path` (see `readonly_uri`)."""
     uri = readonly_uri(path)
-    conn = await aiosqlite.connect(uri, uri=True, isolation_level=None, timeout=busy_timeout)
+    conn = await _opened(
+        aiosqlite.connect(uri, uri=True, isolation_level=None, timeout=busy_timeout)
+    )
     try:
         # Connection settings only; neither writes to the file.
         await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")

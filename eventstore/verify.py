@@ -200,9 +200,13 @@ async def verify_log(
             last_pos = pos
             last_hash = stored if isinstance(stored, str) else stored.decode(errors="replace")
             checked += 1
+            if len(damage) >= _MAX_DAMAGE:
+                break  # the cap: the rest of the batch is not read either
         if progress is not None:
             progress(last_pos, max(max_pos, last_pos))
     complete = complete or last_pos >= max_pos  # the cap may be reached on the last row
+    if not complete:  # nothing is claimed about checkpoints past the last row read
+        cp_damage = [d for d in cp_damage if d.position <= last_pos]
     for pos, cps in checkpoints.items() if complete else ():
         if pos > last_pos:
             cps_checked += len(cps)

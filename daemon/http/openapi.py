@@ -18,6 +18,7 @@ from aiohttp import web
 from daemon import __version__
 from daemon.domain import FLAGS, STATES
 from daemon.domain.vocabulary import Policy
+from daemon.http.operator import MAX_IDEMPOTENCY_KEY
 from daemon.provider.allowlist import FORMATS
 
 __all__ = ["document", "routes"]
@@ -61,6 +62,10 @@ _UNAVAILABLE = _error(
     "The event log is busy or unavailable, the daemon is stopping, or this instance is a standby"
     " (`standby`: writes go to the leader): retry after `Retry-After`."
 )
+_READ_UNAVAILABLE = _error(
+    "The log, or the snapshot an account is read from, cannot be read now (`unavailable`):"
+    " retry after `Retry-After`."
+)
 _BAD_BODY = _error("Not JSON (`invalid_json`) or a field of the wrong type (`invalid_body`).")
 _UNKNOWN_ACCOUNT = _error("No such account in the log (`unknown_account`).")
 
@@ -89,7 +94,12 @@ _IDEMPOTENCY_KEY = {
     "in": "header",
     "required": False,
     "description": "The same key twice is one command (the second answer says `duplicate`).",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]+$"},
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_IDEMPOTENCY_KEY,
+        "pattern": "^[!-~]+$",
+    },
 }
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -470,6 +480,7 @@ def _paths() -> Doc:
                         "out (`invalid_query`, field named)."
                     ),
                     "401": _UNAUTHORIZED,
+                    "503": _READ_UNAVAILABLE,
                 },
             }
         },
@@ -484,6 +495,7 @@ def _paths() -> Doc:
                     "200": _json(_ref("Account"), "The account."),
                     "401": _UNAUTHORIZED,
                     "404": _UNKNOWN_ACCOUNT,
+                    "503": _READ_UNAVAILABLE,
                 },
             }
         },
@@ -508,6 +520,7 @@ def _paths() -> Doc:
                     ),
                     "401": _UNAUTHORIZED,
                     "404": _UNKNOWN_ACCOUNT,
+                    "503": _READ_UNAVAILABLE,
                 },
             }
         },

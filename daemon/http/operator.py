@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import UTC, datetime
 from typing import Annotated, TypeVar
@@ -85,14 +86,26 @@ def _runtime(request: web.Request) -> Runtime:
     return rt
 
 
+MAX_IDEMPOTENCY_KEY = 200
+_IDEMPOTENCY_KEY = re.compile(f"[!-~]{{1,{MAX_IDEMPOTENCY_KEY}}}")
 _enable_decoder = msgspec.json.Decoder(EnableBody)
 _enroll_decoder = msgspec.json.Decoder(EnrollBody)
 _account_command_decoder = msgspec.json.Decoder(AccountCommandBody)
 
 
-async def _body(request: web.Request, rt: Runtime, decoder: msgspec.json.Decoder[_T]) -> _T:
+async def _body(
+    request: web.Request,
+    rt: Runtime,
+    decoder: msgspec.json.Decoder[_T],
+    *,
+    optional: bool = False,
+) -> _T:
+    """The JSON body; an `optional` one (every field has a default) may also be left out.
+
+    Otherwise an empty body is not JSON: 400 `invalid_json`, field `$`, as README.md says.
+    """
     raw = await read_limited_body(request, rt.config.http.max_body_bytes)
-    return decode_body(raw or b"{}", decoder)
+    return decode_body(raw or (b"{}" if optional else b""), decoder)
 
 
 def _account_id(request: web.Request) -> str:
@@ -136,12 +149,18 @@ def read_cursor(cursor: str) -> str | None:
 
 def _command_id(request: web.Request) -> str:
     key = request.headers.get("Idempotency-Key")
-    if key and any("\ud800" <= ch <= "\udfff" for ch in key):
-        # Bytes that are not UTF-8 reach us as surrogates, which no event id can hold.
+    if key is None:
+        return f"op:{new_event_id()}"
+    # The key becomes part of an event id in the log: bounded, and printable ASCII as
+    # /openapi.json says (bytes that are not UTF-8 reach us as surrogates, refused here too).
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
         raise ApiError(
-            400, "invalid_header", "Idempotency-Key must be UTF-8 text", field="Idempotency-Key"
+            400,
+            "invalid_header",
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters",
+            field="Idempotency-Key",
         )
-    return f"op:{key}" if key else f"op:{new_event_id()}"
+    return f"op:{key}"
 
 
 async def _submit(request: web.Request, rt: Runtime, inp: Input) -> bool:
@@ -161,7 +180,7 @@ async def summary(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "migration_enabled": app_state.migration_enabled,
-            "enabled_at": app_state.enabled_at.isoformat() if app_state.enabled_at else None,
+            "enabled_at": msgspec.to_builtins(app_state.enabled_at),  # "...Z", as every time
             "funnel": projection.funnel(),
             "waves": {wave: p.enrolled for wave, p in progress.items()},
             "wave_progress": {
@@ -251,7 +270,7 @@ async def get_timeline(request: web.Request) -> web.Response:
 @routes.post("/v1/migration/enable")
 async def enable_migration(request: web.Request) -> web.Response:
     rt = _runtime(request)
-    body = await _body(request, rt, _enable_decoder)
+    body = await _body(request, rt, _enable_decoder, optional=True)
     inp = EnableMigration(
         input_id=_command_id(request), occurred_at=datetime.now(UTC),
         actor=body.actor, reason=body.reason,

@@ -51,19 +51,27 @@ def render(
     fmt: str,
     *,
     updated_at: datetime | None = None,
-    set_name: str = "nylas_sync",
+    set_name: str = "staticipd",
 ) -> str:
-    """`lists` maps a list kind (`static`, `dynamic`) to its addresses."""
+    """`lists` maps a list kind (`static`, `dynamic`) to its addresses.
+
+    nftables: the sets `allowed4` and `allowed6` of the table `inet <set_name>`, as the
+    firewall's own path (systemd/staticipd-apply-allowlist) names them; iptables: the chain
+    `<SET_NAME>`. JSON and the other formats end with a newline, as a file's last line does.
+    """
     if fmt not in FORMATS:
         raise AllowlistError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     parsed = {kind: parse_networks(addrs) for kind, addrs in sorted(lists.items())}
     if fmt == "json":
-        return json.dumps(
-            {
-                "updated_at": updated_at.isoformat() if updated_at else None,
-                "lists": {kind: [str(n) for n in nets] for kind, nets in parsed.items()},
-            },
-            indent=2,
+        return (
+            json.dumps(
+                {
+                    "updated_at": updated_at.isoformat() if updated_at else None,
+                    "lists": {kind: [str(n) for n in nets] for kind, nets in parsed.items()},
+                },
+                indent=2,
+            )
+            + "\n"
         )
     every = parse_networks(str(n) for nets in parsed.values() for n in nets)
     if fmt == "plain":

@@ -30,6 +30,10 @@ def test_json_keeps_lists_apart() -> None:
 def test_nftables_has_interval_sets_per_family() -> None:
     """nftables output declares one interval set per address family with the elements."""
     out = render(LISTS, "nftables")
+    # The table and sets the firewall's own path (systemd/staticipd-apply-allowlist) loads.
+    assert "table inet staticipd {" in out
+    assert "set allowed4 {" in out
+    assert "set allowed6 {" in out
     assert "type ipv4_addr; flags interval;" in out
     assert "elements = { 10.0.0.0/8, 34.67.39.103/32 }" in out
     assert "elements = { 2001:db8::/64 }" in out
@@ -38,7 +42,7 @@ def test_nftables_has_interval_sets_per_family() -> None:
 def test_iptables_restore_chain() -> None:
     """iptables output is an iptables-restore file with an ACCEPT rule per IPv4 network."""
     out = render(LISTS, "iptables")
-    assert "-A NYLAS_SYNC -s 34.67.39.103/32 -j ACCEPT" in out
+    assert "-A STATICIPD -s 34.67.39.103/32 -j ACCEPT" in out
     assert out.count("COMMIT") == 2
 
 

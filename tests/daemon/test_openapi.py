@@ -123,6 +123,48 @@ async def test_an_idempotency_key_that_is_not_utf8_is_a_400_not_a_500(running) -
     assert (error["code"], error["field"]) == ("invalid_header", "Idempotency-Key")
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(("key", "status"), [("k" * 200, 200), ("k" * 201, 400), ("a key", 400)])
+async def test_an_idempotency_key_is_what_the_document_allows(running, key, status) -> None:
+    """1 to 200 visible ASCII characters, as /openapi.json says; a longer key, or one with a
+    space, is 400 naming the header, and the command is not run."""
+    token = running.setup.secret("operator_token")
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
+    async with running.http.post("/v1/migration/enable", json={}, headers=headers) as resp:
+        assert resp.status == status, await resp.text()
+        body = await resp.json()
+    if status == 400:
+        assert (body["error"]["code"], body["error"]["field"]) == (
+            "invalid_header",
+            "Idempotency-Key",
+        )
+    async with running.http.get("/v1/summary", headers=headers) as resp:
+        assert (await resp.json())["migration_enabled"] is (status == 200)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/v1/enrollments", 400, "invalid_json"),
+        ("/v1/accounts/acc-1/reset", 400, "invalid_json"),
+        ("/v1/migration/enable", 200, None),  # every field has a default: no body is {}
+    ],
+)
+async def test_an_empty_body_is_not_json_where_fields_are_required(
+    running, path, status, code
+) -> None:
+    """An empty body is 400 `invalid_json` naming `$` on a route whose body has required fields,
+    as on every other route; enabling the migration needs no body at all."""
+    token = running.setup.secret("operator_token")
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": JSON}
+    async with running.http.post(path, data=b"", headers=headers) as resp:
+        assert resp.status == status, await resp.text()
+        body = await resp.json()
+    if code is not None:
+        assert (body["error"]["code"], body["error"]["field"]) == (code, "$")
+
+
 # --- the running daemon against its document ---------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import importlib.util
 import json
 import os
 import signal
@@ -435,6 +436,38 @@ def test_a_delay_below_the_providers_30_minutes_is_refused_for_the_real_provider
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["migration"]["delay_seconds"] == 600
+
+
+@pytest.mark.skipif(importlib.util.find_spec("uvloop") is not None, reason="uvloop installed")
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_uvloop_without_uvloop_installed_is_refused_alike(setup: Any, command: str) -> None:
+    """`check-config` refuses what `serve` would: `event_loop = "uvloop"` on a host without
+    uvloop is one line and exit 2 from both, before anything runs."""
+    env = {**setup.env, "STATICIPD_HTTP__EVENT_LOOP": "uvloop"}
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon", command],
+        env=clean_env(env), cwd=setup.workdir, capture_output=True,
+        timeout=EXIT_TIMEOUT, check=False,
+    )  # fmt: skip
+    assert result.returncode == exitcodes.USAGE
+    assert "uvloop is not installed" in result.stderr.decode()
+    assert not result.stdout
+    assert not setup.database.exists()
+
+
+def test_a_log_that_cannot_be_created_is_one_line_without_a_traceback(tmp_path: Path) -> None:
+    """`serve` on a log in a directory that does not exist says so in one log line, whatever
+    the timing of the storage library's thread (a traceback once slipped out after it)."""
+    for _ in range(5):
+        result = subprocess.run(
+            [sys.executable, "-m", "daemon", "serve", "--database", str(tmp_path / "no" / "x.db")],
+            env=clean_env({"STATICIPD_LISTEN": f"127.0.0.1:{free_port()}"}), cwd=tmp_path,
+            capture_output=True, timeout=EXIT_TIMEOUT, check=False,
+        )  # fmt: skip
+        assert result.returncode == exitcodes.PROBLEM
+        lines = result.stderr.decode().splitlines()
+        assert len(lines) == 1, lines
+        assert "daemon.storage_failed" in lines[0]
 
 
 def test_serve_takes_database_like_every_other_command(tmp_path: Path) -> None:

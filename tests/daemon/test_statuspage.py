@@ -67,6 +67,7 @@ async def test_summary_gives_each_waves_progress_next_to_the_old_fields(running)
     _, summary = await running.operator("GET", "/v1/summary")
     assert summary["waves"] == {"w1": 3}
     assert set(summary) >= {"migration_enabled", "enabled_at", "funnel", "position"}
+    assert summary["enabled_at"].endswith("Z")  # UTC, written as every other time of the API
     states = dict.fromkeys(STATES, 0) | {"dynamic": 2, "first_auth": 1}
     assert summary["wave_progress"] == {
         "w1": {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eventstore import EventStore, NewEvent
+from eventstore import AppendCall, EventStore, NewEvent
 from eventstore.chain import canonical_row, key_fingerprint, row_hash
 from eventstore.connections import connect_readonly
 from eventstore.schema import MIGRATIONS
@@ -421,6 +421,22 @@ async def test_a_capped_report_says_it_stopped_and_claims_nothing_past_it(tmp_pa
     assert {d.kind for d in report.damage} == {"edited"}
     assert report.damage[0].position == 11
     assert report.head_position < 150
+
+
+async def test_the_cap_holds_within_one_batch(tmp_path: Path) -> None:
+    """A log shorter than one batch with hundreds of edited rows is cut off at the cap too:
+    about a hundred findings, the report incomplete, its head the last row read."""
+    path = tmp_path / "short.db"
+    async with await EventStore.open(path) as store:
+        await store.append_many(
+            [AppendCall([NewEvent(f"s{i % 3}", "T", b'{"n": %d}' % i)]) for i in range(400)]
+        )
+    tamper(path, """UPDATE events SET data = '{"n": -1}' WHERE position BETWEEN 10 AND 390""")
+    async with await EventStore.open(path, readonly=True) as store:
+        report = await store.verify()
+    assert not report.complete
+    assert 100 <= len(report.damage) <= 101
+    assert report.head_position == report.damage[-1].position < 390
 
 
 async def test_a_report_under_the_cap_is_complete(log: Path) -> None:
