@@ -22,10 +22,20 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 _UNMATCHED = "unmatched"
 
 
-def route_of(request: web.Request) -> str:
-    """The canonical path of the route that served `request` (`unmatched` if none did)."""
+async def route_of(request: web.Request) -> str:
+    """The canonical path of the route that served `request` (`unmatched` if none did).
+
+    A path some route serves, asked with another method (405), is named by that route.
+    """
     resource = request.match_info.route.resource
-    return _UNMATCHED if resource is None else resource.canonical
+    if resource is not None:
+        return resource.canonical
+    if isinstance(request.match_info.http_exception, web.HTTPMethodNotAllowed):
+        for candidate in request.app.router.resources():
+            _, allowed = await candidate.resolve(request)
+            if allowed:
+                return candidate.canonical
+    return _UNMATCHED
 
 
 def request_metrics_middleware(metrics: Metrics) -> Middleware:
@@ -53,7 +63,7 @@ def request_metrics_middleware(metrics: Metrics) -> Middleware:
                     HTTP_REQUEST_DURATION,
                     time.perf_counter() - started,
                     method=method,
-                    route=route_of(request),
+                    route=await route_of(request),
                     status=str(status),
                 )
 

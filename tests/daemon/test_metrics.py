@@ -134,3 +134,36 @@ def test_readme_lists_every_metric_with_its_labels_and_kind() -> None:
         }
         declared = {m.name: m.labels for m in DECLARED if isinstance(m, kind)}
         assert listed == declared
+
+
+@pytest.mark.anyio
+async def test_the_route_label_is_the_path_template_never_the_url(running) -> None:
+    """`staticipd_http_request_duration_seconds{route}` is the route's template: an account's
+    id does not make a series, a path no route serves is `unmatched`, and a served path asked
+    with another method (405) is named by its route."""
+    token = running.setup.secret("operator_token")
+    auth = {"Authorization": f"Bearer {token}"}
+    for method, path in [
+        ("GET", "/v1/accounts/acc-secret-1"),
+        ("GET", "/v1/accounts/acc-secret-2"),
+        ("GET", "/no/such/path-secret-3"),
+        ("PUT", "/healthz"),
+    ]:
+        async with running.http.request(method, path, headers=auth) as resp:
+            await resp.read()
+    async with running.http.get("/metrics") as resp:
+        text = await resp.text()
+    (family,) = [
+        f
+        for f in text_string_to_metric_families(text)
+        if f.name == "staticipd_http_request_duration_seconds"
+    ]
+    labels = {
+        (s.labels["method"], s.labels["route"], s.labels["status"])
+        for s in family.samples
+        if s.name.endswith("_count")
+    }
+    assert not any("secret" in route for _, route, _ in labels)
+    assert ("GET", "/v1/accounts/{account_id}", "404") in labels
+    assert ("GET", "unmatched", "404") in labels
+    assert ("PUT", "/healthz", "405") in labels
