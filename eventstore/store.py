@@ -66,6 +66,20 @@ _GET_EVENT = _SELECT + "event_id = ?"
 _SYNC_MODES = ("NORMAL", "FULL", "EXTRA")
 
 
+@dataclass(frozen=True, slots=True)
+class OpenOptions:
+    """How `EventStore.open` was asked to open a log (see its text), for whichever backend."""
+
+    synchronous: str = "FULL"
+    create: bool = True
+    readonly: bool = False
+    queue_size: int = 10_000
+    max_batch: int = 1_000
+    clock: Callable[[], datetime] | None = None
+    busy_timeout: float = 5.0
+    supervised: bool = False
+
+
 class ReadOnlyStore(EventStoreError):
     """The store was opened with readonly=True: it reads and verifies, and never writes."""
 
@@ -134,53 +148,31 @@ class EventStore:
         staticipd log at a schema version this build knows (else DatabaseCorrupt). Reads,
         verify() and load_snapshot() work; writing calls and subscribe() raise ReadOnlyStore.
         """
+        options = OpenOptions(
+            synchronous=synchronous,
+            create=create,
+            readonly=readonly,
+            queue_size=queue_size,
+            max_batch=max_batch,
+            clock=clock,
+            busy_timeout=busy_timeout,
+            supervised=supervised,
+        )
         opener = _url_opener(path)
         if opener is not None:
-            return opener(
-                path,
-                password=password,
-                synchronous=synchronous,
-                create=create,
-                readonly=readonly,
-                queue_size=queue_size,
-                max_batch=max_batch,
-                clock=clock,
-                busy_timeout=busy_timeout,
-                supervised=supervised,
-            )
+            return opener(os.fspath(path), password, options)
         if readonly:
             return Opening(lambda: cls._open_readonly(path, busy_timeout=busy_timeout))
-        return Opening(
-            lambda: cls._open(
-                path,
-                synchronous=synchronous,
-                create=create,
-                queue_size=queue_size,
-                max_batch=max_batch,
-                clock=clock,
-                busy_timeout=busy_timeout,
-                supervised=supervised,
-            )
-        )
+        return Opening(lambda: cls._open(path, options))
 
     @classmethod
-    async def _open(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        synchronous: str = "FULL",
-        create: bool = True,
-        queue_size: int = 10_000,
-        max_batch: int = 1_000,
-        clock: Callable[[], datetime] | None = None,
-        busy_timeout: float = 5.0,
-        supervised: bool = False,
-    ) -> EventStore:
+    async def _open(cls, path: str | os.PathLike[str], options: OpenOptions) -> EventStore:
+        synchronous, busy_timeout = options.synchronous, options.busy_timeout
         sync = synchronous.upper()
         if sync not in _SYNC_MODES:
             raise ValueError(f"synchronous must be one of {_SYNC_MODES}, not {synchronous!r}")
         path = os.fspath(path)
-        if not create and not os.path.exists(path):  # noqa: ASYNC240 — one stat, at open
+        if not options.create and not os.path.exists(path):  # noqa: ASYNC240 — one stat, at open
             raise DatabaseMissing(f"no event store at {path}")
         conns: list[aiosqlite.Connection] = []
         try:
@@ -216,14 +208,14 @@ class EventStore:
             raise
         writer = Writer(
             own,
-            queue_size=queue_size,
-            max_batch=max_batch,
-            clock=clock,
+            queue_size=options.queue_size,
+            max_batch=options.max_batch,
+            clock=options.clock,
             head_position=pos,
             head_hash=hsh,
             last_recorded_at=last_time,
         )
-        return cls._with_writer(path, writer, rconn, busy_timeout, supervised=supervised)
+        return cls._with_writer(path, writer, rconn, busy_timeout, supervised=options.supervised)
 
     @classmethod
     def _with_writer(
@@ -759,15 +751,17 @@ class EventStore:
 
 # Openers of logs named by a URL, by URL prefix: eventstore/postgres registers its own, so that
 # EventStore.open takes a `postgresql://` URL without this module importing that backend.
-_URL_OPENERS: dict[str, Callable[..., Opening[EventStore]]] = {}
+UrlOpener = Callable[[str, str | None, OpenOptions], Opening[EventStore]]
+_URL_OPENERS: dict[str, UrlOpener] = {}
 
 
-def register_url_opener(prefix: str, opener: Callable[..., Opening[EventStore]]) -> None:
-    """Have EventStore.open(url) call `opener(url, **its options)` for URLs starting `prefix`."""
+def register_url_opener(prefix: str, opener: UrlOpener) -> None:
+    """Have EventStore.open(url) call `opener(url, password, options)` for URLs starting
+    `prefix`."""
     _URL_OPENERS[prefix] = opener
 
 
-def _url_opener(path: object) -> Callable[..., Opening[EventStore]] | None:
+def _url_opener(path: object) -> UrlOpener | None:
     if isinstance(path, str):
         for prefix, opener in _URL_OPENERS.items():
             if path.startswith(prefix):

@@ -36,7 +36,13 @@ from ..planner import BatchPlan, PlannedCall, plan_batch, record_from_row
 from ..records import ANY, AppendCall, AppendResult, NewEvent
 from ..schema import EVENT_COLUMNS
 from ..snapshots import MemorySnapshotReader, SnapshotReader
-from ..store import EventStore, SignedCheckpoint, register_url_opener, split_parts
+from ..store import (
+    EventStore,
+    OpenOptions,
+    SignedCheckpoint,
+    register_url_opener,
+    split_parts,
+)
 from ..verify import RowVisitor, VerifyReport, verify_log
 from ..writer import Writer
 from .errors import connection_lost, translate_pg
@@ -260,19 +266,15 @@ class PostgresStore(EventStore):
 
     @classmethod
     async def open_url(
-        cls,
-        url: str,
-        *,
-        password: str | None = None,
-        synchronous: str = "FULL",
-        create: bool = True,
-        readonly: bool = False,
-        queue_size: int = 10_000,
-        max_batch: int = 1_000,
-        clock: Callable[[], datetime] | None = None,
-        busy_timeout: float = 5.0,
-        supervised: bool = False,
+        cls, url: str, password: str | None = None, options: OpenOptions | None = None
     ) -> PostgresStore:
+        """Open the log in the database at `url` (see EventStore.open for the options)."""
+        options = options or OpenOptions()
+        synchronous, readonly, busy_timeout = (
+            options.synchronous,
+            options.readonly,
+            options.busy_timeout,
+        )
         sync = synchronous.upper()
         if sync not in _SYNC:
             raise ValueError(f"synchronous must be one of {tuple(_SYNC)}, not {synchronous!r}")
@@ -286,7 +288,7 @@ class PostgresStore(EventStore):
         try:
             wconn = await connect.connect()
             version = await schema_version(wconn)
-            if version is None and (readonly or not create):
+            if version is None and (readonly or not options.create):
                 raise DatabaseMissing(f"no event store at {where} (no schema_migrations table)")
             if readonly or (version is not None and version >= max(MIGRATIONS)):
                 await _check_schema(wconn, where, version)
@@ -309,21 +311,23 @@ class PostgresStore(EventStore):
         target = PgWriteConnection(connect, wconn)
         writer = Writer(
             target,
-            queue_size=queue_size,
-            max_batch=max_batch,
-            clock=clock,
+            queue_size=options.queue_size,
+            max_batch=options.max_batch,
+            clock=options.clock,
             head_position=pos,
             head_hash=hsh,
             last_recorded_at=last_time,
         )
-        store = cls._with_writer(url, writer, pool, busy_timeout, supervised=supervised)
+        store = cls._with_writer(url, writer, pool, busy_timeout, supervised=options.supervised)
         store._connect, store._target = connect, target
         return store
 
     @classmethod
-    def open_opening(cls, url: str, **kwargs: Any) -> Opening[EventStore]:
+    def open_opening(
+        cls, url: str, password: str | None, options: OpenOptions
+    ) -> Opening[EventStore]:
         async def factory() -> EventStore:
-            return await cls.open_url(url, **kwargs)
+            return await cls.open_url(url, password, options)
 
         return Opening(factory)
 
