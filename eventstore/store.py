@@ -10,6 +10,7 @@ from collections.abc import (
     AsyncIterator,
     Callable,
     Collection,
+    Coroutine,
     Iterable,
     Mapping,
     Sequence,
@@ -50,6 +51,7 @@ from .writer import WriteConnection, Writer, chunks, marks
 __all__ = ["EventStore", "ReadOnlyStore", "SignedCheckpoint"]
 
 _C = TypeVar("_C")
+_R = TypeVar("_R")
 
 # A snapshot's row: its whole value, or the header of a keyed one (save_snapshot_parts).
 _SAVE_SNAPSHOT = (
@@ -455,14 +457,14 @@ class EventStore:
         start = max(from_position, 1)
         last = LAST_POSITION if to_position is None else to_position
         # Fetch the next batch on the reader's thread while the caller handles this one.
-        fetch = asyncio.ensure_future(self._fetch(_READ_ALL, (start, last, batch)))
+        fetch = _read_ahead(self._fetch(_READ_ALL, (start, last, batch)))
         try:
             while True:
                 rows = await fetch
                 more = len(rows) == batch and rows[-1][0] < last
                 if more:
                     nxt = rows[-1][0] + 1
-                    fetch = asyncio.ensure_future(self._fetch(_READ_ALL, (nxt, last, batch)))
+                    fetch = _read_ahead(self._fetch(_READ_ALL, (nxt, last, batch)))
                 for event in records_from_rows(rows):
                     yield event
                 if not more:
@@ -747,6 +749,24 @@ class EventStore:
             return list(await self._reader.execute_fetchall(sql, params))
         except Exception as exc:
             raise translate(exc) from exc
+
+
+def _read_ahead(read: Coroutine[Any, Any, _R]) -> asyncio.Future[_R]:
+    """`read` started now, for a reader that may stop before it needs the result.
+
+    A caller that leaves `read_all` early (`export | head`, `replay --until`) may close the
+    store before the generator is finalised: the read-ahead then fails with StoreClosed, which
+    nobody awaits. Its failure is marked as seen here, so that asyncio does not print it as a
+    "Task exception was never retrieved" traceback; a caller that awaits it still gets it.
+    """
+    task = asyncio.ensure_future(read)
+    task.add_done_callback(_seen)
+    return task
+
+
+def _seen(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 # Openers of logs named by a URL, by URL prefix: eventstore/postgres registers its own, so that

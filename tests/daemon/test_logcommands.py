@@ -7,6 +7,8 @@ import json
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from daemon.domain import (
 from daemon.domain.testing import Harness
 from daemon.runtime.live import SNAPSHOT_NAME
 from daemon.runtime.projections import Projection
-from eventstore import EventStore, NewEvent
+from eventstore import AppendCall, EventStore, NewEvent
 from eventstore.chain import canonical_row, row_hash
 
 
@@ -870,3 +872,48 @@ def test_status_reads_a_snapshot_that_agrees_with_the_log_and_says_so(
     assert main(["status", "--database", str(path)]) == 0
     out = capsys.readouterr().out
     assert "replayed from the first event: the snapshot does not match the log" in out
+
+
+@pytest.fixture(scope="module")
+def long_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A log longer than one read batch (5,000 rows), written on two days."""
+    path = tmp_path_factory.mktemp("long") / "log.db"
+    days = iter([datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC)])
+    day = next(days)
+
+    async def fill() -> None:
+        nonlocal day
+        async with EventStore.open(path, clock=lambda: day) as store:
+            for half in range(2):
+                calls = [
+                    AppendCall([NewEvent(f"account-{i % 50}", "Noted", b'{"i":%d}' % i)])
+                    for i in range(half * 6000, (half + 1) * 6000)
+                ]
+                await store.append_many(calls)
+                day = next(days, day)
+
+    anyio.run(fill)
+    return path
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["replay", "--until", "2026-03-01T12:00:00Z"], ["export"]],
+    ids=["replay --until", "export | head -1"],
+)
+def test_a_command_that_stops_reading_early_prints_nothing_more(
+    long_log: Path, command: list[str]
+) -> None:
+    """`replay --until` a time before the head, and `export` into a reader that takes one line,
+    stop reading the log early: stderr stays empty (a read still under way once printed a
+    StoreClosed traceback there)."""
+    args = [sys.executable, "-m", "daemon", *command, "--database", str(long_log)]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        first = proc.stdout.readline()
+        proc.stdout.close()  # as `| head -1` does
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 0
+    assert first
+    assert err == b""
