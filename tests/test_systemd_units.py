@@ -107,3 +107,15 @@ def test_firewall_script_replaces_both_sets_in_one_transaction(tmp_path: Path) -
         "add element inet staticipd allowed4 { 192.0.2.7/32, 198.51.100.0/24 }",
         "add element inet staticipd allowed6 { 2001:db8::1/128 }",
     ]
+
+
+def test_the_firewall_service_also_loads_the_file_at_boot() -> None:
+    """A path unit fires on changes only and nftables sets live in the kernel only: the
+    firewall service is enabled on its own too, loads after nftables.service, and is skipped
+    (not failed) while the daemon has written no allowlist yet."""
+    text = (UNITS / "staticipd-firewall.service").read_text()
+    assert re.search(r"^\[Install\]\nWantedBy=multi-user\.target$", text, re.MULTILINE)
+    assert "\nAfter=nftables.service\n" in text
+    assert "\nConditionPathExists=/var/lib/staticipd/allowlist.txt\n" in text
+    readme = (UNITS.parent / "README.md").read_text()
+    assert "systemctl enable --now staticipd-firewall.path staticipd-firewall.service" in readme
