@@ -4,9 +4,12 @@ takes it, and a destination that exists refused in one line."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -171,7 +174,23 @@ def test_the_backup_service_runs_a_backup_the_cli_accepts_into_its_one_writable_
     assert "StateDirectory" not in service  # it would make the state directory writable
     (post,) = service["ExecStartPost"]
     assert "/var/backups/staticipd" in post
-    assert "-mtime +14 -delete" in post
+
+
+def test_the_backup_service_deletes_copies_older_than_14_days_and_no_others(
+    tmp_path: Path,
+) -> None:
+    """The clean-up the service runs after a good backup, run on a directory of copies: those
+    older than 14 days go, a younger one and files that are not copies stay."""
+    (post,) = unit("staticipd-backup.service")["ExecStartPost"]
+    command = shlex.split(post.replace("/var/backups/staticipd", str(tmp_path)))
+    now = time.time()
+    ages = {"staticipd-old.db": 14 * 86400 + 3600, "staticipd-young.db": 14 * 86400 - 3600}
+    ages["notes.txt"] = 30 * 86400
+    for name, age in ages.items():
+        (tmp_path / name).write_text(name)
+        os.utime(tmp_path / name, (now - age, now - age))
+    subprocess.run(command, check=True, timeout=30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "staticipd-young.db"]
 
 
 def test_the_backup_timer_runs_nightly_and_catches_up() -> None:
