@@ -175,6 +175,14 @@ def signed_webhook(setup: Any, account_id: str, secret: str | None = None) -> tu
     return body, hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
+def run_staticipd(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """`python -m daemon ARGS` to its end, as a user runs it, in a clean environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        env=clean_env(env), cwd=cwd, capture_output=True, timeout=EXIT_TIMEOUT, check=False,
+    )  # fmt: skip
+
+
 def test_sigterm_exits_zero_after_writing_a_snapshot(served: tuple[Any, int]) -> None:
     """SIGTERM ends `serve` with exit status 0 and a snapshot of the log's head on disk."""
     setup, port = served
@@ -302,15 +310,8 @@ def test_the_journal_keeps_the_checkpoints_verify_can_check(served: tuple[Any, i
     (line,) = [e for e in child.log_events() if e.get("event") == "checkpoint.written"]
     assert line["position"] >= 1
     assert "checkpoint-key-value" not in child.log_text()
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon", "verify", "--expect",
-         f"{line['position']}:{line['head_hash']}"],
-        env=clean_env(setup.env),
-        cwd=setup.workdir,
-        capture_output=True,
-        timeout=EXIT_TIMEOUT,
-        check=False,
-    )  # fmt: skip
+    expect = f"{line['position']}:{line['head_hash']}"
+    result = run_staticipd(setup.env, setup.workdir, "verify", "--expect", expect)
     assert result.returncode == 0, result.stdout + result.stderr
     assert b"1 signed checkpoint(s) valid, 1 expected hash(es) found" in result.stdout
 
@@ -330,14 +331,7 @@ def test_check_config_prints_the_effective_config_with_secrets_masked(
 ) -> None:
     """`staticipd check-config` prints the effective settings as JSON, every secret masked."""
     setup, port = served
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon", "check-config"],
-        env=clean_env(setup.env),
-        cwd=setup.workdir,
-        capture_output=True,
-        timeout=EXIT_TIMEOUT,
-        check=False,
-    )
+    result = run_staticipd(setup.env, setup.workdir, "check-config")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["listen"] == f"127.0.0.1:{port}"
@@ -418,22 +412,14 @@ def test_a_delay_below_the_providers_30_minutes_is_refused_for_the_real_provider
     """`check-config` and `serve` refuse `migration.delay_seconds` under 1800 unless the
     provider is a sandbox, saying why, before anything runs."""
     env = {**setup.env, "STATICIPD_MIGRATION__DELAY_SECONDS": "600"}
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon", command],
-        env=clean_env(env), cwd=setup.workdir, capture_output=True,
-        timeout=EXIT_TIMEOUT, check=False,
-    )  # fmt: skip
+    result = run_staticipd(env, setup.workdir, command)
     assert result.returncode == exitcodes.USAGE
     message = result.stderr.decode()
     assert "migration.delay_seconds = 600 is below 1800" in message
     assert "provider.sandbox = true" in message
     assert not setup.database.exists()
     sandboxed = {**env, "STATICIPD_PROVIDER__SANDBOX": "true"}
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon", "check-config"],
-        env=clean_env(sandboxed), cwd=setup.workdir, capture_output=True,
-        timeout=EXIT_TIMEOUT, check=False,
-    )  # fmt: skip
+    result = run_staticipd(sandboxed, setup.workdir, "check-config")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["migration"]["delay_seconds"] == 600
 
@@ -444,11 +430,7 @@ def test_uvloop_without_uvloop_installed_is_refused_alike(setup: Any, command: s
     """`check-config` refuses what `serve` would: `event_loop = "uvloop"` on a host without
     uvloop is one line and exit 2 from both, before anything runs."""
     env = {**setup.env, "STATICIPD_HTTP__EVENT_LOOP": "uvloop"}
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon", command],
-        env=clean_env(env), cwd=setup.workdir, capture_output=True,
-        timeout=EXIT_TIMEOUT, check=False,
-    )  # fmt: skip
+    result = run_staticipd(env, setup.workdir, command)
     assert result.returncode == exitcodes.USAGE
     assert "uvloop is not installed" in result.stderr.decode()
     assert not result.stdout
@@ -459,11 +441,8 @@ def test_a_log_that_cannot_be_created_is_one_line_without_a_traceback(tmp_path: 
     """`serve` on a log in a directory that does not exist says so in one log line, whatever
     the timing of the storage library's thread (a traceback once slipped out after it)."""
     for _ in range(5):
-        result = subprocess.run(
-            [sys.executable, "-m", "daemon", "serve", "--database", str(tmp_path / "no" / "x.db")],
-            env=clean_env({"STATICIPD_LISTEN": f"127.0.0.1:{free_port()}"}), cwd=tmp_path,
-            capture_output=True, timeout=EXIT_TIMEOUT, check=False,
-        )  # fmt: skip
+        env = {"STATICIPD_LISTEN": f"127.0.0.1:{free_port()}"}
+        result = run_staticipd(env, tmp_path, "serve", "--database", str(tmp_path / "no" / "x.db"))
         assert result.returncode == exitcodes.PROBLEM
         lines = result.stderr.decode().splitlines()
         assert len(lines) == 1, lines
