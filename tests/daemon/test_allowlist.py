@@ -22,7 +22,9 @@ def test_plain_lists_each_network_once_ipv4_first() -> None:
 
 def test_json_keeps_lists_apart() -> None:
     """JSON output keeps the static and dynamic lists separate."""
-    doc = json.loads(render(LISTS, "json"))
+    text = render(LISTS, "json")
+    assert text.endswith("}\n")  # a file's last line ends with a newline, as every format's
+    doc = json.loads(text)
     assert doc["lists"]["static"] == ["34.67.39.103/32", "2001:db8::/64"]
     assert doc["lists"]["dynamic"] == ["10.0.0.0/8"]
 

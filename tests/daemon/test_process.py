@@ -437,6 +437,20 @@ def test_uvloop_without_uvloop_installed_is_refused_alike(setup: Any, command: s
     assert not setup.database.exists()
 
 
+def test_check_config_warns_of_a_secret_file_others_can_read(setup: Any) -> None:
+    """What `serve` logs as `daemon.secret_file`, `check-config` says on stderr, naming the file
+    and never its value; the configuration is still printed (exit 0)."""
+    setup.write_secret("operator_token", "readable-token-value")
+    (setup.secrets_dir / "operator_token").chmod(0o644)
+    result = run_staticipd(setup.env, setup.workdir, "check-config")
+    assert result.returncode == 0, result.stderr
+    warning = result.stderr.decode()
+    assert warning.startswith("staticipd: warning:")
+    assert "operator_token" in warning
+    assert "readable-token-value" not in warning + result.stdout.decode()
+    assert json.loads(result.stdout)["secrets"]["operator_token"].startswith("configured")
+
+
 def test_a_log_that_cannot_be_created_is_one_line_without_a_traceback(tmp_path: Path) -> None:
     """`serve` on a log in a directory that does not exist says so in one log line, whatever
     the timing of the storage library's thread (a traceback once slipped out after it)."""
