@@ -180,8 +180,8 @@ class SqliteSnapshotReader(SnapshotReader):
     def label(self, key: str) -> str | None:
         if self._labelled is None:  # asked once: a loader asks this for many keys
             self._labelled = self._has("snapshot_parts") and self._has_labels()
-        if not self._labelled:
-            return super().label(key)
+        if not self._labelled:  # every part of an unlabelled snapshot is under ""
+            return None if self.blob(key) is None else ""
         found = next(self._rows(_LABEL_OF, key), None)
         return None if found is None else str(found[0])
 

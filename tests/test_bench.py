@@ -26,7 +26,7 @@ TINY = {
     "bench_postgres": ["--rounds", "3", "--appends", "512", "--repeat", "1"],
     "bench_takeover": ["--rounds", "1", "--stop-rounds", "1", "--lease", "1"],
     "bench_ingest": [
-        "--client", "aiohttp", "--targets", "hmac-json,store,daemon-FULL",
+        "--client", "aiohttp", "--targets", "hmac-json,sqlite,store,daemon-FULL",
         "--connections", "4", "--duration", "0.5", "--warmup", "0.2", "--bodies", "400",
         "--dir", "{tmp}",
     ],
@@ -47,3 +47,6 @@ def test_benchmark_runs_at_a_tiny_size(name: str, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip(), "the benchmark printed nothing"
+    if name == "bench_ingest":  # each server's CPU per request, and the ratio to the floor
+        assert "CPU us/req" in done.stdout
+        assert "vs sqlite" in done.stdout

@@ -150,9 +150,7 @@ class _Connect:
 
     def with_settings(self, settings: Mapping[str, str]) -> _Connect:
         """The same, with more session settings."""
-        out = _Connect(self.url, self.password, self.busy_timeout, {})
-        out.settings = {**self.settings, **settings}
-        return out
+        return _Connect(self.url, self.password, self.busy_timeout, {**self.settings, **settings})
 
     async def pool(self, size: int) -> asyncpg.Pool:
         return await asyncpg.create_pool(min_size=1, max_size=size, **self.kwargs())

@@ -184,6 +184,20 @@ def operator_post(setup: DaemonSetup, child: Child, path: str, doc: dict[str, An
     return post(child, path, json.dumps(doc).encode(), headers)
 
 
+def migrating_pair(
+    stack: ExitStack, setup: DaemonSetup, account_ids: list[str]
+) -> tuple[Child, Child]:
+    """Instance `a` leading and `b` standing by (both stopped by `stack`), the migration enabled
+    and `account_ids` enrolled in wave w1 with the notify policy."""
+    a = stack.enter_context(instance(setup, "a"))
+    until(lambda: role(a) == "leader", what="the first instance leads")
+    b = stack.enter_context(instance(setup, "b"))
+    assert operator_post(setup, a, "/v1/migration/enable", {"reason": "failover"}) == 200
+    enrol = {"account_ids": account_ids, "wave": "w1", "policy": "notify"}
+    assert operator_post(setup, a, "/v1/enrollments", enrol) in (200, 201)
+    return a, b
+
+
 def summary(setup: DaemonSetup, child: Child) -> dict[str, Any]:
     auth = {"Authorization": f"Bearer {setup.secret('operator_token')}"}
     status, body = child.request("GET", "/v1/summary", headers=auth)
@@ -224,13 +238,8 @@ def test_failover_under_load_keeps_every_input_timer_and_effect(
             STATICIPD_MIGRATION__STALL_AFTER_SECONDS="600",
             STATICIPD_NOTIFY__URL=receiver.url,
         )
-        a = stack.enter_context(instance(setup, "a"))
-        until(lambda: role(a) == "leader", what="the first instance leads")
-        b = stack.enter_context(instance(setup, "b"))
-        assert operator_post(setup, a, "/v1/migration/enable", {"reason": "failover"}) == 200
         ids = [f"acc-{n}" for n in range(ACCOUNTS)]
-        enrol = {"account_ids": ids, "wave": "w1", "policy": "notify"}
-        assert operator_post(setup, a, "/v1/enrollments", enrol) in (200, 201)
+        a, b = migrating_pair(stack, setup, ids)
 
         load = Load(setup, receiver)
         load.instances = [a, b]
@@ -337,12 +346,7 @@ def test_the_new_leader_performs_a_pending_effect_under_the_same_key(
             STATICIPD_MIGRATION__STOP_GRACE_SECONDS="600",
             STATICIPD_NOTIFY__URL=receiver.url,
         )
-        a = stack.enter_context(instance(setup, "a"))
-        until(lambda: role(a) == "leader", what="the first instance leads")
-        b = stack.enter_context(instance(setup, "b"))
-        assert operator_post(setup, a, "/v1/migration/enable", {"reason": "failover"}) == 200
-        enrol = {"account_ids": ["acc-1"], "wave": "w1", "policy": "notify"}
-        assert operator_post(setup, a, "/v1/enrollments", enrol) in (200, 201)
+        a, b = migrating_pair(stack, setup, ["acc-1"])
         load = Load(setup, receiver)
         load.instances = [a]
         load.auth("acc-1", "first-acc-1")

@@ -87,16 +87,24 @@ async def test_a_silent_holder_loses_the_lock_after_the_lease(pg_url: str) -> No
             await lead_b.acquire()
 
 
+async def lose_the_lock(
+    pg_url: str, store: EventStore, lead: Leadership, *, committed: str, refused: str
+) -> None:
+    """Lead and commit `committed`; then the lock session is terminated, and the next append,
+    `refused`, gets NotLeader."""
+    await lead.acquire()
+    await store.append([NewEvent("s", "T", b"{}", event_id=committed)])
+    assert lead.lock_pid is not None
+    await terminate(pg_url, lead.lock_pid)
+    with pytest.raises(NotLeader):
+        await store.append([NewEvent("s", "T", b"{}", event_id=refused)])
+
+
 async def test_a_fenced_store_commits_nothing(pg_url: str) -> None:
     """A store whose lock session was terminated gets NotLeader for its next append and
     snapshot, and nothing of them is in the log; while it held the lock it committed."""
     async with leading(pg_url) as (store, lead):
-        await lead.acquire()
-        await store.append([NewEvent("s", "T", b"{}", event_id="held")])
-        assert lead.lock_pid is not None
-        await terminate(pg_url, lead.lock_pid)
-        with pytest.raises(NotLeader):
-            await store.append([NewEvent("s", "T", b"{}", event_id="fenced-1")])
+        await lose_the_lock(pg_url, store, lead, committed="held", refused="fenced-1")
         with pytest.raises(NotLeader):
             await store.save_snapshot("projection", 1, b"x")
     async with EventStore.open(pg_url, readonly=True) as reader:
@@ -108,12 +116,7 @@ async def test_a_leader_gets_its_lock_back_when_nobody_else_wrote(pg_url: str) -
     """A leader whose lock session ended (a server restart, a terminated session) gets the
     lock back on a new session and commits again, when the log's head is still its own."""
     async with leading(pg_url) as (store, lead):
-        await lead.acquire()
-        await store.append([NewEvent("s", "T", b"{}", event_id="before")])
-        assert lead.lock_pid is not None
-        await terminate(pg_url, lead.lock_pid)
-        with pytest.raises(NotLeader):
-            await store.append([NewEvent("s", "T", b"{}", event_id="refused")])
+        await lose_the_lock(pg_url, store, lead, committed="before", refused="refused")
         async with anyio.create_task_group() as tg:
             tg.start_soon(lead.hold, lambda: 1)
             with anyio.fail_after(10):

@@ -166,3 +166,32 @@ async def test_a_part_fetcher_reads_on_after_its_store_closed_and_leaves_no_file
     assert sorted(os.listdir(tmp_path)) == ["log.db"]
     assert (fetch("a"), fetch("b")) == (b"1", None)
     assert sorted(os.listdir(tmp_path)) == ["log.db"]
+
+
+async def test_a_snapshot_written_before_parts_had_labels_reads_all_under_no_label(
+    tmp_path: Path,
+) -> None:
+    """A log of schema 2, read-only (not migrated): every part is under the label "", one
+    part's label is "" (None for no such part), and no part has a time."""
+    path = tmp_path / "log.db"
+    async with EventStore.open(path) as store:
+        await store.save_snapshot_parts("p", 3, b"h", [("b", b"2"), ("a", b"1")])
+    with sqlite3.connect(path) as conn:
+        for statement in (
+            "DROP INDEX snapshot_parts_by_label",
+            "DROP INDEX snapshot_parts_by_time",
+            "ALTER TABLE snapshot_parts DROP COLUMN label",
+            "ALTER TABLE snapshot_parts DROP COLUMN at",
+            "DELETE FROM schema_migrations WHERE version = 3",
+        ):
+            conn.execute(statement)
+    conn.close()
+    async with EventStore.open(path, readonly=True) as store:
+        reader = await store.open_snapshot("p")
+        assert reader is not None
+        with reader:
+            assert reader.labels() == {"": ["a", "b"]}
+            assert reader.label_counts() == {"": 2}
+            assert reader.keys_labelled("") == ["a", "b"]
+            assert (reader.label("a"), reader.label("zz")) == ("", None)
+            assert reader.times() == {}
