@@ -110,22 +110,19 @@ class LiveProjection:
         async for record in self.store.read_all(self.position + 1, head):
             self.projection.apply_record(record)
 
-    async def follow(self) -> int:
+    async def follow(self) -> None:
         """Apply what another process committed since our position (a standby following the
-        leader of a PostgreSQL log), through the same path as a local commit (hooks, waiters);
-        return how many events were applied. A failure to apply stops the process (`run`)."""
+        leader of a PostgreSQL log), through the same path as a local commit (hooks, waiters).
+        A failure to apply stops the process (`run`)."""
         head, _ = await self.store.head()
-        applied = 0
         batch: list[RecordedEvent] = []
         async for record in self.store.read_all(self.position + 1, head):
             batch.append(record)
             if len(batch) >= FOLLOW_BATCH:
                 self._on_commit(batch)
-                applied, batch = applied + len(batch), []
+                batch = []
         if batch:
             self._on_commit(batch)
-            applied += len(batch)
-        return applied
 
     def _on_commit(self, records: list[RecordedEvent]) -> None:
         # Called by the store's writer right after each commit, so the projection is current
