@@ -177,6 +177,13 @@ def _label(state: AccountState, wave: int) -> str:
     return f"{state.state} {wave} {1 if state.pending_effects else 0}"
 
 
+def _parse_label(label: str) -> tuple[str, int | None, bool]:
+    """What `_label` wrote: the state, the enrolment's index (None: none) and whether the
+    account has pending effects."""
+    state, wave, effects = label.split(" ")
+    return state, None if wave == "-1" else int(wave), effects == "1"
+
+
 class Page(msgspec.Struct, frozen=True):
     """One page of a listing; pass `next_cursor` as `after` for the next one (None: the end)."""
 
@@ -656,7 +663,7 @@ class Projection:
         """`_from_index` for a reader that stays open: each state's ids are counted now and
         read when first asked for, and an account's enrolment is read from its part's label."""
         counts = reader.label_counts()
-        parsed = {label: label.split(" ") for label in counts}
+        parsed = {label: _parse_label(label) for label in counts}
         projection = cls._from_index(head, {}, {}, times, hot_limit)
         for state in {state for state, _, _ in parsed.values()}:
             mine = [label for label, (s, _, _) in parsed.items() if s == state]
@@ -665,14 +672,13 @@ class Projection:
                 functools.partial(_keys_of, reader, mine),
             )
         for label, (_, _, effects) in parsed.items():
-            if effects == "1":
+            if effects:
                 projection._with_effects.update(reader.keys_labelled(label))
-        waves = [(label, int(wave)) for label, (_, wave, _) in parsed.items() if wave != "-1"]
+        waves = [(label, wave) for label, (_, wave, _) in parsed.items() if wave is not None]
 
         def enrolled(account_id: str) -> int | None:
             label = reader.label(account_id)
-            wave = None if label is None else label.split(" ")[1]
-            return None if wave is None or wave == "-1" else int(wave)
+            return None if label is None else _parse_label(label)[1]
 
         projection.application = replace(
             projection.application,
@@ -714,14 +720,14 @@ class Projection:
         by_state: dict[str, set[str]] = {state: set() for state in STATES}
         projection._by_state = dict(by_state)
         for label, ids in labels.items():  # a few hundred labels: the work per id is in C
-            state, wave, effects = label.split(" ")
+            state, wave, effects = _parse_label(label)
             if state not in by_state:
                 by_state[state] = projection._by_state[state] = set()
             by_state[state].update(ids)
-            if effects == "1":
+            if effects:
                 projection._with_effects.update(ids)
-            if wave != "-1":
-                enrolled.append((int(wave), ids))
+            if wave is not None:
+                enrolled.append((wave, ids))
             else:
                 not_enrolled.extend(ids)
         due = map(datetime.fromisoformat, times.values())
