@@ -14,18 +14,23 @@ contender gets its own copy of that log, and in one run:
   with input-derived ids on existing accounts' streams;
 - (b) raw sqlite3: the same kind of rows inserted into the same table (same indexes, WAL, FULL,
   and the store writer's pragmas), one `executemany` + COMMIT per 256 rows (the store's batch
-  at 256 appenders); precomputed rows, no hashing, no checks: the ceiling;
+  at 256 appenders); precomputed rows, no hashing, no checks; SQLite's own WAL checkpoints
+  (every 1,000 pages, in the committing connection);
+- (b2) the same as (b) with the store's WAL bound (`WAL_AUTOCHECKPOINT_PAGES`) but no checkpointer
+  thread: what the store's larger WAL alone gives raw inserts;
 - (c) a lone appender (one task, one event per call) against the `eventsourcing` library's SQLite
   application recorder (one event per `insert_events`), both WAL with synchronous=FULL.
 
-(a) and (b) alternate ``--rounds`` times, each on its own copy, so both see the same log growing
-by the same amount. ``--index-costs`` adds a table of raw inserts with and without each index.
+(a), (b) and (b2) take turns ``--rounds`` times, each on its own copy, so all see the same log
+growing by the same amount.
+``--index-costs`` adds a table of raw inserts with and without each index.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -44,7 +49,7 @@ from bench import print_table
 from eventstore import EventStore, NewEvent
 from eventstore.chain import format_time
 from eventstore.schema import MIGRATIONS
-from eventstore.writer import WRITER_PRAGMAS
+from eventstore.writer import WAL_AUTOCHECKPOINT_PAGES, WRITER_PRAGMAS
 
 APPENDERS = 256
 _INSERT = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -194,18 +199,22 @@ async def store_appends(path: Path, events: list[NewEvent], appenders: int) -> t
     return secs, sum(commits) / max(len(commits), 1)
 
 
-def raw_connection(path: Path) -> sqlite3.Connection:
+def raw_connection(path: Path, wal_pages: int | None = None) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
+    if wal_pages is not None:
+        conn.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
     for pragma in WRITER_PRAGMAS:
         conn.execute(f"PRAGMA {pragma}")
     return conn
 
 
-def raw_inserts(path: Path, n: int, base_events: int, batch: int, seed: int) -> float:
+def raw_inserts(
+    path: Path, n: int, base_events: int, batch: int, seed: int, wal_pages: int | None = None
+) -> float:
     """Seconds for raw sqlite3 to insert `n` precomputed rows, `batch` per COMMIT."""
-    conn = raw_connection(path)
+    conn = raw_connection(path, wal_pages)
     rows = new_rows(n, base_events, seed)
     rows.versions = dict(conn.execute("SELECT stream, MAX(version) FROM events GROUP BY stream"))
     batches = list(rows.batches(n, batch))
@@ -335,34 +344,49 @@ async def main() -> None:
         size = base.stat().st_size
         print(f"  {size / 2**20:,.0f} MiB; writer pragmas: "
               f"{', '.join(WRITER_PRAGMAS) or '(SQLite defaults)'}")  # fmt: skip
-        a_db, b_db = _copy(base, work / "a.db"), _copy(base, work / "b.db")
+        a_db, b_db, b2_db = (_copy(base, work / f"{x}.db") for x in ("a", "b", "b2"))
         os.sync()  # the copies' writes reach the disk before anything is timed
-        a_rates, b_rates, ratios = [], [], []
-        for r in range(args.rounds):
-            start = head_position(a_db)
-            events = new_events(n, start, seed=1000 + r)
-            batch = args.batch
-            # Alternate which goes first: the one after pays for the other's checkpoint writes.
-            if r % 2:
-                b = n / raw_inserts(b_db, n, head_position(b_db), batch, seed=1000 + r)
+        rates: dict[str, list[float]] = {"a": [], "b": [], "b2": []}
+        batch = args.batch
+        mean_batch = 0.0
+
+        async def store_round(seed: int) -> float:
+            nonlocal mean_batch
+            events = new_events(n, head_position(a_db), seed=seed)
             secs, mean_batch = await store_appends(a_db, events, APPENDERS)
-            a = n / secs
-            if not r % 2:
-                b = n / raw_inserts(b_db, n, head_position(b_db), batch, seed=1000 + r)
-            a_rates.append(a)
-            b_rates.append(b)
-            ratios.append(a / b)
+            return n / secs
+
+        async def raw_round(path: Path, seed: int, wal_pages: int | None = None) -> float:
+            return n / raw_inserts(path, n, head_position(path), batch, seed, wal_pages)
+
+        for r in range(args.rounds):
+            seed = 1000 + r
+            contenders = [
+                ("a", functools.partial(store_round, seed)),
+                ("b", functools.partial(raw_round, b_db, seed)),
+                ("b2", functools.partial(raw_round, b2_db, seed, WAL_AUTOCHECKPOINT_PAGES)),
+            ]
+            # Take turns at going first: the one after pays for the other's checkpoint writes.
+            for name, run in contenders[r % 3 :] + contenders[: r % 3]:
+                rates[name].append(await run())
+            a, b, b2 = (rates[x][-1] for x in ("a", "b", "b2"))
             print(f"  round {r + 1}: (a) store {a:,.0f}/s (mean batch {mean_batch:.0f})  "
-                  f"(b) raw {b:,.0f}/s (batch {batch})  ratio {a / b:.2f}x",
-                  flush=True)  # fmt: skip
+                  f"(b) raw {b:,.0f}/s  (b2) raw, store's WAL bound {b2:,.0f}/s  "
+                  f"ratios {a / b:.2f}x, {a / b2:.2f}x", flush=True)  # fmt: skip
         _remove(b_db)
-        print(f"\n{n:,} events per round, {args.rounds} rounds, log of {args.events:,} events")
+        _remove(b2_db)
+        print(f"\n{n:,} events per round, {args.rounds} rounds, log of {args.events:,} events,"
+              f" raw batches of {batch}")  # fmt: skip
+        to_b = [x / y for x, y in zip(rates["a"], rates["b"], strict=True)]
+        to_b2 = [x / y for x, y in zip(rates["a"], rates["b2"], strict=True)]
         print_table(
-            ["contender", "events/s", "ratio to raw"],
+            ["contender", "events/s", "ratio to (b)", "ratio to (b2)"],
             [
-                [f"(a) EventStore.append, {APPENDERS} appenders", rate_spread(a_rates),
-                 spread(ratios) + "x"],
-                ["(b) raw sqlite3 batches (same table)", rate_spread(b_rates), "1x"],
+                [f"(a) EventStore.append, {APPENDERS} appenders", rate_spread(rates["a"]),
+                 spread(to_b) + "x", spread(to_b2) + "x"],
+                ["(b) raw sqlite3 batches (same table)", rate_spread(rates["b"]), "1x", ""],
+                [f"(b2) raw, wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}",
+                 rate_spread(rates["b2"]), "", "1x"],
             ],
         )  # fmt: skip
 

@@ -10,6 +10,13 @@ transaction (BEGIN, head, stream versions, planning and hashing, one executemany
 the event loop goes on. fsync is paid once per batch instead of once per event. The batch's event
 ids are not looked up first: the UNIQUE index on event_id finds a stored one at the insert, and
 only then is the batch written again with its ids looked up (see `_write_batch`).
+
+WAL checkpoints (copying committed pages from the `-wal` file into the database file) are kept off
+the commit: a checkpointer thread with a connection of its own copies them soon after they are
+committed, while the writer goes on, and the writer's own checkpoint (SQLite's `wal_autocheckpoint`)
+only runs once the WAL holds `WAL_AUTOCHECKPOINT_PAGES`, finding little left to copy. In SQLite's
+default, every commit that takes the WAL past 1,000 pages copies them itself, and at a long log's
+random index pages that was over half of each large commit (bench/README.md).
 """
 
 from __future__ import annotations
@@ -53,6 +60,15 @@ _STORED_SQL = "SELECT " + EVENT_COLUMNS + " FROM events WHERE event_id IN ({})" 
 # baseline the same ones). None: a larger page cache (`cache_size`, 64 MiB) made raw inserts into
 # a 5M-event log 10-20 % slower, not faster.
 WRITER_PRAGMAS: tuple[str, ...] = ()
+# The writer's own checkpoint (SQLite's default is 1,000 pages): the bound of the WAL, in pages,
+# should the checkpointer fall behind; about 64 MiB of `-wal` file at 4 KiB pages.
+WAL_AUTOCHECKPOINT_PAGES = 16_000
+# The checkpointer runs once this many events were committed since it last ran (a lone append
+# dirties 3-4 pages, an event of a large batch on a long log about 2), and pauses this long after
+# each of its checkpoints: commits in between are copied together, and a lone appender's fsyncs
+# are not kept waiting behind the checkpoints' own.
+CHECKPOINT_EVENTS = 500
+CHECKPOINT_INTERVAL = 0.05
 _INSERT = (
     "INSERT INTO events (position, stream, version, type, schema, data, metadata, event_id,"
     " recorded_at, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -148,13 +164,75 @@ def _answer(
         loop.call_soon_threadsafe(settle)
 
 
+class _Checkpointer:
+    """A thread with a connection of its own that runs a PASSIVE WAL checkpoint after commits.
+
+    PASSIVE takes no lock a writer or reader waits for: it copies the pages committed so far and
+    leaves the rest for its next run, once the writer wakes it again (`committed`: after every
+    `CHECKPOINT_EVENTS` events and every job) and `interval` seconds after this one at the soonest.
+    A checkpoint that fails (the disk full, the file gone) is tried again at the next wake: the
+    WAL keeps every commit meanwhile, and the writer's own checkpoint still bounds it. `last` is
+    the last result: (busy, WAL pages, pages copied), as `PRAGMA wal_checkpoint` gives it.
+    """
+
+    def __init__(self, path: str, synchronous: str, interval: float = CHECKPOINT_INTERVAL) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._interval = interval
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self.last: tuple[int, int, int] | None = None
+        self.last_error: sqlite3.Error | None = None
+        self._thread = threading.Thread(target=self._run, name="eventstore-checkpoint", daemon=True)
+        self._thread.start()
+
+    def committed(self) -> None:
+        """Wake the thread: the writer committed pages that are waiting to be copied."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                self._wake.wait()
+                if self._stopping.is_set():
+                    return
+                self._wake.clear()
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(
+                            self._path, isolation_level=None, check_same_thread=False
+                        )
+                        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+                    self.last = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.last_error = None
+                except sqlite3.Error as exc:
+                    self.last_error = exc
+                if self._stopping.wait(self._interval):
+                    return
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def stop(self) -> None:
+        """End the thread (after the checkpoint it may be running) and close its connection."""
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join()
+
+
 class WriteConnection:
     """A `sqlite3` connection in autocommit mode (BEGIN/COMMIT are explicit) and the one thread
-    that uses it: `call(fn, ...)` runs `fn(conn, ...)` there, in order, one at a time."""
+    that uses it: `call(fn, ...)` runs `fn(conn, ...)` there, in order, one at a time. Its
+    `checkpointer` copies what it commits into the database file (the module's docstring)."""
 
-    def __init__(self, thread: _Thread, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self, thread: _Thread, conn: sqlite3.Connection, checkpointer: _Checkpointer
+    ) -> None:
         self._thread = thread
         self.conn = conn
+        self.checkpointer = checkpointer
+        self._uncopied = 0  # events committed since the checkpointer was last woken
 
     @classmethod
     async def open(cls, path: str, busy_timeout: float, synchronous: str) -> WriteConnection:
@@ -167,6 +245,7 @@ class WriteConnection:
             try:
                 conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
                 conn.execute(f"PRAGMA synchronous = {synchronous}")
+                conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
                 for pragma in WRITER_PRAGMAS:
                     conn.execute(f"PRAGMA {pragma}")
             except BaseException:
@@ -179,7 +258,7 @@ class WriteConnection:
         except BaseException:
             thread.stop()
             raise
-        return cls(thread, conn)
+        return cls(thread, conn, _Checkpointer(path, synchronous))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._thread.call(fn, self.conn, *args)
@@ -187,14 +266,28 @@ class WriteConnection:
     async def write_batch(
         self, calls: list[PlannedCall], head_hash: str, now_text: str
     ) -> tuple[BatchPlan, float]:
-        return await self.call(_write_batch, calls, head_hash, now_text)
+        written = await self.call(_write_batch, calls, head_hash, now_text)
+        self._uncopied += len(written[0].rows)
+        if self._uncopied >= CHECKPOINT_EVENTS:
+            self._uncopied = 0
+            self.checkpointer.committed()
+        return written
 
     async def run_job(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self.call(_in_transaction, fn)
+        try:
+            return await self.call(_in_transaction, fn)
+        finally:
+            self.checkpointer.committed()
 
     async def close(self) -> None:
-        """Close after whatever the thread is running (closing after a failure never raises)."""
+        """Close after whatever the thread is running (closing after a failure never raises).
+
+        The checkpointer stops first, in the writer's thread (it may be in a checkpoint), so that
+        the write connection closes last and, as the last one, checkpoints the WAL away.
+        """
         try:
+            with contextlib.suppress(Exception):
+                await self._thread.call(self.checkpointer.stop)
             with contextlib.suppress(Exception):
                 await self.call(sqlite3.Connection.close)
         finally:

@@ -1,0 +1,78 @@
+"""WAL checkpoints on the checkpointer's thread: commits reach the database file soon after they
+are made, without the writer copying them, and closing leaves no WAL behind."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from eventstore import EventStore, NewEvent
+from eventstore.writer import CHECKPOINT_EVENTS, WAL_AUTOCHECKPOINT_PAGES, _Checkpointer
+
+pytestmark = pytest.mark.anyio
+
+
+def _checkpointers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "eventstore-checkpoint"]
+
+
+async def test_commits_reach_the_database_file_while_the_store_runs(tmp_path: Path) -> None:
+    """Commits far below SQLite's own 1,000-page checkpoint are copied into the database file by
+    the checkpointer: a copy of the file alone, without its WAL, holds them all."""
+    path = tmp_path / "log.db"
+    n = 2 * CHECKPOINT_EVENTS  # two commits, each of them waking the checkpointer
+    async with await EventStore.open(path) as store:
+        for first in (0, CHECKPOINT_EVENTS):
+            await store.append(
+                [NewEvent(f"s-{i}", "T", b"{}") for i in range(first, first + CHECKPOINT_EVENTS)]
+            )
+        (pages,) = await store._writer._conn.call(
+            lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+        )
+        assert pages == WAL_AUTOCHECKPOINT_PAGES
+        with anyio.fail_after(10):
+            while _events_in_file_alone(path, tmp_path / "file-alone.db") != n:
+                await anyio.sleep(0.02)
+
+
+def _events_in_file_alone(path: Path, copy: Path) -> int | None:
+    """The events a copy of the database file holds, without its WAL (None: caught mid-copy)."""
+    shutil.copyfile(path, copy)
+    try:
+        with contextlib.closing(sqlite3.connect(copy)) as conn:
+            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    except sqlite3.DatabaseError:  # a page copied while the checkpointer wrote it
+        return None
+
+
+async def test_closing_stops_the_checkpointer_and_leaves_no_wal(tmp_path: Path) -> None:
+    before = len(_checkpointers())
+    path = tmp_path / "log.db"
+    store = await EventStore.open(path)
+    await store.append([NewEvent("s", "T", b"{}")])
+    assert len(_checkpointers()) == before + 1
+    await store.close()
+    assert len(_checkpointers()) == before
+    assert not (tmp_path / "log.db-wal").exists()
+
+
+def test_a_checkpointer_that_cannot_open_the_file_keeps_trying_and_stops(tmp_path: Path) -> None:
+    """A failure is kept (`last_error`) and tried again at the next commit; `stop` still ends it."""
+    checkpointer = _Checkpointer(str(tmp_path / "missing" / "log.db"), "FULL", interval=0.01)
+    try:
+        checkpointer.committed()
+        deadline = time.monotonic() + 10
+        while checkpointer.last_error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert isinstance(checkpointer.last_error, sqlite3.OperationalError)
+        assert checkpointer.last is None
+    finally:
+        checkpointer.stop()
+    assert not checkpointer._thread.is_alive()
