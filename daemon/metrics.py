@@ -1,4 +1,4 @@
-"""Counters, histograms and gauges exposed at `/metrics`, through the official Prometheus client.
+"""Counters, histograms and gauges exposed at `/metrics`, in the official Prometheus client's text.
 
 Every metric the daemon exposes is declared here once, with its name, help text, kind and label
 names; callers pass the declared object, so a misspelt metric is an error the checker reports
@@ -8,6 +8,10 @@ garbage-collector collectors on it. Gauges that describe state (accounts per mig
 flags, the log position) are read from the projection when scraped, so they can never drift from
 the log; only counts and observations are kept here.
 
+Counts and observations are plain numbers, added to on the event loop's thread (the only one
+that counts) and handed to the library as metric families at each scrape: the library's own
+counters take a lock per increment, and a webhook counts five times and observes once.
+
 Label values are bounded by construction: a route is its canonical path (`/v1/accounts/{id}`,
 never the URL asked for), a status an HTTP status or `error`, an operation or effect one of a few
 names the code chooses.
@@ -15,14 +19,18 @@ names the code chooses.
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import Metric as Family
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = [
     "ACCOUNTS",
@@ -199,6 +207,40 @@ DECLARED: tuple[Metric, ...] = (
 _Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
+class _Count:
+    """One counter series: a number that only goes up."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError(f"a counter only goes up, not by {amount}")
+        self.value += amount
+
+
+class _Buckets:
+    """One histogram series: observations per bucket (not cumulative), and their sum."""
+
+    __slots__ = ("bounds", "counts", "les", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds  # ascending, the last one +Inf
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+        # Each bound as the library writes it in `le` ("0.005", "+Inf"); the library is untyped.
+        self.les = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # a bucket's bound is inclusive
+        self.sum += value
+
+
+_Series = _Count | _Buckets
+
+
 class Metrics:
     """One daemon's registry: counters and histograms fed by the process, gauges read at scrape.
 
@@ -211,35 +253,28 @@ class Metrics:
     ) -> None:
         self.registry = CollectorRegistry()
         self._declared: dict[str, Metric] = {}
-        self._families: dict[str, Any] = {}
-        # Label values -> the library's child: one dict lookup per `inc` on the hot path.
-        self._children: dict[_Key, Any] = {}
+        self._kept = _KeptMetrics()
+        # Metric and label values -> its series: one dict lookup per `inc` on the hot path.
+        self._children: dict[_Key, _Series] = {}
         self._gauges = _ProjectionGauges()
         for metric in declared:
             if metric.name in self._declared:
                 raise ValueError(f"metric {metric.name} declared twice")
             self._declared[metric.name] = metric
-            if isinstance(metric, Counter):
-                self._families[metric.name] = prometheus_client.Counter(
-                    metric.name, metric.help, metric.labels, registry=self.registry
-                )
-            elif isinstance(metric, Histogram):
-                self._families[metric.name] = prometheus_client.Histogram(
-                    metric.name,
-                    metric.help,
-                    metric.labels,
-                    registry=self.registry,
-                    buckets=metric.buckets,
-                )
-            else:
+            if isinstance(metric, Gauge):
                 self._gauges.declared[metric.name] = metric
+                continue
+            self._kept.series[metric.name] = (metric, {})
+            if not metric.labels:  # shown (at 0) from the start, as the library does
+                self._child(metric, {})
+        self.registry.register(self._kept)
         self.registry.register(self._gauges)
         if process_collectors:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
 
-    def _child(self, metric: Counter | Histogram, labels: dict[str, str]) -> Any:
+    def _child(self, metric: Counter | Histogram, labels: dict[str, str]) -> _Series:
         key = (metric.name, tuple(labels.items()))
         child = self._children.get(key)
         if child is None:
@@ -247,21 +282,33 @@ class Metrics:
             self._children[key] = child
         return child
 
-    def _new_child(self, metric: Counter | Histogram, labels: dict[str, str]) -> Any:
+    def _new_child(self, metric: Counter | Histogram, labels: dict[str, str]) -> _Series:
         if self._declared.get(metric.name) is not metric:
             raise ValueError(f"metric {metric.name} is not registered here")
         if set(labels) != set(metric.labels) or len(labels) != len(metric.labels):
             raise ValueError(f"{metric.name} has labels {metric.labels}, not {tuple(labels)}")
-        family = self._families[metric.name]
-        return family.labels(**labels) if metric.labels else family
+        values = tuple(str(labels[name]) for name in metric.labels)
+        _, series = self._kept.series[metric.name]
+        child = series.get(values)
+        if child is None:
+            if isinstance(metric, Counter):
+                child = _Count()
+            else:
+                child = _Buckets(tuple(sorted({*metric.buckets, math.inf})))
+            series[values] = child
+        return child
 
     def inc(self, counter: Counter, amount: float = 1.0, **labels: str) -> None:
         """Add `amount` (default 1) to the counter's series with these label values."""
-        self._child(counter, labels).inc(amount)
+        child = self._child(counter, labels)
+        assert isinstance(child, _Count)  # a Counter's series is made a _Count
+        child.inc(amount)
 
     def observe(self, histogram: Histogram, value: float, **labels: str) -> None:
         """Count one observation (a duration in seconds, a size) into the histogram."""
-        self._child(histogram, labels).observe(value)
+        child = self._child(histogram, labels)
+        assert isinstance(child, _Buckets)  # a Histogram's series is made _Buckets
+        child.observe(value)
 
     def read(self, gauge: Gauge, reader: GaugeReader) -> None:
         """Attach what computes `gauge` at each scrape (replacing any earlier reader)."""
@@ -277,6 +324,45 @@ class Metrics:
     def render(self) -> bytes:
         """The registry in the Prometheus text format (`CONTENT_TYPE`)."""
         return prometheus_client.generate_latest(self.registry)
+
+
+class _KeptMetrics(Collector):
+    """The counters and histograms `Metrics` keeps, as the library's families at each scrape."""
+
+    def __init__(self) -> None:
+        # Metric name -> (its declaration, label values -> series), in declaration order.
+        self.series: dict[str, tuple[Counter | Histogram, dict[tuple[str, ...], _Series]]] = {}
+
+    def collect(self) -> Iterator[Family]:
+        for metric, series in self.series.values():
+            if isinstance(metric, Counter):
+                yield _counter_family(metric, series)
+            else:
+                yield _histogram_family(metric, series)
+
+
+def _counter_family(metric: Counter, series: dict[tuple[str, ...], _Series]) -> Family:
+    name = metric.name.removesuffix("_total")
+    family = Family(name, metric.help, "counter")
+    for values, count in list(series.items()):
+        assert isinstance(count, _Count)
+        labels = dict(zip(metric.labels, values, strict=True))
+        family.add_sample(f"{name}_total", labels, count.value)
+    return family
+
+
+def _histogram_family(metric: Histogram, series: dict[tuple[str, ...], _Series]) -> Family:
+    family = Family(metric.name, metric.help, "histogram")
+    for values, buckets in list(series.items()):
+        assert isinstance(buckets, _Buckets)
+        labels = dict(zip(metric.labels, values, strict=True))
+        total = 0
+        for le, n in zip(buckets.les, buckets.counts, strict=True):
+            total += n
+            family.add_sample(f"{metric.name}_bucket", {**labels, "le": le}, total)
+        family.add_sample(f"{metric.name}_count", labels, total)
+        family.add_sample(f"{metric.name}_sum", labels, buckets.sum)
+    return family
 
 
 class _ProjectionGauges(Collector):

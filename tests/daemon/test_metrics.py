@@ -3,7 +3,10 @@
 import re
 from pathlib import Path
 
+import prometheus_client
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.metrics import (
@@ -167,3 +170,47 @@ async def test_the_route_label_is_the_path_template_never_the_url(running) -> No
     assert ("GET", "/v1/accounts/{account_id}", "404") in labels
     assert ("GET", "unmatched", "404") in labels
     assert ("PUT", "/healthz", "405") in labels
+
+
+_SMALL = Histogram("t_sizes", "Sizes.", ("kind",), (1, 2.5, 10))
+_HITS = Counter("t_hits_total", "Hits.", ("kind",))
+_PLAIN = Counter("t_plain", "Unlabelled.")
+_steps = st.lists(
+    st.tuples(
+        st.sampled_from(["hit", "plain", "size"]),
+        st.sampled_from(["a", "b", 'q"\\\n']),  # label values the text format must escape
+        st.one_of(st.integers(0, 20).map(float), st.floats(0, 20, allow_nan=False)),
+    ),
+    max_size=40,
+)
+
+
+@given(_steps)
+def test_counts_and_observations_render_as_the_librarys_own_metrics(steps) -> None:
+    """For every sequence of increments and observations (bucket edges included), `/metrics`
+    says what the Prometheus client's own Counter and Histogram would have said."""
+    ours = Metrics((_HITS, _PLAIN, _SMALL), process_collectors=False)
+    registry = prometheus_client.CollectorRegistry()
+    hits = prometheus_client.Counter("t_hits_total", "Hits.", ("kind",), registry=registry)
+    plain = prometheus_client.Counter("t_plain", "Unlabelled.", registry=registry)
+    sizes = prometheus_client.Histogram(
+        "t_sizes", "Sizes.", ("kind",), registry=registry, buckets=(1, 2.5, 10)
+    )
+    for what, kind, amount in steps:
+        if what == "hit":
+            ours.inc(_HITS, amount, kind=kind)
+            hits.labels(kind=kind).inc(amount)
+        elif what == "plain":
+            ours.inc(_PLAIN, amount)
+            plain.inc(amount)
+        else:
+            ours.observe(_SMALL, amount, kind=kind)
+            sizes.labels(kind=kind).observe(amount)
+    assert ours.render() == prometheus_client.generate_latest(registry)
+
+
+def test_a_counter_refuses_to_go_down() -> None:
+    m = Metrics(process_collectors=False)
+    with pytest.raises(ValueError, match="only goes up"):
+        m.inc(EVENTS_APPENDED, -1, source="webhook")
+    assert m.value(EVENTS_APPENDED, source="webhook") == 0
