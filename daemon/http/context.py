@@ -3,6 +3,7 @@ trouble and a stopping daemon become a 503, and how an account is shown."""
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -51,6 +52,12 @@ class Runtime:
         """What a standby's 503 says: a takeover takes about the lease."""
         return max(1, math.ceil(self.config.cluster.lease_seconds))
 
+    @functools.cached_property
+    def storage_guard(self) -> StorageGuard:
+        """`with rt.storage_guard:` storage trouble answers 503. Around every handler (in
+        `refuse_while_stopping`), so a route need not say it."""
+        return StorageGuard(self.standby_retry_after)
+
 
 @web.middleware
 async def refuse_while_stopping(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -58,7 +65,7 @@ async def refuse_while_stopping(request: web.Request, handler: Handler) -> web.S
 
     It is refused before its body is read, so nothing of it is recorded; the sender retries
     after `Retry-After`. Requests already running are counted so the shutdown can wait for them,
-    and storage trouble in any of them, a read's too, is a 503 (`storage_guard`). Inside
+    and storage trouble in any of them, a read's too, is a 503 (`Runtime.storage_guard`). Inside
     `error_middleware`, which gives the refusal the JSON error shape.
     """
     rt = request.app[RUNTIME]
@@ -75,7 +82,7 @@ async def refuse_while_stopping(request: web.Request, handler: Handler) -> web.S
     rt.requests_in_flight += 1
     try:
         # Reads too: an account's state read from the snapshot, a timeline read from the log.
-        with storage_guard():
+        with rt.storage_guard:
             return await handler(request)
     finally:
         rt.requests_in_flight -= 1
@@ -93,13 +100,17 @@ async def close_while_stopping(request: web.Request, response: web.StreamRespons
         response.headers["Connection"] = "close"
 
 
-class _StorageGuard:
+class StorageGuard:
     """Storage trouble becomes 503 with Retry-After: the sender retries and nothing is lost.
 
     A commit refused by the leadership fence (NotLeader: another process now leads) is the
-    standby's 503. A plain (synchronous) context manager: it only translates what the awaits
-    inside it raise, and costs a fraction of a generator-based one on the ingest hot path.
+    standby's 503, with the Retry-After a standby gives (about the lease: the time a takeover
+    takes). A plain (synchronous) context manager: it only translates what the awaits inside it
+    raise, and costs a fraction of a generator-based one on the ingest hot path.
     """
+
+    def __init__(self, standby_retry_after: int) -> None:
+        self.standby_retry_after = standby_retry_after
 
     def __enter__(self) -> None:
         return None
@@ -115,21 +126,13 @@ class _StorageGuard:
             ) from exc
         if isinstance(exc, NotLeader):
             raise Standby(
-                "this instance no longer leads; retry at the leader", retry_after=2
+                "this instance no longer leads; retry at the leader",
+                retry_after=self.standby_retry_after,
             ) from exc
         if isinstance(exc, StorageUnavailable):
             raise ServiceUnavailable(
                 "the event log is unavailable; retry later", retry_after=10
             ) from exc
-
-
-_GUARD = _StorageGuard()
-
-
-def storage_guard() -> _StorageGuard:
-    """`with storage_guard():` storage trouble answers 503. Around every handler (in
-    `refuse_while_stopping`), so a route need not say it."""
-    return _GUARD
 
 
 def describe_account(state: AccountState | None, account_id: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from structlog.testing import LogCapture
 from daemon import logs
 from daemon.domain import account_stream
 from daemon.provider import standardwebhooks
-from eventstore import StorageUnavailable, StoreClosed, WriterBusy
+from eventstore import NotLeader, StorageUnavailable, StoreClosed, WriterBusy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -230,7 +230,14 @@ async def test_auth_events_and_operator_bodies_over_the_limit_are_413(setup, sta
 
 
 @pytest.mark.parametrize(
-    ("error", "retry_after"), [(StorageUnavailable, "10"), (WriterBusy, "2"), (StoreClosed, "5")]
+    ("error", "retry_after"),
+    [
+        (StorageUnavailable, "10"),
+        (WriterBusy, "2"),
+        (StoreClosed, "5"),
+        # A commit refused by the leadership fence: what a standby says, the lease (10 s here).
+        (NotLeader, "10"),
+    ],
 )
 async def test_storage_trouble_is_503_with_retry_after_and_nothing_lost(
     running, v2: V2, monkeypatch: pytest.MonkeyPatch, error: type[Exception], retry_after: str

@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.http.context import storage_guard
+from daemon.http.context import StorageGuard
 from daemon.http.errors import ServiceUnavailable
 from eventstore import (
     EventStore,
@@ -317,7 +317,7 @@ async def test_a_lost_server_costs_a_retry_never_an_acknowledged_event(
 
         with pytest.raises(StorageUnavailable) as caught:
             await store.append([ev("down")])
-        with pytest.raises(ServiceUnavailable) as answer, storage_guard():
+        with pytest.raises(ServiceUnavailable) as answer, StorageGuard(standby_retry_after=2):
             raise caught.value
         assert answer.value.status == 503
         assert "Retry-After" in answer.value.headers
