@@ -282,16 +282,22 @@ class WriteConnection:
     async def close(self) -> None:
         """Close after whatever the thread is running (closing after a failure never raises).
 
-        The checkpointer stops first, in the writer's thread (it may be in a checkpoint), so that
-        the write connection closes last and, as the last one, checkpoints the WAL away.
+        The checkpointer stops first (it may be in a checkpoint), in the same call to the writer's
+        thread as the close, so that a cancelled close cannot leave the connection open.
         """
         try:
             with contextlib.suppress(Exception):
-                await self._thread.call(self.checkpointer.stop)
-            with contextlib.suppress(Exception):
-                await self.call(sqlite3.Connection.close)
+                await self.call(_close, self.checkpointer)
         finally:
             self._thread.stop()
+
+
+def _close(conn: sqlite3.Connection, checkpointer: _Checkpointer) -> None:
+    """In the writer's thread: stop the checkpointer (whatever it says), then close `conn`."""
+    try:
+        checkpointer.stop()
+    finally:
+        conn.close()
 
 
 class Writer:
