@@ -12,8 +12,9 @@ ids are not looked up first: the UNIQUE index on event_id finds a stored one at 
 only then is the batch written again with its ids looked up (see `_write_batch`).
 
 WAL checkpoints (copying committed pages from the `-wal` file into the database file) are kept off
-the commit: a checkpointer thread with a connection of its own copies them soon after they are
-committed, while the writer goes on, and the writer's own checkpoint (SQLite's `wal_autocheckpoint`)
+the commit: a checkpointer thread with a connection of its own copies them after every
+`CHECKPOINT_EVENTS` events committed and every job, while the writer goes on, and the writer's
+own checkpoint (SQLite's `wal_autocheckpoint`)
 only runs once the WAL holds `WAL_AUTOCHECKPOINT_PAGES`, finding little left to copy. In SQLite's
 default, every commit that takes the WAL past 1,000 pages copies them itself, and at a long log's
 random index pages that was over half of each large commit (bench/README.md).

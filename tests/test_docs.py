@@ -134,7 +134,9 @@ def test_every_cited_docs_anchor_exists() -> None:
 
 def test_nothing_cites_documents_outside_the_repository() -> None:
     """No file of the repository points at the reference notes kept outside it."""
-    outside = re.compile(r"facts §|provider-facts|DESIGN\.md|/shared/|§\d")
+    # Spelt in pieces, so that this line does not match what it looks for.
+    outside = re.compile("|".join(("facts " + "§", "provider" + "-facts", "DESIGN" + r"\.md",
+                                   "/" + "shared/", "§" + r"\d")))  # fmt: skip
     me = Path(__file__).resolve()
     found = [
         f"{path.relative_to(ROOT)}:{n}"

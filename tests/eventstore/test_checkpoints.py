@@ -3,6 +3,7 @@ are made, without the writer copying them, and closing leaves no WAL behind."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import sqlite3
@@ -61,6 +62,33 @@ async def test_closing_stops_the_checkpointer_and_leaves_no_wal(tmp_path: Path) 
     await store.close()
     assert len(_checkpointers()) == before
     assert not (tmp_path / "log.db-wal").exists()
+
+
+async def test_a_cancelled_close_still_closes_the_write_connection(tmp_path: Path) -> None:
+    """A close cancelled while the writer's thread stops the checkpointer (a shutdown timeout)
+    still closes the write connection: closing again then leaves no WAL and no thread."""
+    before = len(_checkpointers())
+    store = await EventStore.open(tmp_path / "log.db", supervised=True)  # its writer never runs
+    conn = store._writer._conn.conn
+    closing = asyncio.ensure_future(store.close())
+    await asyncio.sleep(0)  # the close now waits for the writer's thread
+    closing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await closing
+    with anyio.fail_after(10):
+        while not _closed(conn):
+            await anyio.sleep(0.01)
+    await store.close()
+    assert not (tmp_path / "log.db-wal").exists()
+    assert len(_checkpointers()) == before
+
+
+def _closed(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.execute("SELECT 1")
+    except sqlite3.ProgrammingError:  # "Cannot operate on a closed database."
+        return True
+    return False
 
 
 def test_a_checkpointer_that_cannot_open_the_file_keeps_trying_and_stops(tmp_path: Path) -> None:
