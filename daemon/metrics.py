@@ -310,6 +310,12 @@ class Metrics:
         assert isinstance(child, _Buckets)  # a Histogram's series is made _Buckets
         child.observe(value)
 
+    def observer(self, histogram: Histogram, **labels: str) -> Callable[[float], None]:
+        """`observe` for one series of the histogram, for a caller that keeps it."""
+        child = self._child(histogram, labels)
+        assert isinstance(child, _Buckets)
+        return child.observe
+
     def read(self, gauge: Gauge, reader: GaugeReader) -> None:
         """Attach what computes `gauge` at each scrape (replacing any earlier reader)."""
         if self._declared.get(gauge.name) is not gauge:

@@ -10,11 +10,10 @@ from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from daemon.config import Config, Secrets
 from daemon.domain import AccountState
-from daemon.http.errors import ServiceUnavailable, Standby
+from daemon.http.errors import HttpError, ServiceUnavailable, Standby
 from daemon.metrics import Metrics
 from daemon.runtime.engine import Engine
 from daemon.runtime.live import LiveProjection
@@ -54,38 +53,30 @@ class Runtime:
 
     @functools.cached_property
     def storage_guard(self) -> StorageGuard:
-        """`with rt.storage_guard:` storage trouble answers 503. Around every handler (in
-        `refuse_while_stopping`), so a route need not say it."""
+        """`with rt.storage_guard:` storage trouble answers 503. Around every handler (the
+        listener's middleware, daemon/http/frame.py), so a route need not say it."""
         return StorageGuard(self.standby_retry_after)
 
+    def refusal(self, method: str) -> HttpError | None:
+        """Why a request with `method` is refused before its body is read (None: it is not).
 
-@web.middleware
-async def refuse_while_stopping(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Once the daemon is stopping, a request that would write is answered 503 at once.
-
-    It is refused before its body is read, so nothing of it is recorded; the sender retries
-    after `Retry-After`. Requests already running are counted so the shutdown can wait for them,
-    and storage trouble in any of them, a read's too, is a 503 (`Runtime.storage_guard`). Inside
-    `error_middleware`, which gives the refusal the JSON error shape.
-    """
-    rt = request.app[RUNTIME]
-    if rt.stopping and request.method not in _READS:
-        raise ServiceUnavailable(
-            "the daemon is stopping; retry shortly", retry_after=STOPPING_RETRY_AFTER
-        )
-    if rt.role == "standby" and request.method not in _READS:
-        # Refused, not forwarded: README.md, "Active/standby on PostgreSQL", says why.
-        raise Standby(
-            "this instance is a standby; send writes to the leader (/readyz 200)",
-            retry_after=rt.standby_retry_after,
-        )
-    rt.requests_in_flight += 1
-    try:
-        # Reads too: an account's state read from the snapshot, a timeline read from the log.
-        with rt.storage_guard:
-            return await handler(request)
-    finally:
-        rt.requests_in_flight -= 1
+        Once the daemon is stopping, or while it is a standby, a request that would write is
+        answered 503 at once, so nothing of it is recorded; the sender retries after
+        `Retry-After`. Reads are still served.
+        """
+        if method in _READS:
+            return None
+        if self.stopping:
+            return ServiceUnavailable(
+                "the daemon is stopping; retry shortly", retry_after=STOPPING_RETRY_AFTER
+            )
+        if self.role == "standby":
+            # Refused, not forwarded: README.md, "Active/standby on PostgreSQL", says why.
+            return Standby(
+                "this instance is a standby; send writes to the leader (/readyz 200)",
+                retry_after=self.standby_retry_after,
+            )
+        return None
 
 
 async def close_while_stopping(request: web.Request, response: web.StreamResponse) -> None:

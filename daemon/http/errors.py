@@ -1,8 +1,13 @@
 """Error answers of the HTTP listener: one JSON shape, the right status, never a stack trace.
 
-Routes raise `HttpError`s (or aiohttp's own `HTTPException`s); `error_middleware` answers them
-as `{"error": {"code", "message", "field"}}`, gives every request an id (`X-Request-Id` in and
-out, bound in structlog's contextvars) and turns anything unexpected into a bare 500.
+Routes raise `HttpError`s (or aiohttp's own `HTTPException`s); `error_answer` answers them
+as `{"error": {"code", "message", "field"}}` and turns anything unexpected into a bare 500, and
+`begin_request` gives every request an id (`X-Request-Id` in and out, bound in structlog's
+contextvars). The listener calls both from its one middleware (daemon/http/frame.py);
+`error_middleware` is the two alone, for an app of other routes.
+
+aiohttp runs each request in a task of its own, with a copy of the connection's context, so what
+a request binds for its log lines ends with it and never reaches the next request.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ __all__ = [
     "ServiceUnavailable",
     "Standby",
     "Unauthorized",
+    "begin_request",
     "bind_log_context",
     "decode_body",
     "decode_limited",
+    "error_answer",
     "error_middleware",
     "error_response",
     "json_answer",
@@ -46,6 +53,7 @@ __all__ = [
     "read_raw_body",
     "request_id",
     "require_bearer",
+    "with_request_id",
 ]
 
 log = structlog.get_logger(__name__)
@@ -56,10 +64,6 @@ REQUEST_ID_HEADER = "X-Request-Id"
 # aiohttp >= 3.12 wants typed request keys; older versions (pyproject allows 3.9) take strings.
 _REQUEST_ID_KEY: Any = (
     web.RequestKey("staticipd_request_id", str) if hasattr(web, "RequestKey") else "request_id"
-)
-# Context tokens bound by routes (`bind_log_context`), reset by the middleware at the end.
-_LOG_TOKENS_KEY: Any = (
-    web.RequestKey("staticipd_log_tokens", list) if hasattr(web, "RequestKey") else "log_tokens"
 )
 # A caller's id is echoed only if it is short and harmless in a header and a log line.
 _ID_PREFIX = secrets.token_hex(6)
@@ -196,18 +200,14 @@ def decode_body(raw: bytes, decoder: msgspec.json.Decoder[T]) -> T:
 
 
 def request_id(request: web.Request) -> str:
-    """The id given to this request by `error_middleware`."""
+    """The id `begin_request` gave this request."""
     return str(request.get(_REQUEST_ID_KEY, ""))
 
 
-def bind_log_context(request: web.Request, **values: Any) -> None:
-    """Put these ids (account id, delivery id, ...) on every log line of this request.
-
-    The middleware unbinds them when the request ends, after its own error line, so the
-    `http.error` line carries them too and the next request on the connection does not.
-    """
-    tokens = structlog.contextvars.bind_contextvars(**values)
-    request.setdefault(_LOG_TOKENS_KEY, []).append(tokens)
+def bind_log_context(**values: Any) -> None:
+    """Put these ids (account id, delivery id, ...) on every later log line of this request,
+    the middleware's `http.error` line included (the request's own context: module docstring)."""
+    structlog.contextvars.bind_contextvars(**values)
 
 
 def _incoming_id(request: web.Request) -> str:
@@ -248,55 +248,67 @@ def _from_aiohttp(exc: web.HTTPException) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def begin_request(request: web.Request) -> str:
+    """Give `request` its id (the client's `X-Request-Id` if it is a safe one) and bind it for
+    the request's log lines; the id."""
+    rid = _incoming_id(request)
+    request[_REQUEST_ID_KEY] = rid
+    structlog.contextvars.bind_contextvars(request_id=rid)
+    return rid
+
+
+def error_answer(request: web.Request, exc: Exception, rid: str) -> web.StreamResponse:
+    """The JSON answer to what a route raised. Raises `exc` again when it is an answer rather
+    than an error (a redirect), with the request id on it."""
+    if isinstance(exc, HttpError):
+        log.info("http.error", status=exc.status, code=exc.code, field=exc.field, path=request.path)
+        return error_response(
+            exc.status, exc.code, exc.message, field=exc.field, headers=exc.headers
+        )
+    if isinstance(exc, web.RequestPayloadError):
+        # The body's framing broke after the handler started reading it (a bad chunk, a body
+        # shorter than its Content-Length): the request is malformed, not our fault.
+        log.info("http.error", status=400, code="malformed_request", path=request.path)
+        response = malformed_request(rid, "malformed HTTP request body")
+        response.force_close()  # the rest of the connection's bytes cannot be trusted
+        return response
+    if isinstance(exc, ConnectionResetError):
+        # The client went away while we read its body: nobody to answer, nothing broken.
+        log.info("http.client_gone", path=request.path)
+        response = malformed_request(rid, "connection lost while reading the body")
+        response.force_close()
+        return response
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            exc.headers[REQUEST_ID_HEADER] = rid
+            raise exc  # redirects and the like are answers, not errors
+        log.info("http.error", status=exc.status, path=request.path)
+        return _from_aiohttp(exc)
+    # Details go to the log under the request id, never to the client.
+    log.error(
+        "http.unhandled", path=request.path, method=request.method, request_id=rid, exc_info=exc
+    )
+    return error_response(
+        500, "internal_error", f"internal error; quote request id {rid} to the operator"
+    )
+
+
+def with_request_id(response: web.StreamResponse, rid: str) -> web.StreamResponse:
+    """`response`, saying the request id (unless its head is already sent)."""
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = rid
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request an id, bind it for logging, and answer every error as JSON."""
-    rid = _incoming_id(request)
-    request[_REQUEST_ID_KEY] = rid
-    # bind/reset rather than bound_contextvars(): same effect, no generator per request.
-    tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+    rid = begin_request(request)
     try:
-        try:
-            response = await handler(request)
-        except HttpError as exc:
-            log.info(
-                "http.error", status=exc.status, code=exc.code, field=exc.field, path=request.path
-            )
-            response = error_response(
-                exc.status, exc.code, exc.message, field=exc.field, headers=exc.headers
-            )
-        except web.RequestPayloadError:
-            # The body's framing broke after the handler started reading it (a bad chunk, a
-            # body shorter than its Content-Length): the request is malformed, not our fault.
-            log.info("http.error", status=400, code="malformed_request", path=request.path)
-            response = malformed_request(rid, "malformed HTTP request body")
-            response.force_close()  # the rest of the connection's bytes cannot be trusted
-        except ConnectionResetError:
-            # The client went away while we read its body: nobody to answer, nothing broken.
-            log.info("http.client_gone", path=request.path)
-            response = malformed_request(rid, "connection lost while reading the body")
-            response.force_close()
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                exc.headers[REQUEST_ID_HEADER] = rid
-                raise  # redirects and the like are answers, not errors
-            log.info("http.error", status=exc.status, path=request.path)
-            response = _from_aiohttp(exc)
-        except Exception:
-            # Details go to the log under the request id, never to the client.
-            log.exception(
-                "http.unhandled", path=request.path, method=request.method, request_id=rid
-            )
-            response = error_response(
-                500, "internal_error", f"internal error; quote request id {rid} to the operator"
-            )
-        if not response.prepared:
-            response.headers[REQUEST_ID_HEADER] = rid
-        return response
-    finally:
-        for bound in reversed(request.get(_LOG_TOKENS_KEY, ())):
-            structlog.contextvars.reset_contextvars(**bound)
-        structlog.contextvars.reset_contextvars(**tokens)
+        response = await handler(request)
+    except Exception as exc:
+        response = error_answer(request, exc, rid)
+    return with_request_id(response, rid)
 
 
 async def read_raw_body(request: web.Request, limit: int) -> bytes:

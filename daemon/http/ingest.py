@@ -96,7 +96,8 @@ async def receive_webhook(request: web.Request) -> web.Response:
         # One unreadable account delta is kept alone (with its index) and costs nobody else.
         await _quarantine(rt, bad.raw, bad.field, bad.reason)
     skipped, quarantined = len(delivery.skipped), len(delivery.malformed)
-    rt.metrics.inc(metrics.WEBHOOK_DELTAS, quarantined, result="quarantined")
+    if quarantined:
+        rt.metrics.inc(metrics.WEBHOOK_DELTAS, quarantined, result="quarantined")
     inputs = delivery.notifications
     if quarantined and not inputs and not skipped:
         # Nothing in the delivery was usable: a 400, like a body that is no delivery at all.
@@ -107,7 +108,6 @@ async def receive_webhook(request: web.Request) -> web.Response:
         # The first delivery's ids (and how many came with it) go on every line of this request.
         first_input = inputs[0]
         bind_log_context(
-            request,
             account_id=first_input.account_id,
             delivery_id=first_input.input_id,
             delivery_count=len(inputs),
@@ -116,9 +116,10 @@ async def receive_webhook(request: web.Request) -> web.Response:
     duplicates = sum(d.duplicate for d in decisions)
     recorded = len(decisions) - duplicates
     rt.metrics.inc(metrics.WEBHOOKS, result="accepted")
-    rt.metrics.inc(metrics.WEBHOOK_DELTAS, recorded, result="recorded")
-    rt.metrics.inc(metrics.WEBHOOK_DELTAS, duplicates, result="duplicate")
-    rt.metrics.inc(metrics.WEBHOOK_DELTAS, skipped, result="skipped")
+    # Counted only when not 0: every series is shown from the start (count_from_zero).
+    for result, n in (("recorded", recorded), ("duplicate", duplicates), ("skipped", skipped)):
+        if n:
+            rt.metrics.inc(metrics.WEBHOOK_DELTAS, n, result=result)
     if logs.enabled("debug"):
         log.debug(
             "webhook.accepted",
@@ -137,6 +138,15 @@ async def receive_webhook(request: web.Request) -> web.Response:
     )
 
 
+def count_from_zero(counts: metrics.Metrics) -> None:
+    """Show every series of the webhook counters at 0 from the start, as Prometheus advises
+    (a rate over a series that appears late misses its first count)."""
+    for result in ("accepted", "bad_signature", "malformed"):
+        counts.inc(metrics.WEBHOOKS, 0, result=result)
+    for result in ("recorded", "duplicate", "skipped", "quarantined"):
+        counts.inc(metrics.WEBHOOK_DELTAS, 0, result=result)
+
+
 async def _quarantine(rt: Runtime, body: bytes, field: str, reason: str) -> None:
     """Keep a signed but unreadable body (or delta) in the log once, however often it comes."""
     new = await rt.engine.quarantine(body, source="webhook", field=field, reason=reason)
@@ -149,7 +159,7 @@ async def receive_auth_event(request: web.Request) -> web.Response:
     require_bearer(request, rt.secrets.auth_events_tokens)
     body = await read_limited_body(request, rt.config.http.max_body_bytes)
     event = decode_body(body, _auth_decoder)
-    bind_log_context(request, account_id=event.account_id)
+    bind_log_context(account_id=event.account_id)
     input_id = f"auth:{event.event_id}" if event.event_id else f"auth:{new_event_id()}"
     inp = AuthReported(
         input_id=input_id,

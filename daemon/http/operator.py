@@ -111,7 +111,7 @@ async def _body(
 def _account_id(request: web.Request) -> str:
     """The path's account id, also bound to every log line of this request."""
     account_id = request.match_info["account_id"]
-    bind_log_context(request, account_id=account_id)
+    bind_log_context(account_id=account_id)
     return account_id
 
 

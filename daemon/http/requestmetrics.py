@@ -1,4 +1,5 @@
-"""Request latency by route and status: the outermost middleware of the listener.
+"""Request latency by method, route and status (`staticipd_http_request_duration_seconds`),
+observed by the listener's middleware (daemon/http/frame.py) for every answer.
 
 The route label is the matched resource's path template (`/v1/accounts/{account_id}`), never
 the URL asked for, and `unmatched` for a path no route serves; methods outside the usual few are
@@ -7,16 +8,13 @@ the URL asked for, and `unmatched` for a path no route serves; methods outside t
 
 from __future__ import annotations
 
-import asyncio
-import time
+from collections.abc import Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
-from daemon.http.errors import Handler
 from daemon.metrics import HTTP_REQUEST_DURATION, Metrics
 
-__all__ = ["request_metrics_middleware"]
+__all__ = ["RequestLatency", "route_of"]
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _UNMATCHED = "unmatched"
@@ -38,33 +36,22 @@ async def route_of(request: web.Request) -> str:
     return _UNMATCHED
 
 
-def request_metrics_middleware(metrics: Metrics) -> Middleware:
-    """Observe every answer's duration into `staticipd_http_request_duration_seconds`."""
-    observe = metrics.observe
+class RequestLatency:
+    """Observes answers' durations, keeping each (method, route, status) series it has used."""
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:  # redirects and the like, raised past error_middleware
-            status = exc.status
-            raise
-        except asyncio.CancelledError:
-            status = 0  # the client went away: nothing was answered
-            raise
-        finally:
-            if status:
-                method = request.method if request.method in _METHODS else "other"
-                observe(
-                    HTTP_REQUEST_DURATION,
-                    time.perf_counter() - started,
-                    method=method,
-                    route=await route_of(request),
-                    status=str(status),
-                )
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._series: dict[tuple[str, str, int], Callable[[float], None]] = {}
 
-    return middleware
+    async def observe(self, request: web.Request, status: int, seconds: float) -> None:
+        method = request.method if request.method in _METHODS else "other"
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else await route_of(request)
+        key = (method, route, status)
+        observe = self._series.get(key)
+        if observe is None:
+            observe = self._metrics.observer(
+                HTTP_REQUEST_DURATION, method=method, route=route, status=str(status)
+            )
+            self._series[key] = observe
+        observe(seconds)

@@ -20,15 +20,14 @@ from aiohttp.web_request import BaseRequest
 
 from daemon import __version__
 from daemon.http import ingest, openapi, operator, statuspage
-from daemon.http.context import RUNTIME, Runtime, close_while_stopping, refuse_while_stopping
+from daemon.http.context import RUNTIME, Runtime, close_while_stopping
 from daemon.http.errors import (
     REQUEST_ID_HEADER,
-    error_middleware,
     error_response,
     malformed_request,
     new_request_id,
 )
-from daemon.http.requestmetrics import request_metrics_middleware
+from daemon.http.frame import request_frame
 from daemon.metrics import ACCOUNTS, ACCOUNTS_FLAGGED, CONTENT_TYPE, LEADER, LOG_POSITION
 from daemon.runtime.live import LiveProjection
 
@@ -87,12 +86,7 @@ async def status_page(request: web.Request) -> web.Response:
 
 def build_app(runtime: Runtime) -> web.Application:
     app = web.Application(
-        # Outermost first: the latency middleware sees the status error_middleware answered.
-        middlewares=[
-            request_metrics_middleware(runtime.metrics),
-            error_middleware,
-            refuse_while_stopping,
-        ],
+        middlewares=[request_frame(runtime)],
         client_max_size=runtime.config.http.max_body_bytes,
         # Bodies as sent: the webhook signature covers the bytes before any Content-Encoding
         # is undone, and routes decode within the body limit themselves (errors.read_limited_body).
@@ -106,6 +100,7 @@ def build_app(runtime: Runtime) -> web.Application:
     app.on_response_prepare.append(close_while_stopping)
     app.add_routes(routes)
     app.add_routes(ingest.routes)
+    ingest.count_from_zero(runtime.metrics)
     app.add_routes(operator.routes)
     app.add_routes(openapi.routes)
     runtime.metrics.read(

@@ -733,6 +733,23 @@ async def test_metrics_expose_the_funnel_gauge(running, v2: V2) -> None:
     assert 'staticipd_webhooks_total{result="bad_signature"} 1' in text
 
 
+async def test_webhook_counters_are_shown_from_zero(running, v2: V2) -> None:
+    """Every result of the webhook counters is a series from the start, and a delivery counts
+    only what it had: one recorded delta adds nothing to duplicates or skipped."""
+    async with running.http.get("/metrics") as resp:
+        text = await resp.text()
+    for result in ("accepted", "bad_signature", "malformed"):
+        assert f'staticipd_webhooks_total{{result="{result}"}} 0.0' in text
+    for result in ("recorded", "duplicate", "skipped", "quarantined"):
+        assert f'staticipd_webhook_deltas_total{{result="{result}"}} 0.0' in text
+    await running.post_webhook(v2("acc-z", "account.running"))
+    async with running.http.get("/metrics") as resp:
+        text = await resp.text()
+    assert 'staticipd_webhook_deltas_total{result="recorded"} 1.0' in text
+    assert 'staticipd_webhook_deltas_total{result="duplicate"} 0.0' in text
+    assert 'staticipd_webhook_deltas_total{result="skipped"} 0.0' in text
+
+
 async def test_metrics_count_the_events_appended_by_source_not_the_duplicates(
     running, v2: V2
 ) -> None:
