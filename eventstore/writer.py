@@ -62,7 +62,9 @@ _STORED_SQL = "SELECT " + EVENT_COLUMNS + " FROM events WHERE event_id IN ({})" 
 # a 5M-event log 10-20 % slower, not faster.
 WRITER_PRAGMAS: tuple[str, ...] = ()
 # The writer's own checkpoint (SQLite's default is 1,000 pages): the bound of the WAL, in pages,
-# should the checkpointer fall behind; about 64 MiB of `-wal` file at 4 KiB pages.
+# should the checkpointer fall behind; about 64 MiB of `-wal` file at 4 KiB pages. It is also the
+# size (`journal_size_limit`) the file is cut back to once rewound, should a long read (a backup)
+# have held off the checkpoints and let it grow past it.
 WAL_AUTOCHECKPOINT_PAGES = 16_000
 # The checkpointer runs once this many events were committed since it last ran (a lone append
 # dirties 3-4 pages, an event of a large batch on a long log about 2), and pauses this long after
@@ -247,6 +249,8 @@ class WriteConnection:
                 conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
                 conn.execute(f"PRAGMA synchronous = {synchronous}")
                 conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+                (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+                conn.execute(f"PRAGMA journal_size_limit = {WAL_AUTOCHECKPOINT_PAGES * page_size}")
                 for pragma in WRITER_PRAGMAS:
                     conn.execute(f"PRAGMA {pragma}")
             except BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import sqlite3
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from eventstore import EventStore, NewEvent
+from eventstore import EventStore, NewEvent, writer
 from eventstore.writer import CHECKPOINT_EVENTS, WAL_AUTOCHECKPOINT_PAGES, _Checkpointer
 
 pytestmark = pytest.mark.anyio
@@ -104,3 +105,35 @@ def test_a_checkpointer_that_cannot_open_the_file_keeps_trying_and_stops(tmp_pat
     finally:
         checkpointer.stop()
     assert not checkpointer._thread.is_alive()
+
+
+async def test_a_wal_grown_under_a_long_read_is_cut_back_to_its_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read held open (a backup) keeps every commit in the WAL, which grows past its bound;
+    once the read ends, the next checkpoint rewinds the WAL and the file is cut back to it."""
+    monkeypatch.setattr(writer, "WAL_AUTOCHECKPOINT_PAGES", 64)  # a bound of 64 pages
+    path = tmp_path / "log.db"
+    wal = tmp_path / "log.db-wal"
+    big = json.dumps({"detail": "x" * 8000}).encode()
+    async with await EventStore.open(path) as store:
+        (page_size,) = await store._writer._conn.call(
+            lambda conn: conn.execute("PRAGMA page_size").fetchone()
+        )
+        bound = 64 * page_size
+        reader = sqlite3.connect(path, isolation_level=None)
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM events").fetchone()  # holds its snapshot
+            for i in range(150):
+                await store.append([NewEvent(f"s-{i}", "T", big)])
+            grown = wal.stat().st_size
+            assert grown > 8 * bound
+        finally:
+            reader.close()
+        with anyio.fail_after(10):
+            i = 0
+            while wal.stat().st_size > bound + 4 * page_size:  # the bound, plus a commit's pages
+                await store.append([NewEvent(f"after-{i}", "T", b"{}")])
+                i += 1
+                await anyio.sleep(0.01)
