@@ -234,7 +234,8 @@ class _Buckets:
         self.les = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1  # a bucket's bound is inclusive
+        if value == value:  # NaN falls in no bucket, as the library counts it
+            self.counts[bisect_left(self.bounds, value)] += 1  # a bucket's bound is inclusive
         self.sum += value
 
 

@@ -1,5 +1,6 @@
 """Metrics render in the Prometheus text format a scraper accepts, one registry per daemon."""
 
+import math
 import re
 from pathlib import Path
 
@@ -179,7 +180,9 @@ _steps = st.lists(
     st.tuples(
         st.sampled_from(["hit", "plain", "size"]),
         st.sampled_from(["a", "b", 'q"\\\n']),  # label values the text format must escape
-        st.one_of(st.integers(0, 20).map(float), st.floats(0, 20, allow_nan=False)),
+        st.one_of(
+            st.integers(0, 20).map(float), st.floats(0, 20, allow_nan=False), st.just(math.nan)
+        ),
     ),
     max_size=40,
 )
@@ -187,7 +190,7 @@ _steps = st.lists(
 
 @given(_steps)
 def test_counts_and_observations_render_as_the_librarys_own_metrics(steps) -> None:
-    """For every sequence of increments and observations (bucket edges included), `/metrics`
+    """For every sequence of increments and observations (bucket edges and NaN included), `/metrics`
     says what the Prometheus client's own Counter and Histogram would have said."""
     ours = Metrics((_HITS, _PLAIN, _SMALL), process_collectors=False)
     registry = prometheus_client.CollectorRegistry()
