@@ -307,14 +307,12 @@ class Metrics:
 
     def observe(self, histogram: Histogram, value: float, **labels: str) -> None:
         """Count one observation (a duration in seconds, a size) into the histogram."""
-        child = self._child(histogram, labels)
-        assert isinstance(child, _Buckets)  # a Histogram's series is made _Buckets
-        child.observe(value)
+        self.observer(histogram, **labels)(value)
 
     def observer(self, histogram: Histogram, **labels: str) -> Callable[[float], None]:
         """`observe` for one series of the histogram, for a caller that keeps it."""
         child = self._child(histogram, labels)
-        assert isinstance(child, _Buckets)
+        assert isinstance(child, _Buckets)  # a Histogram's series is made _Buckets
         return child.observe
 
     def read(self, gauge: Gauge, reader: GaugeReader) -> None:
